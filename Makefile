@@ -1,0 +1,36 @@
+# Everyday commands; CMake does the real work in build/ (build-asan/ for the sanitizer build).
+BUILD ?= build
+JOBS  ?= $(shell nproc)
+DEPS  := scripts/install-deps.sh
+
+.PHONY: all build test test-asan demo bench deps clean
+
+all: build
+
+deps:
+	@$(DEPS) build
+
+build:
+	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# The README's test command: installs what is missing, builds, runs every test.
+test: deps build
+	@cd $(BUILD) && ctest --output-on-failure
+
+# The unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan: deps
+	@test -f build-asan/CMakeCache.txt || cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DBL_SANITIZE=ON -DBL_BENCH=OFF
+	@cmake --build build-asan -j $(JOBS)
+	@cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure
+
+demo: deps build
+	@$(BUILD)/bnlab demo
+
+bench:
+	@$(DEPS) bench
+	@$(MAKE) --no-print-directory build
+	@$(BUILD)/bench_bn $(BENCH_ARGS)
+
+clean:
+	rm -rf $(BUILD) build-asan

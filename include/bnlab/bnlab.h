@@ -1,0 +1,7 @@
+/* bnlab: BatchNorm with an explicit batch. Umbrella header. */
+#ifndef BNLAB_H
+#define BNLAB_H
+#include "bnlab/core.h"
+#include "bnlab/bn.h"
+#include "bnlab/data.h"
+#endif

@@ -1,0 +1,86 @@
+/* bnlab core: status codes and error reasons, tensor layouts and shapes, aligned memory, scratch
+ * buffers and an explicit-state RNG. Everything above (bn, nn, data, train) builds on this.
+ * Not here: anything about BatchNorm itself (bn.h). */
+#ifndef BNLAB_CORE_H
+#define BNLAB_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status -------------------------------------------------------------------------------
+ * Library functions return a bl_status and, on failure, leave a human-readable reason (what went
+ * wrong and what to do) that bl_error() returns. The reason is per thread, like errno. Library code
+ * never exits. */
+typedef enum {
+    BL_OK = 0,
+    BL_ERR_ARG,      /* an argument is invalid: wrong size, out of range, NULL */
+    BL_ERR_NUMERIC,  /* NaN/Inf, or a statistic that cannot be computed (a single value per channel) */
+    BL_ERR_NOMEM,
+    BL_ERR_IO,
+    BL_ERR_FORMAT,   /* a file is corrupt or not what it claims to be */
+    BL_ERR_STATE     /* a call out of order, e.g. commit with no pending batch statistics */
+} bl_status;
+
+#define BNLAB_VERSION "0.1.0"
+
+const char *bl_error(void);                 /* the reason for the last failure on this thread */
+const char *bl_status_name(bl_status s);
+/* Records a reason and returns s, so that `return bl_fail(BL_ERR_ARG, "...", ...)` reads well. */
+bl_status bl_fail(bl_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void bl_error_clear(void);
+
+/* ---- layouts and shapes -------------------------------------------------------------------- */
+typedef enum { BL_NCHW = 0, BL_NHWC = 1 } bl_layout;
+
+/* A 4-d activation shape. (N,C) data is (N,C,1,1). */
+typedef struct {
+    int n, c, h, w;
+    bl_layout layout;
+} bl_shape;
+
+static inline size_t bl_shape_numel(bl_shape s) { return (size_t)s.n * s.c * s.h * s.w; }
+static inline size_t bl_shape_hw(bl_shape s) { return (size_t)s.h * s.w; }
+const char *bl_layout_name(bl_layout l);
+/* Parses "nchw"/"nhwc" (case-insensitive); BL_ERR_ARG otherwise. */
+bl_status bl_layout_parse(const char *s, bl_layout *out);
+
+/* ---- memory -------------------------------------------------------------------------------- */
+/* 64-byte aligned allocation (cache line, AVX-512). NULL on failure with a reason set. */
+void *bl_alloc(size_t bytes);
+void *bl_calloc(size_t bytes);
+void bl_free(void *p);
+
+/* A grow-only scratch buffer: kernels take their temporaries from it so a training loop does not
+ * allocate per step. Not shared between threads. */
+typedef struct {
+    void *p;
+    size_t cap;
+} bl_scratch;
+void *bl_scratch_get(bl_scratch *s, size_t bytes);
+void bl_scratch_free(bl_scratch *s);
+
+/* ---- RNG ------------------------------------------------------------------------------------
+ * xoshiro256** with explicit state: no hidden globals, reproducible from a seed. Streams for
+ * (seed, rank, epoch) come from bl_rng_seed with a mixed key. */
+typedef struct {
+    uint64_t s[4];
+} bl_rng;
+void bl_rng_seed(bl_rng *r, uint64_t seed);
+uint64_t bl_rng_u64(bl_rng *r);
+double bl_rng_uniform(bl_rng *r);          /* [0, 1) */
+double bl_rng_normal(bl_rng *r);           /* standard normal (Box-Muller, one value per call) */
+uint32_t bl_rng_below(bl_rng *r, uint32_t n); /* uniform in [0, n), unbiased */
+void bl_rng_shuffle(bl_rng *r, int *a, int n);
+
+/* ---- threads ------------------------------------------------------------------------------- */
+int bl_threads_get(void);       /* threads our loops (and BLAS) will use */
+void bl_threads_set(int n);     /* n <= 0: leave the OpenMP default */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages bnlab needs that are missing, and nothing else.
+# usage: scripts/install-deps.sh [build|bench]   (build: build, test and demo; bench: also the peers)
+set -euo pipefail
+want="build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev libcjson-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist gnuplot-nox"
+if [ "${1:-build}" = bench ]; then want="$want libdnnl-dev python3-torch"; fi
+missing=""
+for p in $want; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "install-deps: installing:$missing"
+sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null

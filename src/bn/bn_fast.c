@@ -1,0 +1,404 @@
+/* The fast float BN kernels.
+ * Every mode is "per sample, per channel, an affine map of x (and dy)" with coefficients from a
+ * few per-(group, channel) statistics. So each kernel is:
+ *   1. one streaming pass that reduces per sample and channel (double accumulators),
+ *   2. a tiny combine in double over (sample, channel) in a fixed order (deterministic whatever the
+ *      thread count or timing), the reducer hook, checks,
+ *   3. one streaming pass that applies per-sample coefficient rows.
+ * Memory traffic, in units of one tensor: train forward 3 (read x, read x + write y), backward 5
+ * (read x, dy; read x, dy + write dx), population forward 2, population backward 3 (one fused pass).
+ * Parallel over samples (NHWC) or (sample, channel) planes (NCHW) with OpenMP. The (x - mu) form is
+ * kept instead of x*scale + shift so a large mean does not cancel digits away. */
+#include "bn/kernels.h"
+
+#include <string.h>
+
+/* ---- pass 1 kernels ------------------------------------------------------------------------ */
+
+/* Shifted sums: deviations from the first value of the plane/sample keep the sum of squares
+ * well-conditioned (the shift is a value of the data, so within a few std of the mean). */
+void bl_fast_sample_moments(bl_shape s, const float *x, double *mean, double *m2)
+{
+    const size_t hw = bl_shape_hw(s);
+    const int C = s.c;
+    const double inv = 1.0 / (double)hw;
+    if (s.layout == BL_NCHW) {
+        const long planes = (long)s.n * C;
+#pragma omp parallel for schedule(static)
+        for (long pl = 0; pl < planes; pl++) {
+            const float *restrict xp = x + (size_t)pl * hw;
+            const double k = xp[0];
+            double sa = 0, sq = 0;
+#pragma omp simd reduction(+ : sa, sq)
+            for (size_t p = 0; p < hw; p++) {
+                double d = (double)xp[p] - k;
+                sa += d;
+                sq += d * d;
+            }
+            mean[pl] = k + sa * inv;
+            double v = sq - sa * sa * inv;
+            m2[pl] = v > 0 ? v : 0;
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < s.n; i++) {
+        const float *restrict xi = x + (size_t)i * hw * C;
+        double *restrict sa = mean + (size_t)i * C, *restrict sq = m2 + (size_t)i * C;
+        memset(sa, 0, C * sizeof(double));
+        memset(sq, 0, C * sizeof(double));
+        for (size_t p = 0; p < hw; p++) {
+            const float *restrict xr = xi + p * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                double d = (double)xr[c] - (double)xi[c];
+                sa[c] += d;
+                sq[c] += d * d;
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            double v = sq[c] - sa[c] * sa[c] * inv;
+            sa[c] = (double)xi[c] + sa[c] * inv;
+            sq[c] = v > 0 ? v : 0;
+        }
+    }
+}
+
+/* Per sample and channel: sdy = sum dy, sdx = sum dy * (x - mu). mu: (N, C) rows. */
+static void sample_grad_sums(bl_shape s, const float *x, const float *dy, const float *mu,
+                             double *sdy, double *sdx)
+{
+    const size_t hw = bl_shape_hw(s);
+    const int C = s.c;
+    if (s.layout == BL_NCHW) {
+        const long planes = (long)s.n * C;
+#pragma omp parallel for schedule(static)
+        for (long pl = 0; pl < planes; pl++) {
+            const float *restrict xp = x + (size_t)pl * hw, *restrict gp = dy + (size_t)pl * hw;
+            const float m = mu[pl];
+            double a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+            for (size_t p = 0; p < hw; p++) {
+                a += gp[p];
+                b += (double)(gp[p] * (xp[p] - m));
+            }
+            sdy[pl] = a;
+            sdx[pl] = b;
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < s.n; i++) {
+        const float *restrict xi = x + (size_t)i * hw * C, *restrict gi = dy + (size_t)i * hw * C;
+        const float *restrict m = mu + (size_t)i * C;
+        double *restrict a = sdy + (size_t)i * C, *restrict b = sdx + (size_t)i * C;
+        memset(a, 0, C * sizeof(double));
+        memset(b, 0, C * sizeof(double));
+        for (size_t p = 0; p < hw; p++) {
+            const float *restrict xr = xi + p * C, *restrict gr = gi + p * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                a[c] += gr[c];
+                b[c] += (double)(gr[c] * (xr[c] - m[c]));
+            }
+        }
+    }
+}
+
+/* ---- pass 3 kernels ------------------------------------------------------------------------ */
+
+/* y = (x - mu) * sc + bt with (N, C) rows. Returns the first sample whose output is not finite
+ * (-1 when all are): the check rides on the pass for free since the pass is memory-bound. */
+static int apply_affine(bl_shape s, const float *x, const float *mu, const float *sc,
+                        const float *bt, float *y, float *bad)
+{
+    const size_t hw = bl_shape_hw(s);
+    const int C = s.c;
+    if (s.layout == BL_NCHW) {
+        const long planes = (long)s.n * C;
+#pragma omp parallel for schedule(static)
+        for (long pl = 0; pl < planes; pl++) {
+            const float *xp = x + (size_t)pl * hw;
+            float *yp = y + (size_t)pl * hw;
+            const float m = mu[pl], a = sc[pl], b = bt[pl];
+            float z = 0;
+#pragma omp simd reduction(+ : z)
+            for (size_t p = 0; p < hw; p++) {
+                float v = (xp[p] - m) * a + b;
+                yp[p] = v;
+                z += v - v; /* 0 unless v is NaN or Inf */
+            }
+            bad[pl] = z;
+        }
+    } else {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < s.n; i++) {
+            const float *xi = x + (size_t)i * hw * C;
+            float *yi = y + (size_t)i * hw * C;
+            const float *restrict m = mu + (size_t)i * C, *restrict a = sc + (size_t)i * C,
+                                  *restrict b = bt + (size_t)i * C;
+            float z = 0;
+            for (size_t p = 0; p < hw; p++) {
+                const float *xr = xi + p * C;
+                float *yr = yi + p * C;
+#pragma omp simd reduction(+ : z)
+                for (int c = 0; c < C; c++) {
+                    float v = (xr[c] - m[c]) * a[c] + b[c];
+                    yr[c] = v;
+                    z += v - v;
+                }
+            }
+            bad[(size_t)i * C] = z;
+        }
+    }
+    const size_t stride = s.layout == BL_NCHW ? 1 : (size_t)C;
+    for (size_t k = 0; k < (size_t)s.n * C; k += stride)
+        if (bad[k] != 0 || bad[k] != bad[k]) return (int)(k / C);
+    return -1;
+}
+
+/* dx = k1 * dy + k2 * (x - mu) + k3 with (N, C) rows. */
+static void apply_grad(bl_shape s, const float *x, const float *dy, const float *mu,
+                       const float *k1, const float *k2, const float *k3, float *dx)
+{
+    const size_t hw = bl_shape_hw(s);
+    const int C = s.c;
+    if (s.layout == BL_NCHW) {
+        const long planes = (long)s.n * C;
+#pragma omp parallel for schedule(static)
+        for (long pl = 0; pl < planes; pl++) {
+            const float *xp = x + (size_t)pl * hw, *gp = dy + (size_t)pl * hw;
+            float *op = dx + (size_t)pl * hw;
+            const float m = mu[pl], a = k1[pl], b = k2[pl], c3 = k3[pl];
+#pragma omp simd
+            for (size_t p = 0; p < hw; p++) op[p] = a * gp[p] + b * (xp[p] - m) + c3;
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < s.n; i++) {
+        size_t off = (size_t)i * hw * C;
+        const float *restrict m = mu + (size_t)i * C, *restrict a = k1 + (size_t)i * C,
+                              *restrict b = k2 + (size_t)i * C, *restrict c3 = k3 + (size_t)i * C;
+        for (size_t p = 0; p < hw; p++) {
+            const float *xr = x + off + p * C, *gr = dy + off + p * C;
+            float *orow = dx + off + p * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) orow[c] = a[c] * gr[c] + b[c] * (xr[c] - m[c]) + c3[c];
+        }
+    }
+}
+
+/* Population backward in one fused pass: dx = k1 * dy, and the sums for dgamma, dbeta. */
+static void pop_grad_fused(bl_shape s, const float *x, const float *dy, const float *mu,
+                           const float *k1, float *dx, double *sdy, double *sdx)
+{
+    const size_t hw = bl_shape_hw(s);
+    const int C = s.c;
+    if (s.layout == BL_NCHW) {
+        const long planes = (long)s.n * C;
+#pragma omp parallel for schedule(static)
+        for (long pl = 0; pl < planes; pl++) {
+            const float *xp = x + (size_t)pl * hw, *gp = dy + (size_t)pl * hw;
+            float *op = dx + (size_t)pl * hw;
+            const float m = mu[pl], a = k1[pl];
+            double sa = 0, sb = 0;
+#pragma omp simd reduction(+ : sa, sb)
+            for (size_t p = 0; p < hw; p++) {
+                float g = gp[p];
+                sa += g;
+                sb += (double)(g * (xp[p] - m));
+                op[p] = a * g;
+            }
+            sdy[pl] = sa;
+            sdx[pl] = sb;
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < s.n; i++) {
+        size_t off = (size_t)i * hw * C;
+        const float *restrict m = mu + (size_t)i * C, *restrict a = k1 + (size_t)i * C;
+        double *restrict sa = sdy + (size_t)i * C, *restrict sb = sdx + (size_t)i * C;
+        memset(sa, 0, C * sizeof(double));
+        memset(sb, 0, C * sizeof(double));
+        for (size_t p = 0; p < hw; p++) {
+            const float *xr = x + off + p * C, *gr = dy + off + p * C;
+            float *orow = dx + off + p * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                float g = gr[c];
+                sa[c] += g;
+                sb[c] += (double)(g * (xr[c] - m[c]));
+                orow[c] = a[c] * g;
+            }
+        }
+    }
+}
+
+/* ---- the four operations ------------------------------------------------------------------- */
+
+static bl_status non_finite(const bl_bn_kargs *a, int sample, const char *what)
+{
+    return bl_fail(BL_ERR_NUMERIC, "bn '%s': %s of sample %d holds NaN or Inf: check the data and "
+                   "the layer before", a->name, what, sample);
+}
+
+bl_status bl_bn_fast_fwd_batch(const bl_bn_kargs *a, const float *x, const float *gamma,
+                               const float *beta, float *y, bl_moments *gm)
+{
+    const int N = a->s.n, C = a->s.c;
+    const size_t nc = (size_t)N * C;
+    char *ws = bl_scratch_get(a->ws, nc * (2 * sizeof(double) + 4 * sizeof(float)) + 64);
+    if (!ws) return BL_ERR_NOMEM;
+    double *smean = (double *)ws, *sm2 = smean + nc;
+    float *mu = (float *)(sm2 + nc), *sc = mu + nc, *bt = sc + nc, *bad = bt + nc;
+
+    bl_fast_sample_moments(a->s, x, smean, sm2);
+    bl_moments_zero(gm);
+    const double hw = (double)bl_shape_hw(a->s);
+    for (int i = 0; i < N; i++) {
+        size_t j = (size_t)a->g->sample_group[i] * C;
+        for (int c = 0; c < C; c++)
+            bl_moments_merge1(&gm->n[j + c], &gm->mean[j + c], &gm->m2[j + c], hw,
+                              smean[(size_t)i * C + c], sm2[(size_t)i * C + c]);
+    }
+    bl_status st = bl_bn_reduce_moments(a->g, gm);
+    if (!st) st = bl_bn_check_groups(a, gm);
+    if (st) return st;
+    for (int i = 0; i < N; i++) {
+        size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
+        for (int c = 0; c < C; c++) {
+            size_t k = (size_t)i * C + c;
+            double rstd = bl_rstd(gm->m2[j + c] / gm->n[j + c], a->eps);
+            mu[k] = (float)gm->mean[j + c];
+            sc[k] = (float)(gamma[r + c] * rstd);
+            bt[k] = beta[r + c];
+        }
+    }
+    int b = apply_affine(a->s, x, mu, sc, bt, y, bad);
+    return b < 0 ? BL_OK : non_finite(a, b, "the output (gamma or beta may be non-finite)");
+}
+
+bl_status bl_bn_fast_bwd_batch(const bl_bn_kargs *a, const float *x, const float *dy,
+                               const float *gamma, const bl_moments *gm, float *dx, float *dgamma,
+                               float *dbeta)
+{
+    const int N = a->s.n, C = a->s.c, G = a->g->n_groups, A = a->affine_rows;
+    const size_t nc = (size_t)N * C, gc = (size_t)G * C, ac = (size_t)A * C;
+    char *ws = bl_scratch_get(a->ws, (2 * nc + 2 * gc + 2 * ac) * sizeof(double) +
+                                         5 * nc * sizeof(float) + 64);
+    if (!ws) return BL_ERR_NOMEM;
+    double *sdy = (double *)ws, *sdx = sdy + nc, *s1 = sdx + nc, *s2 = s1 + gc, *dg = s2 + gc,
+           *db = dg + ac;
+    float *mu = (float *)(db + ac), *rs = mu + nc, *k1 = rs + nc, *k2 = k1 + nc, *k3 = k2 + nc;
+
+    for (int i = 0; i < N; i++) {
+        size_t j = (size_t)a->g->sample_group[i] * C;
+        for (int c = 0; c < C; c++) {
+            mu[(size_t)i * C + c] = (float)gm->mean[j + c];
+            rs[(size_t)i * C + c] = (float)bl_rstd(gm->m2[j + c] / gm->n[j + c], a->eps);
+        }
+    }
+    sample_grad_sums(a->s, x, dy, mu, sdy, sdx);
+    memset(s1, 0, (2 * gc + 2 * ac) * sizeof(double));
+    for (int i = 0; i < N; i++) {
+        size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
+        for (int c = 0; c < C; c++) {
+            size_t k = (size_t)i * C + c;
+            double rstd = bl_rstd(gm->m2[j + c] / gm->n[j + c], a->eps);
+            double sxh = sdx[k] * rstd; /* sum dy * xhat of this sample */
+            db[r + c] += sdy[k];
+            dg[r + c] += sxh;
+            s1[j + c] += gamma[r + c] * sdy[k];
+            s2[j + c] += gamma[r + c] * sxh;
+        }
+    }
+    bl_status st = bl_bn_reduce_sum(a->g, s1, 2 * gc);
+    for (size_t k = 0; !st && k < 2 * gc; k++)
+        if (!isfinite(s1[k]))
+            st = bl_fail(BL_ERR_NUMERIC,
+                         "bn '%s': the gradient arriving in backward holds NaN or Inf", a->name);
+    if (st) return st;
+    for (int i = 0; i < N; i++) {
+        size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
+        for (int c = 0; c < C; c++) {
+            size_t k = (size_t)i * C + c;
+            double n = gm->n[j + c], rstd = bl_rstd(gm->m2[j + c] / n, a->eps);
+            k1[k] = (float)(gamma[r + c] * rstd);
+            k2[k] = (float)(-rstd * rstd * s2[j + c] / n);
+            k3[k] = (float)(-rstd * s1[j + c] / n);
+        }
+    }
+    apply_grad(a->s, x, dy, mu, k1, k2, k3, dx);
+    for (size_t k = 0; k < ac; k++) {
+        dgamma[k] += (float)dg[k];
+        dbeta[k] += (float)db[k];
+    }
+    return BL_OK;
+}
+
+bl_status bl_bn_fast_fwd_pop(const bl_bn_kargs *a, const float *x, const float *gamma,
+                             const float *beta, const float *mean, const float *var, float *y)
+{
+    const int N = a->s.n, C = a->s.c;
+    const size_t nc = (size_t)N * C;
+    float *mu = bl_scratch_get(a->ws, 4 * nc * sizeof(float) + 64);
+    if (!mu) return BL_ERR_NOMEM;
+    float *sc = mu + nc, *bt = sc + nc, *bad = bt + nc;
+    for (int i = 0; i < N; i++) {
+        size_t r = (size_t)bl_affine_row(a, i) * C, q = (size_t)bl_stats_row(a, i) * C;
+        for (int c = 0; c < C; c++) {
+            size_t k = (size_t)i * C + c;
+            mu[k] = mean[q + c];
+            sc[k] = (float)(gamma[r + c] * bl_rstd(var[q + c], a->eps));
+            bt[k] = beta[r + c];
+        }
+    }
+    int b = apply_affine(a->s, x, mu, sc, bt, y, bad);
+    return b < 0 ? BL_OK : non_finite(a, b, "the input");
+}
+
+bl_status bl_bn_fast_bwd_pop(const bl_bn_kargs *a, const float *x, const float *dy,
+                             const float *gamma, const float *mean, const float *var, float *dx,
+                             float *dgamma, float *dbeta)
+{
+    const int N = a->s.n, C = a->s.c, A = a->affine_rows;
+    const size_t nc = (size_t)N * C, ac = (size_t)A * C;
+    char *ws = bl_scratch_get(a->ws, (2 * nc + 2 * ac) * sizeof(double) + 3 * nc * sizeof(float));
+    if (!ws) return BL_ERR_NOMEM;
+    double *sdy = (double *)ws, *sdx = sdy + nc, *dg = sdx + nc, *db = dg + ac;
+    float *mu = (float *)(db + ac), *k1 = mu + nc, *rs = k1 + nc;
+    for (int i = 0; i < N; i++) {
+        size_t r = (size_t)bl_affine_row(a, i) * C, q = (size_t)bl_stats_row(a, i) * C;
+        for (int c = 0; c < C; c++) {
+            size_t k = (size_t)i * C + c;
+            double rstd = bl_rstd(var[q + c], a->eps);
+            mu[k] = mean[q + c];
+            rs[k] = (float)rstd;
+            k1[k] = (float)(gamma[r + c] * rstd);
+        }
+    }
+    pop_grad_fused(a->s, x, dy, mu, k1, dx, sdy, sdx);
+    memset(dg, 0, 2 * ac * sizeof(double));
+    for (int i = 0; i < N; i++) {
+        size_t r = (size_t)bl_affine_row(a, i) * C;
+        for (int c = 0; c < C; c++) {
+            size_t k = (size_t)i * C + c;
+            db[r + c] += sdy[k];
+            dg[r + c] += sdx[k] * rs[k];
+        }
+    }
+    for (size_t k = 0; k < ac; k++)
+        if (!isfinite(dg[k]) || !isfinite(db[k]))
+            return bl_fail(BL_ERR_NUMERIC,
+                           "bn '%s': the gradient arriving in backward holds NaN or Inf", a->name);
+    for (size_t k = 0; k < ac; k++) {
+        dgamma[k] += (float)dg[k];
+        dbeta[k] += (float)db[k];
+    }
+    return BL_OK;
+}
+
+const bl_bn_kernels bl_bn_kernels_fast = {bl_bn_fast_fwd_batch, bl_bn_fast_bwd_batch,
+                                          bl_bn_fast_fwd_pop, bl_bn_fast_bwd_pop};

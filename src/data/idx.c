@@ -1,0 +1,108 @@
+/* IDX reader (LeCun's MNIST format), gzip through zlib's gzread, which also reads plain files.
+ * Header: magic 0x00000803 (images: n, rows, cols) or 0x00000801 (labels: n), big-endian. */
+#include "bnlab/data.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <zlib.h>
+
+static bl_status read_all(gzFile f, const char *path, void *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        unsigned chunk = (unsigned)(len - got > (1u << 30) ? (1u << 30) : len - got);
+        int r = gzread(f, (char *)buf + got, chunk);
+        if (r <= 0)
+            return bl_fail(BL_ERR_FORMAT, "%s: truncated or corrupt (read %zu of %zu bytes): "
+                           "reinstall the dataset (apt-get install --reinstall "
+                           "dataset-fashion-mnist)", path, got, len);
+        got += (size_t)r;
+    }
+    return BL_OK;
+}
+
+static uint32_t be32(const uint8_t *b)
+{
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* Reads one IDX file with `dims` dimensions after the magic; returns the payload. */
+static bl_status idx_read(const char *path, uint32_t magic, int dims, uint32_t *shape,
+                          uint8_t **data)
+{
+    *data = NULL;
+    gzFile f = gzopen(path, "rb");
+    if (!f) return bl_fail(BL_ERR_IO, "%s: cannot open: check the path (--data-dir)", path);
+    uint8_t hdr[16];
+    bl_status st = read_all(f, path, hdr, 4 + 4 * (size_t)dims);
+    if (!st && be32(hdr) != magic)
+        st = bl_fail(BL_ERR_FORMAT, "%s: not an IDX file of the expected kind (magic 0x%08x, "
+                     "expected 0x%08x)", path, be32(hdr), magic);
+    size_t len = 1;
+    for (int d = 0; !st && d < dims; d++) {
+        shape[d] = be32(hdr + 4 + 4 * d);
+        if (shape[d] == 0 || shape[d] > (1u << 24))
+            st = bl_fail(BL_ERR_FORMAT, "%s: implausible dimension %u", path, shape[d]);
+        len *= shape[d];
+    }
+    if (!st && !(*data = bl_alloc(len))) st = BL_ERR_NOMEM;
+    if (!st) st = read_all(f, path, *data, len);
+    if (!st) {
+        uint8_t extra;
+        if (gzread(f, &extra, 1) != 0)
+            st = bl_fail(BL_ERR_FORMAT, "%s: trailing bytes after the data: corrupt file", path);
+    }
+    gzclose(f);
+    if (st) {
+        bl_free(*data);
+        *data = NULL;
+    }
+    return st;
+}
+
+bl_status bl_idx_load(const char *images_path, const char *labels_path, bl_dataset *out)
+{
+    memset(out, 0, sizeof *out);
+    uint32_t is[3], ls[1];
+    bl_status st = idx_read(images_path, 0x00000803, 3, is, &out->pixels);
+    if (st) return st;
+    if ((st = idx_read(labels_path, 0x00000801, 1, ls, &out->labels))) goto fail;
+    if (ls[0] != is[0]) {
+        st = bl_fail(BL_ERR_FORMAT, "%s has %u images but %s has %u labels", images_path, is[0],
+                     labels_path, ls[0]);
+        goto fail;
+    }
+    for (uint32_t i = 0; i < ls[0]; i++)
+        if (out->labels[i] > 9) {
+            st = bl_fail(BL_ERR_FORMAT, "%s: label %u of sample %u is outside 0..9", labels_path,
+                         out->labels[i], i);
+            goto fail;
+        }
+    out->n = (int)is[0];
+    out->h = (int)is[1];
+    out->w = (int)is[2];
+    return BL_OK;
+fail:
+    bl_dataset_free(out);
+    return st;
+}
+
+bl_status bl_fmnist_load(const char *dir, const char *split, bl_dataset *out)
+{
+    const char *pre;
+    if (!strcmp(split, "train")) pre = "train";
+    else if (!strcmp(split, "test")) pre = "t10k";
+    else return bl_fail(BL_ERR_ARG, "unknown split '%s': use train or test", split);
+    if (!dir) dir = BL_FMNIST_DIR;
+    char ip[1024], lp[1024];
+    snprintf(ip, sizeof ip, "%s/%s-images-idx3-ubyte.gz", dir, pre);
+    snprintf(lp, sizeof lp, "%s/%s-labels-idx1-ubyte.gz", dir, pre);
+    return bl_idx_load(ip, lp, out);
+}
+
+void bl_dataset_free(bl_dataset *d)
+{
+    bl_free(d->pixels);
+    bl_free(d->labels);
+    memset(d, 0, sizeof *d);
+}
