@@ -106,6 +106,9 @@ bl_status FN(fwd_pop)(const bl_bn_kargs *a, const T *x, const T *gamma, const T 
         size_t at = bl_idx(a->s, i, c, p);
         double xhat = ((double)x[at] - mean[q]) * bl_rstd(var[q], a->eps);
         y[at] = (T)(gamma[r] * xhat + beta[r]);
+        if (!isfinite(y[at]))
+            return bl_fail(BL_ERR_NUMERIC, "bn '%s': the input of sample %d holds NaN or Inf: "
+                           "check the data and the layer before", a->name, i);
     }
     return BL_OK;
 }
@@ -126,6 +129,12 @@ bl_status FN(bwd_pop)(const bl_bn_kargs *a, const T *x, const T *dy, const T *ga
         dg[r] += (double)dy[at] * ((double)x[at] - mean[q]) * rstd;
         db[r] += dy[at];
     }
+    for (int k = 0; k < A * C; k++)
+        if (!isfinite(dg[k]) || !isfinite(db[k])) {
+            bl_free(dg);
+            return bl_fail(BL_ERR_NUMERIC,
+                           "bn '%s': the gradient arriving in backward holds NaN or Inf", a->name);
+        }
     for (int k = 0; k < A * C; k++) {
         dgamma[k] += (T)dg[k];
         dbeta[k] += (T)db[k];

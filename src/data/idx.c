@@ -34,10 +34,11 @@ static bl_status idx_read(const char *path, uint32_t magic, int dims, uint32_t *
     gzFile f = gzopen(path, "rb");
     if (!f) return bl_fail(BL_ERR_IO, "%s: cannot open: check the path (--data-dir)", path);
     uint8_t hdr[16];
-    bl_status st = read_all(f, path, hdr, 4 + 4 * (size_t)dims);
+    bl_status st = read_all(f, path, hdr, 4);
     if (!st && be32(hdr) != magic)
         st = bl_fail(BL_ERR_FORMAT, "%s: not an IDX file of the expected kind (magic 0x%08x, "
                      "expected 0x%08x)", path, be32(hdr), magic);
+    if (!st) st = read_all(f, path, hdr + 4, 4 * (size_t)dims);
     size_t len = 1;
     for (int d = 0; !st && d < dims; d++) {
         shape[d] = be32(hdr + 4 + 4 * d);
