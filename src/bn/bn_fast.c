@@ -47,7 +47,21 @@ void bl_fast_sample_moments(bl_shape s, const float *x, double *mean, double *m2
         double *restrict sa = mean + (size_t)i * C, *restrict sq = m2 + (size_t)i * C;
         memset(sa, 0, C * sizeof(double));
         memset(sq, 0, C * sizeof(double));
-        for (size_t p = 0; p < hw; p++) {
+        /* four rows per step: a quarter of the accumulator loads and stores, four independent
+         * chains of additions */
+        size_t p = 0;
+        for (; p + 4 <= hw; p += 4) {
+            const float *restrict xr = xi + p * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                double k = xi[c];
+                double d0 = (double)xr[c] - k, d1 = (double)xr[c + C] - k;
+                double d2 = (double)xr[c + 2 * C] - k, d3 = (double)xr[c + 3 * C] - k;
+                sa[c] += (d0 + d1) + (d2 + d3);
+                sq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+            }
+        }
+        for (; p < hw; p++) {
             const float *restrict xr = xi + p * C;
 #pragma omp simd
             for (int c = 0; c < C; c++) {
