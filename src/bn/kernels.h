@@ -76,5 +76,4 @@ extern const bl_bn_kernels bl_bn_kernels_ref, bl_bn_kernels_fast;
  * bl_moments_add. mean, m2: (N, C). */
 void bl_fast_sample_moments(bl_shape s, const float *x, double *mean, double *m2);
 
-#include <math.h>
 #endif
