@@ -27,9 +27,11 @@ test-asan: deps
 demo: deps build
 	@$(BUILD)/bnlab demo
 
+# Reconfigures after installing the peers so a build dir made before libdnnl existed finds it.
 bench:
 	@$(DEPS) bench
-	@$(MAKE) --no-print-directory build
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
 	@$(BUILD)/bench_bn $(BENCH_ARGS)
 
 clean:

@@ -143,7 +143,8 @@ void bl_bn_zero_grad(bl_bn *bn);
  *   for one commit. A group with one value per channel (N*H*W = 1) or non-finite statistics is
  *   an error naming the layer and group.
  * BL_BN_POPULATION: mu, var from pop_mean/pop_var (row = sample's domain when per domain).
- * g: the groups (NULL: the whole batch, no domains). x, y: (N,C,H,W) or (N,H,W,C); y may be x. */
+ * g: the groups (NULL: the whole batch, no domains). x, y: (N,C,H,W) or (N,H,W,C); y may be x
+ * when no backward follows (backward needs x). */
 bl_status bl_bn_forward(bl_bn *bn, bl_bn_mode mode, const bl_groups *g, bl_shape s,
                         const float *x, float *y);
 /* Backward of the last forward (same mode, groups, shape and x). Batch mode differentiates
