@@ -50,7 +50,7 @@ static void run(const mode_case *mc, bl_layout layout)
                                   mc->split);
     CHECK(st == BL_OK, "%s: groups: %s", mc->name, bl_error());
     bl_scratch ws = {0};
-    bl_bn_kargs a = {s, &g, mc->affine_rows, mc->stats_rows, 1e-3, mc->name, &ws};
+    bl_bn_kargs a = {s, &g, mc->affine_rows, mc->stats_rows, 1e-3, mc->name, &ws, 0};
     bl_rng r;
     bl_rng_seed(&r, 42);
     double *x = malloc(sizeof(double) * n * 5), *w = x + n, *y = w + n, *dx = y + n, *dxn = dx + n;

@@ -1,6 +1,6 @@
 /* Fast kernels against the plain reference, through the layer, over layouts, modes, group kinds,
- * per-domain affine and statistics, odd shapes and a large mean; and the fast kernels give
- * bit-identical results with 1 and 2 threads. */
+ * per-domain affine and statistics, odd shapes and a large mean, with the streaming-store paths
+ * forced on as well as off; and the fast kernels give bit-identical results with 1 and 2 threads. */
 #include "bnlab/bn.h"
 #include "check.h"
 
@@ -29,13 +29,14 @@ typedef struct {
 } outputs;
 
 /* Runs batch forward/backward + EMA commit, then population forward/backward. */
-static int run(const kcase *k, bl_layout layout, bl_kernel kern, const float *x, const float *dy,
-               const int *dom, outputs *o)
+static int run(const kcase *k, bl_layout layout, bl_kernel kern, size_t stream_bytes,
+               const float *x, const float *dy, const int *dom, outputs *o)
 {
     bl_rng r;
     bl_rng_seed(&r, 99);
     bl_bn bn;
     init_layer(&bn, k, kern, &r);
+    bn.stream_bytes = stream_bytes;
     bl_shape s = {k->n, k->c, k->h, k->w, layout};
     bl_groups g;
     bl_groups_make(&g, k->n, k->ghost, k->domains > 1 ? dom : NULL, k->domains, k->split);
@@ -81,6 +82,7 @@ int main(void)
         {10, 5, 3, 3, 0, 3, 1, 3, 3, 0},    {12, 6, 2, 2, 2, 3, 1, 3, 3, 0.5},
         {9, 4, 3, 2, 0, 2, 0, 2, 1, 0},     {9, 4, 3, 2, 0, 2, 0, 1, 2, 0},
         {16, 8, 6, 6, 0, 1, 0, 1, 1, 1000}, {5, 130, 2, 3, 2, 1, 0, 1, 1, 3},
+        {6, 16, 4, 8, 2, 1, 0, 1, 1, 0.5},  {6, 32, 4, 4, 0, 2, 1, 2, 2, 0},
     };
     bl_rng r;
     bl_rng_seed(&r, 2024);
@@ -94,20 +96,24 @@ int main(void)
             x[i] = (float)(k->offset + bl_rng_normal(&r)), dy[i] = (float)bl_rng_normal(&r);
         for (int l = 0; l < 2; l++) {
             bl_layout layout = l ? BL_NHWC : BL_NCHW;
-            outputs f, rf, f1;
-            memset(&f, 0, sizeof f), memset(&rf, 0, sizeof rf), memset(&f1, 0, sizeof f1);
-            outputs *all[3] = {&f, &rf, &f1};
-            for (int t = 0; t < 3; t++) {
-                all[t]->y = malloc(sizeof(float) * n * 4);
-                all[t]->dx = all[t]->y + n;
-                all[t]->yp = all[t]->dx + n;
-                all[t]->dxp = all[t]->yp + n;
+            outputs f, rf, f1, fs;
+            outputs *all[4] = {&f, &rf, &f1, &fs};
+            for (int t = 0; t < 4; t++) {
+                memset(all[t], 0, sizeof f);
+                all[t]->y = bl_alloc(sizeof(float) * n * 4 + 256);
+                /* each output 64-byte aligned so the streaming paths can run */
+                size_t n64 = (n + 15) & ~(size_t)15;
+                all[t]->dx = all[t]->y + n64;
+                all[t]->yp = all[t]->dx + n64;
+                all[t]->dxp = all[t]->yp + n64;
             }
             bl_threads_set(2);
-            CHECK(!run(k, layout, BL_KERNEL_FAST, x, dy, dom, &f), "fast run");
-            CHECK(!run(k, layout, BL_KERNEL_REF, x, dy, dom, &rf), "ref run");
+            CHECK(!run(k, layout, BL_KERNEL_FAST, BL_BN_STREAM_BYTES, x, dy, dom, &f), "fast run");
+            CHECK(!run(k, layout, BL_KERNEL_REF, BL_BN_STREAM_BYTES, x, dy, dom, &rf), "ref run");
+            CHECK(!run(k, layout, BL_KERNEL_FAST, 0, x, dy, dom, &fs), "fast run, streaming");
             bl_threads_set(1);
-            CHECK(!run(k, layout, BL_KERNEL_FAST, x, dy, dom, &f1), "fast run, 1 thread");
+            CHECK(!run(k, layout, BL_KERNEL_FAST, BL_BN_STREAM_BYTES, x, dy, dom, &f1),
+                  "fast run, 1 thread");
             bl_threads_set(2);
             size_t ac = (size_t)k->arows * k->c, sc = (size_t)k->srows * k->c;
             cmp("batch y", k, layout, f.y, rf.y, n);
@@ -120,11 +126,16 @@ int main(void)
             cmp("population dx", k, layout, f.dxp, rf.dxp, n);
             cmp("population dgamma", k, layout, f.dg[1], rf.dg[1], ac);
             cmp("population dbeta", k, layout, f.db[1], rf.db[1], ac);
-            CHECK(!memcmp(f.y, f1.y, sizeof(float) * n * 4) &&
+            size_t fb = sizeof(float) * n;
+            CHECK(!memcmp(f.y, f1.y, fb) && !memcmp(f.dx, f1.dx, fb) && !memcmp(f.yp, f1.yp, fb) &&
+                      !memcmp(f.dxp, f1.dxp, fb) &&
                       !memcmp(f.dg, f1.dg, sizeof f.dg) && !memcmp(f.db, f1.db, sizeof f.db),
                   "case %zu %s: fast kernels differ between 1 and 2 threads", ci,
                   bl_layout_name(layout));
-            for (int t = 0; t < 3; t++) free(all[t]->y);
+            cmp("streamed batch y", k, layout, fs.y, rf.y, n);
+            cmp("streamed batch dx", k, layout, fs.dx, rf.dx, n);
+            cmp("streamed population y", k, layout, fs.yp, rf.yp, n);
+            for (int t = 0; t < 4; t++) bl_free(all[t]->y);
         }
         free(x);
         free(dy);

@@ -80,7 +80,8 @@ void bl_groups_free(bl_groups *g);
 int bl_groups_size(const bl_groups *g, int j);
 
 /* ---- the layer ---------------------------------------------------------------------------- */
-#define BL_BN_CUMULATIVE (-1.0) /* momentum value: cumulative average, PyTorch's momentum=None */
+#define BL_BN_CUMULATIVE (-1.0)
+#define BL_BN_STREAM_BYTES ((size_t)16 << 20) /* momentum value: cumulative average, PyTorch's momentum=None */
 
 typedef enum { BL_BN_BATCH = 0, BL_BN_POPULATION = 1 } bl_bn_mode;
 typedef enum { BL_KERNEL_FAST = 0, BL_KERNEL_REF = 1 } bl_kernel;
@@ -108,6 +109,9 @@ typedef struct {
     bl_bn_config cfg;
     char name[64];
     bl_kernel kernel;             /* fast (default) or the plain reference */
+    size_t stream_bytes;          /* fast kernels write outputs of at least this many bytes with
+                                   * streaming stores (default BL_BN_STREAM_BYTES: larger than
+                                   * the caches, so the output would be evicted anyway) */
     /* Parameters and gradients, (affine_domains, C); gamma = 1, beta = 0 at init. Gradients
      * accumulate (+=) over backward calls: zero them per step (bl_bn_zero_grad). */
     float *gamma, *beta, *dgamma, *dbeta;

@@ -21,6 +21,7 @@ typedef struct {
     double eps;
     const char *name;   /* layer name for messages */
     bl_scratch *ws;     /* temporaries (fast kernels) */
+    size_t stream_bytes; /* fast kernels: outputs of at least this size use streaming stores */
 } bl_bn_kargs;
 
 static inline size_t bl_idx(bl_shape s, int i, int c, size_t p)

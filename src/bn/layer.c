@@ -32,6 +32,7 @@ bl_status bl_bn_init(bl_bn *bn, const bl_bn_config *cfg)
     bn->cfg = *cfg;
     snprintf(bn->name, sizeof bn->name, "%s", name);
     bn->cfg.name = bn->name;
+    bn->stream_bytes = BL_BN_STREAM_BYTES;
     size_t ac = (size_t)cfg->affine_domains * cfg->channels;
     size_t sc = (size_t)cfg->stats_domains * cfg->channels;
     char *blk = bl_alloc((4 * ac + 2 * sc) * sizeof(float) + cfg->stats_domains * sizeof(int64_t));
@@ -115,8 +116,8 @@ static bl_status resolve_groups(bl_bn *bn, const bl_groups *g, int n, const bl_g
 
 static bl_bn_kargs kargs(bl_bn *bn, bl_shape s, const bl_groups *g)
 {
-    bl_bn_kargs a = {s, g, bn->cfg.affine_domains, bn->cfg.stats_domains, bn->cfg.eps, bn->name,
-                     &bn->ws};
+    bl_bn_kargs a = {s,        g,       bn->cfg.affine_domains, bn->cfg.stats_domains,
+                     bn->cfg.eps, bn->name, &bn->ws, bn->stream_bytes};
     return a;
 }
 
