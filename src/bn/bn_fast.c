@@ -362,15 +362,24 @@ static bl_status non_finite(const bl_bn_kargs *a, int sample, const char *what)
                    "the layer before", a->name, what, sample);
 }
 
+/* 1 / sqrt(var + eps) of every (group, channel), once per call instead of per sample. Empty groups
+ * (no sample refers to them) get 0. */
+static void group_rstd(const bl_bn_kargs *a, const bl_moments *gm, double *rstd)
+{
+    for (int k = 0; k < gm->k; k++)
+        rstd[k] = gm->n[k] > 0 ? bl_rstd(gm->m2[k] / gm->n[k], a->eps) : 0;
+}
+
 bl_status bl_bn_fast_fwd_batch(const bl_bn_kargs *a, const float *x, const float *gamma,
                                const float *beta, float *y, bl_moments *gm)
 {
     const int N = a->s.n, C = a->s.c;
     const size_t nc = (size_t)N * C;
-    char *ws = bl_scratch_get(a->ws, nc * (2 * sizeof(double) + 4 * sizeof(float)) + 64);
+    const size_t gc = (size_t)a->g->n_groups * C;
+    char *ws = bl_scratch_get(a->ws, (2 * nc + gc) * sizeof(double) + 4 * nc * sizeof(float) + 64);
     if (!ws) return BL_ERR_NOMEM;
-    double *smean = (double *)ws, *sm2 = smean + nc;
-    float *mu = (float *)(sm2 + nc), *sc = mu + nc, *bt = sc + nc, *bad = bt + nc;
+    double *smean = (double *)ws, *sm2 = smean + nc, *grs = sm2 + nc;
+    float *mu = (float *)(grs + gc), *sc = mu + nc, *bt = sc + nc, *bad = bt + nc;
 
     bl_fast_sample_moments(a->s, x, smean, sm2);
     bl_moments_zero(gm);
@@ -384,13 +393,13 @@ bl_status bl_bn_fast_fwd_batch(const bl_bn_kargs *a, const float *x, const float
     bl_status st = bl_bn_reduce_moments(a->g, gm);
     if (!st) st = bl_bn_check_groups(a, gm);
     if (st) return st;
+    group_rstd(a, gm, grs);
     for (int i = 0; i < N; i++) {
         size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
         for (int c = 0; c < C; c++) {
             size_t k = (size_t)i * C + c;
-            double rstd = bl_rstd(gm->m2[j + c] / gm->n[j + c], a->eps);
             mu[k] = (float)gm->mean[j + c];
-            sc[k] = (float)(gamma[r + c] * rstd);
+            sc[k] = (float)(gamma[r + c] * grs[j + c]);
             bt[k] = beta[r + c];
         }
     }
@@ -404,19 +413,17 @@ bl_status bl_bn_fast_bwd_batch(const bl_bn_kargs *a, const float *x, const float
 {
     const int N = a->s.n, C = a->s.c, G = a->g->n_groups, A = a->affine_rows;
     const size_t nc = (size_t)N * C, gc = (size_t)G * C, ac = (size_t)A * C;
-    char *ws = bl_scratch_get(a->ws, (2 * nc + 2 * gc + 2 * ac) * sizeof(double) +
-                                         5 * nc * sizeof(float) + 64);
+    char *ws = bl_scratch_get(a->ws, (2 * nc + 3 * gc + 2 * ac) * sizeof(double) +
+                                         4 * nc * sizeof(float) + 64);
     if (!ws) return BL_ERR_NOMEM;
     double *sdy = (double *)ws, *sdx = sdy + nc, *s1 = sdx + nc, *s2 = s1 + gc, *dg = s2 + gc,
-           *db = dg + ac;
-    float *mu = (float *)(db + ac), *rs = mu + nc, *k1 = rs + nc, *k2 = k1 + nc, *k3 = k2 + nc;
+           *db = dg + ac, *grs = db + ac;
+    float *mu = (float *)(grs + gc), *k1 = mu + nc, *k2 = k1 + nc, *k3 = k2 + nc;
 
+    group_rstd(a, gm, grs);
     for (int i = 0; i < N; i++) {
         size_t j = (size_t)a->g->sample_group[i] * C;
-        for (int c = 0; c < C; c++) {
-            mu[(size_t)i * C + c] = (float)gm->mean[j + c];
-            rs[(size_t)i * C + c] = (float)bl_rstd(gm->m2[j + c] / gm->n[j + c], a->eps);
-        }
+        for (int c = 0; c < C; c++) mu[(size_t)i * C + c] = (float)gm->mean[j + c];
     }
     sample_grad_sums(a->s, x, dy, mu, sdy, sdx);
     memset(s1, 0, (2 * gc + 2 * ac) * sizeof(double));
@@ -424,8 +431,7 @@ bl_status bl_bn_fast_bwd_batch(const bl_bn_kargs *a, const float *x, const float
         size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
         for (int c = 0; c < C; c++) {
             size_t k = (size_t)i * C + c;
-            double rstd = bl_rstd(gm->m2[j + c] / gm->n[j + c], a->eps);
-            double sxh = sdx[k] * rstd; /* sum dy * xhat of this sample */
+            double sxh = sdx[k] * grs[j + c]; /* sum dy * xhat of this sample */
             db[r + c] += sdy[k];
             dg[r + c] += sxh;
             s1[j + c] += gamma[r + c] * sdy[k];
@@ -442,7 +448,7 @@ bl_status bl_bn_fast_bwd_batch(const bl_bn_kargs *a, const float *x, const float
         size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
         for (int c = 0; c < C; c++) {
             size_t k = (size_t)i * C + c;
-            double n = gm->n[j + c], rstd = bl_rstd(gm->m2[j + c] / n, a->eps);
+            double n = gm->n[j + c], rstd = grs[j + c];
             k1[k] = (float)(gamma[r + c] * rstd);
             k2[k] = (float)(-rstd * rstd * s2[j + c] / n);
             k3[k] = (float)(-rstd * s1[j + c] / n);
