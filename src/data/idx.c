@@ -45,6 +45,9 @@ static bl_status idx_read(const char *path, uint32_t magic, int dims, uint32_t *
         if (shape[d] == 0 || shape[d] > (1u << 24))
             st = bl_fail(BL_ERR_FORMAT, "%s: implausible dimension %u", path, shape[d]);
         len *= shape[d];
+        if (!st && len > ((size_t)1 << 34)) /* 16 GiB: no IDX dataset is this large */
+            st = bl_fail(BL_ERR_FORMAT, "%s: implausible size (dimensions multiply past 16 GiB)",
+                         path);
     }
     if (!st && !(*data = bl_alloc(len))) st = BL_ERR_NOMEM;
     if (!st) st = read_all(f, path, *data, len);
