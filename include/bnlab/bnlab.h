@@ -3,5 +3,7 @@
 #define BNLAB_H
 #include "bnlab/core.h"
 #include "bnlab/bn.h"
+#include "bnlab/nn.h"
+#include "bnlab/train.h"
 #include "bnlab/data.h"
 #endif

@@ -1,0 +1,130 @@
+/* bnlab nn: layers with forward/backward through one small ops table, networks built from them,
+ * and the model family (the CIFAR ResNet of He et al. 2016, section 4.2).
+ *
+ * Activations are NHWC. A network owns one block per role: parameters, their gradients, optimizer
+ * state, buffers (BN population statistics) and activations (+ their gradients), so zeroing the
+ * gradients is one memset and a checkpoint or an all-reduce touches one buffer. Parameters carry
+ * PyTorch state_dict names and shapes (conv weights OIHW in checkpoints; OHWI inside, which is
+ * what im2col wants). */
+#ifndef BNLAB_NN_H
+#define BNLAB_NN_H
+
+#include "bnlab/bn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- GEMM ------------------------------------------------------------------------------------
+ * C = alpha * op(A) op(B) + beta * C, row-major, op = transpose when trans*. CBLAS (OpenBLAS) when
+ * built with it, else the plain reference loop; bl_gemm_ref is always the plain loop. */
+void bl_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+             const float *b, int ldb, float beta, float *c, int ldc);
+void bl_gemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+                 int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+/* ---- tensors and parameters ------------------------------------------------------------------ */
+typedef struct {
+    int h, w, c;        /* per-sample shape; the batch is the net's */
+    float *data, *grad; /* (batch, h, w, c) */
+} bl_tensor;
+
+typedef enum {
+    BL_P_WEIGHT,  /* conv / linear weight: trained, weight decay */
+    BL_P_BIAS,    /* linear bias: trained, decay unless --wd-bn off excludes it */
+    BL_P_BN,      /* BN gamma / beta: trained, decay unless excluded */
+    BL_P_BUFFER,  /* BN running_mean / running_var: float, not trained */
+    BL_P_COUNT    /* BN num_batches_tracked: int64, shape [] */
+} bl_param_kind;
+
+typedef struct {
+    char name[96];
+    bl_param_kind kind;
+    int ndim, shape[4];  /* PyTorch shape (conv OIHW) */
+    int ohwi;            /* stored OHWI inside (conv weights) */
+    size_t count, offset;/* floats, and offset in the params block (or buffers block) */
+    float *data;         /* bound at finalize (NULL for BL_P_COUNT) */
+    int64_t *i64;        /* BL_P_COUNT only */
+} bl_param;
+
+typedef struct bl_net bl_net;
+typedef struct bl_layer bl_layer;
+
+typedef struct {
+    const char *kind;
+    bl_status (*bind)(bl_layer *l, bl_net *net);     /* after memory exists (optional) */
+    bl_status (*forward)(bl_layer *l, bl_net *net);
+    bl_status (*backward)(bl_layer *l, bl_net *net); /* add (acc) or write input gradients */
+    void (*free)(bl_layer *l);
+} bl_layer_ops;
+
+struct bl_layer {
+    const bl_layer_ops *ops;
+    char name[64];
+    int in[2], n_in, out;
+    int acc[2];   /* backward adds into in[k]'s gradient (another consumer wrote it first) */
+    int need_dx;  /* 0 for layers reading the network input */
+    void *state;
+};
+
+struct bl_net {
+    int n_layers, n_tensors, n_params, cap_layers, cap_tensors, cap_params;
+    bl_layer *layers;
+    bl_tensor *t;  /* t[0] is the input */
+    bl_param *params;
+    int batch;     /* samples in the current forward */
+    int max_batch; /* activations are allocated for this many */
+    size_t n_param_floats, n_buffer_floats;
+    float *param_block, *grad_block, *optim_block, *buffer_block, *act_block;
+    /* how BN layers normalize in the next forward */
+    bl_bn_mode bn_mode;
+    const bl_groups *groups; /* NULL: whole batch */
+    int n_classes;
+    char arch[64];           /* e.g. "resnet20" */
+    int width;
+    bl_scratch ws;           /* im2col and friends, shared by all layers */
+    int finalized;
+};
+
+bl_status bl_net_init(bl_net *net, int h, int w, int c, int max_batch);
+void bl_net_free(bl_net *net);
+/* Allocates the blocks and binds every layer; call once after adding the layers. */
+bl_status bl_net_finalize(bl_net *net);
+/* Layer constructors: return the output tensor id, or -1 (reason in bl_error()). */
+int bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad);
+int bl_net_bn(bl_net *net, const char *name, int in);
+int bl_net_relu(bl_net *net, const char *name, int in);
+int bl_net_add(bl_net *net, const char *name, int a, int b);
+int bl_net_gap(bl_net *net, const char *name, int in);
+int bl_net_linear(bl_net *net, const char *name, int in, int cout);
+
+/* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. */
+bl_status bl_net_forward(bl_net *net, const float *x, int n);
+/* Softmax cross-entropy of the last tensor against labels (mean over the batch); writes the
+ * gradient of the logits when grad is set. Returns the summed loss and the count of correct argmax. */
+bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct);
+bl_status bl_net_backward(bl_net *net);
+void bl_net_zero_grad(bl_net *net);
+/* BN layers, in network order (for commits, PreciseBN, inspection). */
+int bl_net_bn_count(const bl_net *net);
+bl_bn *bl_net_bn_at(bl_net *net, int i);
+const bl_param *bl_net_param(const bl_net *net, const char *name);
+
+/* A parameter's values between the inside layout and PyTorch's (conv weights OHWI <-> OIHW; other
+ * parameters are copied). src and dst hold p->count floats and must not overlap. */
+void bl_param_export(const bl_param *p, const float *src, float *dst);
+void bl_param_import(const bl_param *p, const float *src, float *dst);
+
+/* The CIFAR ResNet, depth 6n+2 (resnet8/14/20/32/56), option-B shortcuts, width w. */
+bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
+                    int max_batch);
+/* Initializes the parameters from a seed: conv weights Kaiming normal (fan_in, ReLU gain), linear
+ * as PyTorch's default (uniform +-1/sqrt(fan_in)), BN gamma 1 and beta 0. */
+void bl_net_init_params(bl_net *net, uint64_t seed);
+/* Parses "resnet20" etc. into a depth. */
+bl_status bl_resnet_depth(const char *model, int *depth);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,390 @@
+/* The layers: conv2d (im2col + GEMM), BatchNorm (the core), ReLU, residual add, global average
+ * pooling, linear. NHWC activations; each backward writes its input gradient, or adds to it when
+ * another consumer of that tensor wrote it first (l->acc). */
+#include "nn/net.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float *pgrad(bl_net *net, int idx) { return net->grad_block + net->params[idx].offset; }
+static inline float *pdata(bl_net *net, int idx) { return net->params[idx].data; }
+
+/* dst = src, or dst += src */
+static void put(float *dst, const float *src, size_t n, int acc)
+{
+    if (!acc) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+/* ---- conv2d ---------------------------------------------------------------------------------- */
+typedef struct {
+    int cin, cout, k, stride, pad, w;
+} conv_state;
+
+static int conv_direct(const conv_state *s) { return s->k == 1 && s->stride == 1 && s->pad == 0; }
+
+/* col: (n * ho * wo, k * k * cin), rows (n, oy, ox), columns (ky, kx, ci): OHWI weights match. */
+static void im2col(const float *x, int n, int h, int w, int cin, int k, int stride, int pad, int ho,
+                   int wo, float *col)
+{
+    const size_t kd = (size_t)k * k * cin;
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < (long)n * ho * wo; r++) {
+        int i = (int)(r / ((long)ho * wo)), oy = (int)(r / wo % ho), ox = (int)(r % wo);
+        float *row = col + (size_t)r * kd;
+        for (int ky = 0; ky < k; ky++) {
+            int iy = oy * stride - pad + ky;
+            for (int kx = 0; kx < k; kx++) {
+                int ix = ox * stride - pad + kx;
+                float *dst = row + ((size_t)ky * k + kx) * cin;
+                if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+                    memset(dst, 0, cin * sizeof(float));
+                else
+                    memcpy(dst, x + (((size_t)i * h + iy) * w + ix) * cin, cin * sizeof(float));
+            }
+        }
+    }
+}
+
+/* dx (+)= col2im(dcol); parallel over samples, which own disjoint parts of dx. */
+static void col2im(const float *dcol, int n, int h, int w, int cin, int k, int stride, int pad,
+                   int ho, int wo, float *dx, int acc)
+{
+    const size_t kd = (size_t)k * k * cin;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        float *dxi = dx + (size_t)i * h * w * cin;
+        if (!acc) memset(dxi, 0, (size_t)h * w * cin * sizeof(float));
+        for (int oy = 0; oy < ho; oy++)
+            for (int ox = 0; ox < wo; ox++) {
+                const float *row = dcol + (((size_t)i * ho + oy) * wo + ox) * kd;
+                for (int ky = 0; ky < k; ky++) {
+                    int iy = oy * stride - pad + ky;
+                    if (iy < 0 || iy >= h) continue;
+                    for (int kx = 0; kx < k; kx++) {
+                        int ix = ox * stride - pad + kx;
+                        if (ix < 0 || ix >= w) continue;
+                        float *d = dxi + ((size_t)iy * w + ix) * cin;
+                        const float *s = row + ((size_t)ky * k + kx) * cin;
+#pragma omp simd
+                        for (int c = 0; c < cin; c++) d[c] += s[c];
+                    }
+                }
+            }
+    }
+}
+
+static bl_status conv_forward(bl_layer *l, bl_net *net)
+{
+    const conv_state *s = l->state;
+    const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
+    int m = net->batch * y->h * y->w, kd = s->k * s->k * s->cin;
+    const float *col = x->data;
+    if (!conv_direct(s)) {
+        float *c = bl_scratch_get(&net->ws, (size_t)m * kd * sizeof(float));
+        if (!c) return BL_ERR_NOMEM;
+        im2col(x->data, net->batch, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w, c);
+        col = c;
+    }
+    bl_gemm(0, 1, m, s->cout, kd, 1.0f, col, kd, pdata(net, s->w), kd, 0.0f, y->data, s->cout);
+    return BL_OK;
+}
+
+static bl_status conv_backward(bl_layer *l, bl_net *net)
+{
+    const conv_state *s = l->state;
+    const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
+    int m = net->batch * y->h * y->w, kd = s->k * s->k * s->cin;
+    const float *w = pdata(net, s->w);
+    if (conv_direct(s)) {
+        bl_gemm(1, 0, s->cout, kd, m, 1.0f, y->grad, s->cout, x->data, kd, 1.0f, pgrad(net, s->w), kd);
+        if (l->need_dx)
+            bl_gemm(0, 0, m, kd, s->cout, 1.0f, y->grad, s->cout, w, kd, l->acc[0] ? 1.0f : 0.0f,
+                    x->grad, kd);
+        return BL_OK;
+    }
+    /* the im2col of forward is recomputed rather than kept: memory over a cheap pass */
+    float *col = bl_scratch_get(&net->ws, (size_t)m * kd * sizeof(float));
+    if (!col) return BL_ERR_NOMEM;
+    im2col(x->data, net->batch, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w, col);
+    bl_gemm(1, 0, s->cout, kd, m, 1.0f, y->grad, s->cout, col, kd, 1.0f, pgrad(net, s->w), kd);
+    if (l->need_dx) {
+        bl_gemm(0, 0, m, kd, s->cout, 1.0f, y->grad, s->cout, w, kd, 0.0f, col, kd);
+        col2im(col, net->batch, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w, x->grad,
+               l->acc[0]);
+    }
+    return BL_OK;
+}
+
+static void free_state(bl_layer *l) { free(l->state); }
+
+static const bl_layer_ops conv_ops = {"conv", NULL, conv_forward, conv_backward, free_state};
+
+int bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad)
+{
+    if (in < 0 || in >= net->n_tensors || cout < 1 || k < 1 || stride < 1 || pad < 0)
+        return bl_fail(BL_ERR_ARG, "conv '%s': bad arguments", name), -1;
+    const bl_tensor *x = &net->t[in];
+    int ho = (x->h + 2 * pad - k) / stride + 1, wo = (x->w + 2 * pad - k) / stride + 1;
+    if (ho < 1 || wo < 1)
+        return bl_fail(BL_ERR_ARG, "conv '%s': kernel %d larger than the padded input %dx%d", name,
+                       k, x->h, x->w), -1;
+    conv_state *s = calloc(1, sizeof *s);
+    if (!s) return bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
+    *s = (conv_state){x->c, cout, k, stride, pad, -1};
+    char pn[96];
+    snprintf(pn, sizeof pn, "%s.weight", name);
+    int shape[4] = {cout, x->c, k, k};
+    s->w = bl_net_declare(net, pn, BL_P_WEIGHT, 4, shape, 1);
+    bl_layer *l = s->w < 0 ? NULL : bl_net_layer(net, &conv_ops, name, &in, 1, ho, wo, cout, s);
+    if (!l) return free(s), -1;
+    return l->out;
+}
+
+/* ---- BatchNorm --------------------------------------------------------------------------------- */
+typedef struct {
+    bl_bn bn; /* first: bl_net_bn_at casts the state */
+    int gamma, beta, mean, var, count;
+} bn_state;
+
+static bl_status bn_bind(bl_layer *l, bl_net *net)
+{
+    bn_state *s = l->state;
+    int c = net->t[l->in[0]].c;
+    bl_bn_config cfg = bl_bn_config_default(c);
+    cfg.name = l->name;
+    bl_status st = bl_bn_init(&s->bn, &cfg);
+    if (st) return st;
+    bl_bn_bind(&s->bn, pdata(net, s->gamma), pdata(net, s->beta), pgrad(net, s->gamma),
+               pgrad(net, s->beta), pdata(net, s->mean), pdata(net, s->var));
+    for (int i = 0; i < c; i++) s->bn.gamma[i] = 1, s->bn.beta[i] = 0, s->bn.pop_mean[i] = 0,
+                                s->bn.pop_var[i] = 1;
+    net->params[s->count].i64 = s->bn.num_batches_tracked;
+    return BL_OK;
+}
+
+static bl_shape bn_shape(const bl_net *net, const bl_tensor *x)
+{
+    bl_shape sh = {net->batch, x->c, x->h, x->w, BL_NHWC};
+    return sh;
+}
+
+static bl_status bn_forward(bl_layer *l, bl_net *net)
+{
+    bn_state *s = l->state;
+    const bl_tensor *x = &net->t[l->in[0]];
+    return bl_bn_forward(&s->bn, net->bn_mode, net->groups, bn_shape(net, x), x->data,
+                         net->t[l->out].data);
+}
+
+static bl_status bn_backward(bl_layer *l, bl_net *net)
+{
+    bn_state *s = l->state;
+    const bl_tensor *x = &net->t[l->in[0]];
+    size_t n = (size_t)net->batch * bl_tsize(x);
+    float *dx = x->grad;
+    if (l->acc[0] && !(dx = bl_scratch_get(&net->ws, n * sizeof(float)))) return BL_ERR_NOMEM;
+    bl_status st = bl_bn_backward(&s->bn, net->groups, x->data, net->t[l->out].grad, dx);
+    if (!st && l->acc[0]) put(x->grad, dx, n, 1);
+    return st;
+}
+
+static void bn_free(bl_layer *l)
+{
+    bn_state *s = l->state;
+    bl_bn_free(&s->bn);
+    free(s);
+}
+
+static const bl_layer_ops bn_ops = {"bn", bn_bind, bn_forward, bn_backward, bn_free};
+
+int bl_net_bn(bl_net *net, const char *name, int in)
+{
+    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "bn '%s': bad input", name), -1;
+    const bl_tensor *x = &net->t[in];
+    bn_state *s = calloc(1, sizeof *s);
+    if (!s) return bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
+    char pn[96];
+    int c = x->c;
+    static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
+    int *idx[4] = {&s->gamma, &s->beta, &s->mean, &s->var};
+    for (int k = 0; k < 4; k++) {
+        snprintf(pn, sizeof pn, "%s.%s", name, suffix[k]);
+        *idx[k] = bl_net_declare(net, pn, k < 2 ? BL_P_BN : BL_P_BUFFER, 1, &c, 0);
+    }
+    snprintf(pn, sizeof pn, "%s.num_batches_tracked", name);
+    s->count = bl_net_declare(net, pn, BL_P_COUNT, 0, NULL, 0);
+    bl_layer *l = s->count < 0 ? NULL : bl_net_layer(net, &bn_ops, name, &in, 1, x->h, x->w, c, s);
+    if (!l) return free(s), -1;
+    return l->out;
+}
+
+/* ---- ReLU, add, global average pooling --------------------------------------------------------- */
+static bl_status relu_forward(bl_layer *l, bl_net *net)
+{
+    const float *x = net->t[l->in[0]].data;
+    float *y = net->t[l->out].data;
+    size_t n = (size_t)net->batch * bl_tsize(&net->t[l->out]);
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : 0;
+    return BL_OK;
+}
+
+static bl_status relu_backward(bl_layer *l, bl_net *net)
+{
+    const float *y = net->t[l->out].data, *dy = net->t[l->out].grad;
+    float *dx = net->t[l->in[0]].grad;
+    size_t n = (size_t)net->batch * bl_tsize(&net->t[l->out]);
+    if (!l->need_dx) return BL_OK;
+    if (l->acc[0]) {
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < n; i++) dx[i] += y[i] > 0 ? dy[i] : 0;
+    } else {
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0 ? dy[i] : 0;
+    }
+    return BL_OK;
+}
+
+static const bl_layer_ops relu_ops = {"relu", NULL, relu_forward, relu_backward, NULL};
+
+int bl_net_relu(bl_net *net, const char *name, int in)
+{
+    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "relu '%s': bad input", name), -1;
+    const bl_tensor *x = &net->t[in];
+    bl_layer *l = bl_net_layer(net, &relu_ops, name, &in, 1, x->h, x->w, x->c, NULL);
+    return l ? l->out : -1;
+}
+
+static bl_status add_forward(bl_layer *l, bl_net *net)
+{
+    const float *a = net->t[l->in[0]].data, *b = net->t[l->in[1]].data;
+    float *y = net->t[l->out].data;
+    size_t n = (size_t)net->batch * bl_tsize(&net->t[l->out]);
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    return BL_OK;
+}
+
+static bl_status add_backward(bl_layer *l, bl_net *net)
+{
+    size_t n = (size_t)net->batch * bl_tsize(&net->t[l->out]);
+    for (int k = 0; k < 2; k++)
+        if (l->in[k] != 0) put(net->t[l->in[k]].grad, net->t[l->out].grad, n, l->acc[k]);
+    return BL_OK;
+}
+
+static const bl_layer_ops add_ops = {"add", NULL, add_forward, add_backward, NULL};
+
+int bl_net_add(bl_net *net, const char *name, int a, int b)
+{
+    if (a < 0 || b < 0 || a >= net->n_tensors || b >= net->n_tensors)
+        return bl_fail(BL_ERR_ARG, "add '%s': bad inputs", name), -1;
+    const bl_tensor *x = &net->t[a], *z = &net->t[b];
+    if (x->h != z->h || x->w != z->w || x->c != z->c)
+        return bl_fail(BL_ERR_ARG, "add '%s': shapes (%d,%d,%d) and (%d,%d,%d) differ", name, x->h,
+                       x->w, x->c, z->h, z->w, z->c), -1;
+    int in[2] = {a, b};
+    bl_layer *l = bl_net_layer(net, &add_ops, name, in, 2, x->h, x->w, x->c, NULL);
+    return l ? l->out : -1;
+}
+
+static bl_status gap_forward(bl_layer *l, bl_net *net)
+{
+    const bl_tensor *x = &net->t[l->in[0]];
+    float *y = net->t[l->out].data;
+    int hw = x->h * x->w, c = x->c;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < net->batch; i++) {
+        double acc[4096];
+        int cc = c < 4096 ? c : 4096;
+        for (int k = 0; k < cc; k++) acc[k] = 0;
+        for (int p = 0; p < hw; p++)
+            for (int k = 0; k < cc; k++) acc[k] += x->data[((size_t)i * hw + p) * c + k];
+        for (int k = 0; k < cc; k++) y[(size_t)i * c + k] = (float)(acc[k] / hw);
+    }
+    return BL_OK;
+}
+
+static bl_status gap_backward(bl_layer *l, bl_net *net)
+{
+    const bl_tensor *x = &net->t[l->in[0]];
+    const float *dy = net->t[l->out].grad;
+    int hw = x->h * x->w, c = x->c;
+    float inv = 1.0f / hw;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < net->batch; i++)
+        for (int p = 0; p < hw; p++) {
+            float *d = x->grad + ((size_t)i * hw + p) * c;
+            for (int k = 0; k < c; k++) d[k] = (l->acc[0] ? d[k] : 0) + dy[(size_t)i * c + k] * inv;
+        }
+    return BL_OK;
+}
+
+static const bl_layer_ops gap_ops = {"gap", NULL, gap_forward, gap_backward, NULL};
+
+int bl_net_gap(bl_net *net, const char *name, int in)
+{
+    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "gap '%s': bad input", name), -1;
+    if (net->t[in].c > 4096) return bl_fail(BL_ERR_ARG, "gap '%s': more than 4096 channels", name), -1;
+    bl_layer *l = bl_net_layer(net, &gap_ops, name, &in, 1, 1, 1, net->t[in].c, NULL);
+    return l ? l->out : -1;
+}
+
+/* ---- linear ------------------------------------------------------------------------------------ */
+typedef struct {
+    int cin, cout, w, b;
+} linear_state;
+
+static bl_status linear_forward(bl_layer *l, bl_net *net)
+{
+    const linear_state *s = l->state;
+    float *y = net->t[l->out].data;
+    const float *b = pdata(net, s->b);
+    bl_gemm(0, 1, net->batch, s->cout, s->cin, 1.0f, net->t[l->in[0]].data, s->cin, pdata(net, s->w),
+            s->cin, 0.0f, y, s->cout);
+    for (int i = 0; i < net->batch; i++)
+        for (int k = 0; k < s->cout; k++) y[(size_t)i * s->cout + k] += b[k];
+    return BL_OK;
+}
+
+static bl_status linear_backward(bl_layer *l, bl_net *net)
+{
+    const linear_state *s = l->state;
+    const float *dy = net->t[l->out].grad;
+    float *db = pgrad(net, s->b);
+    bl_gemm(1, 0, s->cout, s->cin, net->batch, 1.0f, dy, s->cout, net->t[l->in[0]].data, s->cin,
+            1.0f, pgrad(net, s->w), s->cin);
+    for (int i = 0; i < net->batch; i++)
+        for (int k = 0; k < s->cout; k++) db[k] += dy[(size_t)i * s->cout + k];
+    if (l->need_dx)
+        bl_gemm(0, 0, net->batch, s->cin, s->cout, 1.0f, dy, s->cout, pdata(net, s->w), s->cin,
+                l->acc[0] ? 1.0f : 0.0f, net->t[l->in[0]].grad, s->cin);
+    return BL_OK;
+}
+
+static const bl_layer_ops linear_ops = {"linear", NULL, linear_forward, linear_backward, free_state};
+
+int bl_net_linear(bl_net *net, const char *name, int in, int cout)
+{
+    if (in < 0 || in >= net->n_tensors || cout < 1)
+        return bl_fail(BL_ERR_ARG, "linear '%s': bad arguments", name), -1;
+    linear_state *s = calloc(1, sizeof *s);
+    if (!s) return bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
+    s->cin = (int)bl_tsize(&net->t[in]);
+    s->cout = cout;
+    char pn[96];
+    int ws[2] = {cout, s->cin};
+    snprintf(pn, sizeof pn, "%s.weight", name);
+    s->w = bl_net_declare(net, pn, BL_P_WEIGHT, 2, ws, 0);
+    snprintf(pn, sizeof pn, "%s.bias", name);
+    s->b = bl_net_declare(net, pn, BL_P_BIAS, 1, &cout, 0);
+    bl_layer *l = s->b < 0 ? NULL : bl_net_layer(net, &linear_ops, name, &in, 1, 1, 1, cout, s);
+    if (!l) return free(s), -1;
+    return l->out;
+}

@@ -1,0 +1,294 @@
+/* Networks: tensors, layers and parameters declared first, memory allocated once per role at
+ * finalize, then forward/backward walk the layers in order. */
+#include "nn/net.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int grow(void **p, int *cap, int need, size_t elem)
+{
+    if (need <= *cap) return 0;
+    int nc = *cap ? *cap * 2 : 16;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, (size_t)nc * elem);
+    if (!q) return bl_fail(BL_ERR_NOMEM, "out of memory growing a network table"), -1;
+    memset((char *)q + (size_t)*cap * elem, 0, (size_t)(nc - *cap) * elem);
+    *p = q;
+    *cap = nc;
+    return 0;
+}
+
+bl_status bl_net_init(bl_net *net, int h, int w, int c, int max_batch)
+{
+    memset(net, 0, sizeof *net);
+    if (h < 1 || w < 1 || c < 1 || max_batch < 1)
+        return bl_fail(BL_ERR_ARG, "net: input (%d, %d, %d) and batch %d must be positive", h, w,
+                       c, max_batch);
+    net->max_batch = max_batch;
+    net->bn_mode = BL_BN_BATCH;
+    return bl_net_tensor(net, h, w, c) == 0 ? BL_OK : BL_ERR_NOMEM;
+}
+
+int bl_net_tensor(bl_net *net, int h, int w, int c)
+{
+    if (grow((void **)&net->t, &net->cap_tensors, net->n_tensors + 1, sizeof(bl_tensor))) return -1;
+    bl_tensor *t = &net->t[net->n_tensors];
+    t->h = h, t->w = w, t->c = c;
+    return net->n_tensors++;
+}
+
+bl_layer *bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
+                       int n_in, int h, int w, int c, void *state)
+{
+    if (net->finalized) {
+        bl_fail(BL_ERR_STATE, "net: layer '%s' added after finalize", name);
+        return NULL;
+    }
+    for (int k = 0; k < n_in; k++)
+        if (in[k] < 0 || in[k] >= net->n_tensors) {
+            bl_fail(BL_ERR_ARG, "net: layer '%s' reads tensor %d, which does not exist", name,
+                    in[k]);
+            return NULL;
+        }
+    int out = bl_net_tensor(net, h, w, c);
+    if (out < 0 || grow((void **)&net->layers, &net->cap_layers, net->n_layers + 1, sizeof(bl_layer)))
+        return NULL;
+    bl_layer *l = &net->layers[net->n_layers++];
+    l->ops = ops;
+    snprintf(l->name, sizeof l->name, "%s", name);
+    for (int k = 0; k < n_in; k++) l->in[k] = in[k];
+    l->n_in = n_in;
+    l->out = out;
+    l->state = state;
+    return l;
+}
+
+int bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int ndim, const int *shape,
+                   int ohwi)
+{
+    if (grow((void **)&net->params, &net->cap_params, net->n_params + 1, sizeof(bl_param))) return -1;
+    bl_param *p = &net->params[net->n_params];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->kind = kind;
+    p->ndim = ndim;
+    p->count = 1;
+    for (int d = 0; d < ndim; d++) p->shape[d] = shape[d], p->count *= (size_t)shape[d];
+    p->ohwi = ohwi;
+    return net->n_params++;
+}
+
+bl_status bl_net_finalize(bl_net *net)
+{
+    if (net->finalized) return bl_fail(BL_ERR_STATE, "net: finalized twice");
+    /* parameter and buffer offsets, 16-float aligned so every tensor starts on a cache line */
+    size_t np = 0, nb = 0;
+    for (int i = 0; i < net->n_params; i++) {
+        bl_param *p = &net->params[i];
+        if (p->kind == BL_P_COUNT) continue;
+        size_t *at = p->kind == BL_P_BUFFER ? &nb : &np;
+        p->offset = *at;
+        *at += (p->count + 15) & ~(size_t)15;
+    }
+    net->n_param_floats = np;
+    net->n_buffer_floats = nb;
+    size_t act = 0;
+    for (int i = 0; i < net->n_tensors; i++)
+        act += 2 * (((size_t)net->max_batch * bl_tsize(&net->t[i]) + 15) & ~(size_t)15);
+    net->param_block = bl_calloc((np ? np : 1) * sizeof(float));
+    net->grad_block = bl_calloc((np ? np : 1) * sizeof(float));
+    net->optim_block = bl_calloc((np ? np : 1) * sizeof(float));
+    net->buffer_block = bl_calloc((nb ? nb : 1) * sizeof(float));
+    net->act_block = bl_calloc(act * sizeof(float));
+    if (!net->param_block || !net->grad_block || !net->optim_block || !net->buffer_block ||
+        !net->act_block)
+        return bl_fail(BL_ERR_NOMEM, "net: out of memory for %zu parameters and %zu activation "
+                       "floats (batch %d): use a smaller --batch", np, act, net->max_batch);
+    for (int i = 0; i < net->n_params; i++) {
+        bl_param *p = &net->params[i];
+        if (p->kind == BL_P_COUNT) continue;
+        p->data = (p->kind == BL_P_BUFFER ? net->buffer_block : net->param_block) + p->offset;
+    }
+    float *a = net->act_block;
+    for (int i = 0; i < net->n_tensors; i++) {
+        size_t n = ((size_t)net->max_batch * bl_tsize(&net->t[i]) + 15) & ~(size_t)15;
+        net->t[i].data = a;
+        net->t[i].grad = a + n;
+        a += 2 * n;
+    }
+    /* backward order: the first layer to reach a tensor writes its gradient, later ones add */
+    char *written = calloc((size_t)net->n_tensors, 1);
+    if (!written) return BL_ERR_NOMEM;
+    for (int li = net->n_layers - 1; li >= 0; li--) {
+        bl_layer *l = &net->layers[li];
+        l->need_dx = 1;
+        for (int k = 0; k < l->n_in; k++) {
+            l->acc[k] = written[l->in[k]];
+            written[l->in[k]] = 1;
+            if (l->in[k] == 0) l->need_dx = 0;
+        }
+    }
+    free(written);
+    net->finalized = 1;
+    for (int li = 0; li < net->n_layers; li++) {
+        bl_layer *l = &net->layers[li];
+        if (l->ops->bind) {
+            bl_status st = l->ops->bind(l, net);
+            if (st) return st;
+        }
+    }
+    return BL_OK;
+}
+
+void bl_net_free(bl_net *net)
+{
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].ops->free) net->layers[i].ops->free(&net->layers[i]);
+    free(net->layers);
+    free(net->t);
+    free(net->params);
+    bl_free(net->param_block);
+    bl_free(net->grad_block);
+    bl_free(net->optim_block);
+    bl_free(net->buffer_block);
+    bl_free(net->act_block);
+    bl_scratch_free(&net->ws);
+    memset(net, 0, sizeof *net);
+}
+
+bl_status bl_net_forward(bl_net *net, const float *x, int n)
+{
+    if (!net->finalized) return bl_fail(BL_ERR_STATE, "net: forward before finalize");
+    if (n < 0 || n > net->max_batch)
+        return bl_fail(BL_ERR_ARG, "net: batch of %d samples, the network holds at most %d", n,
+                       net->max_batch);
+    net->batch = n;
+    memcpy(net->t[0].data, x, (size_t)n * bl_tsize(&net->t[0]) * sizeof(float));
+    for (int i = 0; i < net->n_layers; i++) {
+        bl_layer *l = &net->layers[i];
+        bl_status st = l->ops->forward(l, net);
+        if (st) return st;
+    }
+    return BL_OK;
+}
+
+bl_status bl_net_backward(bl_net *net)
+{
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        bl_layer *l = &net->layers[i];
+        bl_status st = l->ops->backward(l, net);
+        if (st) return st;
+    }
+    return BL_OK;
+}
+
+void bl_net_zero_grad(bl_net *net)
+{
+    memset(net->grad_block, 0, net->n_param_floats * sizeof(float));
+}
+
+bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct)
+{
+    bl_tensor *t = &net->t[net->n_tensors - 1];
+    int k = (int)bl_tsize(t), n = net->batch;
+    double total = 0;
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        const float *z = t->data + (size_t)i * k;
+        float *g = t->grad + (size_t)i * k;
+        if (labels[i] >= k)
+            return bl_fail(BL_ERR_ARG, "loss: label %d of sample %d is outside the %d classes",
+                           labels[i], i, k);
+        int arg = 0;
+        double mx = z[0];
+        for (int j = 1; j < k; j++)
+            if (z[j] > mx) mx = z[j], arg = j;
+        if (!isfinite(mx))
+            return bl_fail(BL_ERR_NUMERIC, "loss: the logits of sample %d are not finite", i);
+        double se = 0;
+        for (int j = 0; j < k; j++) se += exp(z[j] - mx);
+        total += log(se) + mx - z[labels[i]];
+        ok += arg == labels[i];
+        if (grad)
+            for (int j = 0; j < k; j++)
+                g[j] = (float)((exp(z[j] - mx) / se - (j == labels[i])) / n);
+    }
+    *loss_sum = total;
+    *correct = ok;
+    return BL_OK;
+}
+
+int bl_net_bn_count(const bl_net *net)
+{
+    int k = 0;
+    for (int i = 0; i < net->n_layers; i++) k += !strcmp(net->layers[i].ops->kind, "bn");
+    return k;
+}
+
+bl_bn *bl_net_bn_at(bl_net *net, int idx)
+{
+    for (int i = 0; i < net->n_layers; i++)
+        if (!strcmp(net->layers[i].ops->kind, "bn") && idx-- == 0)
+            return (bl_bn *)net->layers[i].state;
+    return NULL;
+}
+
+const bl_param *bl_net_param(const bl_net *net, const char *name)
+{
+    for (int i = 0; i < net->n_params; i++)
+        if (!strcmp(net->params[i].name, name)) return &net->params[i];
+    return NULL;
+}
+
+void bl_net_init_params(bl_net *net, uint64_t seed)
+{
+    bl_rng r;
+    bl_rng_seed(&r, seed);
+    for (int i = 0; i < net->n_params; i++) {
+        bl_param *p = &net->params[i];
+        if (p->kind == BL_P_COUNT || p->kind == BL_P_BUFFER) continue;
+        const char *leaf = strrchr(p->name, '.');
+        size_t fan_in = p->ndim > 1 ? p->count / (size_t)p->shape[0] : 1;
+        if (p->kind == BL_P_BN) {
+            float v = leaf && !strcmp(leaf, ".weight") ? 1.0f : 0.0f;
+            for (size_t k = 0; k < p->count; k++) p->data[k] = v;
+        } else if (p->ndim == 4) {
+            double std = sqrt(2.0 / (double)fan_in);
+            for (size_t k = 0; k < p->count; k++) p->data[k] = (float)(std * bl_rng_normal(&r));
+        } else {
+            /* linear weight and bias: PyTorch's default bound 1/sqrt(fan_in of the weight) */
+            const bl_param *w = p->kind == BL_P_BIAS ? p - 1 : p;
+            double bound = 1.0 / sqrt((double)(w->count / (size_t)w->shape[0]));
+            for (size_t k = 0; k < p->count; k++)
+                p->data[k] = (float)(bound * (2 * bl_rng_uniform(&r) - 1));
+        }
+    }
+}
+
+/* OIHW index of OHWI element (o, y, x, i). */
+static void conv_perm(const bl_param *p, const float *src, float *dst, int to_torch)
+{
+    int O = p->shape[0], I = p->shape[1], H = p->shape[2], W = p->shape[3];
+    for (int o = 0; o < O; o++)
+        for (int i = 0; i < I; i++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    size_t oihw = (((size_t)o * I + i) * H + y) * W + x;
+                    size_t ohwi = (((size_t)o * H + y) * W + x) * I + i;
+                    if (to_torch) dst[oihw] = src[ohwi];
+                    else dst[ohwi] = src[oihw];
+                }
+}
+
+void bl_param_export(const bl_param *p, const float *src, float *dst)
+{
+    if (p->ohwi) conv_perm(p, src, dst, 1);
+    else memcpy(dst, src, p->count * sizeof(float));
+}
+
+void bl_param_import(const bl_param *p, const float *src, float *dst)
+{
+    if (p->ohwi) conv_perm(p, src, dst, 0);
+    else memcpy(dst, src, p->count * sizeof(float));
+}

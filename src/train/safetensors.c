@@ -1,0 +1,329 @@
+/* safetensors reading and atomic writing, with cJSON for the header. A checkpoint is the only
+ * state a long run keeps, so the reader trusts nothing: every size and offset is checked against
+ * the file before use. */
+#define _POSIX_C_SOURCE 200809L
+#include "bnlab/train.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *dtype_name[] = {"F32", "F64", "I64", "U8"};
+static const size_t dtype_size[] = {4, 8, 8, 1};
+
+size_t bl_st_numel(const bl_st_entry *e)
+{
+    size_t n = 1;
+    for (int d = 0; d < e->ndim; d++) n *= (size_t)e->shape[d];
+    return n;
+}
+
+void bl_st_free(bl_safetensors *st)
+{
+    free(st->e);
+    for (int i = 0; i < st->n_meta; i++) free(st->meta_val[i]);
+    free(st->meta_val);
+    free(st->meta_key);
+    free(st->data);
+    memset(st, 0, sizeof *st);
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const bl_st_entry *x = a, *y = b;
+    return (x->begin > y->begin) - (x->begin < y->begin);
+}
+
+static bl_status parse_header(const char *path, const char *hdr, bl_safetensors *st)
+{
+    cJSON *root = cJSON_Parse(hdr);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return bl_fail(BL_ERR_FORMAT, "%s: the header is not a JSON object: not a safetensors "
+                       "file, or corrupt", path);
+    }
+    int count = cJSON_GetArraySize(root);
+    st->e = calloc((size_t)count + 1, sizeof *st->e);
+    st->meta_key = calloc((size_t)count + 64, sizeof *st->meta_key);
+    st->meta_val = calloc((size_t)count + 64, sizeof *st->meta_val);
+    bl_status rc = BL_OK;
+    for (cJSON *it = root->child; it && !rc; it = it->next) {
+        if (!strcmp(it->string, "__metadata__")) {
+            for (cJSON *m = it->child; m; m = m->next) {
+                if (!cJSON_IsString(m) || st->n_meta >= count + 63) {
+                    rc = bl_fail(BL_ERR_FORMAT, "%s: metadata '%s' is not a string", path,
+                                 m->string);
+                    break;
+                }
+                snprintf(st->meta_key[st->n_meta], 64, "%s", m->string);
+                st->meta_val[st->n_meta++] = strdup(m->valuestring);
+            }
+            continue;
+        }
+        bl_st_entry *e = &st->e[st->n];
+        cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
+        cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
+        cJSON *of = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+        if (strlen(it->string) >= sizeof e->name || !cJSON_IsString(dt) || !cJSON_IsArray(sh) ||
+            !cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2 || cJSON_GetArraySize(sh) > 8) {
+            rc = bl_fail(BL_ERR_FORMAT, "%s: tensor '%s' lacks dtype, shape or data_offsets", path,
+                         it->string);
+            break;
+        }
+        snprintf(e->name, sizeof e->name, "%s", it->string);
+        int k = -1;
+        for (int d = 0; d < 4; d++)
+            if (!strcmp(dt->valuestring, dtype_name[d])) k = d;
+        if (k < 0) {
+            rc = bl_fail(BL_ERR_FORMAT, "%s: tensor '%s' has dtype %s; bnlab reads F32, F64, I64 "
+                         "and U8", path, e->name, dt->valuestring);
+            break;
+        }
+        e->dtype = (bl_dtype)k;
+        e->ndim = cJSON_GetArraySize(sh);
+        for (int d = 0; d < e->ndim; d++) {
+            double v = cJSON_GetArrayItem(sh, d)->valuedouble;
+            if (!(v >= 0 && v < 1e12)) rc = bl_fail(BL_ERR_FORMAT, "%s: bad shape of '%s'", path, e->name);
+            e->shape[d] = (int64_t)v;
+        }
+        double b = cJSON_GetArrayItem(of, 0)->valuedouble, en = cJSON_GetArrayItem(of, 1)->valuedouble;
+        if (!rc && !(b >= 0 && en >= b && en <= (double)st->data_len))
+            rc = bl_fail(BL_ERR_FORMAT, "%s: tensor '%s' lies outside the file (offsets %.0f..%.0f, "
+                         "%zu data bytes): truncated or corrupt", path, e->name, b, en, st->data_len);
+        e->begin = (size_t)b;
+        e->end = (size_t)en;
+        if (!rc && bl_st_numel(e) * dtype_size[e->dtype] != e->end - e->begin)
+            rc = bl_fail(BL_ERR_FORMAT, "%s: tensor '%s' has %zu bytes for its shape but offsets "
+                         "span %zu", path, e->name, bl_st_numel(e) * dtype_size[e->dtype],
+                         e->end - e->begin);
+        st->n++;
+    }
+    cJSON_Delete(root);
+    if (rc) return rc;
+    /* non-overlapping */
+    bl_st_entry *sorted = malloc(sizeof *sorted * ((size_t)st->n + 1));
+    memcpy(sorted, st->e, sizeof *sorted * st->n);
+    qsort(sorted, st->n, sizeof *sorted, cmp_entry);
+    for (int i = 1; i < st->n && !rc; i++)
+        if (sorted[i].begin < sorted[i - 1].end)
+            rc = bl_fail(BL_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap: corrupt file", path,
+                         sorted[i - 1].name, sorted[i].name);
+    free(sorted);
+    return rc;
+}
+
+bl_status bl_st_read(const char *path, bl_safetensors *st)
+{
+    memset(st, 0, sizeof *st);
+    FILE *f = fopen(path, "rb");
+    if (!f) return bl_fail(BL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    uint8_t len8[8];
+    bl_status rc = BL_OK;
+    char *hdr = NULL;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (size < 8 || fread(len8, 1, 8, f) != 8) {
+        rc = bl_fail(BL_ERR_FORMAT, "%s: %ld bytes, too short for a safetensors file", path, size);
+        goto out;
+    }
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | len8[i];
+    if (hl < 2 || hl > (uint64_t)size - 8 || hl > (100u << 20)) {
+        rc = bl_fail(BL_ERR_FORMAT, "%s: header length %llu does not fit the file (%ld bytes): "
+                     "truncated, or not a safetensors file", path, (unsigned long long)hl, size);
+        goto out;
+    }
+    hdr = malloc(hl + 1);
+    st->data_len = (size_t)size - 8 - hl;
+    st->data = malloc(st->data_len + 1);
+    if (!hdr || !st->data || fread(hdr, 1, hl, f) != hl ||
+        fread(st->data, 1, st->data_len, f) != st->data_len) {
+        rc = bl_fail(BL_ERR_IO, "%s: read failed", path);
+        goto out;
+    }
+    hdr[hl] = 0;
+    rc = parse_header(path, hdr, st);
+out:
+    free(hdr);
+    fclose(f);
+    if (rc) bl_st_free(st);
+    return rc;
+}
+
+const bl_st_entry *bl_st_find(const bl_safetensors *st, const char *name)
+{
+    for (int i = 0; i < st->n; i++)
+        if (!strcmp(st->e[i].name, name)) return &st->e[i];
+    return NULL;
+}
+
+const char *bl_st_meta(const bl_safetensors *st, const char *key)
+{
+    for (int i = 0; i < st->n_meta; i++)
+        if (!strcmp(st->meta_key[i], key)) return st->meta_val[i];
+    return NULL;
+}
+
+bl_status bl_st_get_f32(const bl_safetensors *st, const char *name, float *out, size_t count)
+{
+    const bl_st_entry *e = bl_st_find(st, name);
+    if (!e) return bl_fail(BL_ERR_FORMAT, "checkpoint has no tensor '%s'", name);
+    if (bl_st_numel(e) != count)
+        return bl_fail(BL_ERR_FORMAT, "tensor '%s' has %zu values, the model needs %zu: the "
+                       "checkpoint is for another architecture", name, bl_st_numel(e), count);
+    const uint8_t *p = st->data + e->begin;
+    for (size_t i = 0; i < count; i++) {
+        if (e->dtype == BL_F32) {
+            float v;
+            memcpy(&v, p + 4 * i, 4);
+            out[i] = v;
+        } else if (e->dtype == BL_F64) {
+            double v;
+            memcpy(&v, p + 8 * i, 8);
+            out[i] = (float)v;
+        } else {
+            return bl_fail(BL_ERR_FORMAT, "tensor '%s' is %s, expected F32 or F64", name,
+                           dtype_name[e->dtype]);
+        }
+    }
+    return BL_OK;
+}
+
+/* ---- writing ----------------------------------------------------------------------------------- */
+bl_status bl_st_add(bl_st_writer *w, const char *name, bl_dtype dtype, int ndim,
+                    const int64_t *shape, const void *data)
+{
+    if (ndim < 0 || ndim > 8 || strlen(name) >= 128)
+        return bl_fail(BL_ERR_ARG, "safetensors: bad tensor '%s'", name);
+    if (w->n == w->cap) {
+        int nc = w->cap ? 2 * w->cap : 64;
+        void *p = realloc(w->items, sizeof *w->items * nc);
+        if (!p) return bl_fail(BL_ERR_NOMEM, "out of memory");
+        w->items = p;
+        w->cap = nc;
+    }
+    struct bl_st_item *it = &w->items[w->n];
+    memset(it, 0, sizeof *it);
+    snprintf(it->name, sizeof it->name, "%s", name);
+    it->dtype = dtype;
+    it->ndim = ndim;
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) it->shape[d] = shape[d], n *= (size_t)shape[d];
+    it->bytes = n * dtype_size[dtype];
+    it->owned = malloc(it->bytes ? it->bytes : 1);
+    if (!it->owned) return bl_fail(BL_ERR_NOMEM, "out of memory");
+    memcpy(it->owned, data, it->bytes);
+    it->data = it->owned;
+    w->n++;
+    return BL_OK;
+}
+
+bl_status bl_st_set_meta(bl_st_writer *w, const char *key, const char *value)
+{
+    for (int i = 0; i < w->n_meta; i++)
+        if (!strcmp(w->meta_key[i], key)) {
+            free(w->meta_val[i]);
+            w->meta_val[i] = strdup(value);
+            return BL_OK;
+        }
+    if (w->n_meta == w->cap_meta) {
+        int nc = w->cap_meta ? 2 * w->cap_meta : 32;
+        void *k = realloc(w->meta_key, sizeof *w->meta_key * nc);
+        if (!k) return bl_fail(BL_ERR_NOMEM, "out of memory");
+        w->meta_key = k;
+        void *v = realloc(w->meta_val, sizeof *w->meta_val * nc);
+        if (!v) return bl_fail(BL_ERR_NOMEM, "out of memory");
+        w->meta_val = v;
+        w->cap_meta = nc;
+    }
+    snprintf(w->meta_key[w->n_meta], 64, "%s", key);
+    w->meta_val[w->n_meta++] = strdup(value);
+    return BL_OK;
+}
+
+void bl_st_writer_free(bl_st_writer *w)
+{
+    for (int i = 0; i < w->n; i++) free(w->items[i].owned);
+    free(w->items);
+    for (int i = 0; i < w->n_meta; i++) free(w->meta_val[i]);
+    free(w->meta_val);
+    free(w->meta_key);
+    memset(w, 0, sizeof *w);
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t k = write(fd, c, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        c += k, n -= (size_t)k;
+    }
+    return 0;
+}
+
+bl_status bl_st_write(const bl_st_writer *w, const char *path)
+{
+    cJSON *root = cJSON_CreateObject();
+    if (w->n_meta) {
+        cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
+        for (int i = 0; i < w->n_meta; i++) cJSON_AddStringToObject(m, w->meta_key[i], w->meta_val[i]);
+    }
+    size_t off = 0;
+    for (int i = 0; i < w->n; i++) {
+        const struct bl_st_item *it = &w->items[i];
+        cJSON *t = cJSON_AddObjectToObject(root, it->name);
+        cJSON_AddStringToObject(t, "dtype", dtype_name[it->dtype]);
+        cJSON *sh = cJSON_AddArrayToObject(t, "shape");
+        for (int d = 0; d < it->ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)it->shape[d]));
+        cJSON *of = cJSON_AddArrayToObject(t, "data_offsets");
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + it->bytes)));
+        off += it->bytes;
+    }
+    char *hdr = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!hdr) return bl_fail(BL_ERR_NOMEM, "safetensors: cannot print the header");
+    size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7; /* data starts 8-byte aligned */
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        free(hdr);
+        return bl_fail(BL_ERR_IO, "%s: cannot create: %s (does the directory exist?)", tmp,
+                       strerror(errno));
+    }
+    uint8_t len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    int bad = write_all(fd, len8, 8) || write_all(fd, hdr, hl) ||
+              write_all(fd, "        ", padded - hl);
+    for (int i = 0; i < w->n && !bad; i++) bad = write_all(fd, w->items[i].data, w->items[i].bytes);
+    free(hdr);
+    if (bad || fsync(fd) || close(fd)) {
+        int e = errno;
+        unlink(tmp);
+        return bl_fail(BL_ERR_IO, "%s: write failed: %s (disk full?); the previous checkpoint is "
+                       "untouched", path, strerror(e));
+    }
+    if (rename(tmp, path)) {
+        int e = errno;
+        unlink(tmp);
+        return bl_fail(BL_ERR_IO, "%s: rename failed: %s", path, strerror(e));
+    }
+    /* the rename itself reaches the disk only with the directory */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    int dfd = open(dirname(dir), O_RDONLY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return BL_OK;
+}
