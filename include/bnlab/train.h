@@ -2,6 +2,7 @@
 #ifndef BNLAB_TRAIN_H
 #define BNLAB_TRAIN_H
 
+#include "bnlab/data.h"
 #include "bnlab/nn.h"
 
 #ifdef __cplusplus
@@ -77,6 +78,59 @@ typedef struct {
     int nesterov, wd_bn;
 } bl_sgd;
 void bl_sgd_step(bl_net *net, const bl_sgd *o, double lr);
+
+/* ---- checkpoints ------------------------------------------------------------------------------
+ * safetensors with the PyTorch state_dict names and layouts (conv weights OIHW, num_batches_tracked
+ * I64 []), optimizer momentum as "optim.<name>.momentum_buffer", and metadata: format, arch, width,
+ * classes, input, data_mean, data_std, epoch, step, estimator (of the BN population statistics),
+ * seed, rng, config. Written atomically (temporary file, fsync, rename). */
+typedef struct {
+    int epoch;      /* epochs completed */
+    long step;      /* SGD steps completed */
+    uint64_t seed;
+    char config[2048]; /* the run's resolved configuration, JSON */
+} bl_ckpt_info;
+
+bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_info *info);
+/* Loads into an existing net; the architecture must match (errors name the tensor). with_optim:
+ * also the momentum buffers (an error if absent). info may be NULL. */
+bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_ckpt_info *info);
+/* Builds the net a checkpoint describes (its metadata) and loads it. */
+bl_status bl_checkpoint_open(const char *path, int max_batch, bl_net *net, bl_ckpt_info *info);
+
+/* ---- evaluation and training -------------------------------------------------------------------- */
+typedef struct {
+    double err;  /* % */
+    double loss; /* mean cross-entropy */
+    int n;
+} bl_eval_result;
+
+/* Population statistics (bn = BL_BN_POPULATION), or mini-batch statistics (BL_BN_BATCH) of ghost
+ * groups of norm_batch samples whose composition comes from a shuffle seeded by seed. */
+bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_batch,
+                      uint64_t seed, bl_eval_result *r);
+
+typedef enum { BL_SCHED_COSINE, BL_SCHED_STEP, BL_SCHED_CONST } bl_schedule;
+
+typedef struct {
+    char model[32];
+    int width, epochs, batch, norm_batch; /* norm_batch 0: the SGD batch */
+    double lr, momentum, wd;
+    int nesterov, wd_bn;
+    bl_schedule schedule;
+    double warmup_epochs;
+    int lr_linear;        /* lr x batch / 128 */
+    uint64_t seed;
+    int threads, eval_every, eval_minibatch, val;
+    long max_steps;       /* 0: no limit */
+    char out[1024], data_dir[1024], resume[1024];
+} bl_train_cfg;
+
+void bl_train_defaults(bl_train_cfg *c);
+/* Learning rate at step t of T (warmup W steps, then the schedule). */
+double bl_lr_at(const bl_train_cfg *c, long t, long T, long W);
+/* The whole run: data, model, SGD, evaluation, metrics.jsonl and last.safetensors in c->out. */
+bl_status bl_train(const bl_train_cfg *c);
 
 #ifdef __cplusplus
 }

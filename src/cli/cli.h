@@ -1,13 +1,34 @@
-/* The bnlab command: shared option parsing helpers and the commands. */
+/* The bnlab command: one table-driven option parser shared by every command, and the commands. */
 #ifndef BNLAB_CLI_H
 #define BNLAB_CLI_H
 
 #include "bnlab/bnlab.h"
 
-/* Parses an integer/double option value or prints what is wrong and returns nonzero. */
-int cli_int(const char *opt, const char *v, long lo, long hi, long *out);
-int cli_double(const char *opt, const char *v, double *out);
+#include <stdio.h>
+
+typedef enum { OPT_INT, OPT_LONG, OPT_U64, OPT_DOUBLE, OPT_STR, OPT_ONOFF, OPT_CHOICE } cli_type;
+
+typedef struct {
+    const char *name;    /* "--epochs" */
+    cli_type type;
+    void *ptr;           /* int, long, uint64_t, double, char[len], int (on/off, choice index) */
+    size_t len;          /* OPT_STR buffer size */
+    double lo, hi;       /* numeric range */
+    const char *choices; /* OPT_CHOICE: "cosine|step|const" */
+    const char *help;
+} cli_opt;
+
+/* Parses argv[1..) (argv[0] is the command): options from the table, and up to max_pos positional
+ * arguments into pos. Returns 0 to go on, 1 when --help was printed (exit 0), 2 on a bad command
+ * line (the message printed, exit 2). */
+int cli_parse(const char *cmd, const char *synopsis, int argc, char **argv, const cli_opt *opts,
+              int n_opts, const char **pos, int max_pos, int *n_pos);
+void cli_usage(FILE *f, const char *cmd, const char *synopsis, const cli_opt *opts, int n_opts);
+/* The option table's current values as one line, "name=value ..." (the resolved configuration). */
+void cli_print_config(FILE *f, const char *cmd, const cli_opt *opts, int n_opts);
 
 int cmd_demo(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

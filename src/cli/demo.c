@@ -62,37 +62,21 @@ static void compare(const float *mean, const float *var, const bl_moments *pop, 
 
 int cmd_demo(int argc, char **argv)
 {
-    long pop_n = 20000, batches = 100, seed = 1;
-    const char *dir = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
-            printf("usage: bnlab demo [options]\n"
-                   "  --population N  training images whose features form the population "
-                   "(default 20000)\n"
-                   "  --batches K     batches of 64 fed to the estimators (default 100)\n"
-                   "  --seed S        seed of the random features and sampling (default 1)\n"
-                   "  --data-dir D    Fashion-MNIST directory (default %s)\n",
-                   BL_FMNIST_DIR);
-            return 0;
-        } else if (!strcmp(o, "--population")) {
-            if (cli_int(o, v, 1000, 60000, &pop_n)) return 2;
-            i++;
-        } else if (!strcmp(o, "--batches")) {
-            if (cli_int(o, v, 1, 100000, &batches)) return 2;
-            i++;
-        } else if (!strcmp(o, "--seed")) {
-            if (cli_int(o, v, 0, 1L << 40, &seed)) return 2;
-            i++;
-        } else if (!strcmp(o, "--data-dir")) {
-            if (!v) return fprintf(stderr, "bnlab demo: --data-dir needs a directory\n"), 2;
-            dir = v;
-            i++;
-        } else {
-            fprintf(stderr, "bnlab demo: unknown option '%s' (see bnlab demo --help)\n", o);
-            return 2;
-        }
-    }
+    long pop_n = 20000, batches = 100;
+    uint64_t seed = 1;
+    char dirbuf[1024];
+    snprintf(dirbuf, sizeof dirbuf, "%s", BL_FMNIST_DIR);
+    const cli_opt opts[] = {
+        {"--population", OPT_LONG, &pop_n, 0, 1000, 60000, NULL,
+         "training images whose features form the population"},
+        {"--batches", OPT_LONG, &batches, 0, 1, 100000, NULL, "batches of 64 fed to the estimators"},
+        {"--seed", OPT_U64, &seed, 0, 0, 9e15, NULL, "seed of the random features and sampling"},
+        {"--data-dir", OPT_STR, dirbuf, sizeof dirbuf, 0, 0, NULL, "Fashion-MNIST IDX files"},
+    };
+    const char *pos[1];
+    int np, rc = cli_parse("demo", "[options]", argc, argv, opts, 4, pos, 0, &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    const char *dir = dirbuf;
 #ifndef BL_HAVE_ZLIB
     (void)pop_n; (void)batches; (void)seed; (void)dir;
     fprintf(stderr, "bnlab demo: built without zlib, cannot read Fashion-MNIST: install "
@@ -102,9 +86,10 @@ int cmd_demo(int argc, char **argv)
     bl_dataset d;
     if (bl_fmnist_load(dir, "train", &d)) return fail("loading Fashion-MNIST");
     printf("bnlab demo: %d Fashion-MNIST training images, features = ReLU(random 3x3 conv, %d "
-           "channels), population = %ld images, seed %ld\n\n", d.n, FC, pop_n, seed);
+           "channels), population = %ld images, seed %llu\n\n", d.n, FC, pop_n,
+           (unsigned long long)seed);
     bl_rng rng;
-    bl_rng_seed(&rng, (uint64_t)seed);
+    bl_rng_seed(&rng, seed);
     float w[9 * FC];
     for (int k = 0; k < 9 * FC; k++) w[k] = (float)(bl_rng_normal(&rng) / 3.0);
     int *perm = malloc(sizeof(int) * d.n);
@@ -172,7 +157,7 @@ int cmd_demo(int argc, char **argv)
         if (ghosts[gi]) bl_groups_ghost(&g, BB, ghosts[gi]);
         else bl_groups_whole(&g, BB);
         bl_rng r2;
-        bl_rng_seed(&r2, (uint64_t)seed + 7);
+        bl_rng_seed(&r2, seed + 7);
         int idx[64];
         for (long b = 0; b < batches; b++) {
             for (int i = 0; i < BB; i++) idx[i] = perm[bl_rng_below(&r2, (uint32_t)pop_n)];

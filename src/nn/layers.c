@@ -33,7 +33,6 @@ static void im2col(const float *x, int n, int h, int w, int cin, int k, int stri
                    int wo, float *col)
 {
     const size_t kd = (size_t)k * k * cin;
-#pragma omp parallel for schedule(static)
     for (long r = 0; r < (long)n * ho * wo; r++) {
         int i = (int)(r / ((long)ho * wo)), oy = (int)(r / wo % ho), ox = (int)(r % wo);
         float *row = col + (size_t)r * kd;
@@ -51,12 +50,11 @@ static void im2col(const float *x, int n, int h, int w, int cin, int k, int stri
     }
 }
 
-/* dx (+)= col2im(dcol); parallel over samples, which own disjoint parts of dx. */
+/* dx (+)= col2im(dcol) for n samples (a chunk: chunks own disjoint parts of dx). */
 static void col2im(const float *dcol, int n, int h, int w, int cin, int k, int stride, int pad,
                    int ho, int wo, float *dx, int acc)
 {
     const size_t kd = (size_t)k * k * cin;
-#pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         float *dxi = dx + (size_t)i * h * w * cin;
         if (!acc) memset(dxi, 0, (size_t)h * w * cin * sizeof(float));
@@ -79,19 +77,47 @@ static void col2im(const float *dcol, int n, int h, int w, int cin, int k, int s
     }
 }
 
+/* The batch is processed in chunks of samples whose im2col matrix (about 512 KiB) stays in the
+ * core's cache; threads take whole chunks and call a single-threaded GEMM (OpenBLAS runs one thread
+ * inside a parallel region). This beats one huge GEMM on these skinny shapes, where packing the
+ * (n*ho*wo) x (k*k*cin) matrix through memory dominated. */
+static int conv_chunk(const conv_state *s, const bl_tensor *y)
+{
+    size_t per = (size_t)y->h * y->w * s->k * s->k * s->cin;
+    size_t c = ((size_t)1 << 17) / (per ? per : 1);
+    return c < 1 ? 1 : (int)c;
+}
+
+#ifdef BL_HAVE_OPENMP
+#include <omp.h>
+#define THREAD_ID omp_get_thread_num()
+#else
+#define THREAD_ID 0
+#endif
+
 static bl_status conv_forward(bl_layer *l, bl_net *net)
 {
     const conv_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
-    int m = net->batch * y->h * y->w, kd = s->k * s->k * s->cin;
-    const float *col = x->data;
-    if (!conv_direct(s)) {
-        float *c = bl_scratch_get(&net->ws, (size_t)m * kd * sizeof(float));
-        if (!c) return BL_ERR_NOMEM;
-        im2col(x->data, net->batch, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w, c);
-        col = c;
+    const int kd = s->k * s->k * s->cin, rows = y->h * y->w, n = net->batch;
+    const float *w = pdata(net, s->w);
+    if (conv_direct(s)) {
+        bl_gemm(0, 1, n * rows, s->cout, kd, 1.0f, x->data, kd, w, kd, 0.0f, y->data, s->cout);
+        return BL_OK;
     }
-    bl_gemm(0, 1, m, s->cout, kd, 1.0f, col, kd, pdata(net, s->w), kd, 0.0f, y->data, s->cout);
+    const int cs = conv_chunk(s, y), chunks = (n + cs - 1) / cs, nt = bl_threads_get();
+    const size_t per_thread = (size_t)cs * rows * kd;
+    float *ws = bl_scratch_get(&net->ws, (size_t)nt * per_thread * sizeof(float));
+    if (!ws) return BL_ERR_NOMEM;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < chunks; ch++) {
+        int i0 = ch * cs, m = (n - i0 < cs ? n - i0 : cs);
+        float *col = ws + (size_t)THREAD_ID * per_thread;
+        im2col(x->data + (size_t)i0 * x->h * x->w * s->cin, m, x->h, x->w, s->cin, s->k, s->stride,
+               s->pad, y->h, y->w, col);
+        bl_gemm(0, 1, m * rows, s->cout, kd, 1.0f, col, kd, w, kd, 0.0f,
+                y->data + (size_t)i0 * rows * s->cout, s->cout);
+    }
     return BL_OK;
 }
 
@@ -99,25 +125,42 @@ static bl_status conv_backward(bl_layer *l, bl_net *net)
 {
     const conv_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
-    int m = net->batch * y->h * y->w, kd = s->k * s->k * s->cin;
+    const int kd = s->k * s->k * s->cin, rows = y->h * y->w, n = net->batch;
     const float *w = pdata(net, s->w);
+    float *dw = pgrad(net, s->w);
     if (conv_direct(s)) {
-        bl_gemm(1, 0, s->cout, kd, m, 1.0f, y->grad, s->cout, x->data, kd, 1.0f, pgrad(net, s->w), kd);
+        bl_gemm(1, 0, s->cout, kd, n * rows, 1.0f, y->grad, s->cout, x->data, kd, 1.0f, dw, kd);
         if (l->need_dx)
-            bl_gemm(0, 0, m, kd, s->cout, 1.0f, y->grad, s->cout, w, kd, l->acc[0] ? 1.0f : 0.0f,
-                    x->grad, kd);
+            bl_gemm(0, 0, n * rows, kd, s->cout, 1.0f, y->grad, s->cout, w, kd,
+                    l->acc[0] ? 1.0f : 0.0f, x->grad, kd);
         return BL_OK;
     }
-    /* the im2col of forward is recomputed rather than kept: memory over a cheap pass */
-    float *col = bl_scratch_get(&net->ws, (size_t)m * kd * sizeof(float));
-    if (!col) return BL_ERR_NOMEM;
-    im2col(x->data, net->batch, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w, col);
-    bl_gemm(1, 0, s->cout, kd, m, 1.0f, y->grad, s->cout, col, kd, 1.0f, pgrad(net, s->w), kd);
-    if (l->need_dx) {
-        bl_gemm(0, 0, m, kd, s->cout, 1.0f, y->grad, s->cout, w, kd, 0.0f, col, kd);
-        col2im(col, net->batch, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w, x->grad,
-               l->acc[0]);
+    /* per thread: a col buffer and a private dW, summed in thread order afterwards (static
+     * schedule: the same chunks go to the same thread every time, so the sum does not depend on
+     * timing) */
+    const int cs = conv_chunk(s, y), chunks = (n + cs - 1) / cs, nt = bl_threads_get();
+    const size_t per_thread = (size_t)cs * rows * kd, wsz = (size_t)s->cout * kd;
+    float *ws = bl_scratch_get(&net->ws, (size_t)nt * (per_thread + wsz) * sizeof(float));
+    if (!ws) return BL_ERR_NOMEM;
+    float *dwp = ws + (size_t)nt * per_thread;
+    memset(dwp, 0, (size_t)nt * wsz * sizeof(float));
+    const size_t xs = (size_t)x->h * x->w * s->cin;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < chunks; ch++) {
+        int i0 = ch * cs, m = (n - i0 < cs ? n - i0 : cs), t = THREAD_ID;
+        float *col = ws + (size_t)t * per_thread;
+        const float *dy = y->grad + (size_t)i0 * rows * s->cout;
+        im2col(x->data + (size_t)i0 * xs, m, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h,
+               y->w, col);
+        bl_gemm(1, 0, s->cout, kd, m * rows, 1.0f, dy, s->cout, col, kd, 1.0f, dwp + t * wsz, kd);
+        if (l->need_dx) {
+            bl_gemm(0, 0, m * rows, kd, s->cout, 1.0f, dy, s->cout, w, kd, 0.0f, col, kd);
+            col2im(col, m, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w,
+                   x->grad + (size_t)i0 * xs, l->acc[0]);
+        }
     }
+    for (int t = 0; t < nt; t++)
+        for (size_t k = 0; k < wsz; k++) dw[k] += dwp[t * wsz + k];
     return BL_OK;
 }
 

@@ -1,0 +1,77 @@
+/* bnlab eval: test (or train-split) error of a checkpoint with population or mini-batch
+ * statistics. */
+#include "cli/cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int cmd_eval(int argc, char **argv)
+{
+#if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+    int stats = 0, split = 0, json = 0, norm_batch = 128, batch = 1000, threads = 2;
+    uint64_t seed = 1;
+    char data_dir[1024];
+    snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
+    const cli_opt opts[] = {
+        {"--stats", OPT_CHOICE, &stats, 0, 0, 0, "population|minibatch",
+         "population: the checkpoint's stored statistics; minibatch: each group's own"},
+        {"--norm-batch", OPT_INT, &norm_batch, 0, 1, 65536, NULL,
+         "mini-batch statistics: samples per normalization group"},
+        {"--split", OPT_CHOICE, &split, 0, 0, 0, "test|train", "which Fashion-MNIST split"},
+        {"--batch", OPT_INT, &batch, 0, 1, 65536, NULL, "evaluation batch (memory)"},
+        {"--seed", OPT_U64, &seed, 0, 0, 9e15, NULL, "seed of the mini-batch composition"},
+        {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
+        {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
+        {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
+    };
+    const int n = sizeof opts / sizeof *opts;
+    const char *pos[1];
+    int np;
+    int rc = cli_parse("eval", "CHECKPOINT [options]", argc, argv, opts, n, pos, 1, &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (np != 1) {
+        fprintf(stderr, "bnlab eval: which checkpoint? usage: bnlab eval CHECKPOINT [options]\n");
+        return 2;
+    }
+    if (stats == 1 && norm_batch > batch) batch = norm_batch;
+    bl_threads_set(threads);
+    bl_net net;
+    bl_ckpt_info info;
+    if (bl_checkpoint_open(pos[0], batch, &net, &info)) {
+        fprintf(stderr, "bnlab eval: %s\n", bl_error());
+        return 1;
+    }
+    bl_dataset d;
+    if (bl_fmnist_load(data_dir, split ? "train" : "test", &d)) {
+        fprintf(stderr, "bnlab eval: %s (Fashion-MNIST comes from Debian's dataset-fashion-mnist "
+                        "package; or point --data-dir at the IDX files)\n", bl_error());
+        bl_net_free(&net);
+        return 1;
+    }
+    bl_eval_result r;
+    rc = bl_evaluate(&net, &d, stats ? BL_BN_BATCH : BL_BN_POPULATION, norm_batch, seed, &r);
+    if (rc) {
+        fprintf(stderr, "bnlab eval: %s\n", bl_error());
+    } else if (json) {
+        printf("{\"err\":%.4f,\"loss\":%.6f,\"n\":%d,\"stats\":\"%s\",\"norm_batch\":", r.err,
+               r.loss, r.n, stats ? "minibatch" : "population");
+        if (stats) printf("%d", norm_batch);
+        else printf("null");
+        printf(",\"split\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d}\n", split ? "train" : "test",
+               bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), info.epoch);
+    } else {
+        printf("%s (%s w=%d, epoch %d): %s error %.2f%%, loss %.4f, %d images, %s statistics",
+               pos[0], net.arch, net.width, info.epoch, split ? "train" : "test", r.err, r.loss,
+               r.n, stats ? "mini-batch" : "population");
+        if (stats) printf(" (groups of %d)\n", norm_batch);
+        else printf(" (%s)\n", bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source));
+    }
+    bl_dataset_free(&d);
+    bl_net_free(&net);
+    return rc ? 1 : 0;
+#else
+    fprintf(stderr, "bnlab eval: built without zlib or cJSON: install zlib1g-dev and libcjson-dev "
+                    "(scripts/install-deps.sh) and rebuild\n");
+    return 1;
+#endif
+}

@@ -1,0 +1,145 @@
+/* Table-driven options: every command lists its options once, and usage, parsing, range checks and
+ * the printed configuration all come from that table. Unknown options are errors. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void value(const cli_opt *o, char *buf, size_t len)
+{
+    switch (o->type) {
+    case OPT_INT: snprintf(buf, len, "%d", *(int *)o->ptr); break;
+    case OPT_LONG: snprintf(buf, len, "%ld", *(long *)o->ptr); break;
+    case OPT_U64: snprintf(buf, len, "%llu", (unsigned long long)*(uint64_t *)o->ptr); break;
+    case OPT_DOUBLE: snprintf(buf, len, "%g", *(double *)o->ptr); break;
+    case OPT_STR: snprintf(buf, len, "%s", *(char *)o->ptr ? (char *)o->ptr : "(none)"); break;
+    case OPT_ONOFF: snprintf(buf, len, "%s", *(int *)o->ptr ? "on" : "off"); break;
+    case OPT_CHOICE: {
+        int k = *(int *)o->ptr;
+        const char *c = o->choices;
+        while (k-- > 0 && strchr(c, '|')) c = strchr(c, '|') + 1;
+        size_t l = strcspn(c, "|");
+        snprintf(buf, len, "%.*s", (int)(l < len ? l : len - 1), c);
+        break;
+    }
+    }
+}
+
+void cli_usage(FILE *f, const char *cmd, const char *synopsis, const cli_opt *opts, int n)
+{
+    fprintf(f, "usage: bnlab %s %s\n\noptions (default in brackets):\n", cmd, synopsis);
+    for (int i = 0; i < n; i++) {
+        char v[256], arg[64];
+        value(&opts[i], v, sizeof v);
+        const char *a = opts[i].type == OPT_ONOFF    ? "on|off"
+                        : opts[i].type == OPT_CHOICE ? opts[i].choices
+                        : opts[i].type == OPT_STR    ? "S"
+                        : opts[i].type == OPT_DOUBLE ? "X"
+                                                     : "N";
+        snprintf(arg, sizeof arg, "%s %s", opts[i].name, a);
+        fprintf(f, "  %-30s %s [%s]\n", arg, opts[i].help, v);
+    }
+    fprintf(f, "  %-30s %s\n", "--help", "this text");
+}
+
+void cli_print_config(FILE *f, const char *cmd, const cli_opt *opts, int n)
+{
+    fprintf(f, "bnlab %s:", cmd);
+    for (int i = 0; i < n; i++) {
+        char v[256];
+        value(&opts[i], v, sizeof v);
+        fprintf(f, " %s=%s", opts[i].name + 2, v);
+    }
+    fprintf(f, "\n");
+}
+
+static int set(const char *cmd, const cli_opt *o, const char *v)
+{
+    char *end = NULL;
+    errno = 0;
+    if (!v) {
+        fprintf(stderr, "bnlab %s: %s needs a value (see bnlab %s --help)\n", cmd, o->name, cmd);
+        return 2;
+    }
+    switch (o->type) {
+    case OPT_INT:
+    case OPT_LONG:
+    case OPT_U64:
+    case OPT_DOUBLE: {
+        double x = strtod(v, &end);
+        int integral = o->type != OPT_DOUBLE;
+        if (errno || end == v || *end || x < o->lo || x > o->hi || (integral && x != (long long)x)) {
+            fprintf(stderr, "bnlab %s: %s wants %s in [%g, %g], got '%s'\n", cmd, o->name,
+                    integral ? "an integer" : "a number", o->lo, o->hi, v);
+            return 2;
+        }
+        if (o->type == OPT_INT) *(int *)o->ptr = (int)x;
+        else if (o->type == OPT_LONG) *(long *)o->ptr = (long)x;
+        else if (o->type == OPT_U64) *(uint64_t *)o->ptr = (uint64_t)x;
+        else *(double *)o->ptr = x;
+        return 0;
+    }
+    case OPT_STR:
+        if (strlen(v) >= o->len) {
+            fprintf(stderr, "bnlab %s: %s value is too long\n", cmd, o->name);
+            return 2;
+        }
+        strcpy((char *)o->ptr, v);
+        return 0;
+    case OPT_ONOFF:
+        if (strcmp(v, "on") && strcmp(v, "off")) {
+            fprintf(stderr, "bnlab %s: %s wants on or off, got '%s'\n", cmd, o->name, v);
+            return 2;
+        }
+        *(int *)o->ptr = !strcmp(v, "on");
+        return 0;
+    case OPT_CHOICE: {
+        const char *c = o->choices;
+        for (int k = 0; c; k++) {
+            size_t l = strcspn(c, "|");
+            if (strlen(v) == l && !strncmp(c, v, l)) {
+                *(int *)o->ptr = k;
+                return 0;
+            }
+            c = c[l] ? c + l + 1 : NULL;
+        }
+        fprintf(stderr, "bnlab %s: %s wants one of %s, got '%s'\n", cmd, o->name, o->choices, v);
+        return 2;
+    }
+    }
+    return 2;
+}
+
+int cli_parse(const char *cmd, const char *synopsis, int argc, char **argv, const cli_opt *opts,
+              int n, const char **pos, int max_pos, int *n_pos)
+{
+    *n_pos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            cli_usage(stdout, cmd, synopsis, opts, n);
+            return 1;
+        }
+        if (a[0] == '-' && a[1] == '-') {
+            const cli_opt *o = NULL;
+            for (int k = 0; k < n; k++)
+                if (!strcmp(opts[k].name, a)) o = &opts[k];
+            if (!o) {
+                fprintf(stderr, "bnlab %s: unknown option '%s' (see bnlab %s --help)\n", cmd, a, cmd);
+                return 2;
+            }
+            if (set(cmd, o, i + 1 < argc ? argv[i + 1] : NULL)) return 2;
+            i++;
+            continue;
+        }
+        if (*n_pos >= max_pos) {
+            fprintf(stderr, "bnlab %s: unexpected argument '%s' (see bnlab %s --help)\n", cmd, a, cmd);
+            return 2;
+        }
+        pos[(*n_pos)++] = a;
+    }
+    return 0;
+}

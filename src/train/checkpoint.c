@@ -1,0 +1,175 @@
+/* Checkpoints: a net's state dict, optimizer state and run metadata in safetensors. */
+#include "bnlab/train.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FORMAT "bnlab-checkpoint-1"
+
+static void shape64(const bl_param *p, int64_t *s)
+{
+    for (int d = 0; d < p->ndim; d++) s[d] = p->shape[d];
+}
+
+/* The estimator shared by all BN layers, or "mixed". */
+static const char *estimator(const bl_net *net)
+{
+    bl_net *n = (bl_net *)net;
+    const char *e = NULL;
+    for (int i = 0; i < bl_net_bn_count(n); i++) {
+        const char *x = bl_estimator_name(bl_net_bn_at(n, i)->pop_source);
+        if (!e) e = x;
+        else if (strcmp(e, x)) return "mixed";
+    }
+    return e ? e : "none";
+}
+
+bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_info *info)
+{
+    bl_st_writer w = {0};
+    bl_status st = BL_OK;
+    size_t maxc = 1;
+    for (int i = 0; i < net->n_params; i++)
+        if (net->params[i].count > maxc) maxc = net->params[i].count;
+    float *t = malloc(maxc * sizeof(float));
+    if (!t) return bl_fail(BL_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < net->n_params && !st; i++) {
+        const bl_param *p = &net->params[i];
+        int64_t s[4];
+        shape64(p, s);
+        if (p->kind == BL_P_COUNT) {
+            st = bl_st_add(&w, p->name, BL_I64, 0, s, p->i64);
+            continue;
+        }
+        bl_param_export(p, p->data, t);
+        st = bl_st_add(&w, p->name, BL_F32, p->ndim, s, t);
+    }
+    for (int i = 0; i < net->n_params && !st; i++) {
+        const bl_param *p = &net->params[i];
+        if (p->kind == BL_P_COUNT || p->kind == BL_P_BUFFER) continue;
+        int64_t s[4];
+        shape64(p, s);
+        char name[160];
+        snprintf(name, sizeof name, "optim.%s.momentum_buffer", p->name);
+        bl_param_export(p, net->optim_block + p->offset, t);
+        st = bl_st_add(&w, name, BL_F32, p->ndim, s, t);
+    }
+    free(t);
+    char v[64];
+    const bl_tensor *in = &net->t[0];
+    bl_st_set_meta(&w, "format", FORMAT);
+    bl_st_set_meta(&w, "arch", net->arch);
+    snprintf(v, sizeof v, "%d", net->width), bl_st_set_meta(&w, "width", v);
+    snprintf(v, sizeof v, "%d", net->n_classes), bl_st_set_meta(&w, "classes", v);
+    snprintf(v, sizeof v, "%d,%d,%d", in->h, in->w, in->c), bl_st_set_meta(&w, "input", v);
+    snprintf(v, sizeof v, "%.4f", BL_FMNIST_MEAN), bl_st_set_meta(&w, "data_mean", v);
+    snprintf(v, sizeof v, "%.4f", BL_FMNIST_STD), bl_st_set_meta(&w, "data_std", v);
+    bl_st_set_meta(&w, "estimator", estimator(net));
+    if (info) {
+        snprintf(v, sizeof v, "%d", info->epoch), bl_st_set_meta(&w, "epoch", v);
+        snprintf(v, sizeof v, "%ld", info->step), bl_st_set_meta(&w, "step", v);
+        snprintf(v, sizeof v, "%llu", (unsigned long long)info->seed), bl_st_set_meta(&w, "seed", v);
+        bl_st_set_meta(&w, "rng", "derived: order from (seed, epoch, rank), augmentation from "
+                                  "(seed, epoch, sample)");
+        bl_st_set_meta(&w, "config", info->config);
+    }
+    if (!st) st = bl_st_write(&w, path);
+    bl_st_writer_free(&w);
+    return st;
+}
+
+static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *path, int with_optim)
+{
+    const char *fmt = bl_st_meta(st, "format"), *arch = bl_st_meta(st, "arch");
+    if (!fmt || strncmp(fmt, "bnlab-checkpoint", 16))
+        return bl_fail(BL_ERR_FORMAT, "%s: not a bnlab checkpoint (no '%s' format in its "
+                       "metadata)", path, FORMAT);
+    if (!arch || strcmp(arch, net->arch))
+        return bl_fail(BL_ERR_FORMAT, "%s: checkpoint of a %s, the model is a %s", path,
+                       arch ? arch : "(unknown)", net->arch);
+    size_t maxc = 1;
+    for (int i = 0; i < net->n_params; i++)
+        if (net->params[i].count > maxc) maxc = net->params[i].count;
+    float *t = malloc(maxc * sizeof(float));
+    if (!t) return bl_fail(BL_ERR_NOMEM, "out of memory");
+    bl_status rc = BL_OK;
+    for (int i = 0; i < net->n_params && !rc; i++) {
+        bl_param *p = &net->params[i];
+        char name[160];
+        if (p->kind == BL_P_COUNT) {
+            const bl_st_entry *e = bl_st_find(st, p->name);
+            if (!e || e->dtype != BL_I64 || bl_st_numel(e) != 1)
+                rc = bl_fail(BL_ERR_FORMAT, "%s: '%s' missing or not an I64 scalar", path, p->name);
+            else
+                memcpy(p->i64, st->data + e->begin, 8);
+            continue;
+        }
+        if ((rc = bl_st_get_f32(st, p->name, t, p->count))) break;
+        bl_param_import(p, t, p->data);
+        if (!with_optim || p->kind == BL_P_BUFFER) continue;
+        snprintf(name, sizeof name, "optim.%s.momentum_buffer", p->name);
+        if ((rc = bl_st_get_f32(st, name, t, p->count))) break;
+        bl_param_import(p, t, net->optim_block + p->offset);
+    }
+    free(t);
+    if (rc) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "%s", bl_error());
+        return bl_fail(rc, "%s: %s", path, msg);
+    }
+    /* the estimator that produced the stored statistics */
+    const char *est = bl_st_meta(st, "estimator");
+    bl_estimator e = BL_EST_LOADED;
+    for (int k = BL_EST_INIT; k <= BL_EST_LOADED; k++)
+        if (est && !strcmp(est, bl_estimator_name((bl_estimator)k))) e = (bl_estimator)k;
+    for (int i = 0; i < bl_net_bn_count(net); i++) bl_net_bn_at(net, i)->pop_source = e;
+    return BL_OK;
+}
+
+static void read_info(const bl_safetensors *st, bl_ckpt_info *info)
+{
+    if (!info) return;
+    memset(info, 0, sizeof *info);
+    const char *v;
+    if ((v = bl_st_meta(st, "epoch"))) info->epoch = atoi(v);
+    if ((v = bl_st_meta(st, "step"))) info->step = atol(v);
+    if ((v = bl_st_meta(st, "seed"))) info->seed = strtoull(v, NULL, 10);
+    if ((v = bl_st_meta(st, "config"))) snprintf(info->config, sizeof info->config, "%s", v);
+}
+
+bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_ckpt_info *info)
+{
+    bl_safetensors st;
+    bl_status rc = bl_st_read(path, &st);
+    if (rc) return rc;
+    rc = load_into(net, &st, path, with_optim);
+    if (!rc) read_info(&st, info);
+    bl_st_free(&st);
+    return rc;
+}
+
+bl_status bl_checkpoint_open(const char *path, int max_batch, bl_net *net, bl_ckpt_info *info)
+{
+    bl_safetensors st;
+    bl_status rc = bl_st_read(path, &st);
+    if (rc) return rc;
+    const char *arch = bl_st_meta(&st, "arch"), *width = bl_st_meta(&st, "width"),
+               *classes = bl_st_meta(&st, "classes"), *input = bl_st_meta(&st, "input");
+    int depth, h, w, c;
+    if (!arch || !width || !classes || !input || sscanf(input, "%d,%d,%d", &h, &w, &c) != 3) {
+        bl_st_free(&st);
+        return bl_fail(BL_ERR_FORMAT, "%s: no architecture in the metadata: not a bnlab checkpoint",
+                       path);
+    }
+    if ((rc = bl_resnet_depth(arch, &depth)) ||
+        (rc = bl_resnet(net, depth, atoi(width), atoi(classes), h, w, c, max_batch))) {
+        bl_st_free(&st);
+        return rc;
+    }
+    rc = load_into(net, &st, path, 0);
+    if (!rc) read_info(&st, info);
+    bl_st_free(&st);
+    if (rc) bl_net_free(net);
+    return rc;
+}

@@ -1,0 +1,296 @@
+/* The training loop and evaluation: data -> ResNet -> SGD, BN estimators committed after every
+ * step, evaluation with population and (optionally) mini-batch statistics, one metrics line and one
+ * atomic checkpoint per epoch. */
+#define _POSIX_C_SOURCE 200809L
+#include "bnlab/train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+void bl_train_defaults(bl_train_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->model, sizeof c->model, "resnet20");
+    c->width = 16;
+    c->epochs = 30;
+    c->batch = 128;
+    c->lr = 0.1;
+    c->momentum = 0.9;
+    c->wd = 5e-4;
+    c->nesterov = 1;
+    c->wd_bn = 0;
+    c->schedule = BL_SCHED_COSINE;
+    c->seed = 1;
+    c->threads = 2;
+    c->eval_every = 1;
+    snprintf(c->data_dir, sizeof c->data_dir, "%s", BL_FMNIST_DIR);
+}
+
+double bl_lr_at(const bl_train_cfg *c, long t, long T, long W)
+{
+    double base = c->lr * (c->lr_linear ? c->batch / 128.0 : 1.0);
+    if (t < W) return base * (double)(t + 1) / (double)W;
+    double f = T > W ? (double)(t - W) / (double)(T - W) : 1.0;
+    switch (c->schedule) {
+    case BL_SCHED_COSINE: return base * 0.5 * (1.0 + cos(3.14159265358979323846 * f));
+    case BL_SCHED_STEP: return base * (f >= 0.75 ? 0.01 : f >= 0.5 ? 0.1 : 1.0);
+    case BL_SCHED_CONST: return base;
+    }
+    return base;
+}
+
+bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_batch,
+                      uint64_t seed, bl_eval_result *r)
+{
+    int chunk = net->max_batch, g = norm_batch;
+    if (bn == BL_BN_BATCH) {
+        if (g < 1) return bl_fail(BL_ERR_ARG, "mini-batch evaluation needs a normalization batch");
+        if (g > chunk)
+            return bl_fail(BL_ERR_ARG, "normalization batch %d exceeds the evaluation batch %d", g,
+                           chunk);
+        chunk -= chunk % g;
+    }
+    int *order = malloc(sizeof(int) * d->n);
+    float *x = bl_alloc((size_t)chunk * d->h * d->w * sizeof(float));
+    uint8_t *y = malloc((size_t)chunk);
+    if (!order || !x || !y) {
+        free(order), bl_free(x), free(y);
+        return bl_fail(BL_ERR_NOMEM, "out of memory");
+    }
+    if (bn == BL_BN_BATCH) bl_epoch_order(d->n, seed, -1, 0, order);
+    else
+        for (int i = 0; i < d->n; i++) order[i] = i;
+    double loss = 0;
+    long wrong = 0;
+    bl_status st = BL_OK;
+    const bl_groups *keep = net->groups;
+    bl_bn_mode keep_mode = net->bn_mode;
+    net->bn_mode = bn;
+    net->groups = NULL;
+    for (int s = 0; s < d->n && !st; s += chunk) {
+        int n = d->n - s < chunk ? d->n - s : chunk;
+        bl_groups groups;
+        bl_dataset_batch(d, order + s, n, NULL, x, y);
+        if (bn == BL_BN_BATCH) {
+            if ((st = bl_groups_ghost(&groups, n, g))) break;
+            net->groups = &groups;
+        }
+        double ls;
+        int ok;
+        st = bl_net_forward(net, x, n);
+        if (!st) st = bl_net_loss(net, y, 0, &ls, &ok);
+        if (bn == BL_BN_BATCH) bl_groups_free(&groups);
+        loss += ls;
+        wrong += n - ok;
+    }
+    net->groups = keep;
+    net->bn_mode = keep_mode;
+    free(order), bl_free(x), free(y);
+    if (st) return st;
+    r->n = d->n;
+    r->err = 100.0 * (double)wrong / d->n;
+    r->loss = loss / d->n;
+    return BL_OK;
+}
+
+static const char *sched_name(bl_schedule s)
+{
+    return s == BL_SCHED_STEP ? "step" : s == BL_SCHED_CONST ? "const" : "cosine";
+}
+
+static void config_json(const bl_train_cfg *c, char *out, size_t len)
+{
+    snprintf(out, len,
+             "{\"model\":\"%s\",\"width\":%d,\"epochs\":%d,\"batch\":%d,\"norm_batch\":%d,"
+             "\"lr\":%g,\"momentum\":%g,\"nesterov\":%d,\"wd\":%g,\"wd_bn\":%d,\"schedule\":\"%s\","
+             "\"warmup_epochs\":%g,\"lr_scaling\":\"%s\",\"seed\":%llu,\"threads\":%d,"
+             "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
+             "\"data_dir\":\"%s\"}",
+             c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
+             c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
+             c->lr_linear ? "linear" : "none", (unsigned long long)c->seed, c->threads,
+             c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->data_dir);
+}
+
+static bl_status load_data(const bl_train_cfg *c, bl_dataset *train, bl_dataset *test)
+{
+    bl_dataset full;
+    bl_status st = bl_fmnist_load(c->data_dir, "train", &full);
+    if (!st) st = bl_fmnist_load(c->data_dir, "test", test);
+    if (st) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "%s", bl_error());
+        return bl_fail(st, "%s (Fashion-MNIST comes from Debian's dataset-fashion-mnist package; "
+                       "or point --data-dir at the IDX files)", msg);
+    }
+    if (c->val <= 0) {
+        *train = full;
+        return BL_OK;
+    }
+    if (c->val >= full.n) {
+        bl_dataset_free(&full);
+        bl_dataset_free(test);
+        return bl_fail(BL_ERR_ARG, "--val %d leaves no training samples", c->val);
+    }
+    /* validation = the first `val` samples of a fixed permutation; it replaces the test set */
+    int *order = malloc(sizeof(int) * full.n);
+    bl_epoch_order(full.n, 0x7a1u, 0, 0, order);
+    bl_dataset_free(test);
+    st = bl_dataset_subset(&full, order, c->val, test);
+    if (!st) st = bl_dataset_subset(&full, order + c->val, full.n - c->val, train);
+    free(order);
+    bl_dataset_free(&full);
+    return st;
+}
+
+bl_status bl_train(const bl_train_cfg *c)
+{
+    int depth;
+    bl_status st = bl_resnet_depth(c->model, &depth);
+    if (st) return st;
+    if (c->batch < 2 || c->epochs < 1)
+        return bl_fail(BL_ERR_ARG, "--batch must be >= 2 and --epochs >= 1");
+    int g = c->norm_batch ? c->norm_batch : c->batch;
+    if (g < 1 || g > c->batch)
+        return bl_fail(BL_ERR_ARG, "--norm-batch %d must be in [1, --batch %d]", g, c->batch);
+    if (c->out[0] && mkdir(c->out, 0755) && errno != EEXIST)
+        return bl_fail(BL_ERR_IO, "cannot create --out %s: %s", c->out, strerror(errno));
+    bl_threads_set(c->threads);
+    bl_dataset train, test;
+    if ((st = load_data(c, &train, &test))) return st;
+    if (train.n < c->batch) {
+        bl_dataset_free(&train), bl_dataset_free(&test);
+        return bl_fail(BL_ERR_ARG, "--batch %d exceeds the %d training samples", c->batch, train.n);
+    }
+    bl_net net;
+    if ((st = bl_resnet(&net, depth, c->width, 10, train.h, train.w, 1, c->batch))) {
+        bl_dataset_free(&train), bl_dataset_free(&test);
+        return st;
+    }
+    bl_net_init_params(&net, c->seed);
+    bl_ckpt_info info = {0};
+    info.seed = c->seed;
+    config_json(c, info.config, sizeof info.config);
+    if (c->resume[0]) {
+        if ((st = bl_checkpoint_load(&net, c->resume, 1, &info))) goto done;
+        config_json(c, info.config, sizeof info.config);
+        printf("resumed from %s at epoch %d, step %ld\n", c->resume, info.epoch, info.step);
+    }
+    char mpath[1100], cpath[1100];
+    FILE *metrics = NULL;
+    if (c->out[0]) {
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
+        snprintf(cpath, sizeof cpath, "%s/last.safetensors", c->out);
+        metrics = fopen(mpath, info.epoch > 0 ? "a" : "w");
+        if (!metrics) {
+            st = bl_fail(BL_ERR_IO, "cannot write %s: %s", mpath, strerror(errno));
+            goto done;
+        }
+    }
+    const long spe = train.n / c->batch, T = spe * c->epochs, W = (long)(c->warmup_epochs * spe);
+    int *order = malloc(sizeof(int) * train.n);
+    float *x = bl_alloc((size_t)c->batch * train.h * train.w * sizeof(float));
+    uint8_t *y = malloc((size_t)c->batch);
+    bl_groups groups;
+    bl_groups_ghost(&groups, c->batch, g);
+    bl_sgd sgd = {c->momentum, c->wd, c->nesterov, c->wd_bn};
+    bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, c->seed, 0};
+    printf("%-6s %-9s %-10s %-9s %-9s %-9s %-9s %-8s\n", "epoch", "lr", "train_loss", "train_err",
+           "test_pop", "test_mb", "img/s", "seconds");
+    double t_run = now();
+    bl_eval_result final = {-1, 0, 0};
+    int final_epoch = -1;
+    for (int ep = info.epoch; ep < c->epochs && !st; ep++) {
+        double t0 = now(), loss_sum = 0, lr = 0;
+        long wrong = 0, seen = 0;
+        bl_epoch_order(train.n, c->seed, ep, 0, order);
+        aug.epoch = ep;
+        for (long s = 0; s < spe && !st; s++) {
+            if (c->max_steps && info.step >= c->max_steps) break;
+            lr = bl_lr_at(c, info.step, T, W);
+            bl_dataset_batch(&train, order + s * c->batch, c->batch, &aug, x, y);
+            net.bn_mode = BL_BN_BATCH;
+            net.groups = g < c->batch ? &groups : NULL;
+            bl_net_zero_grad(&net);
+            double ls;
+            int ok;
+            if ((st = bl_net_forward(&net, x, c->batch))) break;
+            if ((st = bl_net_loss(&net, y, 1, &ls, &ok))) {
+                char msg[700];
+                snprintf(msg, sizeof msg, "%s", bl_error());
+                st = bl_fail(st, "step %ld (epoch %d): %s: lower --lr; the last checkpoint is "
+                             "kept", info.step, ep + 1, msg);
+                break;
+            }
+            if ((st = bl_net_backward(&net))) break;
+            bl_sgd_step(&net, &sgd, lr);
+            for (int b = 0; b < bl_net_bn_count(&net) && !st; b++)
+                st = bl_bn_commit(bl_net_bn_at(&net, b), BL_EST_EMA);
+            loss_sum += ls;
+            wrong += c->batch - ok;
+            seen += c->batch;
+            info.step++;
+        }
+        if (st || seen == 0) break;
+        /* an epoch cut short by --max-steps is not complete: a resume redoes it */
+        const int complete = seen == spe * c->batch;
+        double secs = now() - t0, ips = seen / secs;
+        bl_eval_result pop = {-1, 0, 0}, mb = {-1, 0, 0};
+        int last = ep + 1 == c->epochs || (c->max_steps && info.step >= c->max_steps);
+        if (c->eval_every > 0 && ((ep + 1) % c->eval_every == 0 || last)) {
+            if ((st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop))) break;
+            if (c->eval_minibatch &&
+                (st = bl_evaluate(&net, &test, BL_BN_BATCH, g, c->seed, &mb)))
+                break;
+        }
+        info.epoch = ep + complete;
+        char ps[16] = "-", ms[16] = "-";
+        if (pop.err >= 0) snprintf(ps, sizeof ps, "%.2f", pop.err), final = pop;
+        if (mb.err >= 0) snprintf(ms, sizeof ms, "%.2f", mb.err);
+        final_epoch = pop.err >= 0 ? info.epoch : final_epoch;
+        printf("%-6d %-9.5f %-10.4f %-9.2f %-9s %-9s %-9.0f %-8.1f\n", ep + 1, lr,
+               loss_sum / seen, 100.0 * wrong / seen, ps, ms, ips, secs);
+        fflush(stdout);
+        if (metrics) {
+            fprintf(metrics, "{\"epoch\":%d,\"step\":%ld,\"lr\":%.6g,\"train_loss\":%.6f,"
+                    "\"train_err\":%.4f", ep + 1, info.step, lr, loss_sum / seen, 100.0 * wrong / seen);
+            if (pop.err >= 0) fprintf(metrics, ",\"test_err_population\":%.4f", pop.err);
+            if (mb.err >= 0) fprintf(metrics, ",\"test_err_minibatch\":%.4f", mb.err);
+            fprintf(metrics, ",\"img_per_s\":%.1f,\"seconds\":%.2f}\n", ips, secs);
+            fflush(metrics);
+            if ((st = bl_checkpoint_save(&net, cpath, &info))) break;
+        }
+        if (c->max_steps && info.step >= c->max_steps) break;
+    }
+    if (!st) {
+        bl_eval_result pop = final;
+        if (final_epoch != info.epoch) st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop);
+        if (!st)
+            printf("\nsummary: %s w=%d, %d epochs (%ld steps), batch %d, norm batch %d: %s error "
+                   "%.2f%% (population statistics, %s), %.0f s%s%s\n",
+                   c->model, c->width, info.epoch, info.step, c->batch, g,
+                   c->val > 0 ? "validation" : "test", pop.err,
+                   bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), now() - t_run,
+                   c->out[0] ? "; checkpoint " : "", c->out[0] ? cpath : "");
+    }
+    bl_groups_free(&groups);
+    free(order), bl_free(x), free(y);
+    if (metrics) fclose(metrics);
+done:
+    bl_net_free(&net);
+    bl_dataset_free(&train);
+    bl_dataset_free(&test);
+    return st;
+}

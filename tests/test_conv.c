@@ -1,0 +1,121 @@
+/* The conv layer (chunked im2col + GEMM, threads, stride, padding) against a direct convolution in
+ * double, for output, weight gradient and input gradient; and bl_gemm against bl_gemm_ref. */
+#include "bnlab/bnlab.h"
+#include "check.h"
+
+static void direct(const float *x, const float *w, int n, int h, int wd, int cin, int cout, int k,
+                   int s, int p, int ho, int wo, double *y)
+{
+    for (int i = 0; i < n; i++)
+        for (int oy = 0; oy < ho; oy++)
+            for (int ox = 0; ox < wo; ox++)
+                for (int o = 0; o < cout; o++) {
+                    double acc = 0;
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx = 0; kx < k; kx++) {
+                            int iy = oy * s - p + ky, ix = ox * s - p + kx;
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                            for (int c = 0; c < cin; c++) /* w: OHWI */
+                                acc += (double)x[(((size_t)i * h + iy) * wd + ix) * cin + c] *
+                                       w[(((size_t)o * k + ky) * k + kx) * cin + c];
+                        }
+                    y[(((size_t)i * ho + oy) * wo + ox) * cout + o] = acc;
+                }
+}
+
+static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int p, int threads)
+{
+    bl_threads_set(threads);
+    bl_net net;
+    bl_net_init(&net, h, w, cin, n);
+    /* a conv reading the input, then one reading the conv (so the first needs no dx, the
+     * second does), then a linear head to make a loss */
+    int t1 = bl_net_conv(&net, "c1", 0, cout, k, s, p);
+    int t2 = bl_net_conv(&net, "c2", t1, cout, k, 1, k / 2);
+    bl_net_gap(&net, "g", t2);
+    bl_net_linear(&net, "fc", net.n_tensors - 1, 3);
+    CHECK(bl_net_finalize(&net) == BL_OK, "finalize: %s", bl_error());
+    bl_net_init_params(&net, 3);
+    size_t nx = (size_t)n * h * w * cin;
+    float *x = malloc(sizeof(float) * nx);
+    bl_rng r;
+    bl_rng_seed(&r, 11);
+    for (size_t i = 0; i < nx; i++) x[i] = (float)bl_rng_normal(&r);
+    uint8_t lab[64];
+    for (int i = 0; i < n; i++) lab[i] = (uint8_t)(i % 3);
+    bl_net_zero_grad(&net);
+    CHECK(bl_net_forward(&net, x, n) == BL_OK, "forward: %s", bl_error());
+    double loss;
+    int ok;
+    bl_net_loss(&net, lab, 1, &loss, &ok);
+    CHECK(bl_net_backward(&net) == BL_OK, "backward: %s", bl_error());
+    const bl_tensor *a = &net.t[t1], *b = &net.t[t2];
+    size_t na = (size_t)n * a->h * a->w * cout, nb = (size_t)n * b->h * b->w * cout;
+    double *ya = malloc(sizeof(double) * na), *yb = malloc(sizeof(double) * nb);
+    double *got = malloc(sizeof(double) * (na > nb ? na : nb));
+    const bl_param *w1 = bl_net_param(&net, "c1.weight"), *w2 = bl_net_param(&net, "c2.weight");
+    direct(x, w1->data, n, h, w, cin, cout, k, s, p, a->h, a->w, ya);
+    direct(a->data, w2->data, n, a->h, a->w, cout, cout, k, 1, k / 2, b->h, b->w, yb);
+    char what[160];
+    snprintf(what, sizeof what, "conv y (n=%d %dx%dx%d k=%d s=%d p=%d threads=%d)", n, h, w, cin,
+             k, s, p, threads);
+    for (size_t i = 0; i < na; i++) got[i] = a->data[i];
+    CHECK_CLOSE(what, got, ya, na, 1e-4, 1e-4);
+    for (size_t i = 0; i < nb; i++) got[i] = b->data[i];
+    CHECK_CLOSE(what, got, yb, nb, 1e-4, 1e-4);
+    /* dW2 = sum over outputs of dy2 (x) input patch; dx of conv2 = its input gradient */
+    size_t nw = w2->count;
+    double *dw = calloc(nw, sizeof(double)), *da = calloc(na, sizeof(double));
+    for (int i = 0; i < n; i++)
+        for (int oy = 0; oy < b->h; oy++)
+            for (int ox = 0; ox < b->w; ox++)
+                for (int o = 0; o < cout; o++) {
+                    double g = b->grad[(((size_t)i * b->h + oy) * b->w + ox) * cout + o];
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx = 0; kx < k; kx++) {
+                            int iy = oy - k / 2 + ky, ix = ox - k / 2 + kx;
+                            if (iy < 0 || iy >= a->h || ix < 0 || ix >= a->w) continue;
+                            for (int c = 0; c < cout; c++) {
+                                size_t xi = (((size_t)i * a->h + iy) * a->w + ix) * cout + c;
+                                size_t wi = (((size_t)o * k + ky) * k + kx) * cout + c;
+                                dw[wi] += g * a->data[xi];
+                                da[xi] += g * w2->data[wi];
+                            }
+                        }
+                }
+    for (size_t i = 0; i < nw; i++) got[i] = net.grad_block[w2->offset + i];
+    snprintf(what, sizeof what, "conv dW (n=%d k=%d s=%d threads=%d)", n, k, s, threads);
+    CHECK_CLOSE(what, got, dw, nw, 1e-4, 1e-4);
+    for (size_t i = 0; i < na; i++) got[i] = a->grad[i];
+    snprintf(what, sizeof what, "conv dx (n=%d k=%d s=%d threads=%d)", n, k, s, threads);
+    CHECK_CLOSE(what, got, da, na, 1e-4, 1e-4);
+    free(dw), free(da), free(ya), free(yb), free(got), free(x);
+    bl_net_free(&net);
+}
+
+int main(void)
+{
+    /* many samples per chunk, one sample per chunk, stride 2, 1x1 (the direct GEMM path) */
+    conv_case(9, 6, 5, 3, 4, 3, 1, 1, 2);
+    conv_case(7, 28, 28, 8, 16, 3, 1, 1, 2); /* 28*28*72 floats per sample: several chunks */
+    conv_case(7, 28, 28, 8, 16, 3, 1, 1, 1);
+    conv_case(5, 9, 9, 4, 6, 3, 2, 1, 2);
+    conv_case(6, 8, 8, 5, 7, 1, 1, 0, 2);
+    conv_case(6, 8, 8, 5, 7, 1, 2, 0, 2);
+    /* GEMM: CBLAS against the plain loop, all transposes */
+    bl_rng r;
+    bl_rng_seed(&r, 5);
+    float a[35 * 29], b[29 * 31], c1[35 * 31], c2[35 * 31];
+    for (int i = 0; i < 35 * 29; i++) a[i] = (float)bl_rng_normal(&r);
+    for (int i = 0; i < 29 * 31; i++) b[i] = (float)bl_rng_normal(&r);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            for (int i = 0; i < 35 * 31; i++) c1[i] = c2[i] = 0.5f;
+            bl_gemm(ta, tb, 35, 31, 29, 1.5f, a, ta ? 35 : 29, b, tb ? 29 : 31, 0.5f, c1, 31);
+            bl_gemm_ref(ta, tb, 35, 31, 29, 1.5f, a, ta ? 35 : 29, b, tb ? 29 : 31, 0.5f, c2, 31);
+            double x1[35 * 31], x2[35 * 31];
+            for (int i = 0; i < 35 * 31; i++) x1[i] = c1[i], x2[i] = c2[i];
+            CHECK_CLOSE("gemm vs reference", x1, x2, 35 * 31, 1e-4, 1e-5);
+        }
+    return check_done("test_conv");
+}
