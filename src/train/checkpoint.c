@@ -94,6 +94,17 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     float *t = malloc(maxc * sizeof(float));
     if (!t) return bl_fail(BL_ERR_NOMEM, "out of memory");
     bl_status rc = BL_OK;
+    /* first check that every tensor is there with the right size, so a bad file changes nothing */
+    for (int i = 0; i < net->n_params && !rc; i++) {
+        const bl_param *p = &net->params[i];
+        if (p->kind == BL_P_COUNT) continue;
+        rc = bl_st_get_f32(st, p->name, t, p->count);
+        if (!rc && with_optim && p->kind != BL_P_BUFFER) {
+            char name[160];
+            snprintf(name, sizeof name, "optim.%s.momentum_buffer", p->name);
+            rc = bl_st_get_f32(st, name, t, p->count);
+        }
+    }
     for (int i = 0; i < net->n_params && !rc; i++) {
         bl_param *p = &net->params[i];
         char name[160];

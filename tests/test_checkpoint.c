@@ -1,0 +1,134 @@
+/* Checkpoints: an exact round trip (parameters, BN statistics and counts, momentum buffers,
+ * metadata), and clear errors that change nothing for truncated, corrupt, foreign and
+ * other-architecture files. */
+#define _POSIX_C_SOURCE 200809L
+#include "bnlab/bnlab.h"
+#include "check.h"
+
+#include <unistd.h>
+
+static void fill(bl_net *net, uint64_t seed)
+{
+    bl_net_init_params(net, seed);
+    bl_rng r;
+    bl_rng_seed(&r, seed + 1);
+    for (size_t k = 0; k < net->n_param_floats; k++) net->optim_block[k] = (float)bl_rng_normal(&r);
+    for (size_t k = 0; k < net->n_buffer_floats; k++) net->buffer_block[k] = (float)bl_rng_uniform(&r);
+    for (int i = 0; i < bl_net_bn_count(net); i++) bl_net_bn_at(net, i)->num_batches_tracked[0] = 7 + i;
+}
+
+static int same(const bl_net *a, const bl_net *b)
+{
+    int ok = 1;
+    for (int i = 0; i < a->n_params; i++) {
+        const bl_param *p = &a->params[i], *q = &b->params[i];
+        if (p->kind == BL_P_COUNT) {
+            ok &= *p->i64 == *q->i64;
+            continue;
+        }
+        ok &= !memcmp(p->data, q->data, p->count * sizeof(float));
+        if (p->kind != BL_P_BUFFER)
+            ok &= !memcmp(a->optim_block + p->offset, b->optim_block + q->offset,
+                          p->count * sizeof(float));
+    }
+    return ok;
+}
+
+static void write_bytes(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    fwrite(p, 1, n, f);
+    fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+    char dir[] = "/tmp/bnlab_ckpt_XXXXXX", path[256], bad[256];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/a.safetensors", dir);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    bl_net a, b;
+    CHECK(bl_resnet(&a, 8, 4, 10, 28, 28, 1, 2) == BL_OK, "%s", bl_error());
+    CHECK(bl_resnet(&b, 8, 4, 10, 28, 28, 1, 2) == BL_OK, "%s", bl_error());
+    fill(&a, 1);
+    fill(&b, 2);
+    bl_ckpt_info info = {3, 1234, 99, "{\"model\":\"resnet8\"}"}, got;
+    CHECK(bl_checkpoint_save(&a, path, &info) == BL_OK, "save: %s", bl_error());
+    CHECK(access(path, F_OK) == 0, "checkpoint written");
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    CHECK(access(tmp, F_OK) != 0, "temporary file left behind");
+    CHECK(bl_checkpoint_load(&b, path, 1, &got) == BL_OK, "load: %s", bl_error());
+    CHECK(same(&a, &b), "round trip is not exact");
+    CHECK(got.epoch == 3 && got.step == 1234 && got.seed == 99 && !strcmp(got.config, info.config),
+          "metadata round trip: epoch %d step %ld seed %llu", got.epoch, got.step,
+          (unsigned long long)got.seed);
+    /* opened from its metadata alone */
+    bl_net c;
+    CHECK(bl_checkpoint_open(path, 4, &c, NULL) == BL_OK, "open: %s", bl_error());
+    CHECK(!memcmp(a.param_block, c.param_block, a.n_param_floats * sizeof(float)), "open: params");
+    bl_net_free(&c);
+
+    /* truncated at several points, and corrupt bytes: an error naming the file, b unchanged */
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *blob = malloc(size);
+    CHECK(fread(blob, 1, size, f) == (size_t)size, "read back");
+    fclose(f);
+    fill(&b, 5);
+    bl_net keep;
+    CHECK(bl_resnet(&keep, 8, 4, 10, 28, 28, 1, 2) == BL_OK, "%s", bl_error());
+    fill(&keep, 5);
+    long cuts[] = {0, 5, 8, 100, size / 2, size - 1};
+    for (size_t k = 0; k < sizeof cuts / sizeof *cuts; k++) {
+        write_bytes(bad, blob, (size_t)cuts[k]);
+        bl_status st = bl_checkpoint_load(&b, bad, 1, NULL);
+        CHECK(st == BL_ERR_FORMAT && strstr(bl_error(), bad), "truncated at %ld: status %d, '%s'",
+              cuts[k], st, bl_error());
+        CHECK(same(&b, &keep), "a failed load changed the net (cut %ld)", cuts[k]);
+    }
+    char *junk = malloc(size);
+    memcpy(junk, blob, size);
+    memset(junk + 8, '#', 40); /* the header's JSON */
+    write_bytes(bad, junk, size);
+    CHECK(bl_checkpoint_load(&b, bad, 1, NULL) == BL_ERR_FORMAT && strstr(bl_error(), "JSON"),
+          "corrupt header: %s", bl_error());
+    CHECK(bl_checkpoint_load(&b, "/nonexistent/x.safetensors", 1, NULL) == BL_ERR_IO,
+          "missing file: %s", bl_error());
+
+    /* foreign: a safetensors file without bnlab metadata (the PyTorch fixture) */
+    char fx[1024];
+    snprintf(fx, sizeof fx, "%s/resnet8_w4.safetensors", argc > 1 ? argv[1] : "tests/fixtures");
+    CHECK(bl_checkpoint_load(&b, fx, 0, NULL) == BL_ERR_FORMAT &&
+              strstr(bl_error(), "not a bnlab checkpoint"), "foreign: %s", bl_error());
+    CHECK(same(&b, &keep), "a foreign file changed the net");
+    /* another architecture: width, and depth */
+    bl_net w8;
+    CHECK(bl_resnet(&w8, 8, 8, 10, 28, 28, 1, 2) == BL_OK, "%s", bl_error());
+    CHECK(bl_checkpoint_load(&w8, path, 0, NULL) == BL_ERR_FORMAT &&
+              strstr(bl_error(), "another architecture") && strstr(bl_error(), "conv1.weight"),
+          "width mismatch: %s", bl_error());
+    bl_net_free(&w8);
+    bl_net r14;
+    CHECK(bl_resnet(&r14, 14, 4, 10, 28, 28, 1, 2) == BL_OK, "%s", bl_error());
+    CHECK(bl_checkpoint_load(&r14, path, 0, NULL) == BL_ERR_FORMAT &&
+              strstr(bl_error(), "resnet8") && strstr(bl_error(), "resnet14"),
+          "depth mismatch: %s", bl_error());
+    bl_net_free(&r14);
+    /* writing where it cannot: an error, the existing checkpoint untouched */
+    CHECK(bl_checkpoint_save(&a, "/nonexistent/dir/x.safetensors", &info) == BL_ERR_IO,
+          "unwritable: %s", bl_error());
+    CHECK(bl_checkpoint_load(&b, path, 1, NULL) == BL_OK && same(&a, &b), "checkpoint intact");
+
+    free(blob);
+    free(junk);
+    unlink(path);
+    unlink(bad);
+    rmdir(dir);
+    bl_net_free(&a);
+    bl_net_free(&b);
+    bl_net_free(&keep);
+    return check_done("test_checkpoint");
+}
