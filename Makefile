@@ -25,7 +25,7 @@ test-asan: deps
 	@cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure
 
 demo: deps build
-	@$(BUILD)/bnlab demo
+	@BUILD=$(BUILD) scripts/demo.sh
 
 # Reconfigures after installing the peers so a build dir made before libdnnl existed finds it.
 bench:
@@ -33,6 +33,7 @@ bench:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 	@$(BUILD)/bench_bn $(BENCH_ARGS)
+	@$(BUILD)/bench_train
 
 clean:
 	rm -rf $(BUILD) build-asan

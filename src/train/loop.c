@@ -210,8 +210,9 @@ bl_status bl_train(const bl_train_cfg *c)
     printf("%-6s %-9s %-10s %-9s %-9s %-9s %-9s %-8s\n", "epoch", "lr", "train_loss", "train_err",
            "test_pop", "test_mb", "img/s", "seconds");
     double t_run = now();
-    bl_eval_result final = {-1, 0, 0};
-    int final_epoch = -1;
+    bl_eval_result final = {-1, 0, 0}, final_mb = {-1, 0, 0};
+    int final_epoch = -1, best_epoch = 0;
+    double best = 101;
     for (int ep = info.epoch; ep < c->epochs && !st; ep++) {
         double t0 = now(), loss_sum = 0, lr = 0;
         long wrong = 0, seen = 0;
@@ -258,7 +259,8 @@ bl_status bl_train(const bl_train_cfg *c)
         info.epoch = ep + complete;
         char ps[16] = "-", ms[16] = "-";
         if (pop.err >= 0) snprintf(ps, sizeof ps, "%.2f", pop.err), final = pop;
-        if (mb.err >= 0) snprintf(ms, sizeof ms, "%.2f", mb.err);
+        if (mb.err >= 0) snprintf(ms, sizeof ms, "%.2f", mb.err), final_mb = mb;
+        if (pop.err >= 0 && pop.err < best) best = pop.err, best_epoch = info.epoch;
         final_epoch = pop.err >= 0 ? info.epoch : final_epoch;
         printf("%-6d %-9.5f %-10.4f %-9.2f %-9s %-9s %-9.0f %-8.1f\n", ep + 1, lr,
                loss_sum / seen, 100.0 * wrong / seen, ps, ms, ips, secs);
@@ -277,13 +279,23 @@ bl_status bl_train(const bl_train_cfg *c)
     if (!st) {
         bl_eval_result pop = final;
         if (final_epoch != info.epoch) st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop);
-        if (!st)
-            printf("\nsummary: %s w=%d, %d epochs (%ld steps), batch %d, norm batch %d: %s error "
-                   "%.2f%% (population statistics, %s), %.0f s%s%s\n",
-                   c->model, c->width, info.epoch, info.step, c->batch, g,
-                   c->val > 0 ? "validation" : "test", pop.err,
-                   bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), now() - t_run,
-                   c->out[0] ? "; checkpoint " : "", c->out[0] ? cpath : "");
+        if (!st) {
+            const char *set = c->val > 0 ? "validation" : "test";
+            printf("\nsummary\n");
+            printf("  %-24s %s w=%d\n", "model", c->model, c->width);
+            printf("  %-24s %d / %ld\n", "epochs / steps", info.epoch, info.step);
+            printf("  %-24s %d / %d\n", "batch / norm batch", c->batch, g);
+            printf("  %-24s %.2f%% (population statistics, %s)\n",
+                   c->val > 0 ? "validation error" : "test error", pop.err,
+                   bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source));
+            if (final_mb.err >= 0)
+                printf("  %-24s %.2f%% (mini-batch statistics, groups of %d)\n", "", final_mb.err, g);
+            if (best_epoch > 0)
+                printf("  %-24s %.2f%% at epoch %d (%s)\n", "best during the run", best, best_epoch,
+                       set);
+            printf("  %-24s %.0f s\n", "wall time", now() - t_run);
+            if (c->out[0]) printf("  %-24s %s, %s\n", "written", mpath, cpath);
+        }
     }
     bl_groups_free(&groups);
     free(order), bl_free(x), free(y);

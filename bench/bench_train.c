@@ -1,0 +1,128 @@
+/* bench_train: training-step and inference throughput (img/s) of a CIFAR ResNet on 28x28x1 inputs,
+ * bnlab and (when python3-torch is installed) PyTorch with the same model, batch and threads, in
+ * the same run, one after the other. Run on an idle machine.
+ *
+ * usage: bench_train [--model resnet20] [--width 16] [--batch 128] [--threads 2] [--steps 20]
+ *                    [--json] [--no-torch] */
+#define _POSIX_C_SOURCE 200809L
+#include "bnlab/bnlab.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static int cmpd(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *t, int n)
+{
+    qsort(t, n, sizeof *t, cmpd);
+    return t[n / 2];
+}
+
+int main(int argc, char **argv)
+{
+    const char *model = "resnet20";
+    int width = 16, batch = 128, threads = 2, steps = 20, json = 0, use_torch = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "--json")) json = 1;
+        else if (!strcmp(o, "--no-torch")) use_torch = 0;
+        else if (!strcmp(o, "--model") && v) model = v, i++;
+        else if (!strcmp(o, "--width") && v) width = atoi(v), i++;
+        else if (!strcmp(o, "--batch") && v) batch = atoi(v), i++;
+        else if (!strcmp(o, "--threads") && v) threads = atoi(v), i++;
+        else if (!strcmp(o, "--steps") && v) steps = atoi(v), i++;
+        else {
+            fprintf(stderr, "usage: bench_train [--model resnet20] [--width 16] [--batch 128] "
+                            "[--threads 2] [--steps 20] [--json] [--no-torch]\n");
+            return 2;
+        }
+    }
+    int depth;
+    if (bl_resnet_depth(model, &depth) || width < 1 || batch < 2 || threads < 1 || steps < 1 ||
+        steps > 1000) {
+        fprintf(stderr, "bench_train: bad arguments: %s\n", bl_error());
+        return 2;
+    }
+    bl_threads_set(threads);
+    bl_net net;
+    if (bl_resnet(&net, depth, width, 10, 28, 28, 1, batch)) {
+        fprintf(stderr, "bench_train: %s\n", bl_error());
+        return 1;
+    }
+    bl_net_init_params(&net, 1);
+    float *x = bl_alloc((size_t)batch * 784 * sizeof(float));
+    uint8_t *y = malloc(batch);
+    bl_rng r;
+    bl_rng_seed(&r, 3);
+    for (int i = 0; i < batch * 784; i++) x[i] = (float)bl_rng_normal(&r);
+    for (int i = 0; i < batch; i++) y[i] = (uint8_t)bl_rng_below(&r, 10);
+    bl_sgd sgd = {0.9, 5e-4, 1, 0};
+    double *t = malloc(sizeof(double) * (steps + 3)), loss;
+    int ok, failed = 0;
+    for (int i = 0; i < steps + 3; i++) {
+        double t0 = now();
+        net.bn_mode = BL_BN_BATCH;
+        bl_net_zero_grad(&net);
+        failed |= bl_net_forward(&net, x, batch) || bl_net_loss(&net, y, 1, &loss, &ok) ||
+                  bl_net_backward(&net);
+        bl_sgd_step(&net, &sgd, 0.01);
+        for (int b = 0; b < bl_net_bn_count(&net); b++)
+            failed |= bl_bn_commit(bl_net_bn_at(&net, b), BL_EST_EMA) != BL_OK;
+        if (i >= 3) t[i - 3] = now() - t0;
+    }
+    double train = batch / median(t, steps);
+    for (int i = 0; i < steps + 3; i++) {
+        double t0 = now();
+        net.bn_mode = BL_BN_POPULATION;
+        failed |= bl_net_forward(&net, x, batch) != BL_OK;
+        if (i >= 3) t[i - 3] = now() - t0;
+    }
+    double infer = batch / median(t, steps);
+    if (failed) fprintf(stderr, "bench_train: a bnlab call failed: %s\n", bl_error());
+    double tt = 0, ti = 0;
+    if (use_torch) {
+        char cmd[1024], line[256], name[32];
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/bench/torch_train.py %d %d %d %d %d 2>&1",
+                 BL_SOURCE_DIR, depth, width, batch, threads, steps);
+        FILE *p = popen(cmd, "r");
+        double v;
+        while (p && fgets(line, sizeof line, p))
+            if (sscanf(line, "%31s %lf", name, &v) == 2) {
+                if (!strcmp(name, "train")) tt = v;
+                else if (!strcmp(name, "infer")) ti = v;
+            }
+        if (!p || pclose(p) != 0 || tt == 0) {
+            fprintf(stderr, "bench_train: the PyTorch run failed (python3-torch installed? "
+                            "scripts/install-deps.sh bench)\n");
+            tt = ti = 0;
+        }
+    }
+    if (json) {
+        printf("{\"model\":\"%s\",\"width\":%d,\"batch\":%d,\"threads\":%d,\"train_img_per_s\":%.1f,"
+               "\"infer_img_per_s\":%.1f", model, width, batch, threads, train, infer);
+        if (tt > 0) printf(",\"torch_train_img_per_s\":%.1f,\"torch_infer_img_per_s\":%.1f", tt, ti);
+        printf("}\n");
+    } else {
+        printf("bench_train: %s w=%d, batch %d, 28x28x1, %d threads, median of %d steps\n", model,
+               width, batch, threads, steps);
+        printf("  %-10s %12s %14s %8s\n", "", "bnlab img/s", "PyTorch img/s", "ratio");
+        printf("  %-10s %12.0f %14.0f %7.2fx\n", "training", train, tt, tt > 0 ? train / tt : 0);
+        printf("  %-10s %12.0f %14.0f %7.2fx\n", "inference", infer, ti, ti > 0 ? infer / ti : 0);
+    }
+    free(t), free(y), bl_free(x);
+    bl_net_free(&net);
+    return failed;
+}

@@ -1,0 +1,63 @@
+/* Pieces of the training loop: the learning-rate schedules, the epoch order (a permutation, a
+ * function of seed/epoch/rank only) and batch assembly (normalization; augmentation that depends
+ * on the sample, not on which batch it sits in). */
+#include "bnlab/bnlab.h"
+#include "check.h"
+
+int main(void)
+{
+    bl_train_cfg c;
+    bl_train_defaults(&c);
+    long T = 1000;
+    CHECK(fabs(bl_lr_at(&c, 0, T, 0) - 0.1) < 1e-12, "cosine starts at the base lr");
+    CHECK(fabs(bl_lr_at(&c, 500, T, 0) - 0.05) < 1e-12, "cosine is half way at T/2");
+    CHECK(bl_lr_at(&c, 999, T, 0) < 1e-5, "cosine ends near 0: %g", bl_lr_at(&c, 999, T, 0));
+    CHECK(fabs(bl_lr_at(&c, 9, T, 100) - 0.01) < 1e-12, "warmup is linear: %g", bl_lr_at(&c, 9, T, 100));
+    CHECK(fabs(bl_lr_at(&c, 100, T, 100) - 0.1) < 1e-12, "warmup reaches the base lr");
+    c.schedule = BL_SCHED_STEP;
+    CHECK(bl_lr_at(&c, 499, T, 0) == 0.1 && fabs(bl_lr_at(&c, 500, T, 0) - 0.01) < 1e-12 &&
+              fabs(bl_lr_at(&c, 750, T, 0) - 0.001) < 1e-12, "step schedule at 50%% and 75%%");
+    c.schedule = BL_SCHED_CONST;
+    c.lr_linear = 1;
+    c.batch = 4096;
+    CHECK(fabs(bl_lr_at(&c, 500, T, 0) - 3.2) < 1e-12, "linear scaling: lr x batch/128");
+
+    int a[1000], b[1000], seen[1000] = {0};
+    bl_epoch_order(1000, 7, 3, 0, a);
+    bl_epoch_order(1000, 7, 3, 0, b);
+    int perm = 1;
+    for (int i = 0; i < 1000; i++) perm &= seen[a[i]]++ == 0;
+    CHECK(perm && !memcmp(a, b, sizeof a), "epoch order is a reproducible permutation");
+    bl_epoch_order(1000, 7, 4, 0, b);
+    CHECK(memcmp(a, b, sizeof a), "a new epoch gives a new order");
+    bl_epoch_order(1000, 7, 3, 1, b);
+    CHECK(memcmp(a, b, sizeof a), "another rank gives another order");
+
+    /* a tiny dataset: 3 images of 4x4 */
+    uint8_t px[48], lab[3] = {1, 2, 3};
+    for (int i = 0; i < 48; i++) px[i] = (uint8_t)(i * 5);
+    bl_dataset d = {3, 4, 4, px, lab};
+    float x1[48], x2[32];
+    uint8_t y1[3], y2[2];
+    int idx1[3] = {0, 1, 2}, idx2[2] = {2, 0};
+    bl_dataset_batch(&d, idx1, 3, NULL, x1, y1);
+    CHECK(fabs(x1[5] - (25 / 255.0f - BL_FMNIST_MEAN) / BL_FMNIST_STD) < 1e-6 && y1[2] == 3,
+          "normalization");
+    bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, 42, 5};
+    bl_dataset_batch(&d, idx1, 3, &aug, x1, y1);
+    bl_dataset_batch(&d, idx2, 2, &aug, x2, y2);
+    CHECK(!memcmp(x1 + 32, x2, 16 * sizeof(float)) && !memcmp(x1, x2 + 16, 16 * sizeof(float)) &&
+              y2[0] == 3, "augmentation of a sample does not depend on its batch");
+    int differs = 0;
+    for (int e = 0; e < 8; e++) {
+        float x3[48];
+        aug.epoch = e;
+        bl_dataset_batch(&d, idx1, 3, &aug, x3, y1);
+        differs |= memcmp(x3, x1, sizeof x3) != 0;
+        float black = (0 - BL_FMNIST_MEAN) / BL_FMNIST_STD, lo = 1e9f;
+        for (int i = 0; i < 48; i++) lo = fminf(lo, x3[i]);
+        CHECK(lo >= black - 1e-6f, "padding is a black pixel");
+    }
+    CHECK(differs, "augmentation changes with the epoch");
+    return check_done("test_train_parts");
+}
