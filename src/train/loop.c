@@ -200,6 +200,12 @@ bl_status bl_train(const bl_train_cfg *c)
         }
     }
     const long spe = train.n / c->batch, T = spe * c->epochs, W = (long)(c->warmup_epochs * spe);
+    if (info.step != info.epoch * spe) {
+        /* a checkpoint from inside an epoch (--max-steps): that epoch is redone from its start */
+        printf("note: the checkpoint stopped inside epoch %d; it restarts from that epoch's start\n",
+               info.epoch + 1);
+        info.step = info.epoch * spe;
+    }
     int *order = malloc(sizeof(int) * train.n);
     float *x = bl_alloc((size_t)c->batch * train.h * train.w * sizeof(float));
     uint8_t *y = malloc((size_t)c->batch);
