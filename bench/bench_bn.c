@@ -8,6 +8,7 @@
  *                 [--no-torch] [--no-onednn] */
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/bnlab.h"
+#include "bench_common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,19 +23,6 @@
 #include <oneapi/dnnl/dnnl.h>
 #endif
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-static int cmpd(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 typedef void (*bench_fn)(void *ctx);
 
 static double median_ms(bench_fn fn, void *ctx, int reps)
@@ -43,12 +31,11 @@ static double median_ms(bench_fn fn, void *ctx, int reps)
     if (reps > 256) reps = 256;
     for (int i = 0; i < 2; i++) fn(ctx); /* warm up: page faults, caches, JIT */
     for (int i = 0; i < reps; i++) {
-        double t0 = now();
+        double t0 = bench_now();
         fn(ctx);
-        t[i] = now() - t0;
+        t[i] = bench_now() - t0;
     }
-    qsort(t, reps, sizeof *t, cmpd);
-    return 1e3 * t[reps / 2];
+    return 1e3 * bench_median(t, reps);
 }
 
 typedef struct {

@@ -6,30 +6,12 @@
  *                    [--json] [--no-torch] */
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/bnlab.h"
+#include "bench_common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-static int cmpd(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *t, int n)
-{
-    qsort(t, n, sizeof *t, cmpd);
-    return t[n / 2];
-}
 
 int main(int argc, char **argv)
 {
@@ -73,7 +55,7 @@ int main(int argc, char **argv)
     double *t = malloc(sizeof(double) * (steps + 3)), loss;
     int ok, failed = 0;
     for (int i = 0; i < steps + 3; i++) {
-        double t0 = now();
+        double t0 = bench_now();
         net.bn_mode = BL_BN_BATCH;
         bl_net_zero_grad(&net);
         failed |= bl_net_forward(&net, x, batch) || bl_net_loss(&net, y, 1, &loss, &ok) ||
@@ -81,16 +63,16 @@ int main(int argc, char **argv)
         bl_sgd_step(&net, &sgd, 0.01);
         for (int b = 0; b < bl_net_bn_count(&net); b++)
             failed |= bl_bn_commit(bl_net_bn_at(&net, b), BL_EST_EMA) != BL_OK;
-        if (i >= 3) t[i - 3] = now() - t0;
+        if (i >= 3) t[i - 3] = bench_now() - t0;
     }
-    double train = batch / median(t, steps);
+    double train = batch / bench_median(t, steps);
     for (int i = 0; i < steps + 3; i++) {
-        double t0 = now();
+        double t0 = bench_now();
         net.bn_mode = BL_BN_POPULATION;
         failed |= bl_net_forward(&net, x, batch) != BL_OK;
-        if (i >= 3) t[i - 3] = now() - t0;
+        if (i >= 3) t[i - 3] = bench_now() - t0;
     }
-    double infer = batch / median(t, steps);
+    double infer = batch / bench_median(t, steps);
     if (failed) fprintf(stderr, "bench_train: a bnlab call failed: %s\n", bl_error());
     double tt = 0, ti = 0;
     if (use_torch) {
