@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """PyTorch's side of bench_train: the same CIFAR ResNet (tools/bnlab_torch.py), same batch and
 threads, SGD as bnlab's recipe; prints 'train IMG_PER_S' and 'infer IMG_PER_S' (medians).
+The model and input are channels_last: on this machine that is PyTorch's faster configuration
+(oneDNN; resnet20 w=16, 2 threads: 734 vs 539 img/s training, 3060 vs 2236 inference).
 usage: torch_train.py DEPTH WIDTH BATCH THREADS STEPS"""
 import os
 import sys
@@ -22,12 +24,12 @@ def main():
     depth, width, batch, threads, steps = (int(v) for v in sys.argv[1:6])
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = ResNet(depth=depth, width=width)
+    model = ResNet(depth=depth, width=width).to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0}],
                           lr=0.1, momentum=0.9, nesterov=True)
-    x = torch.randn(batch, 1, 28, 28)
+    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     model.train()
     ts = []
