@@ -186,6 +186,12 @@ int main(void)
     CHECK(bl_idx_load(ip, lp, &d) == BL_OK && d.n == 3 && d.labels[2] == 3, "valid tiny IDX: %s",
           bl_error());
     bl_dataset_free(&d);
+    /* a gzip stream that is corrupt after its header */
+    f = fopen(ip, "wb");
+    fwrite("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\xff\xff\xff\x00\x01\x02\x03", 1, 18, f);
+    fclose(f);
+    EXPECT(bl_idx_load(ip, lp, &d), BL_ERR_FORMAT, "corrupt");
+    bl_dataset_free(&d);
     unlink(ip);
     unlink(lp);
     rmdir(dir);
