@@ -52,7 +52,9 @@ int main(int argc, char **argv)
     CHECK(bl_resnet(&b, 8, 4, 10, 28, 28, 1, 2) == BL_OK, "%s", bl_error());
     fill(&a, 1);
     fill(&b, 2);
-    bl_ckpt_info info = {3, 1234, 99, "{\"model\":\"resnet8\"}"}, got;
+    bl_ckpt_info info = {.epoch = 3, .step = 1234, .seed = 99, .ep_loss = 0.25, .ep_wrong = 3,
+                         .ep_seen = 64, .config = "{\"model\":\"resnet8\"}"},
+                 got;
     CHECK(bl_checkpoint_save(&a, path, &info) == BL_OK, "save: %s", bl_error());
     CHECK(access(path, F_OK) == 0, "checkpoint written");
     char tmp[300];
@@ -60,7 +62,8 @@ int main(int argc, char **argv)
     CHECK(access(tmp, F_OK) != 0, "temporary file left behind");
     CHECK(bl_checkpoint_load(&b, path, 1, &got) == BL_OK, "load: %s", bl_error());
     CHECK(same(&a, &b), "round trip is not exact");
-    CHECK(got.epoch == 3 && got.step == 1234 && got.seed == 99 && !strcmp(got.config, info.config),
+    CHECK(got.epoch == 3 && got.step == 1234 && got.seed == 99 && !strcmp(got.config, info.config) &&
+              got.ep_loss == 0.25 && got.ep_wrong == 3 && got.ep_seen == 64,
           "metadata round trip: epoch %d step %ld seed %llu", got.epoch, got.step,
           (unsigned long long)got.seed);
     /* opened from its metadata alone */

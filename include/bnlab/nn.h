@@ -105,6 +105,9 @@ bl_status bl_net_forward(bl_net *net, const float *x, int n);
 bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct);
 bl_status bl_net_backward(bl_net *net);
 void bl_net_zero_grad(bl_net *net);
+/* The first layer (in network order) whose output of the last forward holds NaN or Inf, or NULL:
+ * names where a divergence started. */
+const char *bl_net_first_nonfinite(const bl_net *net);
 /* BN layers, in network order (for commits, PreciseBN, inspection). */
 int bl_net_bn_count(const bl_net *net);
 bl_bn *bl_net_bn_at(bl_net *net, int i);

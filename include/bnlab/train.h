@@ -2,6 +2,8 @@
 #ifndef BNLAB_TRAIN_H
 #define BNLAB_TRAIN_H
 
+#include <signal.h>
+
 #include "bnlab/data.h"
 #include "bnlab/nn.h"
 
@@ -86,8 +88,11 @@ void bl_sgd_step(bl_net *net, const bl_sgd *o, double lr);
  * seed, rng, config. Written atomically (temporary file, fsync, rename). */
 typedef struct {
     int epoch;      /* epochs completed */
-    long step;      /* SGD steps completed */
+    long step;      /* SGD steps completed (may be inside epoch + 1) */
     uint64_t seed;
+    /* the unfinished epoch's running sums, so a resumed epoch reports the whole epoch */
+    double ep_loss;
+    long ep_wrong, ep_seen;
     char config[2048]; /* the run's resolved configuration, JSON */
 } bl_ckpt_info;
 
@@ -123,7 +128,10 @@ typedef struct {
     uint64_t seed;
     int threads, eval_every, eval_minibatch, val;
     long max_steps;       /* 0: no limit */
+    int checkpoint_every; /* epochs between checkpoints (the last one and stops always write) */
     char out[1024], data_dir[1024], resume[1024];
+    /* set (e.g. by a SIGINT/SIGTERM handler) to stop after the current step with a checkpoint */
+    const volatile sig_atomic_t *stop;
 } bl_train_cfg;
 
 void bl_train_defaults(bl_train_cfg *c);

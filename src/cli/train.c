@@ -1,7 +1,22 @@
+#define _POSIX_C_SOURCE 200809L
 /* bnlab train: a ResNet on Fashion-MNIST with every batch choice explicit. */
 #include "cli/cli.h"
 
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
+
+#if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+/* SIGINT/SIGTERM: finish the current step, write a checkpoint, exit cleanly. A second signal
+ * kills as usual (the handler is reset), and the checkpoint write itself is atomic anyway. */
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+    stop_flag = 1;
+    signal(sig, SIG_DFL);
+}
+#endif
 
 int cmd_train(int argc, char **argv)
 {
@@ -33,7 +48,10 @@ int cmd_train(int argc, char **argv)
          "also evaluate with mini-batch statistics at the normalization batch"},
         {"--val", OPT_INT, &c.val, 0, 0, 59999, NULL,
          "carve a validation split of N training images (it replaces the test set)"},
-        {"--max-steps", OPT_LONG, &c.max_steps, 0, 0, 9e15, NULL, "stop after N steps (0: none)"},
+        {"--max-steps", OPT_LONG, &c.max_steps, 0, 0, 9e15, NULL,
+         "stop after N steps in all (0: none), with a checkpoint to --resume from"},
+        {"--checkpoint-every", OPT_INT, &c.checkpoint_every, 0, 1, 100000, NULL,
+         "write last.safetensors every K epochs (also at the end and on a stop)"},
         {"--out", OPT_STR, c.out, sizeof c.out, 0, 0, NULL,
          "directory for metrics.jsonl and last.safetensors"},
         {"--resume", OPT_STR, c.resume, sizeof c.resume, 0, 0, NULL,
@@ -48,6 +66,12 @@ int cmd_train(int argc, char **argv)
     c.schedule = (bl_schedule)sched;
     c.lr_linear = scaling;
     cli_print_config(stdout, "train", opts, n);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    c.stop = &stop_flag;
     if (bl_train(&c)) {
         fprintf(stderr, "bnlab train: %s\n", bl_error());
         return 1;

@@ -292,3 +292,15 @@ void bl_param_import(const bl_param *p, const float *src, float *dst)
     if (p->ohwi) conv_perm(p, src, dst, 0);
     else memcpy(dst, src, p->count * sizeof(float));
 }
+
+const char *bl_net_first_nonfinite(const bl_net *net)
+{
+    for (int i = 0; i < net->n_layers; i++) {
+        const bl_layer *l = &net->layers[i];
+        const bl_tensor *t = &net->t[l->out];
+        size_t n = (size_t)net->batch * bl_tsize(t);
+        for (size_t k = 0; k < n; k++)
+            if (!isfinite(t->data[k])) return l->name;
+    }
+    return NULL;
+}

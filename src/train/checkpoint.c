@@ -70,6 +70,8 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
         snprintf(v, sizeof v, "%d", info->epoch), bl_st_set_meta(&w, "epoch", v);
         snprintf(v, sizeof v, "%ld", info->step), bl_st_set_meta(&w, "step", v);
         snprintf(v, sizeof v, "%llu", (unsigned long long)info->seed), bl_st_set_meta(&w, "seed", v);
+        snprintf(v, sizeof v, "%.17g,%ld,%ld", info->ep_loss, info->ep_wrong, info->ep_seen);
+        bl_st_set_meta(&w, "epoch_progress", v);
         bl_st_set_meta(&w, "rng", "derived: order from (seed, epoch, rank), augmentation from "
                                   "(seed, epoch, sample)");
         bl_st_set_meta(&w, "config", info->config);
@@ -147,6 +149,8 @@ static void read_info(const bl_safetensors *st, bl_ckpt_info *info)
     if ((v = bl_st_meta(st, "step"))) info->step = atol(v);
     if ((v = bl_st_meta(st, "seed"))) info->seed = strtoull(v, NULL, 10);
     if ((v = bl_st_meta(st, "config"))) snprintf(info->config, sizeof info->config, "%s", v);
+    if ((v = bl_st_meta(st, "epoch_progress")))
+        sscanf(v, "%lf,%ld,%ld", &info->ep_loss, &info->ep_wrong, &info->ep_seen);
 }
 
 bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_ckpt_info *info)

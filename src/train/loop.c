@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now(void)
 {
@@ -35,6 +36,7 @@ void bl_train_defaults(bl_train_cfg *c)
     c->seed = 1;
     c->threads = 2;
     c->eval_every = 1;
+    c->checkpoint_every = 1;
     snprintf(c->data_dir, sizeof c->data_dir, "%s", BL_FMNIST_DIR);
 }
 
@@ -188,23 +190,25 @@ bl_status bl_train(const bl_train_cfg *c)
         config_json(c, info.config, sizeof info.config);
         printf("resumed from %s at epoch %d, step %ld\n", c->resume, info.epoch, info.step);
     }
+    const long spe = train.n / c->batch, T = spe * c->epochs, W = (long)(c->warmup_epochs * spe);
+    /* a checkpoint may come from inside an epoch (a stop): resume at that step exactly */
+    long s0 = info.step - (long)info.epoch * spe;
+    if (s0 < 0 || s0 >= spe || info.ep_seen != s0 * c->batch) {
+        st = bl_fail(BL_ERR_FORMAT, "%s: step %ld does not fit epoch %d of %ld steps with batch %d "
+                     "(was it written with another --batch or data split?)", c->resume, info.step,
+                     info.epoch, spe, c->batch);
+        goto done;
+    }
     char mpath[1100], cpath[1100];
     FILE *metrics = NULL;
     if (c->out[0]) {
         snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->out);
         snprintf(cpath, sizeof cpath, "%s/last.safetensors", c->out);
-        metrics = fopen(mpath, info.epoch > 0 ? "a" : "w");
+        metrics = fopen(mpath, c->resume[0] ? "a" : "w");
         if (!metrics) {
             st = bl_fail(BL_ERR_IO, "cannot write %s: %s", mpath, strerror(errno));
             goto done;
         }
-    }
-    const long spe = train.n / c->batch, T = spe * c->epochs, W = (long)(c->warmup_epochs * spe);
-    if (info.step != info.epoch * spe) {
-        /* a checkpoint from inside an epoch (--max-steps): that epoch is redone from its start */
-        printf("note: the checkpoint stopped inside epoch %d; it restarts from that epoch's start\n",
-               info.epoch + 1);
-        info.step = info.epoch * spe;
     }
     int *order = malloc(sizeof(int) * train.n);
     float *x = bl_alloc((size_t)c->batch * train.h * train.w * sizeof(float));
@@ -219,13 +223,18 @@ bl_status bl_train(const bl_train_cfg *c)
     bl_eval_result final = {-1, 0, 0}, final_mb = {-1, 0, 0};
     int final_epoch = -1, best_epoch = 0;
     double best = 101;
-    for (int ep = info.epoch; ep < c->epochs && !st; ep++) {
-        double t0 = now(), loss_sum = 0, lr = 0;
-        long wrong = 0, seen = 0;
+    const int tty = isatty(1);
+    int stopped = 0;
+    for (int ep = info.epoch; ep < c->epochs && !st && !stopped; ep++) {
+        double t0 = now(), loss_sum = info.ep_loss, lr = 0;
+        long wrong = info.ep_wrong, seen = info.ep_seen, fresh = 0;
         bl_epoch_order(train.n, c->seed, ep, 0, order);
         aug.epoch = ep;
-        for (long s = 0; s < spe && !st; s++) {
-            if (c->max_steps && info.step >= c->max_steps) break;
+        for (long s = seen / c->batch; s < spe && !st; s++) {
+            if ((c->max_steps && info.step >= c->max_steps) || (c->stop && *c->stop)) {
+                stopped = 1;
+                break;
+            }
             lr = bl_lr_at(c, info.step, T, W);
             bl_dataset_batch(&train, order + s * c->batch, c->batch, &aug, x, y);
             net.bn_mode = BL_BN_BATCH;
@@ -233,36 +242,57 @@ bl_status bl_train(const bl_train_cfg *c)
             bl_net_zero_grad(&net);
             double ls;
             int ok;
-            if ((st = bl_net_forward(&net, x, c->batch))) break;
-            if ((st = bl_net_loss(&net, y, 1, &ls, &ok))) {
+            st = bl_net_forward(&net, x, c->batch);
+            if (!st) st = bl_net_loss(&net, y, 1, &ls, &ok);
+            if (!st) st = bl_net_backward(&net);
+            if (st) {
                 char msg[700];
+                const char *where = bl_net_first_nonfinite(&net);
                 snprintf(msg, sizeof msg, "%s", bl_error());
-                st = bl_fail(st, "step %ld (epoch %d): %s: lower --lr; the last checkpoint is "
-                             "kept", info.step, ep + 1, msg);
+                st = bl_fail(st, "step %ld (epoch %d): %s%s%s: the run stops; the last good "
+                             "checkpoint is kept (try a lower --lr, or --resume it)", info.step + 1,
+                             ep + 1, msg, where ? "; first non-finite output: layer " : "",
+                             where ? where : "");
                 break;
             }
-            if ((st = bl_net_backward(&net))) break;
             bl_sgd_step(&net, &sgd, lr);
             for (int b = 0; b < bl_net_bn_count(&net) && !st; b++)
                 st = bl_bn_commit(bl_net_bn_at(&net, b), BL_EST_EMA);
             loss_sum += ls;
             wrong += c->batch - ok;
             seen += c->batch;
+            fresh += c->batch;
             info.step++;
+            if (tty && (s % 10 == 9 || s + 1 == spe)) {
+                double el = now() - t0, ips = fresh / el, eta = (spe - s - 1) * c->batch / ips;
+                int bar = (int)(30 * (s + 1) / spe);
+                printf("\r  epoch %d [%.*s%*s] %ld/%ld  %.0f img/s  ETA %.0f s  ", ep + 1, bar,
+                       "==============================", 30 - bar, "", s + 1, spe, ips, eta);
+                fflush(stdout);
+            }
         }
-        if (st || seen == 0) break;
-        /* an epoch cut short by --max-steps is not complete: a resume redoes it */
-        const int complete = seen == spe * c->batch;
-        double secs = now() - t0, ips = seen / secs;
+        if (tty) printf("\r%*s\r", 78, "");
+        info.ep_loss = loss_sum, info.ep_wrong = wrong, info.ep_seen = seen;
+        if (stopped && !st) {
+            /* a stop inside an epoch: save exactly where we are, no evaluation */
+            if (c->out[0] && seen > 0 && (st = bl_checkpoint_save(&net, cpath, &info))) break;
+            printf("stopped at step %ld (epoch %d, %ld of %ld steps)%s%s\n", info.step, ep + 1,
+                   seen / c->batch, spe, c->out[0] ? "; resume with --resume " : "",
+                   c->out[0] ? cpath : "");
+            break;
+        }
+        if (st) break;
+        info.ep_loss = 0, info.ep_wrong = 0, info.ep_seen = 0;
+        double secs = now() - t0, ips = fresh / secs;
         bl_eval_result pop = {-1, 0, 0}, mb = {-1, 0, 0};
-        int last = ep + 1 == c->epochs || (c->max_steps && info.step >= c->max_steps);
+        int last = ep + 1 == c->epochs;
         if (c->eval_every > 0 && ((ep + 1) % c->eval_every == 0 || last)) {
             if ((st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop))) break;
             if (c->eval_minibatch &&
                 (st = bl_evaluate(&net, &test, BL_BN_BATCH, g, c->seed, &mb)))
                 break;
         }
-        info.epoch = ep + complete;
+        info.epoch = ep + 1;
         char ps[16] = "-", ms[16] = "-";
         if (pop.err >= 0) snprintf(ps, sizeof ps, "%.2f", pop.err), final = pop;
         if (mb.err >= 0) snprintf(ms, sizeof ms, "%.2f", mb.err), final_mb = mb;
@@ -278,11 +308,12 @@ bl_status bl_train(const bl_train_cfg *c)
             if (mb.err >= 0) fprintf(metrics, ",\"test_err_minibatch\":%.4f", mb.err);
             fprintf(metrics, ",\"img_per_s\":%.1f,\"seconds\":%.2f}\n", ips, secs);
             fflush(metrics);
-            if ((st = bl_checkpoint_save(&net, cpath, &info))) break;
+            if ((info.epoch % c->checkpoint_every == 0 || last) &&
+                (st = bl_checkpoint_save(&net, cpath, &info)))
+                break;
         }
-        if (c->max_steps && info.step >= c->max_steps) break;
     }
-    if (!st) {
+    if (!st && !stopped) {
         bl_eval_result pop = final;
         if (final_epoch != info.epoch) st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop);
         if (!st) {
