@@ -41,10 +41,16 @@ static void im2col(const float *x, int n, int h, int w, int cin, int k, int stri
             for (int kx = 0; kx < k; kx++) {
                 int ix = ox * stride - pad + kx;
                 float *dst = row + ((size_t)ky * k + kx) * cin;
-                if (iy < 0 || iy >= h || ix < 0 || ix >= w)
-                    memset(dst, 0, cin * sizeof(float));
-                else
-                    memcpy(dst, x + (((size_t)i * h + iy) * w + ix) * cin, cin * sizeof(float));
+                /* plain loops, not memcpy/memset: runs of cin floats are short (16-64), where the
+                 * library calls cost more than the copy */
+                if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
+#pragma omp simd
+                    for (int c = 0; c < cin; c++) dst[c] = 0;
+                } else {
+                    const float *src = x + (((size_t)i * h + iy) * w + ix) * cin;
+#pragma omp simd
+                    for (int c = 0; c < cin; c++) dst[c] = src[c];
+                }
             }
         }
     }
