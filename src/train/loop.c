@@ -189,7 +189,11 @@ bl_status bl_train(const bl_train_cfg *c)
         if ((st = bl_checkpoint_load(&net, c->resume, 1, &info))) goto done;
         config_json(c, info.config, sizeof info.config);
         printf("resumed from %s at epoch %d, step %ld\n", c->resume, info.epoch, info.step);
+        if (info.seed != c->seed)
+            printf("note: the data order and augmentation follow the checkpoint's seed %llu, not "
+                   "--seed %llu\n", (unsigned long long)info.seed, (unsigned long long)c->seed);
     }
+    const uint64_t seed = info.seed; /* the run's seed: a resume continues the same streams */
     const long spe = train.n / c->batch, T = spe * c->epochs, W = (long)(c->warmup_epochs * spe);
     /* a checkpoint may come from inside an epoch (a stop): resume at that step exactly */
     long s0 = info.step - (long)info.epoch * spe;
@@ -216,7 +220,7 @@ bl_status bl_train(const bl_train_cfg *c)
     bl_groups groups;
     bl_groups_ghost(&groups, c->batch, g);
     bl_sgd sgd = {c->momentum, c->wd, c->nesterov, c->wd_bn};
-    bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, c->seed, 0};
+    bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, seed, 0};
     printf("%-6s %-9s %-10s %-9s %-9s %-9s %-9s %-8s\n", "epoch", "lr", "train_loss", "train_err",
            "test_pop", "test_mb", "img/s", "seconds");
     double t_run = now();
@@ -228,7 +232,7 @@ bl_status bl_train(const bl_train_cfg *c)
     for (int ep = info.epoch; ep < c->epochs && !st && !stopped; ep++) {
         double t0 = now(), loss_sum = info.ep_loss, lr = 0;
         long wrong = info.ep_wrong, seen = info.ep_seen, fresh = 0;
-        bl_epoch_order(train.n, c->seed, ep, 0, order);
+        bl_epoch_order(train.n, seed, ep, 0, order);
         aug.epoch = ep;
         for (long s = seen / c->batch; s < spe && !st; s++) {
             if ((c->max_steps && info.step >= c->max_steps) || (c->stop && *c->stop)) {
@@ -275,7 +279,7 @@ bl_status bl_train(const bl_train_cfg *c)
         info.ep_loss = loss_sum, info.ep_wrong = wrong, info.ep_seen = seen;
         if (stopped && !st) {
             /* a stop inside an epoch: save exactly where we are, no evaluation */
-            if (c->out[0] && seen > 0 && (st = bl_checkpoint_save(&net, cpath, &info))) break;
+            if (c->out[0] && (st = bl_checkpoint_save(&net, cpath, &info))) break;
             printf("stopped at step %ld (epoch %d, %ld of %ld steps)%s%s\n", info.step, ep + 1,
                    seen / c->batch, spe, c->out[0] ? "; resume with --resume " : "",
                    c->out[0] ? cpath : "");
@@ -289,7 +293,7 @@ bl_status bl_train(const bl_train_cfg *c)
         if (c->eval_every > 0 && ((ep + 1) % c->eval_every == 0 || last)) {
             if ((st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop))) break;
             if (c->eval_minibatch &&
-                (st = bl_evaluate(&net, &test, BL_BN_BATCH, g, c->seed, &mb)))
+                (st = bl_evaluate(&net, &test, BL_BN_BATCH, g, seed, &mb)))
                 break;
         }
         info.epoch = ep + 1;
