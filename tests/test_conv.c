@@ -1,5 +1,6 @@
-/* The conv layer (chunked im2col + GEMM, threads, stride, padding) against a direct convolution in
- * double, for output, weight gradient and input gradient; and bl_gemm against bl_gemm_ref. */
+/* The conv layer (chunked im2col + GEMM, the direct 3x3 kernel, threads, stride, padding) against a
+ * direct convolution in double, for output, weight gradient and input gradient; and bl_gemm
+ * against bl_gemm_ref. */
 #include "bnlab/bnlab.h"
 #include "check.h"
 
@@ -52,8 +53,9 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
     const bl_tensor *a = &net.t[t1], *b = &net.t[t2];
     size_t na = (size_t)n * a->h * a->w * cout, nb = (size_t)n * b->h * b->w * cout;
     double *ya = malloc(sizeof(double) * na), *yb = malloc(sizeof(double) * nb);
-    double *got = malloc(sizeof(double) * (na > nb ? na : nb));
     const bl_param *w1 = bl_net_param(&net, "c1.weight"), *w2 = bl_net_param(&net, "c2.weight");
+    size_t ng = na > nb ? na : nb;
+    double *got = malloc(sizeof(double) * (ng > w2->count ? ng : w2->count));
     direct(x, w1->data, n, h, w, cin, cout, k, s, p, a->h, a->w, ya);
     direct(a->data, w2->data, n, a->h, a->w, cout, cout, k, 1, k / 2, b->h, b->w, yb);
     char what[160];
@@ -102,6 +104,11 @@ int main(void)
     conv_case(5, 9, 9, 4, 6, 3, 2, 1, 2);
     conv_case(6, 8, 8, 5, 7, 1, 1, 0, 2);
     conv_case(6, 8, 8, 5, 7, 1, 2, 0, 2);
+    /* the direct 3x3 kernel (channels x16, stride 1): widths 13 (14-, 7-, 4-, 1-pixel row
+     * blocks: 7+4+1+1), 28 and 7, accumulation into a shared gradient */
+    conv_case(3, 13, 13, 32, 32, 3, 1, 1, 2);
+    conv_case(2, 28, 28, 16, 16, 3, 1, 1, 2);
+    conv_case(2, 7, 7, 16, 48, 3, 1, 1, 1);
     /* GEMM: CBLAS against the plain loop, all transposes */
     bl_rng r;
     bl_rng_seed(&r, 5);

@@ -2,6 +2,7 @@
  * pooling, linear. NHWC activations; each backward writes its input gradient, or adds to it when
  * another consumer of that tensor wrote it first (l->acc). */
 #include "nn/net.h"
+#include "nn/conv3x3.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,19 @@ static int conv_chunk(const conv_state *s, const bl_tensor *y)
 #define THREAD_ID 0
 #endif
 
+/* The direct kernel: packs the weights (flipped for the input gradient) and runs it. */
+static bl_status conv3x3_run(bl_net *net, const float *x, int n, int h, int w, int cin, int cout,
+                             const float *w_ohwi, int flip, float *y, int acc)
+{
+    const int ci = flip ? cout : cin, co = flip ? cin : cout;
+    const size_t wsz = (size_t)9 * cin * cout, pad = (size_t)(h + 2) * (w + 2) * ci;
+    float *ws = bl_scratch_get(&net->ws, (wsz + (size_t)bl_threads_get() * pad) * sizeof(float));
+    if (!ws) return BL_ERR_NOMEM;
+    bl_conv3x3_pack(w_ohwi, cin, cout, flip, ws);
+    bl_conv3x3(x, n, h, w, ci, co, ws, y, acc, ws + wsz);
+    return BL_OK;
+}
+
 static bl_status conv_forward(bl_layer *l, bl_net *net)
 {
     const conv_state *s = l->state;
@@ -111,6 +125,8 @@ static bl_status conv_forward(bl_layer *l, bl_net *net)
         bl_gemm(0, 1, n * rows, s->cout, kd, 1.0f, x->data, kd, w, kd, 0.0f, y->data, s->cout);
         return BL_OK;
     }
+    if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad))
+        return conv3x3_run(net, x->data, n, x->h, x->w, s->cin, s->cout, w, 0, y->data, 0);
     const int cs = conv_chunk(s, y), chunks = (n + cs - 1) / cs, nt = bl_threads_get();
     const size_t per_thread = (size_t)cs * rows * kd;
     float *ws = bl_scratch_get(&net->ws, (size_t)nt * per_thread * sizeof(float));
@@ -134,6 +150,13 @@ static bl_status conv_backward(bl_layer *l, bl_net *net)
     const int kd = s->k * s->k * s->cin, rows = y->h * y->w, n = net->batch;
     const float *w = pdata(net, s->w);
     float *dw = pgrad(net, s->w);
+    int need_dx = l->need_dx;
+    if (need_dx && bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+        bl_status st = conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, w, 1, x->grad,
+                                   l->acc[0]);
+        if (st) return st;
+        need_dx = 0; /* done: the chunks below only compute dW */
+    }
     if (conv_direct(s)) {
         bl_gemm(1, 0, s->cout, kd, n * rows, 1.0f, y->grad, s->cout, x->data, kd, 1.0f, dw, kd);
         if (l->need_dx)
@@ -159,7 +182,7 @@ static bl_status conv_backward(bl_layer *l, bl_net *net)
         im2col(x->data + (size_t)i0 * xs, m, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h,
                y->w, col);
         bl_gemm(1, 0, s->cout, kd, m * rows, 1.0f, dy, s->cout, col, kd, 1.0f, dwp + t * wsz, kd);
-        if (l->need_dx) {
+        if (need_dx) {
             bl_gemm(0, 0, m * rows, kd, s->cout, 1.0f, dy, s->cout, w, kd, 0.0f, col, kd);
             col2im(col, m, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w,
                    x->grad + (size_t)i0 * xs, l->acc[0]);

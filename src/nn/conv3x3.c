@@ -1,0 +1,111 @@
+/* A direct NHWC 3x3 convolution (stride 1, padding 1) for channel counts that are multiples of 16,
+ * the shape of nearly every convolution in the CIFAR ResNet. Instead of materializing im2col and
+ * packing it for GEMM, each thread pads one sample into a small buffer and accumulates a row of up
+ * to 14 output pixels x 16 output channels in registers: one weight vector load feeds 14 FMAs with
+ * broadcast inputs. Forward and, with flipped/transposed weights, the input gradient use it; the
+ * weight gradient stays on im2col + GEMM. AVX-512 only; other builds and shapes use im2col. */
+#include "nn/conv3x3.h"
+
+#include <string.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+#ifdef BL_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+int bl_conv3x3_supported(int cin, int cout, int k, int stride, int pad)
+{
+    return k == 3 && stride == 1 && pad == 1 && cin % 16 == 0 && cout % 16 == 0;
+}
+
+void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp)
+{
+    /* wp: [cout/16][ky][kx][ci][16]. flip: the weights of the input gradient, i.e. the conv of dy
+     * with W'[ci][2-ky][2-kx][co] (cin and cout swapped by the caller). */
+    const int ci_n = flip ? cout : cin, co_n = flip ? cin : cout;
+    for (int ob = 0; ob < co_n / 16; ob++)
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++)
+                for (int ci = 0; ci < ci_n; ci++)
+                    for (int j = 0; j < 16; j++) {
+                        int co = ob * 16 + j;
+                        float v = flip ? w_ohwi[(((size_t)ci * 3 + (2 - ky)) * 3 + (2 - kx)) * cin + co]
+                                       : w_ohwi[(((size_t)co * 3 + ky) * 3 + kx) * cin + ci];
+                        wp[((((size_t)ob * 3 + ky) * 3 + kx) * ci_n + ci) * 16 + j] = v;
+                    }
+}
+
+/* One row segment: acc[r] over r < RB output pixels starting at ox0, 16 output channels. */
+#define ROW_KERNEL(RB)                                                                             \
+    static inline void row_##RB(const float *xp, int wpad, int cin, const float *wb, float *y,     \
+                                int cout, int acc)                                                 \
+    {                                                                                              \
+        __m512 a[RB];                                                                              \
+        for (int r = 0; r < RB; r++)                                                               \
+            a[r] = acc ? _mm512_loadu_ps(y + (size_t)r * cout) : _mm512_setzero_ps();              \
+        for (int ky = 0; ky < 3; ky++)                                                             \
+            for (int kx = 0; kx < 3; kx++) {                                                       \
+                const float *xr = xp + ((size_t)ky * wpad + kx) * cin;                             \
+                const float *wr = wb + ((size_t)ky * 3 + kx) * cin * 16;                           \
+                for (int ci = 0; ci < cin; ci++) {                                                 \
+                    __m512 wv = _mm512_loadu_ps(wr + (size_t)ci * 16);                             \
+                    for (int r = 0; r < RB; r++)                                                   \
+                        a[r] = _mm512_fmadd_ps(_mm512_set1_ps(xr[(size_t)r * cin + ci]), wv, a[r]); \
+                }                                                                                  \
+            }                                                                                      \
+        for (int r = 0; r < RB; r++) _mm512_storeu_ps(y + (size_t)r * cout, a[r]);                 \
+    }
+ROW_KERNEL(14)
+ROW_KERNEL(7)
+ROW_KERNEL(4)
+ROW_KERNEL(1)
+
+void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, const float *wp, float *y,
+                int acc, float *pad_ws)
+{
+    const int hp = h + 2, wpad = w + 2;
+    const size_t pad_sz = (size_t)hp * wpad * cin;
+#pragma omp parallel
+    {
+        int t = 0;
+#ifdef BL_HAVE_OPENMP
+        t = omp_get_thread_num();
+#endif
+        float *xp = pad_ws + (size_t)t * pad_sz;
+        memset(xp, 0, pad_sz * sizeof(float));
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; i++) {
+            const float *xi = x + (size_t)i * h * w * cin;
+            for (int yy = 0; yy < h; yy++)
+                memcpy(xp + ((size_t)(yy + 1) * wpad + 1) * cin, xi + (size_t)yy * w * cin,
+                       (size_t)w * cin * sizeof(float));
+            float *yi = y + (size_t)i * h * w * cout;
+            for (int ob = 0; ob < cout / 16; ob++) {
+                const float *wb = wp + (size_t)ob * 9 * cin * 16;
+                for (int oy = 0; oy < h; oy++) {
+                    const float *xrow = xp + (size_t)oy * wpad * cin;
+                    float *yrow = yi + (size_t)oy * w * cout + ob * 16;
+                    int ox = 0;
+                    for (; ox + 14 <= w; ox += 14) row_14(xrow + (size_t)ox * cin, wpad, cin, wb, yrow + (size_t)ox * cout, cout, acc);
+                    for (; ox + 7 <= w; ox += 7) row_7(xrow + (size_t)ox * cin, wpad, cin, wb, yrow + (size_t)ox * cout, cout, acc);
+                    for (; ox + 4 <= w; ox += 4) row_4(xrow + (size_t)ox * cin, wpad, cin, wb, yrow + (size_t)ox * cout, cout, acc);
+                    for (; ox < w; ox++) row_1(xrow + (size_t)ox * cin, wpad, cin, wb, yrow + (size_t)ox * cout, cout, acc);
+                }
+            }
+        }
+    }
+}
+
+#else /* no AVX-512: the im2col path handles everything */
+int bl_conv3x3_supported(int cin, int cout, int k, int stride, int pad)
+{
+    return 0;
+}
+void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp) {}
+void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, const float *wp, float *y,
+                int acc, float *pad_ws)
+{
+}
+#endif
