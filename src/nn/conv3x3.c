@@ -5,6 +5,7 @@
  * broadcast inputs. Forward and, with flipped/transposed weights, the input gradient use it; the
  * weight gradient stays on im2col + GEMM. AVX-512 only; other builds and shapes use im2col. */
 #include "nn/conv3x3.h"
+#include "bnlab/core.h"
 
 #include <string.h>
 
@@ -98,7 +99,71 @@ void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, const fl
     }
 }
 
+/* Weight gradient: dW[co][ky][kx][ci] += sum over pixels of dy[p][co] * xpad[p + (ky, kx)][ci].
+ * For a block of 16 output channels (the vector lanes) and 16 input channels, 16 accumulators
+ * gather over all pixels of a sample: one dy vector feeds 16 FMAs. Each thread sums its samples
+ * into a private packed buffer [co/16][ky][kx][ci][16]; the buffers are added in thread order
+ * (static schedule: the same order every run) and unpacked into OHWI. */
+void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                   float *dw_ohwi, float *ws)
+{
+    const int hp = h + 2, wpad = w + 2, nt = bl_threads_get();
+    const size_t pad_sz = (size_t)hp * wpad * cin, wsz = (size_t)9 * cin * cout;
+    float *parts = ws, *pads = ws + (size_t)nt * wsz;
+#pragma omp parallel
+    {
+        int t = 0;
+#ifdef BL_HAVE_OPENMP
+        t = omp_get_thread_num();
+#endif
+        float *part = parts + (size_t)t * wsz, *xp = pads + (size_t)t * pad_sz;
+        memset(part, 0, wsz * sizeof(float));
+        memset(xp, 0, pad_sz * sizeof(float));
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; i++) {
+            const float *xi = x + (size_t)i * h * w * cin, *gi = dy + (size_t)i * h * w * cout;
+            for (int yy = 0; yy < h; yy++)
+                memcpy(xp + ((size_t)(yy + 1) * wpad + 1) * cin, xi + (size_t)yy * w * cin,
+                       (size_t)w * cin * sizeof(float));
+            for (int ob = 0; ob < cout / 16; ob++)
+                for (int ky = 0; ky < 3; ky++)
+                    for (int kx = 0; kx < 3; kx++)
+                        for (int cb = 0; cb < cin / 16; cb++) {
+                            __m512 a[16];
+                            for (int c = 0; c < 16; c++) a[c] = _mm512_setzero_ps();
+                            for (int oy = 0; oy < h; oy++) {
+                                const float *xr = xp + ((size_t)(oy + ky) * wpad + kx) * cin + cb * 16;
+                                const float *gr = gi + (size_t)oy * w * cout + ob * 16;
+                                for (int ox = 0; ox < w; ox++) {
+                                    __m512 g = _mm512_loadu_ps(gr + (size_t)ox * cout);
+                                    const float *xv = xr + (size_t)ox * cin;
+                                    for (int c = 0; c < 16; c++)
+                                        a[c] = _mm512_fmadd_ps(_mm512_set1_ps(xv[c]), g, a[c]);
+                                }
+                            }
+                            float *pp = part + ((((size_t)ob * 3 + ky) * 3 + kx) * cin + cb * 16) * 16;
+                            for (int c = 0; c < 16; c++)
+                                _mm512_storeu_ps(pp + c * 16,
+                                                 _mm512_add_ps(_mm512_loadu_ps(pp + c * 16), a[c]));
+                        }
+        }
+    }
+    for (int t = 1; t < nt; t++)
+        for (size_t k = 0; k < wsz; k++) parts[k] += parts[(size_t)t * wsz + k];
+    for (int ob = 0; ob < cout / 16; ob++)
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++)
+                for (int ci = 0; ci < cin; ci++)
+                    for (int j = 0; j < 16; j++)
+                        dw_ohwi[(((size_t)(ob * 16 + j) * 3 + ky) * 3 + kx) * cin + ci] +=
+                            parts[((((size_t)ob * 3 + ky) * 3 + kx) * cin + ci) * 16 + j];
+}
+
 #else /* no AVX-512: the im2col path handles everything */
+void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                   float *dw_ohwi, float *ws)
+{
+}
 int bl_conv3x3_supported(int cin, int cout, int k, int stride, int pad)
 {
     return 0;

@@ -14,4 +14,9 @@ void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp
 void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, const float *wp, float *y,
                 int acc, float *pad_ws);
 
+/* dw_ohwi += the weight gradient of that convolution for input x and output gradient dy.
+ * ws: threads * (9 * cin * cout + (h + 2) * (w + 2) * cin) floats. */
+void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                   float *dw_ohwi, float *ws);
+
 #endif

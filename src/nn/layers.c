@@ -151,11 +151,15 @@ static bl_status conv_backward(bl_layer *l, bl_net *net)
     const float *w = pdata(net, s->w);
     float *dw = pgrad(net, s->w);
     int need_dx = l->need_dx;
-    if (need_dx && bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
-        bl_status st = conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, w, 1, x->grad,
-                                   l->acc[0]);
-        if (st) return st;
-        need_dx = 0; /* done: the chunks below only compute dW */
+    if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+        const size_t per = (size_t)9 * s->cin * s->cout + (size_t)(x->h + 2) * (x->w + 2) * s->cin;
+        float *ws = bl_scratch_get(&net->ws, (size_t)bl_threads_get() * per * sizeof(float));
+        if (!ws) return BL_ERR_NOMEM;
+        bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
+        if (need_dx)
+            return conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, w, 1, x->grad,
+                               l->acc[0]);
+        return BL_OK;
     }
     if (conv_direct(s)) {
         bl_gemm(1, 0, s->cout, kd, n * rows, 1.0f, y->grad, s->cout, x->data, kd, 1.0f, dw, kd);
