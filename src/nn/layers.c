@@ -150,13 +150,12 @@ static bl_status conv_backward(bl_layer *l, bl_net *net)
     const int kd = s->k * s->k * s->cin, rows = y->h * y->w, n = net->batch;
     const float *w = pdata(net, s->w);
     float *dw = pgrad(net, s->w);
-    int need_dx = l->need_dx;
     if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
         const size_t per = (size_t)9 * s->cin * s->cout + (size_t)(x->h + 2) * (x->w + 2) * s->cin;
         float *ws = bl_scratch_get(&net->ws, (size_t)bl_threads_get() * per * sizeof(float));
         if (!ws) return BL_ERR_NOMEM;
         bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
-        if (need_dx)
+        if (l->need_dx)
             return conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, w, 1, x->grad,
                                l->acc[0]);
         return BL_OK;
@@ -186,7 +185,7 @@ static bl_status conv_backward(bl_layer *l, bl_net *net)
         im2col(x->data + (size_t)i0 * xs, m, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h,
                y->w, col);
         bl_gemm(1, 0, s->cout, kd, m * rows, 1.0f, dy, s->cout, col, kd, 1.0f, dwp + t * wsz, kd);
-        if (need_dx) {
+        if (l->need_dx) {
             bl_gemm(0, 0, m * rows, kd, s->cout, 1.0f, dy, s->cout, w, kd, 0.0f, col, kd);
             col2im(col, m, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w,
                    x->grad + (size_t)i0 * xs, l->acc[0]);
