@@ -3,7 +3,8 @@
  * the same run, one after the other. Run on an idle machine.
  *
  * usage: bench_train [--model resnet20] [--width 16] [--batch 128] [--threads 2] [--steps 20]
- *                    [--json] [--no-torch] */
+ *                    [--only train|infer] [--json] [--no-torch]
+ * --only runs one half (for perf record). */
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/bnlab.h"
 #include "bench_common.h"
@@ -16,19 +17,23 @@
 int main(int argc, char **argv)
 {
     const char *model = "resnet20";
+    const char *only = NULL;
     int width = 16, batch = 128, threads = 2, steps = 20, json = 0, use_torch = 1;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--json")) json = 1;
         else if (!strcmp(o, "--no-torch")) use_torch = 0;
         else if (!strcmp(o, "--model") && v) model = v, i++;
+        else if (!strcmp(o, "--only") && v && (!strcmp(v, "train") || !strcmp(v, "infer")))
+            only = v, i++;
         else if (!strcmp(o, "--width") && v) width = atoi(v), i++;
         else if (!strcmp(o, "--batch") && v) batch = atoi(v), i++;
         else if (!strcmp(o, "--threads") && v) threads = atoi(v), i++;
         else if (!strcmp(o, "--steps") && v) steps = atoi(v), i++;
         else {
             fprintf(stderr, "usage: bench_train [--model resnet20] [--width 16] [--batch 128] "
-                            "[--threads 2] [--steps 20] [--json] [--no-torch]\n");
+                            "[--threads 2] [--steps 20] [--only train|infer] [--json] "
+                            "[--no-torch]\n");
             return 2;
         }
     }
@@ -54,7 +59,8 @@ int main(int argc, char **argv)
     bl_sgd sgd = {0.9, 5e-4, 1, 0};
     double *t = malloc(sizeof(double) * (steps + 3)), loss;
     int ok, failed = 0;
-    for (int i = 0; i < steps + 3; i++) {
+    const int do_train = !only || !strcmp(only, "train"), do_infer = !only || !strcmp(only, "infer");
+    for (int i = 0; i < (do_train ? steps + 3 : 1); i++) {
         double t0 = bench_now();
         net.bn_mode = BL_BN_BATCH;
         bl_net_zero_grad(&net);
@@ -65,17 +71,16 @@ int main(int argc, char **argv)
             failed |= bl_bn_commit(bl_net_bn_at(&net, b), BL_EST_EMA) != BL_OK;
         if (i >= 3) t[i - 3] = bench_now() - t0;
     }
-    double train = batch / bench_median(t, steps);
-    for (int i = 0; i < steps + 3; i++) {
+    double train = do_train ? batch / bench_median(t, steps) : 0;
+    for (int i = 0; i < (do_infer ? steps + 3 : 0); i++) {
         double t0 = bench_now();
-        net.bn_mode = BL_BN_POPULATION;
-        failed |= bl_net_forward(&net, x, batch) != BL_OK;
+        failed |= bl_net_infer(&net, x, batch) != BL_OK;
         if (i >= 3) t[i - 3] = bench_now() - t0;
     }
-    double infer = batch / bench_median(t, steps);
+    double infer = do_infer ? batch / bench_median(t, steps) : 0;
     if (failed) fprintf(stderr, "bench_train: a bnlab call failed: %s\n", bl_error());
     double tt = 0, ti = 0;
-    if (use_torch) {
+    if (use_torch && !only) {
         char cmd[1024], line[256], name[32];
         snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/bench/torch_train.py %d %d %d %d %d 2>&1",
                  BL_SOURCE_DIR, depth, width, batch, threads, steps);

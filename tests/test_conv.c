@@ -4,6 +4,8 @@
 #include "bnlab/bnlab.h"
 #include "check.h"
 
+#include <math.h>
+
 static void direct(const float *x, const float *w, int n, int h, int wd, int cin, int cout, int k,
                    int s, int p, int ho, int wo, double *y)
 {
@@ -95,8 +97,55 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
     bl_net_free(&net);
 }
 
+/* bl_net_infer (conv + BN + add + ReLU fused) against the layer-by-layer population forward: the
+ * same floats, bit for bit, with population statistics and affine parameters far from 1 and 0. */
+static void infer_case(int width, int threads)
+{
+    bl_threads_set(threads);
+    bl_net net;
+    const int n = 5;
+    CHECK(bl_resnet(&net, 8, width, 10, 28, 28, 1, n) == BL_OK, "resnet: %s", bl_error());
+    bl_net_init_params(&net, 7);
+    bl_rng r;
+    bl_rng_seed(&r, 21);
+    for (int b = 0; b < bl_net_bn_count(&net); b++) {
+        bl_bn *bn = bl_net_bn_at(&net, b);
+        for (int c = 0; c < bn->cfg.channels; c++) {
+            bn->pop_mean[c] = (float)(0.3 * bl_rng_normal(&r));
+            bn->pop_var[c] = (float)(0.2 + bl_rng_uniform(&r));
+            bn->gamma[c] = (float)(1 + 0.5 * bl_rng_normal(&r));
+            bn->beta[c] = (float)(0.4 * bl_rng_normal(&r));
+        }
+    }
+    float *x = malloc(sizeof(float) * n * 784);
+    for (int i = 0; i < n * 784; i++) x[i] = (float)bl_rng_normal(&r);
+    const bl_tensor *o = &net.t[net.n_tensors - 1];
+    double a[50], b[50];
+    net.bn_mode = BL_BN_POPULATION;
+    CHECK(bl_net_forward(&net, x, n) == BL_OK, "forward: %s", bl_error());
+    for (int i = 0; i < n * 10; i++) a[i] = o->data[i], o->data[i] = 0;
+    net.bn_mode = BL_BN_BATCH;
+    CHECK(bl_net_infer(&net, x, n) == BL_OK, "infer: %s", bl_error());
+    CHECK(net.bn_mode == BL_BN_BATCH, "bl_net_infer changed the net's bn_mode");
+    for (int i = 0; i < n * 10; i++) b[i] = o->data[i];
+    int same = 1;
+    for (int i = 0; i < n * 10; i++) same &= a[i] == b[i];
+    CHECK(same, "resnet8 w=%d threads=%d: fused inference differs from the population forward "
+          "(logit 0: %.9g vs %.9g)", width, threads, b[0], a[0]);
+    double amax = 0;
+    for (int i = 0; i < n * 10; i++) amax = fabs(a[i]) > amax ? fabs(a[i]) : amax;
+    CHECK(amax > 0, "resnet8 w=%d: all logits zero (nothing checked)", width);
+    free(x);
+    bl_net_free(&net);
+}
+
 int main(void)
 {
+    /* fused inference: direct kernels with stride 1 and 2, the stem (1 input channel), 1x1
+     * shortcuts (w=16); the im2col path with the epilogue as a separate pass (w=4) */
+    infer_case(16, 2);
+    infer_case(16, 1);
+    infer_case(4, 2);
     /* many samples per chunk, one sample per chunk, stride 2, 1x1 (the direct GEMM path) */
     conv_case(9, 6, 5, 3, 4, 3, 1, 1, 2);
     conv_case(7, 28, 28, 8, 16, 3, 1, 1, 2); /* 28*28*72 floats per sample: several chunks */
@@ -109,6 +158,11 @@ int main(void)
     conv_case(3, 13, 13, 32, 32, 3, 1, 1, 2);
     conv_case(2, 28, 28, 16, 16, 3, 1, 1, 2);
     conv_case(2, 7, 7, 16, 48, 3, 1, 1, 1);
+    /* its forward at stride 2 (odd and even sizes) and with one input channel (the stem) */
+    conv_case(3, 15, 15, 16, 32, 3, 2, 1, 2);
+    conv_case(2, 28, 28, 16, 16, 3, 2, 1, 1);
+    conv_case(3, 28, 28, 1, 16, 3, 1, 1, 2);
+    conv_case(2, 9, 9, 3, 16, 3, 2, 1, 2);
     /* GEMM: CBLAS against the plain loop, all transposes */
     bl_rng r;
     bl_rng_seed(&r, 5);

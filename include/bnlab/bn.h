@@ -142,6 +142,12 @@ void bl_bn_bind(bl_bn *bn, float *gamma, float *beta, float *dgamma, float *dbet
                 float *var);
 void bl_bn_zero_grad(bl_bn *bn);
 
+/* Population mode as a per-channel affine map, y = (x - mu) * scale + shift, with the values the
+ * population-mode forward uses (so a caller fusing it into another pass gets the same floats).
+ * Only for one row of statistics and affine parameters (stats_domains = affine_domains = 1);
+ * fails on unusable population statistics like the forward does. */
+bl_status bl_bn_pop_affine(const bl_bn *bn, float *mu, float *scale, float *shift);
+
 /* y = gamma * (x - mu) / sqrt(var + eps) + beta, per channel.
  * BL_BN_BATCH: mu, var (biased) of the sample's group; the statistics are kept for backward and
  *   for one commit. A group with one value per channel (N*H*W = 1) or non-finite statistics is

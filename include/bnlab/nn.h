@@ -27,6 +27,7 @@ void bl_gemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha, con
 typedef struct {
     int h, w, c;        /* per-sample shape; the batch is the net's */
     float *data, *grad; /* (batch, h, w, c) */
+    int users;          /* layers reading it (set at finalize) */
 } bl_tensor;
 
 typedef enum {
@@ -56,6 +57,9 @@ typedef struct {
     bl_status (*forward)(bl_layer *l, bl_net *net);
     bl_status (*backward)(bl_layer *l, bl_net *net); /* add (acc) or write input gradients */
     void (*free)(bl_layer *l);
+    /* Inference forward (optional): may also compute the layers after this one when they can be
+     * fused with it; sets *used to the number of layers done (>= 1). */
+    bl_status (*infer)(bl_layer *l, bl_net *net, int *used);
 } bl_layer_ops;
 
 struct bl_layer {
@@ -100,6 +104,10 @@ int bl_net_linear(bl_net *net, const char *name, int in, int cout);
 
 /* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. */
 bl_status bl_net_forward(bl_net *net, const float *x, int n);
+/* Inference forward with population statistics (the net's bn_mode is left as it was): layers may
+ * be fused (conv + BN + add + ReLU in one pass), so only the output, the last tensor, is written
+ * for sure and no backward may follow. Bit-identical to bl_net_forward in BL_BN_POPULATION mode. */
+bl_status bl_net_infer(bl_net *net, const float *x, int n);
 /* Softmax cross-entropy of the last tensor against labels (mean over the batch); writes the
  * gradient of the logits when grad is set. Returns the summed loss and the count of correct argmax. */
 bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct);

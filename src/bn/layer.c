@@ -141,6 +141,21 @@ static bl_status check_population(const bl_bn *bn)
     return BL_OK;
 }
 
+bl_status bl_bn_pop_affine(const bl_bn *bn, float *mu, float *scale, float *shift)
+{
+    if (bn->cfg.stats_domains != 1 || bn->cfg.affine_domains != 1)
+        return bl_fail(BL_ERR_ARG, "bn '%s': per-domain statistics or parameters have no single "
+                       "affine form", bn->name);
+    bl_status st = check_population(bn);
+    if (st) return st;
+    for (int c = 0; c < bn->cfg.channels; c++) {
+        mu[c] = bn->pop_mean[c];
+        scale[c] = (float)(bn->gamma[c] * bl_rstd(bn->pop_var[c], bn->cfg.eps));
+        shift[c] = bn->beta[c];
+    }
+    return BL_OK;
+}
+
 bl_status bl_bn_forward(bl_bn *bn, bl_bn_mode mode, const bl_groups *g, bl_shape s,
                         const float *x, float *y)
 {

@@ -16,6 +16,11 @@
 #include <omp.h>
 #endif
 
+int bl_conv3x3_fwd_supported(int cin, int cout, int k, int stride, int pad)
+{
+    return k == 3 && (stride == 1 || stride == 2) && pad == 1 && cin >= 1 && cout % 16 == 0;
+}
+
 int bl_conv3x3_supported(int cin, int cout, int k, int stride, int pad)
 {
     return k == 3 && stride == 1 && pad == 1 && cin % 16 == 0 && cout % 16 == 0;
@@ -38,14 +43,22 @@ void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp
                     }
 }
 
-/* One row segment: acc[r] over r < RB output pixels starting at ox0, 16 output channels. */
+/* One row segment: acc[r] over r < RB output pixels starting at ox0, 16 output channels; input
+ * pixel r of the segment starts xs = stride * cin floats after pixel r - 1. mode 0 stores, 1 adds
+ * to y, 2 applies the epilogue (e: this block's 16 channels; res: the residual row or NULL). */
+typedef struct {
+    __m512 mu, sc, sh;
+    const float *res;
+    int relu;
+} epi16;
+
 #define ROW_KERNEL(RB)                                                                             \
-    static inline void row_##RB(const float *xp, int wpad, int cin, const float *wb, float *y,     \
-                                int cout, int acc)                                                 \
+    static inline void row_##RB(const float *xp, int wpad, int cin, int xs, const float *wb,       \
+                                float *y, int cout, int mode, const epi16 *e, const float *res)    \
     {                                                                                              \
         __m512 a[RB];                                                                              \
         for (int r = 0; r < RB; r++)                                                               \
-            a[r] = acc ? _mm512_loadu_ps(y + (size_t)r * cout) : _mm512_setzero_ps();              \
+            a[r] = mode == 1 ? _mm512_loadu_ps(y + (size_t)r * cout) : _mm512_setzero_ps();       \
         for (int ky = 0; ky < 3; ky++)                                                             \
             for (int kx = 0; kx < 3; kx++) {                                                       \
                 const float *xr = xp + ((size_t)ky * wpad + kx) * cin;                             \
@@ -53,8 +66,14 @@ void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp
                 for (int ci = 0; ci < cin; ci++) {                                                 \
                     __m512 wv = _mm512_loadu_ps(wr + (size_t)ci * 16);                             \
                     for (int r = 0; r < RB; r++)                                                   \
-                        a[r] = _mm512_fmadd_ps(_mm512_set1_ps(xr[(size_t)r * cin + ci]), wv, a[r]); \
+                        a[r] = _mm512_fmadd_ps(_mm512_set1_ps(xr[(size_t)r * xs + ci]), wv, a[r]); \
                 }                                                                                  \
+            }                                                                                      \
+        if (mode == 2)                                                                             \
+            for (int r = 0; r < RB; r++) {                                                         \
+                __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(a[r], e->mu), e->sc), e->sh); \
+                if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + (size_t)r * cout));            \
+                a[r] = e->relu ? _mm512_max_ps(v, _mm512_setzero_ps()) : v;                        \
             }                                                                                      \
         for (int r = 0; r < RB; r++) _mm512_storeu_ps(y + (size_t)r * cout, a[r]);                 \
     }
@@ -63,10 +82,11 @@ ROW_KERNEL(7)
 ROW_KERNEL(4)
 ROW_KERNEL(1)
 
-void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, const float *wp, float *y,
-                int acc, float *pad_ws)
+void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, int stride, const float *wp,
+                float *y, int acc, const bl_conv_epi *epi, float *pad_ws)
 {
-    const int hp = h + 2, wpad = w + 2;
+    const int hp = h + 2, wpad = w + 2, ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+    const int xs = stride * cin, mode = epi ? 2 : acc ? 1 : 0;
     const size_t pad_sz = (size_t)hp * wpad * cin;
 #pragma omp parallel
     {
@@ -82,17 +102,32 @@ void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, const fl
             for (int yy = 0; yy < h; yy++)
                 memcpy(xp + ((size_t)(yy + 1) * wpad + 1) * cin, xi + (size_t)yy * w * cin,
                        (size_t)w * cin * sizeof(float));
-            float *yi = y + (size_t)i * h * w * cout;
+            const size_t yoff = (size_t)i * ho * wo * cout;
+            float *yi = y + yoff;
+            const float *ri = epi && epi->res ? epi->res + yoff : NULL;
             for (int ob = 0; ob < cout / 16; ob++) {
                 const float *wb = wp + (size_t)ob * 9 * cin * 16;
-                for (int oy = 0; oy < h; oy++) {
-                    const float *xrow = xp + (size_t)oy * wpad * cin;
-                    float *yrow = yi + (size_t)oy * w * cout + ob * 16;
+                epi16 e = {0};
+                if (epi) {
+                    e.mu = _mm512_loadu_ps(epi->mu + ob * 16);
+                    e.sc = _mm512_loadu_ps(epi->scale + ob * 16);
+                    e.sh = _mm512_loadu_ps(epi->shift + ob * 16);
+                    e.relu = epi->relu;
+                }
+                for (int oy = 0; oy < ho; oy++) {
+                    const float *xrow = xp + (size_t)oy * stride * wpad * cin;
+                    const size_t yr = (size_t)oy * wo * cout + ob * 16;
+                    float *yrow = yi + yr;
+                    const float *rrow = ri ? ri + yr : NULL;
+#define SEG(RB)                                                                                    \
+    row_##RB(xrow + (size_t)ox * xs, wpad, cin, xs, wb, yrow + (size_t)ox * cout, cout, mode, &e,  \
+             rrow ? rrow + (size_t)ox * cout : NULL)
                     int ox = 0;
-                    for (; ox + 14 <= w; ox += 14) row_14(xrow + (size_t)ox * cin, wpad, cin, wb, yrow + (size_t)ox * cout, cout, acc);
-                    for (; ox + 7 <= w; ox += 7) row_7(xrow + (size_t)ox * cin, wpad, cin, wb, yrow + (size_t)ox * cout, cout, acc);
-                    for (; ox + 4 <= w; ox += 4) row_4(xrow + (size_t)ox * cin, wpad, cin, wb, yrow + (size_t)ox * cout, cout, acc);
-                    for (; ox < w; ox++) row_1(xrow + (size_t)ox * cin, wpad, cin, wb, yrow + (size_t)ox * cout, cout, acc);
+                    for (; ox + 14 <= wo; ox += 14) SEG(14);
+                    for (; ox + 7 <= wo; ox += 7) SEG(7);
+                    for (; ox + 4 <= wo; ox += 4) SEG(4);
+                    for (; ox < wo; ox++) SEG(1);
+#undef SEG
                 }
             }
         }
@@ -164,13 +199,31 @@ void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin
                    float *dw_ohwi, float *ws)
 {
 }
+int bl_conv3x3_fwd_supported(int cin, int cout, int k, int stride, int pad)
+{
+    return 0;
+}
 int bl_conv3x3_supported(int cin, int cout, int k, int stride, int pad)
 {
     return 0;
 }
 void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp) {}
-void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, const float *wp, float *y,
-                int acc, float *pad_ws)
+void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, int stride, const float *wp,
+                float *y, int acc, const bl_conv_epi *epi, float *pad_ws)
 {
 }
 #endif
+
+void bl_conv_epi_apply(const bl_conv_epi *e, float *y, const float *res, size_t pixels, int cout)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < pixels; p++) {
+        float *yp = y + p * cout;
+        const float *rp = res ? res + p * cout : NULL;
+        for (int c = 0; c < cout; c++) {
+            float v = (yp[c] - e->mu[c]) * e->scale[c] + e->shift[c];
+            if (rp) v = v + rp[c];
+            yp[c] = e->relu ? (v > 0 ? v : 0) : v;
+        }
+    }
+}

@@ -4,15 +4,30 @@
 
 #include <stddef.h>
 
-/* Whether the direct kernel handles this convolution in this build. */
+/* An optional epilogue applied to each output vector while it is still in registers, so inference
+ * runs conv + BN + (add) + ReLU in one pass: v = (conv - mu[c]) * scale[c] + shift[c]; v += res
+ * (the same layout as y) if res; v = max(v, 0) if relu. The operations and their order are those
+ * of the separate BN, add and ReLU passes, so the result is bit-identical to them. */
+typedef struct {
+    const float *mu, *scale, *shift, *res;
+    int relu;
+} bl_conv_epi;
+
+/* Whether the direct kernel handles this convolution in this build: the forward (any cin, stride 1
+ * or 2) and the backward (stride 1, cin a multiple of 16 too). */
+int bl_conv3x3_fwd_supported(int cin, int cout, int k, int stride, int pad);
 int bl_conv3x3_supported(int cin, int cout, int k, int stride, int pad);
 /* Packs OHWI weights (cout, 3, 3, cin) for the kernel: 9 * cin * cout floats. flip: the weights of
  * the input-gradient convolution (dy has cout channels, dx cin). */
 void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp);
-/* y (+)= conv3x3(x), x: (n, h, w, cin), y: (n, h, w, cout), stride 1, padding 1. pad_ws: threads *
- * (h + 2) * (w + 2) * cin floats. */
-void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, const float *wp, float *y,
-                int acc, float *pad_ws);
+/* y (+)= conv3x3(x), x: (n, h, w, cin), y: (n, ho, wo, cout), padding 1, ho = (h - 1) / stride + 1.
+ * epi (NULL: none; not with acc) is applied before the store. pad_ws: threads * (h + 2) * (w + 2) *
+ * cin floats. */
+void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, int stride, const float *wp,
+                float *y, int acc, const bl_conv_epi *epi, float *pad_ws);
+/* The epilogue as a separate pass over `pixels` rows of cout channels (for the GEMM paths); res
+ * points at the residual rows matching y. Plain C, the same operations as the kernel's. */
+void bl_conv_epi_apply(const bl_conv_epi *e, float *y, const float *res, size_t pixels, int cout);
 
 /* dw_ohwi += the weight gradient of that convolution for input x and output gradient dy.
  * ws: threads * (9 * cin * cout + (h + 2) * (w + 2) * cin) floats. */

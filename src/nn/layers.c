@@ -25,6 +25,7 @@ static void put(float *dst, const float *src, size_t n, int acc)
 /* ---- conv2d ---------------------------------------------------------------------------------- */
 typedef struct {
     int cin, cout, k, stride, pad, w;
+    float *coef; /* 3 * cout: a fused BN's mu, scale, shift (inference) */
 } conv_state;
 
 static int conv_direct(const conv_state *s) { return s->k == 1 && s->stride == 1 && s->pad == 0; }
@@ -104,29 +105,34 @@ static int conv_chunk(const conv_state *s, const bl_tensor *y)
 
 /* The direct kernel: packs the weights (flipped for the input gradient) and runs it. */
 static bl_status conv3x3_run(bl_net *net, const float *x, int n, int h, int w, int cin, int cout,
-                             const float *w_ohwi, int flip, float *y, int acc)
+                             int stride, const float *w_ohwi, int flip, float *y, int acc,
+                             const bl_conv_epi *epi)
 {
     const int ci = flip ? cout : cin, co = flip ? cin : cout;
     const size_t wsz = (size_t)9 * cin * cout, pad = (size_t)(h + 2) * (w + 2) * ci;
     float *ws = bl_scratch_get(&net->ws, (wsz + (size_t)bl_threads_get() * pad) * sizeof(float));
     if (!ws) return BL_ERR_NOMEM;
     bl_conv3x3_pack(w_ohwi, cin, cout, flip, ws);
-    bl_conv3x3(x, n, h, w, ci, co, ws, y, acc, ws + wsz);
+    bl_conv3x3(x, n, h, w, ci, co, stride, ws, y, acc, epi, ws + wsz);
     return BL_OK;
 }
 
-static bl_status conv_forward(bl_layer *l, bl_net *net)
+/* y = conv(x), then the epilogue if epi (inference fusion); y: rows of cout channels shaped like
+ * the layer's output tensor. */
+static bl_status conv_run(bl_layer *l, bl_net *net, float *yd, const bl_conv_epi *epi)
 {
     const conv_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
     const int kd = s->k * s->k * s->cin, rows = y->h * y->w, n = net->batch;
     const float *w = pdata(net, s->w);
     if (conv_direct(s)) {
-        bl_gemm(0, 1, n * rows, s->cout, kd, 1.0f, x->data, kd, w, kd, 0.0f, y->data, s->cout);
+        bl_gemm(0, 1, n * rows, s->cout, kd, 1.0f, x->data, kd, w, kd, 0.0f, yd, s->cout);
+        if (epi) bl_conv_epi_apply(epi, yd, epi->res, (size_t)n * rows, s->cout);
         return BL_OK;
     }
-    if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad))
-        return conv3x3_run(net, x->data, n, x->h, x->w, s->cin, s->cout, w, 0, y->data, 0);
+    if (bl_conv3x3_fwd_supported(s->cin, s->cout, s->k, s->stride, s->pad))
+        return conv3x3_run(net, x->data, n, x->h, x->w, s->cin, s->cout, s->stride, w, 0, yd, 0,
+                           epi);
     const int cs = conv_chunk(s, y), chunks = (n + cs - 1) / cs, nt = bl_threads_get();
     const size_t per_thread = (size_t)cs * rows * kd;
     float *ws = bl_scratch_get(&net->ws, (size_t)nt * per_thread * sizeof(float));
@@ -137,10 +143,56 @@ static bl_status conv_forward(bl_layer *l, bl_net *net)
         float *col = ws + (size_t)THREAD_ID * per_thread;
         im2col(x->data + (size_t)i0 * x->h * x->w * s->cin, m, x->h, x->w, s->cin, s->k, s->stride,
                s->pad, y->h, y->w, col);
-        bl_gemm(0, 1, m * rows, s->cout, kd, 1.0f, col, kd, w, kd, 0.0f,
-                y->data + (size_t)i0 * rows * s->cout, s->cout);
+        const size_t off = (size_t)i0 * rows * s->cout;
+        bl_gemm(0, 1, m * rows, s->cout, kd, 1.0f, col, kd, w, kd, 0.0f, yd + off, s->cout);
+        if (epi) /* while the chunk is in cache */
+            bl_conv_epi_apply(epi, yd + off, epi->res ? epi->res + off : NULL, (size_t)m * rows,
+                              s->cout);
     }
     return BL_OK;
+}
+
+static bl_status conv_forward(bl_layer *l, bl_net *net)
+{
+    return conv_run(l, net, net->t[l->out].data, NULL);
+}
+
+/* The layer after layer i when it is of this kind and reads tensor t, which nothing else reads. */
+static const bl_layer *chain_next(const bl_net *net, int i, const char *kind, int t)
+{
+    if (i + 1 >= net->n_layers || net->t[t].users != 1) return NULL;
+    const bl_layer *nx = &net->layers[i + 1];
+    if (strcmp(nx->ops->kind, kind)) return NULL;
+    for (int k = 0; k < nx->n_in; k++)
+        if (nx->in[k] == t) return nx;
+    return NULL;
+}
+
+static int bn_fusable(const bl_layer *b);
+static bl_bn *bn_of(const bl_layer *b);
+
+/* Inference: conv -> BN (population) [-> add] [-> ReLU] in one pass, writing the chain's last
+ * tensor; anything else runs the plain forward. */
+static bl_status conv_infer(bl_layer *l, bl_net *net, int *used)
+{
+    conv_state *s = l->state;
+    const int li = (int)(l - net->layers);
+    const bl_layer *b = chain_next(net, li, "bn", l->out);
+    if (!b || !bn_fusable(b)) return conv_forward(l, net);
+    const int C = s->cout;
+    bl_status st = bl_bn_pop_affine(bn_of(b), s->coef, s->coef + C, s->coef + 2 * C);
+    if (st) return st;
+    bl_conv_epi e = {s->coef, s->coef + C, s->coef + 2 * C, NULL, 0};
+    int end = li + 1, t = b->out;
+    const bl_layer *a = chain_next(net, end, "add", t);
+    if (a) {
+        e.res = net->t[a->in[0] == t ? a->in[1] : a->in[0]].data;
+        end++, t = a->out;
+    }
+    const bl_layer *r = chain_next(net, end, "relu", t);
+    if (r) e.relu = 1, end++, t = r->out;
+    *used = end - li + 1;
+    return conv_run(l, net, net->t[t].data, &e);
 }
 
 static bl_status conv_backward(bl_layer *l, bl_net *net)
@@ -156,8 +208,8 @@ static bl_status conv_backward(bl_layer *l, bl_net *net)
         if (!ws) return BL_ERR_NOMEM;
         bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
         if (l->need_dx)
-            return conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, w, 1, x->grad,
-                               l->acc[0]);
+            return conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, 1, w, 1, x->grad,
+                               l->acc[0], NULL);
         return BL_OK;
     }
     if (conv_direct(s)) {
@@ -198,7 +250,14 @@ static bl_status conv_backward(bl_layer *l, bl_net *net)
 
 static void free_state(bl_layer *l) { free(l->state); }
 
-static const bl_layer_ops conv_ops = {"conv", NULL, conv_forward, conv_backward, free_state};
+static void conv_free(bl_layer *l)
+{
+    free(((conv_state *)l->state)->coef);
+    free(l->state);
+}
+
+static const bl_layer_ops conv_ops = {"conv", NULL, conv_forward, conv_backward, conv_free,
+                                      conv_infer};
 
 int bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad)
 {
@@ -211,13 +270,14 @@ int bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stri
                        k, x->h, x->w), -1;
     conv_state *s = calloc(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
-    *s = (conv_state){x->c, cout, k, stride, pad, -1};
+    *s = (conv_state){x->c, cout, k, stride, pad, -1, malloc(3 * sizeof(float) * cout)};
+    if (!s->coef) return free(s), bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
     char pn[96];
     snprintf(pn, sizeof pn, "%s.weight", name);
     int shape[4] = {cout, x->c, k, k};
     s->w = bl_net_declare(net, pn, BL_P_WEIGHT, 4, shape, 1);
     bl_layer *l = s->w < 0 ? NULL : bl_net_layer(net, &conv_ops, name, &in, 1, ho, wo, cout, s);
-    if (!l) return free(s), -1;
+    if (!l) return free(s->coef), free(s), -1;
     return l->out;
 }
 
@@ -276,7 +336,17 @@ static void bn_free(bl_layer *l)
     free(s);
 }
 
-static const bl_layer_ops bn_ops = {"bn", bn_bind, bn_forward, bn_backward, bn_free};
+static const bl_layer_ops bn_ops = {"bn", bn_bind, bn_forward, bn_backward, bn_free, NULL};
+
+static bl_bn *bn_of(const bl_layer *b) { return &((bn_state *)b->state)->bn; }
+
+/* One row of statistics and parameters and the fast kernels (the reference kernel is kept
+ * separate so that tests can compare against it). */
+static int bn_fusable(const bl_layer *b)
+{
+    const bl_bn *bn = bn_of(b);
+    return bn->cfg.stats_domains == 1 && bn->cfg.affine_domains == 1 && bn->kernel == BL_KERNEL_FAST;
+}
 
 int bl_net_bn(bl_net *net, const char *name, int in)
 {
@@ -326,7 +396,7 @@ static bl_status relu_backward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static const bl_layer_ops relu_ops = {"relu", NULL, relu_forward, relu_backward, NULL};
+static const bl_layer_ops relu_ops = {"relu", NULL, relu_forward, relu_backward, NULL, NULL};
 
 int bl_net_relu(bl_net *net, const char *name, int in)
 {
@@ -354,7 +424,7 @@ static bl_status add_backward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static const bl_layer_ops add_ops = {"add", NULL, add_forward, add_backward, NULL};
+static const bl_layer_ops add_ops = {"add", NULL, add_forward, add_backward, NULL, NULL};
 
 int bl_net_add(bl_net *net, const char *name, int a, int b)
 {
@@ -401,7 +471,7 @@ static bl_status gap_backward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static const bl_layer_ops gap_ops = {"gap", NULL, gap_forward, gap_backward, NULL};
+static const bl_layer_ops gap_ops = {"gap", NULL, gap_forward, gap_backward, NULL, NULL};
 
 int bl_net_gap(bl_net *net, const char *name, int in)
 {
@@ -443,7 +513,8 @@ static bl_status linear_backward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static const bl_layer_ops linear_ops = {"linear", NULL, linear_forward, linear_backward, free_state};
+static const bl_layer_ops linear_ops = {"linear", NULL,       linear_forward,
+                                        linear_backward, free_state, NULL};
 
 int bl_net_linear(bl_net *net, const char *name, int in, int cout)
 {

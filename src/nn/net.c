@@ -118,6 +118,8 @@ bl_status bl_net_finalize(bl_net *net)
         a += 2 * n;
     }
     /* backward order: the first layer to reach a tensor writes its gradient, later ones add */
+    for (int li = 0; li < net->n_layers; li++)
+        for (int k = 0; k < net->layers[li].n_in; k++) net->t[net->layers[li].in[k]].users++;
     char *written = calloc((size_t)net->n_tensors, 1);
     if (!written) return BL_ERR_NOMEM;
     for (int li = net->n_layers - 1; li >= 0; li--) {
@@ -157,7 +159,7 @@ void bl_net_free(bl_net *net)
     memset(net, 0, sizeof *net);
 }
 
-bl_status bl_net_forward(bl_net *net, const float *x, int n)
+static bl_status forward(bl_net *net, const float *x, int n, int infer)
 {
     if (!net->finalized) return bl_fail(BL_ERR_STATE, "net: forward before finalize");
     if (n < 0 || n > net->max_batch)
@@ -165,12 +167,25 @@ bl_status bl_net_forward(bl_net *net, const float *x, int n)
                        net->max_batch);
     net->batch = n;
     memcpy(net->t[0].data, x, (size_t)n * bl_tsize(&net->t[0]) * sizeof(float));
-    for (int i = 0; i < net->n_layers; i++) {
+    for (int i = 0; i < net->n_layers;) {
         bl_layer *l = &net->layers[i];
-        bl_status st = l->ops->forward(l, net);
+        int used = 1;
+        bl_status st = infer && l->ops->infer ? l->ops->infer(l, net, &used) : l->ops->forward(l, net);
         if (st) return st;
+        i += used;
     }
     return BL_OK;
+}
+
+bl_status bl_net_forward(bl_net *net, const float *x, int n) { return forward(net, x, n, 0); }
+
+bl_status bl_net_infer(bl_net *net, const float *x, int n)
+{
+    bl_bn_mode keep = net->bn_mode;
+    net->bn_mode = BL_BN_POPULATION;
+    bl_status st = forward(net, x, n, 1);
+    net->bn_mode = keep;
+    return st;
 }
 
 bl_status bl_net_backward(bl_net *net)

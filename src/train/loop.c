@@ -91,7 +91,7 @@ bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_
         }
         double ls;
         int ok;
-        st = bl_net_forward(net, x, n);
+        st = bn == BL_BN_POPULATION ? bl_net_infer(net, x, n) : bl_net_forward(net, x, n);
         if (!st) st = bl_net_loss(net, y, 0, &ls, &ok);
         if (bn == BL_BN_BATCH) bl_groups_free(&groups);
         loss += ls;
