@@ -143,7 +143,6 @@ int main(void)
 {
     /* fused inference: direct kernels with stride 1 and 2, the stem (1 input channel), 1x1
      * shortcuts (w=16); the im2col path with the epilogue as a separate pass (w=4) */
-    infer_case(16, 2);
     infer_case(16, 1);
     infer_case(4, 2);
     /* many samples per chunk, one sample per chunk, stride 2, 1x1 (the direct GEMM path) */
@@ -153,11 +152,18 @@ int main(void)
     conv_case(5, 9, 9, 4, 6, 3, 2, 1, 2);
     conv_case(6, 8, 8, 5, 7, 1, 1, 0, 2);
     conv_case(6, 8, 8, 5, 7, 1, 2, 0, 2);
-    /* the direct 3x3 kernel (channels x16, stride 1): widths 13 (14-, 7-, 4-, 1-pixel row
-     * blocks: 7+4+1+1), 28 and 7, accumulation into a shared gradient */
-    conv_case(3, 13, 13, 32, 32, 3, 1, 1, 2);
-    conv_case(2, 28, 28, 16, 16, 3, 1, 1, 2);
-    conv_case(2, 7, 7, 16, 48, 3, 1, 1, 1);
+    /* channels x16, stride 1: Winograd (odd and even maps: 49 tiles in groups of 7, 196 of 14,
+     * 16 of 8, 25 padded to 28) and, turned off, the direct kernel (widths 13 = 7+4+1+1 pixel row
+     * blocks, 28, 7); accumulation into a shared gradient */
+    for (int wino = 1; wino >= 0; wino--) {
+        bl_conv_set_winograd(wino);
+        conv_case(3, 13, 13, 32, 32, 3, 1, 1, 2);
+        conv_case(2, 28, 28, 16, 16, 3, 1, 1, 2);
+        conv_case(2, 7, 7, 16, 48, 3, 1, 1, 1);
+        conv_case(2, 10, 9, 32, 16, 3, 1, 1, 2);
+        infer_case(16, 2);
+    }
+    bl_conv_set_winograd(1);
     /* its forward at stride 2 (odd and even sizes) and with one input channel (the stem) */
     conv_case(3, 15, 15, 16, 32, 3, 2, 1, 2);
     conv_case(2, 28, 28, 16, 16, 3, 2, 1, 1);

@@ -104,6 +104,9 @@ int bl_net_linear(bl_net *net, const char *name, int in, int cout);
 
 /* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. */
 bl_status bl_net_forward(bl_net *net, const float *x, int n);
+/* The stride-1 3x3 convolutions use Winograd F(2x2, 3x3) where supported (default on); off: the
+ * direct kernel. Process-wide; for tests and benchmarks comparing the two. */
+void bl_conv_set_winograd(int on);
 /* Inference forward with population statistics (the net's bn_mode is left as it was): layers may
  * be fused (conv + BN + add + ReLU in one pass), so only the output, the last tensor, is written
  * for sure and no backward may follow. Bit-identical to bl_net_forward in BL_BN_POPULATION mode. */

@@ -109,6 +109,13 @@ static bl_status conv3x3_run(bl_net *net, const float *x, int n, int h, int w, i
                              const bl_conv_epi *epi)
 {
     const int ci = flip ? cout : cin, co = flip ? cin : cout;
+    if (stride == 1 && bl_wino_supported(ci, co, 3, 1, 1)) {
+        float *ws = bl_scratch_get(&net->ws, bl_wino_ws_floats(h, w, ci, co, bl_threads_get()) *
+                                                 sizeof(float));
+        if (!ws) return BL_ERR_NOMEM;
+        bl_wino(x, n, h, w, cin, cout, w_ohwi, flip, y, acc, epi, ws);
+        return BL_OK;
+    }
     const size_t wsz = (size_t)9 * cin * cout, pad = (size_t)(h + 2) * (w + 2) * ci;
     float *ws = bl_scratch_get(&net->ws, (wsz + (size_t)bl_threads_get() * pad) * sizeof(float));
     if (!ws) return BL_ERR_NOMEM;
