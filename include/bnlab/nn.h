@@ -82,6 +82,7 @@ struct bl_net {
     float *param_block, *grad_block, *optim_block, *buffer_block, *act_block;
     /* how BN layers normalize in the next forward */
     bl_bn_mode bn_mode;
+    const bl_bn_mode *bn_modes; /* per BN layer (network order), overriding bn_mode; or NULL */
     const bl_groups *groups; /* NULL: whole batch */
     int n_classes;
     char arch[64];           /* e.g. "resnet20" */
@@ -104,6 +105,9 @@ int bl_net_linear(bl_net *net, const char *name, int in, int cout);
 
 /* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. */
 bl_status bl_net_forward(bl_net *net, const float *x, int n);
+/* The forward up to and including layer `last` (an index into net->layers); no backward may
+ * follow. */
+bl_status bl_net_forward_to(bl_net *net, const float *x, int n, int last);
 /* The stride-1 3x3 convolutions use Winograd F(2x2, 3x3) where supported (default on); off: the
  * direct kernel. Process-wide; for tests and benchmarks comparing the two. */
 void bl_conv_set_winograd(int on);
@@ -122,6 +126,8 @@ const char *bl_net_first_nonfinite(const bl_net *net);
 /* BN layers, in network order (for commits, PreciseBN, inspection). */
 int bl_net_bn_count(const bl_net *net);
 bl_bn *bl_net_bn_at(bl_net *net, int i);
+/* The layer (index into net->layers) of the i-th BN layer, or -1. */
+int bl_net_bn_layer(const bl_net *net, int i);
 const bl_param *bl_net_param(const bl_net *net, const char *name);
 
 /* A parameter's values between the inside layout and PyTorch's (conv weights OHWI <-> OIHW; other

@@ -115,6 +115,40 @@ typedef struct {
 bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_batch,
                       uint64_t seed, bl_eval_result *r);
 
+/* ---- PreciseBN (precise.c) ----------------------------------------------------------------------
+ * Re-estimates every BN layer's population statistics with the model fixed: `samples` images of
+ * the split drawn without replacement (bl_precise_samples), in batches of `batch` (a last partial
+ * batch is used), each BN layer normalizing by its batch's statistics, pooled with weight = values
+ * per channel in double; augmentation as in training when `augment`. sequential: the exact
+ * layer-by-layer mode (layers before k already use their new statistics; independent of batch).
+ * Only the BN statistics change (pop_source becomes precise); on an error nothing changes. */
+#define BL_PRECISE_MAX_LAYERS 256
+#define BL_PRECISE_STREAM (-2) /* the epoch number of its sample-choice and augmentation streams */
+typedef struct {
+    long samples;   /* default 10^4 */
+    int batch;      /* default 200 */
+    int augment;    /* default 1 */
+    uint64_t seed;  /* sample choice and augmentation; default 1 */
+    int sequential; /* default 0 */
+    void (*progress)(void *ctx, long done, long total); /* optional, samples processed */
+    void *progress_ctx;
+} bl_precise_cfg;
+
+typedef struct {
+    int layers;
+    long samples;
+    double forwards;  /* cost in full-forward units */
+    /* per BN layer: the largest standard error of the channel means in units of the channel's
+     * std, from per-sample channel means; and the largest over the layers */
+    double max_se[BL_PRECISE_MAX_LAYERS], worst_se;
+} bl_precise_report;
+
+void bl_precise_defaults(bl_precise_cfg *c);
+/* The first `samples` indices of a seeded permutation of 0..n-1: the images bl_precise uses. */
+void bl_precise_samples(int n, long samples, uint64_t seed, int *idx);
+bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
+                     bl_precise_report *r);
+
 typedef enum { BL_SCHED_COSINE, BL_SCHED_STEP, BL_SCHED_CONST } bl_schedule;
 
 typedef struct {

@@ -292,6 +292,7 @@ int bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stri
 typedef struct {
     bl_bn bn; /* first: bl_net_bn_at casts the state */
     int gamma, beta, mean, var, count;
+    int index; /* among the net's BN layers */
 } bn_state;
 
 static bl_status bn_bind(bl_layer *l, bl_net *net)
@@ -307,6 +308,8 @@ static bl_status bn_bind(bl_layer *l, bl_net *net)
     for (int i = 0; i < c; i++) s->bn.gamma[i] = 1, s->bn.beta[i] = 0, s->bn.pop_mean[i] = 0,
                                 s->bn.pop_var[i] = 1;
     net->params[s->count].i64 = s->bn.num_batches_tracked;
+    s->index = 0;
+    for (bl_layer *p = net->layers; p < l; p++) s->index += p->ops == l->ops;
     return BL_OK;
 }
 
@@ -320,8 +323,8 @@ static bl_status bn_forward(bl_layer *l, bl_net *net)
 {
     bn_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]];
-    return bl_bn_forward(&s->bn, net->bn_mode, net->groups, bn_shape(net, x), x->data,
-                         net->t[l->out].data);
+    bl_bn_mode mode = net->bn_modes ? net->bn_modes[s->index] : net->bn_mode;
+    return bl_bn_forward(&s->bn, mode, net->groups, bn_shape(net, x), x->data, net->t[l->out].data);
 }
 
 static bl_status bn_backward(bl_layer *l, bl_net *net)

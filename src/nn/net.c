@@ -159,7 +159,7 @@ void bl_net_free(bl_net *net)
     memset(net, 0, sizeof *net);
 }
 
-static bl_status forward(bl_net *net, const float *x, int n, int infer)
+static bl_status forward(bl_net *net, const float *x, int n, int infer, int last)
 {
     if (!net->finalized) return bl_fail(BL_ERR_STATE, "net: forward before finalize");
     if (n < 0 || n > net->max_batch)
@@ -167,7 +167,7 @@ static bl_status forward(bl_net *net, const float *x, int n, int infer)
                        net->max_batch);
     net->batch = n;
     memcpy(net->t[0].data, x, (size_t)n * bl_tsize(&net->t[0]) * sizeof(float));
-    for (int i = 0; i < net->n_layers;) {
+    for (int i = 0; i <= last;) {
         bl_layer *l = &net->layers[i];
         int used = 1;
         bl_status st = infer && l->ops->infer ? l->ops->infer(l, net, &used) : l->ops->forward(l, net);
@@ -177,14 +177,27 @@ static bl_status forward(bl_net *net, const float *x, int n, int infer)
     return BL_OK;
 }
 
-bl_status bl_net_forward(bl_net *net, const float *x, int n) { return forward(net, x, n, 0); }
+bl_status bl_net_forward(bl_net *net, const float *x, int n)
+{
+    return forward(net, x, n, 0, net->n_layers - 1);
+}
+
+bl_status bl_net_forward_to(bl_net *net, const float *x, int n, int last)
+{
+    if (last < 0 || last >= net->n_layers)
+        return bl_fail(BL_ERR_ARG, "net: forward to layer %d of %d", last, net->n_layers);
+    return forward(net, x, n, 0, last);
+}
 
 bl_status bl_net_infer(bl_net *net, const float *x, int n)
 {
     bl_bn_mode keep = net->bn_mode;
+    const bl_bn_mode *keep_modes = net->bn_modes;
     net->bn_mode = BL_BN_POPULATION;
-    bl_status st = forward(net, x, n, 1);
+    net->bn_modes = NULL;
+    bl_status st = forward(net, x, n, 1, net->n_layers - 1);
     net->bn_mode = keep;
+    net->bn_modes = keep_modes;
     return st;
 }
 
@@ -241,12 +254,17 @@ int bl_net_bn_count(const bl_net *net)
     return k;
 }
 
-bl_bn *bl_net_bn_at(bl_net *net, int idx)
+int bl_net_bn_layer(const bl_net *net, int idx)
 {
     for (int i = 0; i < net->n_layers; i++)
-        if (!strcmp(net->layers[i].ops->kind, "bn") && idx-- == 0)
-            return (bl_bn *)net->layers[i].state;
-    return NULL;
+        if (!strcmp(net->layers[i].ops->kind, "bn") && idx-- == 0) return i;
+    return -1;
+}
+
+bl_bn *bl_net_bn_at(bl_net *net, int idx)
+{
+    int i = bl_net_bn_layer(net, idx);
+    return i < 0 ? NULL : (bl_bn *)net->layers[i].state;
 }
 
 const bl_param *bl_net_param(const bl_net *net, const char *name)

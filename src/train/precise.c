@@ -1,0 +1,174 @@
+/* PreciseBN: population statistics re-estimated with the model fixed (PAPER.md, "PreciseBN"), and
+ * the layer-by-layer exact mode.
+ *
+ * Regular mode: the N samples go through the net in batches of B, every BN layer normalizing with
+ * its batch's statistics (whole batch, no ghost groups), and each layer pools its batch moments
+ * with weight = values per channel (bl_bn_commit BL_EST_PRECISE): the biased variance of everything
+ * the layer saw. The layers after the first see inputs produced with B-sample statistics, which is
+ * the small-batch error of the paper's experiment 3.
+ *
+ * Sequential mode: for BN layer k = 0, 1, ..., the layers before k normalize with their new
+ * population statistics and the forward stops after layer k, whose pooled moments are then exactly
+ * those of the distribution it sees at inference, whatever B. Cost: one forward up to layer k per
+ * layer, K prefixes in all (about K/2 full forwards for K layers spread evenly); bl_precise reports
+ * it in full-forward units.
+ *
+ * Standard error: per layer, the largest over channels of sd(per-sample channel means) / sqrt(N)
+ * in units of the channel's std - from per-sample means because the pixels of one image are
+ * correlated, so N*H*W would overstate the precision. */
+#include "bnlab/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void bl_precise_defaults(bl_precise_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    c->samples = 10000;
+    c->batch = 200;
+    c->augment = 1;
+    c->seed = 1;
+}
+
+void bl_precise_samples(int n, long samples, uint64_t seed, int *idx)
+{
+    int *order = malloc(sizeof(int) * (size_t)n);
+    if (!order) return;
+    bl_epoch_order(n, seed, BL_PRECISE_STREAM, 0, order);
+    memcpy(idx, order, sizeof(int) * (size_t)samples);
+    free(order);
+}
+
+/* s1, s2 (C each) += sums of the per-sample channel means of x (n, hw, C) and their squares. */
+static void sample_mean_sums(const float *x, int n, size_t hw, int C, double *s1, double *s2)
+{
+    double *m = calloc((size_t)n * C, sizeof(double));
+    if (!m) return;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        double *mi = m + (size_t)i * C;
+        const float *xi = x + (size_t)i * hw * C;
+        for (size_t p = 0; p < hw; p++)
+            for (int c = 0; c < C; c++) mi[c] += xi[p * C + c];
+        for (int c = 0; c < C; c++) mi[c] /= (double)hw;
+    }
+    for (int i = 0; i < n; i++) /* in sample order: the sums do not depend on the threads */
+        for (int c = 0; c < C; c++) {
+            double v = m[(size_t)i * C + c];
+            s1[c] += v, s2[c] += v * v;
+        }
+    free(m);
+}
+
+static double max_se(const bl_bn *bn, const double *s1, const double *s2, long N)
+{
+    double worst = 0;
+    for (int c = 0; c < bn->cfg.channels; c++) {
+        double mean = s1[c] / N, var_m = N > 1 ? (s2[c] - N * mean * mean) / (N - 1) : 0;
+        double sd = sqrt(bn->pop_var[c] > 0 ? bn->pop_var[c] : 0);
+        double se = sqrt(var_m > 0 ? var_m : 0) / sqrt((double)N);
+        double u = sd > 0 ? se / sd : 0;
+        if (u > worst) worst = u;
+    }
+    return worst;
+}
+
+bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
+                     bl_precise_report *r)
+{
+    const int K = bl_net_bn_count(net);
+    if (K < 1) return bl_fail(BL_ERR_ARG, "precise: the model has no BN layer");
+    if (K > BL_PRECISE_MAX_LAYERS)
+        return bl_fail(BL_ERR_ARG, "precise: %d BN layers, at most %d", K, BL_PRECISE_MAX_LAYERS);
+    if (c->samples < 1 || c->samples > d->n)
+        return bl_fail(BL_ERR_ARG, "precise: %ld samples requested, the split has %d: use "
+                       "--samples between 1 and %d", c->samples, d->n, d->n);
+    if (c->batch < 1 || c->batch > net->max_batch)
+        return bl_fail(BL_ERR_ARG, "precise: batch %d outside 1..%d (the net's batch)", c->batch,
+                       net->max_batch);
+    for (int k = 0; k < K; k++) {
+        const bl_bn *bn = bl_net_bn_at(net, k);
+        if (bn->cfg.stats_domains != 1)
+            return bl_fail(BL_ERR_ARG, "precise: bn '%s' keeps per-domain statistics: estimate "
+                           "each domain with its own data (bnlab adapt)", bn->name);
+    }
+    const long N = c->samples;
+    const int B = c->batch, npix = d->h * d->w;
+    int *idx = malloc(sizeof(int) * (size_t)d->n);
+    float *x = bl_alloc((size_t)B * npix * sizeof(float));
+    uint8_t *y = malloc((size_t)B);
+    bl_bn_mode *modes = malloc(sizeof(bl_bn_mode) * (size_t)K);
+    int maxc = 0;
+    for (int k = 0; k < K; k++)
+        if (bl_net_bn_at(net, k)->cfg.channels > maxc) maxc = bl_net_bn_at(net, k)->cfg.channels;
+    double *s1 = calloc((size_t)K * maxc, sizeof(double)), *s2 = calloc((size_t)K * maxc, sizeof(double));
+    if (!idx || !x || !y || !modes || !s1 || !s2) {
+        free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2);
+        return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
+    }
+    /* kept to restore on failure, so an error leaves the model as it was */
+    float *saved = bl_alloc((net->n_buffer_floats ? net->n_buffer_floats : 1) * sizeof(float));
+    bl_estimator *src = malloc(sizeof(bl_estimator) * (size_t)K);
+    if (!saved || !src) {
+        free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2), bl_free(saved), free(src);
+        return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
+    }
+    memcpy(saved, net->buffer_block, net->n_buffer_floats * sizeof(float));
+    for (int k = 0; k < K; k++) src[k] = bl_net_bn_at(net, k)->pop_source;
+    bl_precise_samples(d->n, N, c->seed, idx);
+    const bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, c->seed, BL_PRECISE_STREAM};
+    const bl_bn_mode keep_mode = net->bn_mode;
+    const bl_bn_mode *keep_modes = net->bn_modes;
+    const bl_groups *keep_groups = net->groups;
+    net->groups = NULL;
+    net->bn_modes = modes;
+    memset(r, 0, sizeof *r);
+    r->layers = K;
+    r->samples = N;
+    bl_status st = BL_OK;
+    /* regular: one pass estimating every layer; sequential: pass k estimates layer k only */
+    const int passes = c->sequential ? K : 1;
+    const long total = (long)passes * N;
+    for (int pass = 0; pass < passes && !st; pass++) {
+        const int first = c->sequential ? pass : 0, last = c->sequential ? pass : K - 1;
+        const int stop = c->sequential ? bl_net_bn_layer(net, pass) : net->n_layers - 1;
+        for (int k = 0; k < K; k++) modes[k] = k < first ? BL_BN_POPULATION : BL_BN_BATCH;
+        for (int k = first; k <= last; k++) bl_bn_precise_reset(bl_net_bn_at(net, k));
+        for (long s = 0; s < N && !st; s += B) {
+            const int n = N - s < B ? (int)(N - s) : B;
+            bl_dataset_batch(d, idx + s, n, c->augment ? &aug : NULL, x, y);
+            if ((st = bl_net_forward_to(net, x, n, stop))) break;
+            for (int k = first; k <= last && !st; k++) {
+                bl_bn *bn = bl_net_bn_at(net, k);
+                const bl_tensor *in = &net->t[net->layers[bl_net_bn_layer(net, k)].in[0]];
+                if ((st = bl_bn_commit(bn, BL_EST_PRECISE))) break;
+                sample_mean_sums(in->data, n, (size_t)in->h * in->w, in->c, s1 + (size_t)k * maxc,
+                                 s2 + (size_t)k * maxc);
+            }
+            if (c->progress) c->progress(c->progress_ctx, (long)pass * N + s + n, total);
+        }
+        for (int k = first; k <= last && !st; k++) {
+            bl_bn *bn = bl_net_bn_at(net, k);
+            if ((st = bl_bn_precise_apply(bn))) break;
+            r->max_se[k] = max_se(bn, s1 + (size_t)k * maxc, s2 + (size_t)k * maxc, N);
+        }
+        r->forwards += (double)(stop + 1) / net->n_layers;
+    }
+    net->bn_mode = keep_mode;
+    net->bn_modes = keep_modes;
+    net->groups = keep_groups;
+    if (st) {
+        memcpy(net->buffer_block, saved, net->n_buffer_floats * sizeof(float));
+        for (int k = 0; k < K; k++) bl_net_bn_at(net, k)->pop_source = src[k];
+    }
+    free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2), bl_free(saved), free(src);
+    if (st) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "%s", bl_error());
+        return bl_fail(st, "precise: %s (the model's statistics are unchanged)", msg);
+    }
+    for (int k = 0; k < K; k++) r->worst_se = r->max_se[k] > r->worst_se ? r->max_se[k] : r->worst_se;
+    return BL_OK;
+}
