@@ -94,6 +94,7 @@ typedef struct {
     double ep_loss;
     long ep_wrong, ep_seen;
     char config[2048]; /* the run's resolved configuration, JSON */
+    char precise[8192]; /* how PreciseBN produced the statistics (JSON), or "" */
 } bl_ckpt_info;
 
 bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_info *info);

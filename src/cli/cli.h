@@ -30,5 +30,6 @@ void cli_print_config(FILE *f, const char *cmd, const cli_opt *opts, int n_opts)
 int cmd_demo(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_precise(int argc, char **argv);
 
 #endif

@@ -15,11 +15,13 @@ static void usage(FILE *f)
             "commands:\n"
             "  train     train a ResNet on Fashion-MNIST (batch, normalization batch, schedule)\n"
             "  eval      test error of a checkpoint with population or mini-batch statistics\n"
+            "  precise   recompute a checkpoint's population statistics with PreciseBN (or the\n"
+            "            exact layer-by-layer mode) and write a new checkpoint\n"
             "  demo      BN on real Fashion-MNIST features: ghost groups vs whole batch vs\n"
             "            population statistics; EMA vs PreciseBN estimates\n"
             "  version   print the version and the optional parts built in\n"
             "\n"
-            "precise, adapt and inspect arrive with the next issues.\n"
+            "adapt and inspect arrive with the next issues.\n"
             "'bnlab <command> --help' lists a command's options and their defaults.\n",
             BNLAB_VERSION);
 }
@@ -64,6 +66,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "demo")) return cmd_demo(argc - 1, argv + 1);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "precise")) return cmd_precise(argc - 1, argv + 1);
     fprintf(stderr, "bnlab: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -32,14 +32,17 @@ void cli_usage(FILE *f, const char *cmd, const char *synopsis, const cli_opt *op
 {
     fprintf(f, "usage: bnlab %s %s\n\noptions (default in brackets):\n", cmd, synopsis);
     for (int i = 0; i < n; i++) {
-        char v[256], arg[64];
+        char v[256], arg[160];
         value(&opts[i], v, sizeof v);
         const char *a = opts[i].type == OPT_ONOFF    ? "on|off"
                         : opts[i].type == OPT_CHOICE ? opts[i].choices
                         : opts[i].type == OPT_STR    ? "S"
                         : opts[i].type == OPT_DOUBLE ? "X"
                                                      : "N";
-        snprintf(arg, sizeof arg, "%s %s", opts[i].name, a);
+        char nm[64];
+        snprintf(nm, sizeof nm, "%s", opts[i].name);
+        for (char *q = strchr(nm, '|'); q; q = strchr(q, '|')) *q = ','; /* "--out,-o" */
+        snprintf(arg, sizeof arg, "%s %s", nm, a);
         fprintf(f, "  %-30s %s [%s]\n", arg, opts[i].help, v);
     }
     fprintf(f, "  %-30s %s\n", "--help", "this text");
@@ -51,7 +54,7 @@ void cli_print_config(FILE *f, const char *cmd, const cli_opt *opts, int n)
     for (int i = 0; i < n; i++) {
         char v[256];
         value(&opts[i], v, sizeof v);
-        fprintf(f, " %s=%s", opts[i].name + 2, v);
+        fprintf(f, " %.*s=%s", (int)strcspn(opts[i].name + 2, "|"), opts[i].name + 2, v);
     }
     fprintf(f, "\n");
 }
@@ -113,6 +116,16 @@ static int set(const char *cmd, const cli_opt *o, const char *v)
     return 2;
 }
 
+/* names: "--out" or "--out|-o" */
+static int matches(const char *names, const char *a)
+{
+    for (const char *c = names; c; c = strchr(c, '|') ? strchr(c, '|') + 1 : NULL) {
+        size_t l = strcspn(c, "|");
+        if (strlen(a) == l && !strncmp(c, a, l)) return 1;
+    }
+    return 0;
+}
+
 int cli_parse(const char *cmd, const char *synopsis, int argc, char **argv, const cli_opt *opts,
               int n, const char **pos, int max_pos, int *n_pos)
 {
@@ -123,15 +136,20 @@ int cli_parse(const char *cmd, const char *synopsis, int argc, char **argv, cons
             cli_usage(stdout, cmd, synopsis, opts, n);
             return 1;
         }
-        if (a[0] == '-' && a[1] == '-') {
+        if (a[0] == '-' && a[1]) {
             const cli_opt *o = NULL;
             for (int k = 0; k < n; k++)
-                if (!strcmp(opts[k].name, a)) o = &opts[k];
+                if (matches(opts[k].name, a)) o = &opts[k];
             if (!o) {
                 fprintf(stderr, "bnlab %s: unknown option '%s' (see bnlab %s --help)\n", cmd, a, cmd);
                 return 2;
             }
-            if (set(cmd, o, i + 1 < argc ? argv[i + 1] : NULL)) return 2;
+            const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+            if (o->type == OPT_ONOFF && (!v || (strcmp(v, "on") && strcmp(v, "off")))) {
+                *(int *)o->ptr = 1; /* a bare on/off option means on */
+                continue;
+            }
+            if (set(cmd, o, v)) return 2;
             i++;
             continue;
         }

@@ -75,6 +75,7 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
         bl_st_set_meta(&w, "rng", "derived: order from (seed, epoch, rank), augmentation from "
                                   "(seed, epoch, sample)");
         bl_st_set_meta(&w, "config", info->config);
+        if (info->precise[0]) bl_st_set_meta(&w, "precise", info->precise);
     }
     if (!st) st = bl_st_write(&w, path);
     bl_st_writer_free(&w);
@@ -149,6 +150,7 @@ static void read_info(const bl_safetensors *st, bl_ckpt_info *info)
     if ((v = bl_st_meta(st, "step"))) info->step = atol(v);
     if ((v = bl_st_meta(st, "seed"))) info->seed = strtoull(v, NULL, 10);
     if ((v = bl_st_meta(st, "config"))) snprintf(info->config, sizeof info->config, "%s", v);
+    if ((v = bl_st_meta(st, "precise"))) snprintf(info->precise, sizeof info->precise, "%s", v);
     if ((v = bl_st_meta(st, "epoch_progress")))
         sscanf(v, "%lf,%ld,%ld", &info->ep_loss, &info->ep_wrong, &info->ep_seen);
 }

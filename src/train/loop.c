@@ -188,6 +188,7 @@ bl_status bl_train(const bl_train_cfg *c)
     if (c->resume[0]) {
         if ((st = bl_checkpoint_load(&net, c->resume, 1, &info))) goto done;
         config_json(c, info.config, sizeof info.config);
+        info.precise[0] = 0; /* training goes on with EMA statistics */
         printf("resumed from %s at epoch %d, step %ld\n", c->resume, info.epoch, info.step);
         if (info.seed != c->seed)
             printf("note: the data order and augmentation follow the checkpoint's seed %llu, not "
