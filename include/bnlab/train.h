@@ -145,6 +145,21 @@ typedef struct {
 } bl_precise_report;
 
 void bl_precise_defaults(bl_precise_cfg *c);
+/* The run as JSON (the "precise" metadata of a checkpoint). */
+void bl_precise_record(char *buf, size_t len, const bl_precise_cfg *c, const bl_precise_report *r,
+                       bl_net *net);
+
+/* A copy of every BN layer's population statistics, their estimator and EMA count, to evaluate
+ * with other statistics and come back exactly. */
+typedef struct {
+    int layers;
+    float *stats;
+    bl_estimator *src;
+    int64_t *tracked;
+} bl_pop_snapshot;
+bl_status bl_pop_save(bl_net *net, bl_pop_snapshot *p);
+void bl_pop_restore(bl_net *net, const bl_pop_snapshot *p);
+void bl_pop_free(bl_pop_snapshot *p);
 /* The first `samples` indices of a seeded permutation of 0..n-1: the images bl_precise uses. */
 void bl_precise_samples(int n, long samples, uint64_t seed, int *idx);
 bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
@@ -164,6 +179,12 @@ typedef struct {
     int threads, eval_every, eval_minibatch, val;
     long max_steps;       /* 0: no limit */
     int checkpoint_every; /* epochs between checkpoints (the last one and stops always write) */
+    /* PreciseBN during training: every precise_every epochs (0: never) also the test error with
+     * fresh precise statistics (the EMA ones are restored after); final_precise: the end of
+     * training replaces the EMA statistics by precise ones (in the checkpoint too) */
+    int precise_every, final_precise;
+    long precise_samples; /* N, default 10^4 */
+    int precise_batch;    /* B, default 200 */
     char out[1024], data_dir[1024], resume[1024];
     /* set (e.g. by a SIGINT/SIGTERM handler) to stop after the current step with a checkpoint */
     const volatile sig_atomic_t *stop;
@@ -172,7 +193,9 @@ typedef struct {
 void bl_train_defaults(bl_train_cfg *c);
 /* Learning rate at step t of T (warmup W steps, then the schedule). */
 double bl_lr_at(const bl_train_cfg *c, long t, long T, long W);
-/* The whole run: data, model, SGD, evaluation, metrics.jsonl and last.safetensors in c->out. */
+/* The whole run: data, model, SGD, evaluation, metrics.jsonl and last.safetensors in c->out.
+ * metrics.jsonl: one object per epoch with train_loss, train_err, test_err_population (the stored,
+ * EMA statistics), test_err_minibatch, test_err_precise (fresh PreciseBN statistics). */
 bl_status bl_train(const bl_train_cfg *c);
 
 #ifdef __cplusplus

@@ -21,21 +21,6 @@ static void progress(void *ctx, long done, long total)
     if (done == total) fprintf(stderr, "\n");
 }
 
-/* The JSON record stored in the checkpoint's metadata and printed by --json. */
-static void record(char *buf, size_t len, const bl_precise_cfg *c, const bl_precise_report *r,
-                   bl_net *net)
-{
-    int o = snprintf(buf, len, "{\"estimator\":\"%s\",\"samples\":%ld,\"batch\":%d,"
-                     "\"augment\":%s,\"seed\":%llu,\"forwards\":%.3f,\"worst_se\":%.6g,\"max_se\":{",
-                     c->sequential ? "precise-sequential" : "precise", c->samples, c->batch,
-                     c->augment ? "true" : "false", (unsigned long long)c->seed, r->forwards,
-                     r->worst_se);
-    for (int k = 0; k < r->layers && o > 0 && (size_t)o < len; k++)
-        o += snprintf(buf + o, len - o, "%s\"%s\":%.6g", k ? "," : "", bl_net_bn_at(net, k)->name,
-                      r->max_se[k]);
-    if (o > 0 && (size_t)o < len) snprintf(buf + o, len - o, "}}");
-}
-
 int cmd_precise(int argc, char **argv)
 {
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
@@ -104,7 +89,7 @@ int cmd_precise(int argc, char **argv)
     if (!rc) t0 = now(), rc = bl_precise(&net, &train, &c, &r), secs = now() - t0;
     if (!rc && evaluate) rc = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &after);
     if (!rc) {
-        record(info.precise, sizeof info.precise, &c, &r, &net);
+        bl_precise_record(info.precise, sizeof info.precise, &c, &r, &net);
         rc = bl_checkpoint_save(&net, out, &info);
     }
     if (rc) {

@@ -37,6 +37,9 @@ void bl_train_defaults(bl_train_cfg *c)
     c->threads = 2;
     c->eval_every = 1;
     c->checkpoint_every = 1;
+    c->final_precise = 1;
+    c->precise_samples = 10000;
+    c->precise_batch = 200;
     snprintf(c->data_dir, sizeof c->data_dir, "%s", BL_FMNIST_DIR);
 }
 
@@ -119,11 +122,13 @@ static void config_json(const bl_train_cfg *c, char *out, size_t len)
              "\"lr\":%g,\"momentum\":%g,\"nesterov\":%d,\"wd\":%g,\"wd_bn\":%d,\"schedule\":\"%s\","
              "\"warmup_epochs\":%g,\"lr_scaling\":\"%s\",\"seed\":%llu,\"threads\":%d,"
              "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
-             "\"data_dir\":\"%s\"}",
+             "\"precise_bn_every\":%d,\"final_precise_bn\":%d,\"precise_samples\":%ld,"
+             "\"precise_batch\":%d,\"data_dir\":\"%s\"}",
              c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
              c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
              c->lr_linear ? "linear" : "none", (unsigned long long)c->seed, c->threads,
-             c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->data_dir);
+             c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->precise_every,
+             c->final_precise, c->precise_samples, c->precise_batch, c->data_dir);
 }
 
 static bl_status load_data(const bl_train_cfg *c, bl_dataset *train, bl_dataset *test)
@@ -177,7 +182,17 @@ bl_status bl_train(const bl_train_cfg *c)
         return bl_fail(BL_ERR_ARG, "--batch %d exceeds the %d training samples", c->batch, train.n);
     }
     bl_net net;
-    if ((st = bl_resnet(&net, depth, c->width, 10, train.h, train.w, 1, c->batch))) {
+    const int use_precise = c->precise_every > 0 || c->final_precise;
+    if (use_precise && (c->precise_samples < 1 || c->precise_samples > train.n ||
+                        c->precise_batch < 1)) {
+        bl_dataset_free(&train), bl_dataset_free(&test);
+        return bl_fail(BL_ERR_ARG, "PreciseBN with %ld samples in batches of %d: use --precise-samples "
+                       "in 1..%d and --precise-batch >= 1", c->precise_samples, c->precise_batch,
+                       train.n);
+    }
+    /* room for PreciseBN's batches too (the activations are sized by the largest batch) */
+    const int max_batch = use_precise && c->precise_batch > c->batch ? c->precise_batch : c->batch;
+    if ((st = bl_resnet(&net, depth, c->width, 10, train.h, train.w, 1, max_batch))) {
         bl_dataset_free(&train), bl_dataset_free(&test);
         return st;
     }
@@ -222,10 +237,14 @@ bl_status bl_train(const bl_train_cfg *c)
     bl_groups_ghost(&groups, c->batch, g);
     bl_sgd sgd = {c->momentum, c->wd, c->nesterov, c->wd_bn};
     bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, seed, 0};
-    printf("%-6s %-9s %-10s %-9s %-9s %-9s %-9s %-8s\n", "epoch", "lr", "train_loss", "train_err",
-           "test_pop", "test_mb", "img/s", "seconds");
+    printf("%-6s %-9s %-10s %-9s %-9s %-9s %-9s %-9s %-8s\n", "epoch", "lr", "train_loss",
+           "train_err", "test_pop", "test_mb", "test_pre", "img/s", "seconds");
+    bl_precise_cfg pcfg;
+    bl_precise_defaults(&pcfg);
+    pcfg.samples = c->precise_samples, pcfg.batch = c->precise_batch, pcfg.seed = seed;
     double t_run = now();
-    bl_eval_result final = {-1, 0, 0}, final_mb = {-1, 0, 0};
+    bl_eval_result final = {-1, 0, 0}, final_mb = {-1, 0, 0}, final_pre = {-1, 0, 0};
+    const char *final_src = "ema";
     int final_epoch = -1, best_epoch = 0;
     double best = 101;
     const int tty = isatty(1);
@@ -289,28 +308,45 @@ bl_status bl_train(const bl_train_cfg *c)
         if (st) break;
         info.ep_loss = 0, info.ep_wrong = 0, info.ep_seen = 0;
         double secs = now() - t0, ips = fresh / secs;
-        bl_eval_result pop = {-1, 0, 0}, mb = {-1, 0, 0};
+        bl_eval_result pop = {-1, 0, 0}, mb = {-1, 0, 0}, pre = {-1, 0, 0};
         int last = ep + 1 == c->epochs;
         if (c->eval_every > 0 && ((ep + 1) % c->eval_every == 0 || last)) {
             if ((st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop))) break;
+            final_src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
             if (c->eval_minibatch &&
                 (st = bl_evaluate(&net, &test, BL_BN_BATCH, g, seed, &mb)))
                 break;
         }
+        const int keep_precise = last && c->final_precise;
+        if ((c->precise_every > 0 && ((ep + 1) % c->precise_every == 0 || last)) || keep_precise) {
+            /* fresh PreciseBN statistics for this evaluation; training goes on with the EMA ones
+             * (restored exactly), except at the end with final_precise */
+            bl_pop_snapshot ema;
+            bl_precise_report rep;
+            if ((st = bl_pop_save(&net, &ema))) break;
+            st = bl_precise(&net, &train, &pcfg, &rep);
+            if (!st) st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pre);
+            if (st || !keep_precise) bl_pop_restore(&net, &ema);
+            bl_pop_free(&ema);
+            if (st) break;
+            if (keep_precise) bl_precise_record(info.precise, sizeof info.precise, &pcfg, &rep, &net);
+        }
         info.epoch = ep + 1;
-        char ps[16] = "-", ms[16] = "-";
+        char ps[16] = "-", ms[16] = "-", rs[16] = "-";
+        if (pre.err >= 0) snprintf(rs, sizeof rs, "%.2f", pre.err), final_pre = pre;
         if (pop.err >= 0) snprintf(ps, sizeof ps, "%.2f", pop.err), final = pop;
         if (mb.err >= 0) snprintf(ms, sizeof ms, "%.2f", mb.err), final_mb = mb;
         if (pop.err >= 0 && pop.err < best) best = pop.err, best_epoch = info.epoch;
         final_epoch = pop.err >= 0 ? info.epoch : final_epoch;
-        printf("%-6d %-9.5f %-10.4f %-9.2f %-9s %-9s %-9.0f %-8.1f\n", ep + 1, lr,
-               loss_sum / seen, 100.0 * wrong / seen, ps, ms, ips, secs);
+        printf("%-6d %-9.5f %-10.4f %-9.2f %-9s %-9s %-9s %-9.0f %-8.1f\n", ep + 1, lr,
+               loss_sum / seen, 100.0 * wrong / seen, ps, ms, rs, ips, secs);
         fflush(stdout);
         if (metrics) {
             fprintf(metrics, "{\"epoch\":%d,\"step\":%ld,\"lr\":%.6g,\"train_loss\":%.6f,"
                     "\"train_err\":%.4f", ep + 1, info.step, lr, loss_sum / seen, 100.0 * wrong / seen);
             if (pop.err >= 0) fprintf(metrics, ",\"test_err_population\":%.4f", pop.err);
             if (mb.err >= 0) fprintf(metrics, ",\"test_err_minibatch\":%.4f", mb.err);
+            if (pre.err >= 0) fprintf(metrics, ",\"test_err_precise\":%.4f", pre.err);
             fprintf(metrics, ",\"img_per_s\":%.1f,\"seconds\":%.2f}\n", ips, secs);
             fflush(metrics);
             if ((info.epoch % c->checkpoint_every == 0 || last) &&
@@ -320,16 +356,24 @@ bl_status bl_train(const bl_train_cfg *c)
     }
     if (!st && !stopped) {
         bl_eval_result pop = final;
-        if (final_epoch != info.epoch) st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop);
+        if (final_epoch != info.epoch && final_pre.err < 0) {
+            final_src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
+            st = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &pop);
+        }
         if (!st) {
             const char *set = c->val > 0 ? "validation" : "test";
             printf("\nsummary\n");
             printf("  %-24s %s w=%d\n", "model", c->model, c->width);
             printf("  %-24s %d / %ld\n", "epochs / steps", info.epoch, info.step);
             printf("  %-24s %d / %d\n", "batch / norm batch", c->batch, g);
-            printf("  %-24s %.2f%% (population statistics, %s)\n",
-                   c->val > 0 ? "validation error" : "test error", pop.err,
-                   bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source));
+            if (pop.err >= 0)
+                printf("  %-24s %.2f%% (population statistics, %s)\n",
+                       c->val > 0 ? "validation error" : "test error", pop.err, final_src);
+            if (final_pre.err >= 0)
+                printf("  %-24s %.2f%% (PreciseBN statistics, %ld images%s)\n",
+                       pop.err >= 0 ? "" : c->val > 0 ? "validation error" : "test error",
+                       final_pre.err, c->precise_samples,
+                       c->final_precise ? "; the checkpoint keeps these" : "");
             if (final_mb.err >= 0)
                 printf("  %-24s %.2f%% (mini-batch statistics, groups of %d)\n", "", final_mb.err, g);
             if (best_epoch > 0)

@@ -23,6 +23,43 @@
 #include <stdlib.h>
 #include <string.h>
 
+bl_status bl_pop_save(bl_net *net, bl_pop_snapshot *p)
+{
+    const int K = bl_net_bn_count(net);
+    memset(p, 0, sizeof *p);
+    p->layers = K;
+    p->stats = bl_alloc((net->n_buffer_floats ? net->n_buffer_floats : 1) * sizeof(float));
+    p->src = malloc(sizeof(bl_estimator) * (size_t)(K ? K : 1));
+    p->tracked = malloc(sizeof(int64_t) * (size_t)(K ? K : 1));
+    if (!p->stats || !p->src || !p->tracked) {
+        bl_pop_free(p);
+        return bl_fail(BL_ERR_NOMEM, "out of memory saving the population statistics");
+    }
+    memcpy(p->stats, net->buffer_block, net->n_buffer_floats * sizeof(float));
+    for (int k = 0; k < K; k++) {
+        const bl_bn *bn = bl_net_bn_at(net, k);
+        p->src[k] = bn->pop_source;
+        p->tracked[k] = bn->num_batches_tracked[0];
+    }
+    return BL_OK;
+}
+
+void bl_pop_restore(bl_net *net, const bl_pop_snapshot *p)
+{
+    memcpy(net->buffer_block, p->stats, net->n_buffer_floats * sizeof(float));
+    for (int k = 0; k < p->layers; k++) {
+        bl_bn *bn = bl_net_bn_at(net, k);
+        bn->pop_source = p->src[k];
+        bn->num_batches_tracked[0] = p->tracked[k];
+    }
+}
+
+void bl_pop_free(bl_pop_snapshot *p)
+{
+    bl_free(p->stats), free(p->src), free(p->tracked);
+    memset(p, 0, sizeof *p);
+}
+
 void bl_precise_defaults(bl_precise_cfg *c)
 {
     memset(c, 0, sizeof *c);
@@ -109,14 +146,11 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
     }
     /* kept to restore on failure, so an error leaves the model as it was */
-    float *saved = bl_alloc((net->n_buffer_floats ? net->n_buffer_floats : 1) * sizeof(float));
-    bl_estimator *src = malloc(sizeof(bl_estimator) * (size_t)K);
-    if (!saved || !src) {
-        free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2), bl_free(saved), free(src);
-        return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
+    bl_pop_snapshot saved;
+    if (bl_pop_save(net, &saved)) {
+        free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2);
+        return BL_ERR_NOMEM;
     }
-    memcpy(saved, net->buffer_block, net->n_buffer_floats * sizeof(float));
-    for (int k = 0; k < K; k++) src[k] = bl_net_bn_at(net, k)->pop_source;
     bl_precise_samples(d->n, N, c->seed, idx);
     const bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, c->seed, BL_PRECISE_STREAM};
     const bl_bn_mode keep_mode = net->bn_mode;
@@ -159,11 +193,9 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     net->bn_mode = keep_mode;
     net->bn_modes = keep_modes;
     net->groups = keep_groups;
-    if (st) {
-        memcpy(net->buffer_block, saved, net->n_buffer_floats * sizeof(float));
-        for (int k = 0; k < K; k++) bl_net_bn_at(net, k)->pop_source = src[k];
-    }
-    free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2), bl_free(saved), free(src);
+    if (st) bl_pop_restore(net, &saved);
+    bl_pop_free(&saved);
+    free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2);
     if (st) {
         char msg[700];
         snprintf(msg, sizeof msg, "%s", bl_error());
@@ -171,4 +203,18 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     }
     for (int k = 0; k < K; k++) r->worst_se = r->max_se[k] > r->worst_se ? r->max_se[k] : r->worst_se;
     return BL_OK;
+}
+
+void bl_precise_record(char *buf, size_t len, const bl_precise_cfg *c, const bl_precise_report *r,
+                       bl_net *net)
+{
+    int o = snprintf(buf, len, "{\"estimator\":\"%s\",\"samples\":%ld,\"batch\":%d,"
+                     "\"augment\":%s,\"seed\":%llu,\"forwards\":%.3f,\"worst_se\":%.6g,"
+                     "\"max_se\":{", c->sequential ? "precise-sequential" : "precise", c->samples,
+                     c->batch, c->augment ? "true" : "false", (unsigned long long)c->seed,
+                     r->forwards, r->worst_se);
+    for (int k = 0; k < r->layers && o > 0 && (size_t)o < len; k++)
+        o += snprintf(buf + o, len - o, "%s\"%s\":%.6g", k ? "," : "", bl_net_bn_at(net, k)->name,
+                      r->max_se[k]);
+    if (o > 0 && (size_t)o < len) snprintf(buf + o, len - o, "}}");
 }
