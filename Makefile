@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS  ?= $(shell nproc)
 DEPS  := scripts/install-deps.sh
 
-.PHONY: all build test test-asan demo bench deps clean
+.PHONY: all build test test-asan demo bench deps clean repro
 
 all: build
 
@@ -26,6 +26,11 @@ test-asan: deps
 
 demo: deps build
 	@BUILD=$(BUILD) scripts/demo.sh
+
+# Every experiment under experiments/: the quick profile (minutes each, results/quick/), or with
+# FULL=1 the full one (results/<name>/, resumable: run it again after a stop).
+repro: deps build
+	@set -e; for e in experiments/e*.sh; do bash $$e $(if $(FULL),--full,--quick); done
 
 # Reconfigures after installing the peers so a build dir made before libdnnl existed finds it.
 bench:

@@ -1,0 +1,67 @@
+# Shared helpers for the experiment scripts (sourced, not run): the profile flags, resumable steps,
+# and one gnuplot helper so every plot looks alike (PNG and SVG).
+#
+# A script calls `exp_init NAME "$@"`, then runs its steps with `exp_step FILE CMD...` (skipped when
+# FILE exists, so a stopped full run resumes where it stopped; FILE appears only when CMD succeeded),
+# then writes $OUT/table.md and plots with `exp_plot`.
+#   --quick  minutes on 2 cores, a smoke check: results/quick/NAME (not committed)
+#   --full   the full profile (the default): results/NAME
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BNLAB=${BNLAB:-$ROOT/build/bnlab}
+QUICK=0
+
+exp_init() {
+  local name=$1 usage=${EXP_USAGE:-}
+  shift
+  for a in "$@"; do
+    case $a in
+      --quick) QUICK=1 ;;
+      --full) QUICK=0 ;;
+      -h|--help) echo "usage: experiments/${0##*/} [--quick|--full]"; [ -n "$usage" ] && echo "$usage"; exit 0 ;;
+      *) echo "${0##*/}: unknown argument '$a' (--quick or --full)" >&2; exit 2 ;;
+    esac
+  done
+  if [ ! -x "$BNLAB" ]; then
+    echo "${0##*/}: $BNLAB not found: run 'make build' first (or set BNLAB)" >&2
+    exit 1
+  fi
+  command -v jq >/dev/null && command -v gnuplot >/dev/null || {
+    echo "${0##*/}: needs jq and gnuplot: run scripts/install-deps.sh" >&2; exit 1; }
+  cd "$ROOT" # paths in the results stay relative to the repository
+  if [ $QUICK = 1 ]; then OUT=results/quick/$name; else OUT=results/$name; fi
+  mkdir -p "$OUT/raw"
+  echo "== $name ($( [ $QUICK = 1 ] && echo quick || echo full ) profile) -> $OUT"
+}
+
+# exp_step FILE CMD...: CMD's stdout becomes FILE, atomically; skipped when FILE exists.
+exp_step() {
+  local file=$1
+  shift
+  if [ -s "$file" ]; then echo "   have $file"; return 0; fi
+  echo "   run  $file"
+  "$@" > "$file.tmp"
+  mv "$file.tmp" "$file"
+}
+
+# exp_plot BASE TITLE XLABEL YLABEL SETTINGS PLOT: BASE.png and BASE.svg from one gnuplot "plot"
+# clause (PLOT) after extra SETTINGS (e.g. "set logscale x").
+exp_plot() {
+  local base=$1 title=$2 xl=$3 yl=$4 settings=$5 plot=$6 term
+  for term in "pngcairo size 960,600 font 'sans,11'" "svg size 960,600 font 'sans,11'"; do
+    local ext=png
+    case $term in svg*) ext=svg ;; esac
+    gnuplot <<GP
+set terminal $term
+set output '$base.$ext'
+set title "$title"
+set xlabel "$xl"
+set ylabel "$yl"
+set grid
+set key top right box opaque
+set offsets graph 0.04, graph 0.04, graph 0.06, graph 0.06
+$settings
+plot $plot
+GP
+  done
+}
