@@ -1,7 +1,8 @@
 /* PreciseBN (bl_precise) on a small ResNet and synthetic images: with B = N the statistics are each
  * layer's exact input statistics in one pass; the first layer's statistics, and all statistics of
  * the sequential mode, do not depend on the batch split; the sequential mode gives the exact
- * inference-time input statistics of every layer; bad arguments change nothing. */
+ * inference-time input statistics of every layer; bad arguments change nothing. And bl_inspect
+ * on the same model: consistent after PreciseBN, one corrupted layer flagged. */
 #include "bnlab/bnlab.h"
 #include "check.h"
 
@@ -193,6 +194,32 @@ int main(void)
     for (int i = 0; i < K * maxc; i++) same &= m1[i] == m3[i] && v1[i] == v3[i];
     CHECK(same, "a failed precise pass changed the statistics");
     CHECK(bl_net_bn_at(&net, 0)->pop_source == BL_EST_PRECISE, "pop_source changed on failure");
+
+    /* 6. inspect: consistent right after PreciseBN; one layer's stored variance x4 is flagged
+     * (that layer only), and inspect leaves the statistics as they were */
+    c.sequential = 0;
+    c.samples = NS;
+    c.batch = 20;
+    CHECK(bl_precise(&net, &d, &c, &rep) == BL_OK, "precise before inspect: %s", bl_error());
+    bl_inspect_cfg ic;
+    bl_inspect_defaults(&ic);
+    ic.samples = NS, ic.precise_batch = 20, ic.batch = 6, ic.batches = 10;
+    static bl_inspect_report ir;
+    CHECK(bl_inspect(&net, &d, &ic, &ir) == BL_OK, "inspect: %s", bl_error());
+    CHECK(ir.flagged == 0 && ir.layers == K, "inspect right after PreciseBN: %d layers flagged",
+          ir.flagged);
+    bl_bn *bad = bl_net_bn_at(&net, 4);
+    for (int ch = 0; ch < bad->cfg.channels; ch++) bad->pop_var[ch] *= 4;
+    stats_of(&net, m1, v1, maxc);
+    CHECK(bl_inspect(&net, &d, &ic, &ir) == BL_OK, "inspect: %s", bl_error());
+    int only = ir.row[4].flagged && ir.flagged == 1 && fabs(ir.row[4].logvar_max - log(4)) < 0.05;
+    CHECK(only, "inspect with layer 4's variance x4: %d flagged, layer 4 %s, |logvar| %g",
+          ir.flagged, ir.row[4].flagged ? "flagged" : "not flagged", ir.row[4].logvar_max);
+    stats_of(&net, m3, v3, maxc);
+    same = 1;
+    for (int i = 0; i < K * maxc; i++) same &= m1[i] == m3[i] && v1[i] == v3[i];
+    CHECK(same, "inspect changed the stored statistics");
+    CHECK(bl_net_bn_at(&net, 0)->pop_source == BL_EST_PRECISE, "inspect changed pop_source");
 
     free(m1), free(v1), free(m2), free(v2), free(m3), free(v3);
     bl_net_free(&net);

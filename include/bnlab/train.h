@@ -165,6 +165,41 @@ void bl_precise_samples(int n, long samples, uint64_t seed, int *idx);
 bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
                      bl_precise_report *r);
 
+/* ---- inspect (inspect.c): stored BN statistics against fresh PreciseBN ones and the spread of
+ * mini-batch statistics, per layer; the net is left as it was. docs/inspect.md. */
+#define BL_INSPECT_STREAM (-3)     /* epoch number of its batch-choice and augmentation streams */
+#define BL_INSPECT_KL_MAX 0.05     /* flag: a channel's KL(precise || stored) above this */
+#define BL_INSPECT_OUTSIDE_MAX 0.5 /* flag: more than this fraction of channels outside 5-95% */
+typedef struct {
+    long samples;      /* PreciseBN images, default 10^4 */
+    int precise_batch; /* default 200 */
+    int batch;         /* mini-batch size for the spread, default 128 */
+    int batches;       /* how many mini-batches, default 100 */
+    uint64_t seed;
+} bl_inspect_cfg;
+
+typedef struct {
+    char name[64];
+    int channels;
+    /* |stored mean - precise mean| / precise std: mean and largest over channels */
+    double shift_mean, shift_max;
+    double logvar_max;     /* largest |log(stored var / precise var)| (variances + eps) */
+    double kl_mean, kl_max; /* KL(N(precise) || N(stored)) per channel: mean, largest */
+    double outside;        /* fraction of channels whose stored mean is outside the 5-95% range of
+                            * the mini-batch means */
+    int flagged;
+} bl_inspect_row;
+
+typedef struct {
+    int layers, flagged;
+    double worst_se; /* of the PreciseBN reference */
+    bl_inspect_row row[BL_PRECISE_MAX_LAYERS];
+} bl_inspect_report;
+
+void bl_inspect_defaults(bl_inspect_cfg *c);
+bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
+                     bl_inspect_report *r);
+
 typedef enum { BL_SCHED_COSINE, BL_SCHED_STEP, BL_SCHED_CONST } bl_schedule;
 
 typedef struct {

@@ -17,11 +17,13 @@ static void usage(FILE *f)
             "  eval      test error of a checkpoint with population or mini-batch statistics\n"
             "  precise   recompute a checkpoint's population statistics with PreciseBN (or the\n"
             "            exact layer-by-layer mode) and write a new checkpoint\n"
+            "  inspect   are a checkpoint's stored BN statistics right? per layer, against\n"
+            "            PreciseBN and the spread of mini-batch statistics, with a verdict\n"
             "  demo      BN on real Fashion-MNIST features: ghost groups vs whole batch vs\n"
             "            population statistics; EMA vs PreciseBN estimates\n"
             "  version   print the version and the optional parts built in\n"
             "\n"
-            "adapt and inspect arrive with the next issues.\n"
+            "adapt arrives with the domains issue.\n"
             "'bnlab <command> --help' lists a command's options and their defaults.\n",
             BNLAB_VERSION);
 }
@@ -67,6 +69,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 1, argv + 1);
     if (!strcmp(argv[1], "precise")) return cmd_precise(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 1, argv + 1);
     fprintf(stderr, "bnlab: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

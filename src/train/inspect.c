@@ -1,0 +1,126 @@
+/* bl_inspect: are a checkpoint's stored BN statistics those of its training distribution? Each
+ * layer's stored mean/var is compared with fresh PreciseBN statistics and with the spread of
+ * mini-batch statistics (the paper's figure 2). The net comes back unchanged. Thresholds and their
+ * reasons: docs/inspect.md. */
+#include "bnlab/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void bl_inspect_defaults(bl_inspect_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    c->samples = 10000;
+    c->precise_batch = 200;
+    c->batch = 128;
+    c->batches = 100;
+    c->seed = 1;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The q-quantile of v[0..n) (sorted in place), linear interpolation. */
+static double quantile(double *v, int n, double q)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    double at = q * (n - 1);
+    int i = (int)at;
+    return i + 1 < n ? v[i] + (at - i) * (v[i + 1] - v[i]) : v[n - 1];
+}
+
+bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
+                     bl_inspect_report *r)
+{
+    const int K = bl_net_bn_count(net);
+    if (c->batch < 2 || c->batch > net->max_batch || c->batches < 2)
+        return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d: use --batch in 2..%d and at "
+                       "least 2 batches", c->batches, c->batch, net->max_batch);
+    if ((long)c->batch * c->batches > d->n)
+        return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d need %ld images, the split has "
+                       "%d", c->batches, c->batch, (long)c->batch * c->batches, d->n);
+    memset(r, 0, sizeof *r);
+    r->layers = K;
+    int maxc = 0;
+    for (int k = 0; k < K; k++)
+        if (bl_net_bn_at(net, k)->cfg.channels > maxc) maxc = bl_net_bn_at(net, k)->cfg.channels;
+    /* the stored statistics, kept aside; the net gets them back at the end */
+    bl_pop_snapshot stored;
+    bl_status st = bl_pop_save(net, &stored);
+    if (st) return st;
+    const size_t kc = (size_t)K * maxc;
+    double *smu = malloc(sizeof(double) * kc * 2), *svar = smu ? smu + kc : NULL;
+    double *bm = malloc(sizeof(double) * kc * c->batches), *tmp = malloc(sizeof(double) * c->batches);
+    int *idx = malloc(sizeof(int) * (size_t)d->n);
+    float *x = bl_alloc((size_t)c->batch * d->h * d->w * sizeof(float));
+    uint8_t *y = malloc((size_t)c->batch);
+    if (!smu || !bm || !tmp || !idx || !x || !y) {
+        st = bl_fail(BL_ERR_NOMEM, "inspect: out of memory");
+        goto out;
+    }
+    for (int k = 0; k < K; k++) {
+        const bl_bn *bn = bl_net_bn_at(net, k);
+        for (int ch = 0; ch < bn->cfg.channels; ch++)
+            smu[(size_t)k * maxc + ch] = bn->pop_mean[ch], svar[(size_t)k * maxc + ch] = bn->pop_var[ch];
+    }
+    /* the spread of mini-batch means: the model in training mode on `batches` disjoint batches */
+    bl_epoch_order(d->n, c->seed, BL_INSPECT_STREAM, 0, idx);
+    const bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, c->seed, BL_INSPECT_STREAM};
+    const bl_bn_mode keep_mode = net->bn_mode;
+    const bl_bn_mode *keep_modes = net->bn_modes;
+    const bl_groups *keep_groups = net->groups;
+    net->bn_mode = BL_BN_BATCH, net->bn_modes = NULL, net->groups = NULL;
+    for (int b = 0; b < c->batches && !st; b++) {
+        bl_dataset_batch(d, idx + (size_t)b * c->batch, c->batch, &aug, x, y);
+        if ((st = bl_net_forward(net, x, c->batch))) break;
+        for (int k = 0; k < K; k++) {
+            const bl_bn *bn = bl_net_bn_at(net, k);
+            for (int ch = 0; ch < bn->cfg.channels; ch++)
+                bm[((size_t)k * maxc + ch) * c->batches + b] = bn->batch.mean[ch];
+        }
+    }
+    net->bn_mode = keep_mode, net->bn_modes = keep_modes, net->groups = keep_groups;
+    if (st) goto out;
+    bl_precise_cfg pc;
+    bl_precise_defaults(&pc);
+    pc.samples = c->samples, pc.batch = c->precise_batch, pc.seed = c->seed;
+    bl_precise_report pr;
+    if ((st = bl_precise(net, d, &pc, &pr))) goto out;
+    r->worst_se = pr.worst_se;
+    for (int k = 0; k < K; k++) {
+        const bl_bn *bn = bl_net_bn_at(net, k);
+        bl_inspect_row *w = &r->row[k];
+        const int C = bn->cfg.channels;
+        const double eps = bn->cfg.eps;
+        snprintf(w->name, sizeof w->name, "%s", bn->name);
+        w->channels = C;
+        int outside = 0;
+        for (int ch = 0; ch < C; ch++) {
+            const size_t i = (size_t)k * maxc + ch;
+            const double mp = bn->pop_mean[ch], vp = bn->pop_var[ch] + eps;
+            const double ms = smu[i], vs = svar[i] + eps;
+            const double shift = fabs(ms - mp) / sqrt(vp), lv = fabs(log(vs / vp));
+            const double kl = 0.5 * (vp / vs + (ms - mp) * (ms - mp) / vs - 1 + log(vs / vp));
+            w->shift_mean += shift / C, w->kl_mean += kl / C;
+            w->shift_max = shift > w->shift_max ? shift : w->shift_max;
+            w->logvar_max = lv > w->logvar_max ? lv : w->logvar_max;
+            w->kl_max = kl > w->kl_max ? kl : w->kl_max;
+            memcpy(tmp, bm + i * c->batches, sizeof(double) * c->batches);
+            const double lo = quantile(tmp, c->batches, 0.05), hi = quantile(tmp, c->batches, 0.95);
+            outside += ms < lo || ms > hi;
+        }
+        w->outside = (double)outside / C;
+        w->flagged = w->kl_max > BL_INSPECT_KL_MAX || w->outside > BL_INSPECT_OUTSIDE_MAX;
+        r->flagged += w->flagged;
+    }
+out:
+    bl_pop_restore(net, &stored);
+    bl_pop_free(&stored);
+    free(smu), free(bm), free(tmp), free(idx), bl_free(x), free(y);
+    return st;
+}
