@@ -65,3 +65,22 @@ plot $plot
 GP
   done
 }
+
+# exp_model NAME EPOCHS ARGS...: a training run shared by experiments (results/models/NAME, or
+# results/quick/models/NAME), resumed if it stopped, skipped if done. The EMA statistics are kept
+# (--final-precise-bn off) so experiments can compare estimators. Sets MODEL_DIR.
+exp_model() {
+  local name=$1 epochs=$2
+  shift 2
+  MODEL_DIR=results/models/$name
+  [ $QUICK = 1 ] && MODEL_DIR=results/quick/models/$name
+  mkdir -p "$MODEL_DIR"
+  if [ -s "$MODEL_DIR/metrics.jsonl" ] && [ "$(wc -l < "$MODEL_DIR/metrics.jsonl")" -ge "$epochs" ]; then
+    echo "   have $MODEL_DIR"; return 0
+  fi
+  local resume=()
+  [ -s "$MODEL_DIR/last.safetensors" ] && resume=(--resume "$MODEL_DIR/last.safetensors")
+  echo "   run  $MODEL_DIR (log: $MODEL_DIR/train.log)"
+  "$BNLAB" train --epochs "$epochs" --final-precise-bn off "$@" "${resume[@]}" \
+    --out "$MODEL_DIR" >> "$MODEL_DIR/train.log"
+}

@@ -1,9 +1,11 @@
-/* A direct NHWC 3x3 convolution (stride 1, padding 1) for channel counts that are multiples of 16,
- * the shape of nearly every convolution in the CIFAR ResNet. Instead of materializing im2col and
- * packing it for GEMM, each thread pads one sample into a small buffer and accumulates a row of up
- * to 14 output pixels x 16 output channels in registers: one weight vector load feeds 14 FMAs with
- * broadcast inputs. Forward and, with flipped/transposed weights, the input gradient use it; the
- * weight gradient stays on im2col + GEMM. AVX-512 only; other builds and shapes use im2col. */
+/* A direct NHWC 3x3 convolution (padding 1) for output channels in multiples of 16, the shape of
+ * nearly every convolution in the CIFAR ResNet. Instead of materializing im2col and packing it for
+ * GEMM, each thread pads one sample into a small buffer and accumulates a row of up to 14 output
+ * pixels x 16 output channels in registers: one weight vector load feeds 14 FMAs with broadcast
+ * inputs. Its uses: the forward at stride 1 or 2 and any input channels (the stem has 1), the
+ * input gradient at stride 1 with flipped/transposed weights (where Winograd, winograd.c, is not
+ * used), and the weight gradient at stride 1 (bl_conv3x3_dw). The forward can apply the inference
+ * epilogue (BN, residual add, ReLU) before its store. AVX-512 only; other builds use im2col. */
 #include "nn/conv3x3.h"
 #include "bnlab/core.h"
 

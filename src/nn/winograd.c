@@ -6,10 +6,10 @@
  *   Y = A^T [ (G g G^T) .* (B^T d B) ] A        (Lavin & Gray, "Fast Algorithms for CNNs", 2016)
  *
  * Channels sit in the 16 vector lanes, so the transforms are vector adds. Per thread, one sample
- * at a time (border tiles read zeros outside the map: no padded copy), its tiles in groups of RB: the group's
- * input transforms V[16 positions][RB tiles][cin], then per position a small GEMM with RB
- * accumulators in registers M[pos][tile][cout] = V[pos][tile][:] U[pos][:][cout], then the output
- * transforms with the inference epilogue. Groups are small enough to stay in L1/L2.
+ * at a time (border tiles read zeros outside the map: no padded copy), its tiles in groups of RB:
+ * the group's input transforms V[16 positions][RB tiles][cin], then per position a small GEMM with
+ * RB accumulators in registers M[pos][tile][cout] = V[pos][tile][:] U[pos][:][cout], then the
+ * output transforms with the inference epilogue. Groups are small enough to stay in L1/L2.
  *
  * Numerics: the transforms use only +, - and (for the weights) 0.5, so the result differs from a
  * direct convolution by a few float roundings per output (tested against a double reference). */

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# E1 (paper experiment 1): EMA vs PreciseBN population statistics during training, at SGD batch 128
+# and at a large batch (2048 = 16x, linear lr scaling to 1.6 with 5 warmup epochs), the
+# normalization batch 128 in both (ghost groups of 128 at 2048, as the paper kept 32 images per GPU).
+# After every epoch: test error with the EMA statistics and with fresh PreciseBN statistics (10^4
+# images, batch 200). Then `bnlab inspect` on the large-batch EMA checkpoint, and again after
+# `bnlab precise`.
+# Full: resnet20 w=16, 30 epochs each, about two hours on 2 cores (batch 4096 would need 17 GB of
+# activations; 2048 needs 8.5). Quick: resnet8 w=8, 2 epochs, batches 128 and 1024, 1000 images.
+EXP_USAGE="  writes results/e1-ema-vs-precise/{b128,b2048}/metrics.jsonl, inspect JSON, table.md, e1.png, e1.svg"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+exp_init e1-ema-vs-precise "$@"
+
+if [ $QUICK = 1 ]; then
+  MODEL="--model resnet8 --width 8"; EPOCHS=2; BIG=1024; WARM=0.5; PS=1000; IS=2000
+else
+  MODEL="--model resnet20 --width 16"; EPOCHS=30; BIG=2048; WARM=5; PS=10000; IS=10000
+fi
+
+# train NAME ARGS...: a resumable run with PreciseBN evaluation every epoch, EMA kept at the end
+train() {
+  local dir=$OUT/$1
+  shift
+  mkdir -p "$dir"
+  if [ -s "$dir/metrics.jsonl" ] && [ "$(wc -l < "$dir/metrics.jsonl")" -ge $EPOCHS ]; then
+    echo "   have $dir"; return 0
+  fi
+  local resume=()
+  [ -s "$dir/last.safetensors" ] && resume=(--resume "$dir/last.safetensors")
+  echo "   run  $dir"
+  "$BNLAB" train $MODEL --epochs $EPOCHS --precise-bn-every 1 --final-precise-bn off \
+    --precise-samples $PS "$@" "${resume[@]}" --out "$dir" >> "$dir/train.log"
+}
+train b128 --batch 128
+train b$BIG --batch $BIG --norm-batch 128 --lr-scaling linear --warmup-epochs $WARM
+
+# inspect the large-batch EMA checkpoint, then its PreciseBN version
+big=$OUT/b$BIG
+exp_step "$OUT/raw/inspect_b${BIG}_ema.json" "$BNLAB" inspect "$big/last.safetensors" --samples $IS --json
+[ -s "$big/precise.safetensors" ] || "$BNLAB" precise "$big/last.safetensors" -o "$big/precise.safetensors" --samples $IS --json > "$OUT/raw/precise_b${BIG}.json"
+exp_step "$OUT/raw/inspect_b${BIG}_precise.json" "$BNLAB" inspect "$big/precise.safetensors" --samples $IS --json
+
+for r in b128 b$BIG; do
+  jq -r '"\(.epoch) \(.test_err_population) \(.test_err_precise)"' "$OUT/$r/metrics.jsonl" > "$OUT/$r.dat"
+done
+stats() { # final EMA, final precise, mean |EMA - precise| over epochs, largest gap and its epoch
+  jq -s -r 'map({e: .epoch, g: (.test_err_population - .test_err_precise)}) as $g
+    | (map(.test_err_population) | last) as $ema | (map(.test_err_precise) | last) as $pre
+    | ($g | map(.g | fabs) | add / length) as $mean | ($g | max_by(.g | fabs)) as $w
+    | "\($ema) | \($pre) | \($mean * 100 | round / 100) | \($w.g * 100 | round / 100) (epoch \($w.e))"' "$1"
+}
+verdict() { jq -r '"\(.verdict) (\(.flagged) of \(.layers | length) layers flagged)"' "$1"; }
+{
+  echo "# E1: EMA vs PreciseBN during training ($MODEL, Fashion-MNIST, $EPOCHS epochs)"
+  echo
+  echo "Test error (%) with the EMA statistics and with PreciseBN statistics ($PS images) after"
+  echo "every epoch; normalization batch 128 in both runs."
+  echo
+  echo "| SGD batch | final EMA | final PreciseBN | mean abs(EMA - PreciseBN) | largest EMA - PreciseBN |"
+  echo "|---|---:|---:|---:|---:|"
+  echo "| 128 | $(stats "$OUT/b128/metrics.jsonl") |"
+  echo "| $BIG (lr x$((BIG / 128)), warmup $WARM) | $(stats "$big/metrics.jsonl") |"
+  echo
+  echo "\`bnlab inspect\` on the batch-$BIG checkpoint: EMA statistics: $(verdict "$OUT/raw/inspect_b${BIG}_ema.json");"
+  echo "after \`bnlab precise\`: $(verdict "$OUT/raw/inspect_b${BIG}_precise.json")."
+} > "$OUT/table.md"
+exp_plot "$OUT/e1" "E1: EMA vs PreciseBN statistics during training" "epoch" "test error (%)" \
+  "set logscale y; set key top right" \
+  "'$OUT/b128.dat' using 1:2 with linespoints lw 2 pt 7 dt 2 title 'batch 128, EMA', '$OUT/b128.dat' using 1:3 with linespoints lw 2 pt 7 title 'batch 128, PreciseBN', '$OUT/b$BIG.dat' using 1:2 with linespoints lw 2 pt 5 dt 2 title 'batch $BIG, EMA', '$OUT/b$BIG.dat' using 1:3 with linespoints lw 2 pt 5 title 'batch $BIG, PreciseBN'"
+cat "$OUT/table.md"
