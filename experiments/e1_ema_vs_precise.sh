@@ -12,10 +12,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 exp_init e1-ema-vs-precise "$@"
 
 if [ $QUICK = 1 ]; then
-  MODEL="--model resnet8 --width 8"; EPOCHS=2; BIG=1024; WARM=0.5; PS=1000; IS=2000
+  MODEL="--model resnet8 --width 8"; EPOCHS=2; BIG=1024; WARM=0.5; PS=1000; IS=2000; KEEP=1
 else
-  MODEL="--model resnet20 --width 16"; EPOCHS=30; BIG=2048; WARM=5; PS=10000; IS=10000
+  MODEL="--model resnet20 --width 16"; EPOCHS=30; BIG=2048; WARM=5; PS=10000; IS=10000; KEEP=5
 fi
+tmp=$OUT/raw/.work
+mkdir -p "$tmp"
+trap 'rm -rf "$tmp"' EXIT
 
 # train NAME ARGS...: a resumable run with PreciseBN evaluation every epoch, EMA kept at the end
 train() {
@@ -32,13 +35,19 @@ train() {
     --precise-samples $PS "$@" "${resume[@]}" --out "$dir" >> "$dir/train.log"
 }
 train b128 --batch 128
-train b$BIG --batch $BIG --norm-batch 128 --lr-scaling linear --warmup-epochs $WARM
+train b$BIG --batch $BIG --norm-batch 128 --lr-scaling linear --warmup-epochs $WARM --keep-every $KEEP
 
-# inspect the large-batch EMA checkpoint, then its PreciseBN version
+# inspect the large-batch EMA statistics where they are furthest from PreciseBN's (of the epochs
+# kept every $KEEP), then the same weights after bnlab precise
 big=$OUT/b$BIG
-exp_step "$OUT/raw/inspect_b${BIG}_ema.json" "$BNLAB" inspect "$big/last.safetensors" --samples $IS --json
-[ -s "$big/precise.safetensors" ] || "$BNLAB" precise "$big/last.safetensors" -o "$big/precise.safetensors" --samples $IS --json > "$OUT/raw/precise_b${BIG}.json"
-exp_step "$OUT/raw/inspect_b${BIG}_precise.json" "$BNLAB" inspect "$big/precise.safetensors" --samples $IS --json
+pick=$(jq -s -r --argjson k $KEEP 'map(select(.epoch % $k == 0))
+  | max_by(.test_err_population - .test_err_precise | fabs) | .epoch' "$big/metrics.jsonl")
+ck=$big/epoch$pick.safetensors
+exp_step "$OUT/raw/inspect_b${BIG}_ema.json" "$BNLAB" inspect "$ck" --samples $IS --json
+if [ ! -s "$OUT/raw/inspect_b${BIG}_precise.json" ]; then
+  "$BNLAB" precise "$ck" -o "$tmp/p.safetensors" --samples $IS --json > "$OUT/raw/precise_b${BIG}.json"
+  exp_step "$OUT/raw/inspect_b${BIG}_precise.json" "$BNLAB" inspect "$tmp/p.safetensors" --samples $IS --json
+fi
 
 for r in b128 b$BIG; do
   jq -r '"\(.epoch) \(.test_err_population) \(.test_err_precise)"' "$OUT/$r/metrics.jsonl" > "$OUT/$r.dat"
@@ -61,7 +70,8 @@ verdict() { jq -r '"\(.verdict) (\(.flagged) of \(.layers | length) layers flagg
   echo "| 128 | $(stats "$OUT/b128/metrics.jsonl") |"
   echo "| $BIG (lr x$((BIG / 128)), warmup $WARM) | $(stats "$big/metrics.jsonl") |"
   echo
-  echo "\`bnlab inspect\` on the batch-$BIG checkpoint: EMA statistics: $(verdict "$OUT/raw/inspect_b${BIG}_ema.json");"
+  echo "\`bnlab inspect\` on the batch-$BIG checkpoint of epoch $pick (the kept epoch where EMA and"
+  echo "PreciseBN differ most): EMA statistics: $(verdict "$OUT/raw/inspect_b${BIG}_ema.json");"
   echo "after \`bnlab precise\`: $(verdict "$OUT/raw/inspect_b${BIG}_precise.json")."
 } > "$OUT/table.md"
 exp_plot "$OUT/e1" "E1: EMA vs PreciseBN statistics during training" "epoch" "test error (%)" \

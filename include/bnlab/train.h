@@ -214,6 +214,8 @@ typedef struct {
     int threads, eval_every, eval_minibatch, val;
     long max_steps;       /* 0: no limit */
     int checkpoint_every; /* epochs between checkpoints (the last one and stops always write) */
+    int keep_every;       /* also keep epoch<N>.safetensors every K epochs (0: none), to branch or
+                           * inspect from the middle of a run */
     /* PreciseBN during training: every precise_every epochs (0: never) also the test error with
      * fresh precise statistics (the EMA ones are restored after); final_precise: the end of
      * training replaces the EMA statistics by precise ones (in the checkpoint too) */

@@ -58,6 +58,8 @@ int cmd_train(int argc, char **argv)
          "PreciseBN: training images"},
         {"--precise-batch", OPT_INT, &c.precise_batch, 0, 1, 65536, NULL,
          "PreciseBN: images per batch"},
+        {"--keep-every", OPT_INT, &c.keep_every, 0, 0, 100000, NULL,
+         "also keep DIR/epoch<N>.safetensors every K epochs (0: none)"},
         {"--checkpoint-every", OPT_INT, &c.checkpoint_every, 0, 1, 100000, NULL,
          "write last.safetensors every K epochs (also at the end and on a stop)"},
         {"--out", OPT_STR, c.out, sizeof c.out, 0, 0, NULL,

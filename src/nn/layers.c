@@ -103,7 +103,8 @@ static int conv_chunk(const conv_state *s, const bl_tensor *y)
 #define THREAD_ID 0
 #endif
 
-/* The direct kernel: packs the weights (flipped for the input gradient) and runs it. */
+/* A 3x3 convolution with padding 1 (flip: the input gradient's, with flipped weights): Winograd
+ * where it applies, else the direct kernel; both pack the weights per call. */
 static bl_status conv3x3_run(bl_net *net, const float *x, int n, int h, int w, int cin, int cout,
                              int stride, const float *w_ohwi, int flip, float *y, int acc,
                              const bl_conv_epi *epi)

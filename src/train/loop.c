@@ -123,12 +123,12 @@ static void config_json(const bl_train_cfg *c, char *out, size_t len)
              "\"warmup_epochs\":%g,\"lr_scaling\":\"%s\",\"seed\":%llu,\"threads\":%d,"
              "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
              "\"precise_bn_every\":%d,\"final_precise_bn\":%d,\"precise_samples\":%ld,"
-             "\"precise_batch\":%d,\"data_dir\":\"%s\"}",
+             "\"precise_batch\":%d,\"keep_every\":%d,\"data_dir\":\"%s\"}",
              c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
              c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
              c->lr_linear ? "linear" : "none", (unsigned long long)c->seed, c->threads,
              c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->precise_every,
-             c->final_precise, c->precise_samples, c->precise_batch, c->data_dir);
+             c->final_precise, c->precise_samples, c->precise_batch, c->keep_every, c->data_dir);
 }
 
 static bl_status load_data(const bl_train_cfg *c, bl_dataset *train, bl_dataset *test)
@@ -352,6 +352,11 @@ bl_status bl_train(const bl_train_cfg *c)
             if ((info.epoch % c->checkpoint_every == 0 || last) &&
                 (st = bl_checkpoint_save(&net, cpath, &info)))
                 break;
+            if (c->keep_every > 0 && info.epoch % c->keep_every == 0) {
+                char kpath[1100];
+                snprintf(kpath, sizeof kpath, "%s/epoch%d.safetensors", c->out, info.epoch);
+                if ((st = bl_checkpoint_save(&net, kpath, &info))) break;
+            }
         }
     }
     if (!st && !stopped) {
