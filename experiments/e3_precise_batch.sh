@@ -3,8 +3,9 @@
 # batch 32 and 2 (ghost groups in an SGD batch of 128); their test error with the EMA statistics,
 # with PreciseBN at B in {2, 10, 100, 1000} (N = 10^4 training images), and with the exact
 # sequential mode (no dependence on B).
-# Full: resnet20 w=16, 20 epochs per model (the models are shared with E4: results/models/), about
-# 80 minutes of training and 10 of PreciseBN on 2 cores. Quick: resnet8 w=8, 1 epoch, N = 1000.
+# Full: resnet20 w=16, 20 epochs per model (the models are shared with E4 and E5: results/models/,
+# with checkpoints kept every 4 epochs for E5's FrozenBN branches), about 80 minutes of training
+# and 10 of PreciseBN on 2 cores. Quick: resnet8 w=8, 1 epoch, N = 1000.
 EXP_USAGE="  writes results/e3-precise-batch/{raw/*.json,table.md,e3.png,e3.svg}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 exp_init e3-precise-batch "$@"
@@ -19,7 +20,7 @@ tmp=$OUT/raw/.work
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 for nbs in 32 2; do
-  exp_model "$TAG-nbs$nbs" $EPOCHS $ARCH --batch 128 --norm-batch $nbs
+  exp_model "$TAG-nbs$nbs" $EPOCHS $ARCH --batch 128 --norm-batch $nbs --keep-every 4
   ck=$MODEL_DIR/last.safetensors
   for b in $BS; do
     exp_step "$OUT/raw/nbs${nbs}_B${b}.json" "$BNLAB" precise "$ck" -o "$tmp/p.safetensors" \
