@@ -218,8 +218,13 @@ typedef struct {
                            * inspect from the middle of a run */
     /* PreciseBN during training: every precise_every epochs (0: never) also the test error with
      * fresh precise statistics (the EMA ones are restored after); final_precise: the end of
-     * training replaces the EMA statistics by precise ones (in the checkpoint too) */
+     * training replaces the EMA statistics by precise ones (in the checkpoint too); -1: auto, on
+     * unless frozen_epochs (whose frozen statistics are then the model's) */
     int precise_every, final_precise;
+    /* "population batch in training" (FrozenBN): the last frozen_epochs epochs normalize with
+     * fixed population statistics, PreciseBN at the start of the phase (each epoch with
+     * frozen_reestimate); gamma and beta keep training, no EMA */
+    int frozen_epochs, frozen_reestimate;
     long precise_samples; /* N, default 10^4 */
     int precise_batch;    /* B, default 200 */
     char out[1024], data_dir[1024], resume[1024];

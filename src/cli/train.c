@@ -23,7 +23,7 @@ int cmd_train(int argc, char **argv)
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
     bl_train_cfg c;
     bl_train_defaults(&c);
-    int sched = (int)c.schedule, scaling = 0;
+    int sched = (int)c.schedule, scaling = 0, final_precise = 0; /* auto|on|off */
     const cli_opt opts[] = {
         {"--model", OPT_STR, c.model, sizeof c.model, 0, 0, NULL, "resnet8|14|20|32|56 (6n+2)"},
         {"--width", OPT_INT, &c.width, 0, 1, 1024, NULL, "channels of the first stage"},
@@ -52,8 +52,14 @@ int cmd_train(int argc, char **argv)
          "stop after N steps in all (0: none), with a checkpoint to --resume from"},
         {"--precise-bn-every", OPT_INT, &c.precise_every, 0, 0, 100000, NULL,
          "also evaluate with fresh PreciseBN statistics every K epochs (0: never)"},
-        {"--final-precise-bn", OPT_ONOFF, &c.final_precise, 0, 0, 0, NULL,
-         "at the end, replace the EMA statistics by PreciseBN ones (checkpoint included)"},
+        {"--final-precise-bn", OPT_CHOICE, &final_precise, 0, 0, 0, "auto|on|off",
+         "at the end, replace the EMA statistics by PreciseBN ones (checkpoint included); "
+         "auto: on, off with --frozen-bn-epochs"},
+        {"--frozen-bn-epochs", OPT_INT, &c.frozen_epochs, 0, 0, 100000, NULL,
+         "FrozenBN: the last K epochs normalize with fixed PreciseBN population statistics "
+         "(gamma, beta keep training); with --resume, branch from a regular run"},
+        {"--frozen-bn-reestimate", OPT_ONOFF, &c.frozen_reestimate, 0, 0, 0, NULL,
+         "FrozenBN: re-estimate the statistics at every epoch of the phase"},
         {"--precise-samples", OPT_LONG, &c.precise_samples, 0, 1, 60000, NULL,
          "PreciseBN: training images"},
         {"--precise-batch", OPT_INT, &c.precise_batch, 0, 1, 65536, NULL,
@@ -75,6 +81,7 @@ int cmd_train(int argc, char **argv)
     if (rc) return rc == 1 ? 0 : 2;
     c.schedule = (bl_schedule)sched;
     c.lr_linear = scaling;
+    c.final_precise = final_precise == 0 ? -1 : final_precise == 1;
     cli_print_config(stdout, "train", opts, n);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

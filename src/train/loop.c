@@ -37,7 +37,7 @@ void bl_train_defaults(bl_train_cfg *c)
     c->threads = 2;
     c->eval_every = 1;
     c->checkpoint_every = 1;
-    c->final_precise = 1;
+    c->final_precise = -1;
     c->precise_samples = 10000;
     c->precise_batch = 200;
     snprintf(c->data_dir, sizeof c->data_dir, "%s", BL_FMNIST_DIR);
@@ -123,12 +123,14 @@ static void config_json(const bl_train_cfg *c, char *out, size_t len)
              "\"warmup_epochs\":%g,\"lr_scaling\":\"%s\",\"seed\":%llu,\"threads\":%d,"
              "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
              "\"precise_bn_every\":%d,\"final_precise_bn\":%d,\"precise_samples\":%ld,"
-             "\"precise_batch\":%d,\"keep_every\":%d,\"data_dir\":\"%s\"}",
+             "\"precise_batch\":%d,\"keep_every\":%d,\"frozen_bn_epochs\":%d,"
+             "\"frozen_bn_reestimate\":%d,\"data_dir\":\"%s\"}",
              c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
              c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
              c->lr_linear ? "linear" : "none", (unsigned long long)c->seed, c->threads,
              c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->precise_every,
-             c->final_precise, c->precise_samples, c->precise_batch, c->keep_every, c->data_dir);
+             c->final_precise, c->precise_samples, c->precise_batch, c->keep_every,
+             c->frozen_epochs, c->frozen_reestimate, c->data_dir);
 }
 
 static bl_status load_data(const bl_train_cfg *c, bl_dataset *train, bl_dataset *test)
@@ -182,7 +184,13 @@ bl_status bl_train(const bl_train_cfg *c)
         return bl_fail(BL_ERR_ARG, "--batch %d exceeds the %d training samples", c->batch, train.n);
     }
     bl_net net;
-    const int use_precise = c->precise_every > 0 || c->final_precise;
+    if (c->frozen_epochs < 0 || c->frozen_epochs > c->epochs) {
+        bl_dataset_free(&train), bl_dataset_free(&test);
+        return bl_fail(BL_ERR_ARG, "--frozen-bn-epochs %d: use 0..%d (--epochs)", c->frozen_epochs,
+                       c->epochs);
+    }
+    const int final_precise = c->final_precise < 0 ? c->frozen_epochs == 0 : c->final_precise;
+    const int use_precise = c->precise_every > 0 || final_precise || c->frozen_epochs > 0;
     if (use_precise && (c->precise_samples < 1 || c->precise_samples > train.n ||
                         c->precise_batch < 1)) {
         bl_dataset_free(&train), bl_dataset_free(&test);
@@ -254,6 +262,16 @@ bl_status bl_train(const bl_train_cfg *c)
         long wrong = info.ep_wrong, seen = info.ep_seen, fresh = 0;
         bl_epoch_order(train.n, seed, ep, 0, order);
         aug.epoch = ep;
+        /* FrozenBN: population statistics from PreciseBN when the phase starts (or every epoch
+         * with re-estimation); a run resumed inside the phase keeps its checkpoint's */
+        const int frozen = c->frozen_epochs > 0 && ep >= c->epochs - c->frozen_epochs;
+        if (frozen && seen == 0 && (ep == c->epochs - c->frozen_epochs || c->frozen_reestimate)) {
+            bl_precise_report rep;
+            if ((st = bl_precise(&net, &train, &pcfg, &rep))) break;
+            bl_precise_record(info.precise, sizeof info.precise, &pcfg, &rep, &net);
+            printf("epoch %d: BN statistics frozen (PreciseBN, %ld images); gamma and beta keep "
+                   "training\n", ep + 1, pcfg.samples);
+        }
         for (long s = seen / c->batch; s < spe && !st; s++) {
             if ((c->max_steps && info.step >= c->max_steps) || (c->stop && *c->stop)) {
                 stopped = 1;
@@ -261,7 +279,7 @@ bl_status bl_train(const bl_train_cfg *c)
             }
             lr = bl_lr_at(c, info.step, T, W);
             bl_dataset_batch(&train, order + s * c->batch, c->batch, &aug, x, y);
-            net.bn_mode = BL_BN_BATCH;
+            net.bn_mode = frozen ? BL_BN_POPULATION : BL_BN_BATCH;
             net.groups = g < c->batch ? &groups : NULL;
             bl_net_zero_grad(&net);
             double ls;
@@ -280,7 +298,7 @@ bl_status bl_train(const bl_train_cfg *c)
                 break;
             }
             bl_sgd_step(&net, &sgd, lr);
-            for (int b = 0; b < bl_net_bn_count(&net) && !st; b++)
+            for (int b = 0; b < bl_net_bn_count(&net) && !st && !frozen; b++)
                 st = bl_bn_commit(bl_net_bn_at(&net, b), BL_EST_EMA);
             loss_sum += ls;
             wrong += c->batch - ok;
@@ -317,7 +335,7 @@ bl_status bl_train(const bl_train_cfg *c)
                 (st = bl_evaluate(&net, &test, BL_BN_BATCH, g, seed, &mb)))
                 break;
         }
-        const int keep_precise = last && c->final_precise;
+        const int keep_precise = last && final_precise;
         if ((c->precise_every > 0 && ((ep + 1) % c->precise_every == 0 || last)) || keep_precise) {
             /* fresh PreciseBN statistics for this evaluation; training goes on with the EMA ones
              * (restored exactly), except at the end with final_precise */
@@ -378,7 +396,7 @@ bl_status bl_train(const bl_train_cfg *c)
                 printf("  %-24s %.2f%% (PreciseBN statistics, %ld images%s)\n",
                        pop.err >= 0 ? "" : c->val > 0 ? "validation error" : "test error",
                        final_pre.err, c->precise_samples,
-                       c->final_precise ? "; the checkpoint keeps these" : "");
+                       final_precise ? "; the checkpoint keeps these" : "");
             if (final_mb.err >= 0)
                 printf("  %-24s %.2f%% (mini-batch statistics, groups of %d)\n", "", final_mb.err, g);
             if (best_epoch > 0)
