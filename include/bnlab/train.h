@@ -225,7 +225,7 @@ typedef struct {
      * fixed population statistics, PreciseBN at the start of the phase (each epoch with
      * frozen_reestimate); gamma and beta keep training, no EMA */
     int frozen_epochs, frozen_reestimate;
-    long precise_samples; /* N, default 10^4 */
+    long precise_samples; /* N; 0 (default): 10^4, or the training split if smaller */
     int precise_batch;    /* B, default 200 */
     char out[1024], data_dir[1024], resume[1024];
     /* set (e.g. by a SIGINT/SIGTERM handler) to stop after the current step with a checkpoint */

@@ -38,7 +38,7 @@ void bl_train_defaults(bl_train_cfg *c)
     c->eval_every = 1;
     c->checkpoint_every = 1;
     c->final_precise = -1;
-    c->precise_samples = 10000;
+    c->precise_samples = 0; /* 10^4, or the whole split if smaller */
     c->precise_batch = 200;
     snprintf(c->data_dir, sizeof c->data_dir, "%s", BL_FMNIST_DIR);
 }
@@ -191,11 +191,12 @@ bl_status bl_train(const bl_train_cfg *c)
     }
     const int final_precise = c->final_precise < 0 ? c->frozen_epochs == 0 : c->final_precise;
     const int use_precise = c->precise_every > 0 || final_precise || c->frozen_epochs > 0;
-    if (use_precise && (c->precise_samples < 1 || c->precise_samples > train.n ||
-                        c->precise_batch < 1)) {
+    const long psamples = c->precise_samples ? c->precise_samples
+                                             : (train.n < 10000 ? train.n : 10000);
+    if (use_precise && (psamples < 1 || psamples > train.n || c->precise_batch < 1)) {
         bl_dataset_free(&train), bl_dataset_free(&test);
         return bl_fail(BL_ERR_ARG, "PreciseBN with %ld samples in batches of %d: use --precise-samples "
-                       "in 1..%d and --precise-batch >= 1", c->precise_samples, c->precise_batch,
+                       "in 1..%d and --precise-batch >= 1", psamples, c->precise_batch,
                        train.n);
     }
     /* room for PreciseBN's batches too (the activations are sized by the largest batch) */
@@ -249,7 +250,7 @@ bl_status bl_train(const bl_train_cfg *c)
            "train_err", "test_pop", "test_mb", "test_pre", "img/s", "seconds");
     bl_precise_cfg pcfg;
     bl_precise_defaults(&pcfg);
-    pcfg.samples = c->precise_samples, pcfg.batch = c->precise_batch, pcfg.seed = seed;
+    pcfg.samples = psamples, pcfg.batch = c->precise_batch, pcfg.seed = seed;
     double t_run = now();
     bl_eval_result final = {-1, 0, 0}, final_mb = {-1, 0, 0}, final_pre = {-1, 0, 0};
     const char *final_src = "ema";
@@ -395,7 +396,7 @@ bl_status bl_train(const bl_train_cfg *c)
             if (final_pre.err >= 0)
                 printf("  %-24s %.2f%% (PreciseBN statistics, %ld images%s)\n",
                        pop.err >= 0 ? "" : c->val > 0 ? "validation error" : "test error",
-                       final_pre.err, c->precise_samples,
+                       final_pre.err, psamples,
                        final_precise ? "; the checkpoint keeps these" : "");
             if (final_mb.err >= 0)
                 printf("  %-24s %.2f%% (mini-batch statistics, groups of %d)\n", "", final_mb.err, g);
