@@ -3,8 +3,8 @@
  * the same run, one after the other. Run on an idle machine.
  *
  * usage: bench_train [--model resnet20] [--width 16] [--batch 128] [--threads 2] [--steps 20]
- *                    [--only train|infer] [--json] [--no-torch]
- * --only runs one half (for perf record). */
+ *                    [--only train|infer] [--direct] [--json] [--no-torch]
+ * --only runs one half (for perf record); --direct turns Winograd off (the direct 3x3 kernel). */
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/bnlab.h"
 #include "bench_common.h"
@@ -23,6 +23,7 @@ int main(int argc, char **argv)
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--json")) json = 1;
         else if (!strcmp(o, "--no-torch")) use_torch = 0;
+        else if (!strcmp(o, "--direct")) bl_conv_set_winograd(0);
         else if (!strcmp(o, "--model") && v) model = v, i++;
         else if (!strcmp(o, "--only") && v && (!strcmp(v, "train") || !strcmp(v, "infer")))
             only = v, i++;
@@ -32,8 +33,8 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "--steps") && v) steps = atoi(v), i++;
         else {
             fprintf(stderr, "usage: bench_train [--model resnet20] [--width 16] [--batch 128] "
-                            "[--threads 2] [--steps 20] [--only train|infer] [--json] "
-                            "[--no-torch]\n");
+                            "[--threads 2] [--steps 20] [--only train|infer] [--direct] "
+                            "[--json] [--no-torch]\n");
             return 2;
         }
     }
