@@ -8,7 +8,7 @@
 int cmd_eval(int argc, char **argv)
 {
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
-    int stats = 0, split = 0, json = 0, norm_batch = 128, batch = 1000, threads = 2;
+    int stats = 0, split = 0, json = 0, norm_batch = 128, batch = 256, threads = 2;
     uint64_t seed = 1;
     char data_dir[1024];
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);

@@ -62,7 +62,7 @@ int cmd_precise(int argc, char **argv)
         return 2;
     }
     bl_threads_set(threads);
-    const int eval_batch = 1000;
+    const int eval_batch = 256; /* activations are ~4 MB per image (resnet20) */
     bl_net net;
     bl_ckpt_info info;
     if (bl_checkpoint_open(pos[0], c.batch > eval_batch ? c.batch : eval_batch, &net, &info)) {
