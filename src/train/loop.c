@@ -212,7 +212,9 @@ bl_status bl_train(const bl_train_cfg *c)
     if (c->resume[0]) {
         if ((st = bl_checkpoint_load(&net, c->resume, 1, &info))) goto done;
         config_json(c, info.config, sizeof info.config);
-        info.precise[0] = 0; /* training goes on with EMA statistics */
+        /* training goes on with EMA statistics, unless it resumes inside a FrozenBN phase */
+        if (!(c->frozen_epochs > 0 && info.epoch >= c->epochs - c->frozen_epochs))
+            info.precise[0] = 0;
         printf("resumed from %s at epoch %d, step %ld\n", c->resume, info.epoch, info.step);
         if (info.seed != c->seed)
             printf("note: the data order and augmentation follow the checkpoint's seed %llu, not "
