@@ -33,6 +33,32 @@ int main(void)
     bl_epoch_order(1000, 7, 3, 1, b);
     CHECK(memcmp(a, b, sizeof a), "another rank gives another order");
 
+    /* mini-batch evaluation order: a permutation; grouped by class, groups of 8 hold one class
+     * except where a class ends; random, almost none do */
+    {
+        static uint8_t lab2[1000], px2[1000];
+        for (int i = 0; i < 1000; i++) lab2[i] = (uint8_t)((i * 7) % 10);
+        bl_dataset d2 = {1000, 1, 1, px2, lab2};
+        int o[1000], seen[1000] = {0}, pure[2] = {0, 0};
+        for (int by = 0; by < 2; by++) {
+            bl_eval_order(&d2, 5, by, o);
+            int perm = 1;
+            memset(seen, 0, sizeof seen);
+            for (int i = 0; i < 1000; i++) perm &= !seen[o[i]]++;
+            CHECK(perm, "eval order (by_class %d) is not a permutation", by);
+            for (int gi = 0; gi < 125; gi++) {
+                int one = 1;
+                for (int k = 1; k < 8; k++) one &= lab2[o[gi * 8 + k]] == lab2[o[gi * 8]];
+                pure[by] += one;
+            }
+        }
+        CHECK(pure[1] >= 125 - 9 && pure[0] < 5, "groups of one class: %d by class, %d random",
+              pure[1], pure[0]);
+        int o2[1000];
+        bl_eval_order(&d2, 6, 1, o2);
+        CHECK(memcmp(o, o2, sizeof o), "by class: another seed gives another order inside classes");
+    }
+
     /* a tiny dataset: 3 images of 4x4 */
     uint8_t px[48], lab[3] = {1, 2, 3};
     for (int i = 0; i < 48; i++) px[i] = (uint8_t)(i * 5);

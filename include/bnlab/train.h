@@ -112,9 +112,12 @@ typedef struct {
 } bl_eval_result;
 
 /* Population statistics (bn = BL_BN_POPULATION), or mini-batch statistics (BL_BN_BATCH) of ghost
- * groups of norm_batch samples whose composition comes from a shuffle seeded by seed. */
+ * groups of norm_batch consecutive samples of bl_eval_order(d, seed, by_class). */
 bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_batch,
-                      uint64_t seed, bl_eval_result *r);
+                      uint64_t seed, int by_class, bl_eval_result *r);
+/* The order mini-batch evaluation groups samples in: a shuffle seeded by seed; by_class: then
+ * stably sorted by label, so groups hold one class (but where a class ends). */
+void bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order);
 
 /* ---- PreciseBN (precise.c) ----------------------------------------------------------------------
  * Re-estimates every BN layer's population statistics with the model fixed: `samples` images of
@@ -237,7 +240,9 @@ void bl_train_defaults(bl_train_cfg *c);
 double bl_lr_at(const bl_train_cfg *c, long t, long T, long W);
 /* The whole run: data, model, SGD, evaluation, metrics.jsonl and last.safetensors in c->out.
  * metrics.jsonl: one object per epoch with train_loss, train_err, test_err_population (the stored,
- * EMA statistics), test_err_minibatch, test_err_precise (fresh PreciseBN statistics). */
+ * EMA statistics), test_err_precise (fresh PreciseBN statistics), and with eval_minibatch
+ * test_err_minibatch and train_err_minibatch (10^4 fixed training images, no augmentation):
+ * the paper's three curves are train_err_minibatch, test_err_minibatch, test_err_precise. */
 bl_status bl_train(const bl_train_cfg *c);
 
 #ifdef __cplusplus

@@ -8,7 +8,7 @@
 int cmd_eval(int argc, char **argv)
 {
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
-    int stats = 0, split = 0, json = 0, norm_batch = 128, batch = 256, threads = 2;
+    int stats = 0, split = 0, json = 0, norm_batch = 128, batch = 256, threads = 2, compose = 0;
     uint64_t seed = 1;
     char data_dir[1024];
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
@@ -17,6 +17,8 @@ int cmd_eval(int argc, char **argv)
          "population: the checkpoint's stored statistics; minibatch: each group's own"},
         {"--norm-batch", OPT_INT, &norm_batch, 0, 1, 65536, NULL,
          "mini-batch statistics: samples per normalization group"},
+        {"--composition", OPT_CHOICE, &compose, 0, 0, 0, "random|class",
+         "mini-batch statistics: groups of random samples (seeded), or of one class each"},
         {"--split", OPT_CHOICE, &split, 0, 0, 0, "test|train", "which Fashion-MNIST split"},
         {"--batch", OPT_INT, &batch, 0, 1, 65536, NULL, "evaluation batch (memory)"},
         {"--seed", OPT_U64, &seed, 0, 0, 9e15, NULL, "seed of the mini-batch composition"},
@@ -49,7 +51,8 @@ int cmd_eval(int argc, char **argv)
         return 1;
     }
     bl_eval_result r;
-    rc = bl_evaluate(&net, &d, stats ? BL_BN_BATCH : BL_BN_POPULATION, norm_batch, seed, &r);
+    rc = bl_evaluate(&net, &d, stats ? BL_BN_BATCH : BL_BN_POPULATION, norm_batch, seed, compose,
+                     &r);
     if (rc) {
         fprintf(stderr, "bnlab eval: %s\n", bl_error());
     } else if (json) {
@@ -57,13 +60,14 @@ int cmd_eval(int argc, char **argv)
                r.loss, r.n, stats ? "minibatch" : "population");
         if (stats) printf("%d", norm_batch);
         else printf("null");
+        printf(",\"composition\":\"%s\"", stats ? (compose ? "class" : "random") : "none");
         printf(",\"split\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d}\n", split ? "train" : "test",
                bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), info.epoch);
     } else {
         printf("%s (%s w=%d, epoch %d): %s error %.2f%%, loss %.4f, %d images, %s statistics",
                pos[0], net.arch, net.width, info.epoch, split ? "train" : "test", r.err, r.loss,
                r.n, stats ? "mini-batch" : "population");
-        if (stats) printf(" (groups of %d)\n", norm_batch);
+        if (stats) printf(" (groups of %d, %s)\n", norm_batch, compose ? "one class each" : "random");
         else printf(" (%s)\n", bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source));
     }
     bl_dataset_free(&d);

@@ -85,9 +85,9 @@ int cmd_precise(int argc, char **argv)
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
     double t0 = 0, secs = 0;
     if (!json) c.progress = isatty(2) ? progress : NULL;
-    rc = evaluate ? bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &before) : BL_OK;
+    rc = evaluate ? bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, 0, &before) : BL_OK;
     if (!rc) t0 = now(), rc = bl_precise(&net, &train, &c, &r), secs = now() - t0;
-    if (!rc && evaluate) rc = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, &after);
+    if (!rc && evaluate) rc = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, 0, &after);
     if (!rc) {
         bl_precise_record(info.precise, sizeof info.precise, &c, &r, &net);
         rc = bl_checkpoint_save(&net, out, &info);

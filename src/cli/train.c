@@ -45,7 +45,8 @@ int cmd_train(int argc, char **argv)
         {"--eval-every", OPT_INT, &c.eval_every, 0, 0, 100000, NULL,
          "evaluate every k epochs (0: only at the end)"},
         {"--eval-minibatch", OPT_ONOFF, &c.eval_minibatch, 0, 0, 0, NULL,
-         "also evaluate with mini-batch statistics at the normalization batch"},
+         "also evaluate with mini-batch statistics at the normalization batch: test error, and "
+         "train error on 10^4 training images"},
         {"--val", OPT_INT, &c.val, 0, 0, 59999, NULL,
          "carve a validation split of N training images (it replaces the test set)"},
         {"--max-steps", OPT_LONG, &c.max_steps, 0, 0, 9e15, NULL,
