@@ -48,15 +48,9 @@ void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp
 /* One row segment: acc[r] over r < RB output pixels starting at ox0, 16 output channels; input
  * pixel r of the segment starts xs = stride * cin floats after pixel r - 1. mode 0 stores, 1 adds
  * to y, 2 applies the epilogue (e: this block's 16 channels; res: the residual row or NULL). */
-typedef struct {
-    __m512 mu, sc, sh;
-    const float *res;
-    int relu;
-} epi16;
-
 #define ROW_KERNEL(RB)                                                                             \
     static inline void row_##RB(const float *xp, int wpad, int cin, int xs, const float *wb,       \
-                                float *y, int cout, int mode, const epi16 *e, const float *res)    \
+                                float *y, int cout, int mode, const bl_epi16 *e, const float *res) \
     {                                                                                              \
         __m512 a[RB];                                                                              \
         for (int r = 0; r < RB; r++)                                                               \
@@ -72,11 +66,8 @@ typedef struct {
                 }                                                                                  \
             }                                                                                      \
         if (mode == 2)                                                                             \
-            for (int r = 0; r < RB; r++) {                                                         \
-                __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(a[r], e->mu), e->sc), e->sh); \
-                if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + (size_t)r * cout));            \
-                a[r] = e->relu ? _mm512_max_ps(v, _mm512_setzero_ps()) : v;                        \
-            }                                                                                      \
+            for (int r = 0; r < RB; r++)                                                           \
+                a[r] = bl_epi16_apply(e, a[r], res ? res + (size_t)r * cout : NULL);               \
         for (int r = 0; r < RB; r++) _mm512_storeu_ps(y + (size_t)r * cout, a[r]);                 \
     }
 ROW_KERNEL(14)
@@ -109,13 +100,8 @@ void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, int stri
             const float *ri = epi && epi->res ? epi->res + yoff : NULL;
             for (int ob = 0; ob < cout / 16; ob++) {
                 const float *wb = wp + (size_t)ob * 9 * cin * 16;
-                epi16 e = {0};
-                if (epi) {
-                    e.mu = _mm512_loadu_ps(epi->mu + ob * 16);
-                    e.sc = _mm512_loadu_ps(epi->scale + ob * 16);
-                    e.sh = _mm512_loadu_ps(epi->shift + ob * 16);
-                    e.relu = epi->relu;
-                }
+                bl_epi16 e = {0};
+                if (epi) e = bl_epi16_load(epi, ob * 16);
                 for (int oy = 0; oy < ho; oy++) {
                     const float *xrow = xp + (size_t)oy * stride * wpad * cin;
                     const size_t yr = (size_t)oy * wo * cout + ob * 16;

@@ -13,6 +13,30 @@ typedef struct {
     int relu;
 } bl_conv_epi;
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+/* The epilogue for one block of 16 output channels, in registers (both kernels use it). */
+typedef struct {
+    __m512 mu, sc, sh;
+    int relu;
+} bl_epi16;
+
+static inline bl_epi16 bl_epi16_load(const bl_conv_epi *e, int c0)
+{
+    bl_epi16 r = {_mm512_loadu_ps(e->mu + c0), _mm512_loadu_ps(e->scale + c0),
+                  _mm512_loadu_ps(e->shift + c0), e->relu};
+    return r;
+}
+
+/* (v - mu) * scale + shift, + *res if res, then ReLU if asked: the separate passes' order. */
+static inline __m512 bl_epi16_apply(const bl_epi16 *e, __m512 v, const float *res)
+{
+    v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, e->mu), e->sc), e->sh);
+    if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res));
+    return e->relu ? _mm512_max_ps(v, _mm512_setzero_ps()) : v;
+}
+#endif
+
 /* Whether the direct kernel handles this convolution in this build: the forward (any cin, stride 1
  * or 2) and the backward (stride 1, cin a multiple of 16 too). */
 int bl_conv3x3_fwd_supported(int cin, int cout, int k, int stride, int pad);

@@ -129,15 +129,10 @@ GEMM_KERNEL(7)
 
 /* The output transform of one tile, 16 channels, then store / add / epilogue into the pixels of
  * y inside the h x w map. m: position p at m[p * mpos]. */
-typedef struct {
-    __m512 mu, sc, sh;
-    int relu;
-} epi16;
-
 static inline __attribute__((always_inline)) void out_tile(const float *m, size_t mpos, float *y,
                                                            const float *res, int oy, int ox, int h,
                                                            int w, int cout, int mode,
-                                                           const epi16 *e)
+                                                           const bl_epi16 *e)
 {
     __m512 q[4][4], s[2][4];
     for (int p = 0; p < 16; p++) q[p / 4][p % 4] = _mm512_loadu_ps(m + (size_t)p * mpos);
@@ -151,11 +146,7 @@ static inline __attribute__((always_inline)) void out_tile(const float *m, size_
                                : _mm512_sub_ps(_mm512_sub_ps(s[dy][1], s[dy][2]), s[dy][3]);
             const size_t at = ((size_t)(oy + dy) * w + ox + dx) * cout;
             if (mode == 1) v = _mm512_add_ps(_mm512_loadu_ps(y + at), v);
-            else if (mode == 2) {
-                v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, e->mu), e->sc), e->sh);
-                if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + at));
-                if (e->relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
-            }
+            else if (mode == 2) v = bl_epi16_apply(e, v, res ? res + at : NULL);
             _mm512_storeu_ps(y + at, v);
         }
 }
@@ -206,13 +197,8 @@ void bl_wino(const float *x, int n, int h, int w, int cin, int cout, const float
                 for (int r = 0; r < rb && g * rb + r < tiles; r++) {
                     const int tile = g * rb + r;
                     for (int ob = 0; ob < co_n / 16; ob++) {
-                        epi16 e = {0};
-                        if (epi) {
-                            e.mu = _mm512_loadu_ps(epi->mu + ob * 16);
-                            e.sc = _mm512_loadu_ps(epi->scale + ob * 16);
-                            e.sh = _mm512_loadu_ps(epi->shift + ob * 16);
-                            e.relu = epi->relu;
-                        }
+                        bl_epi16 e = {0};
+                        if (epi) e = bl_epi16_load(epi, ob * 16);
                         out_tile(m + (size_t)r * co_n + ob * 16, (size_t)rb * co_n, yi + ob * 16,
                                  ri ? ri + ob * 16 : NULL, tile / tw * 2, tile % tw * 2, h, w,
                                  co_n, mode, &e);
