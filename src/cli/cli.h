@@ -27,6 +27,10 @@ void cli_usage(FILE *f, const char *cmd, const char *synopsis, const cli_opt *op
 /* The option table's current values as one line, "name=value ..." (the resolved configuration). */
 void cli_print_config(FILE *f, const char *cmd, const cli_opt *opts, int n_opts);
 
+/* Loads a Fashion-MNIST split; on failure prints why and what to do, prefixed "bnlab CMD: ",
+ * and returns non-zero (d is then empty). */
+int cli_load_fmnist(const char *cmd, const char *dir, const char *split, bl_dataset *d);
+
 int cmd_demo(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

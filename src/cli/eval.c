@@ -44,9 +44,7 @@ int cmd_eval(int argc, char **argv)
         return 1;
     }
     bl_dataset d;
-    if (bl_fmnist_load(data_dir, split ? "train" : "test", &d)) {
-        fprintf(stderr, "bnlab eval: %s (Fashion-MNIST comes from Debian's dataset-fashion-mnist "
-                        "package; or point --data-dir at the IDX files)\n", bl_error());
+    if (cli_load_fmnist("eval", data_dir, split ? "train" : "test", &d)) {
         bl_net_free(&net);
         return 1;
     }

@@ -43,10 +43,7 @@ int cmd_inspect(int argc, char **argv)
         return 1;
     }
     bl_dataset train;
-    if (bl_fmnist_load(data_dir, "train", &train)) {
-        fprintf(stderr, "bnlab inspect: %s (Fashion-MNIST comes from Debian's "
-                        "dataset-fashion-mnist package; or point --data-dir at the IDX files)\n",
-                bl_error());
+    if (cli_load_fmnist("inspect", data_dir, "train", &train)) {
         bl_net_free(&net);
         return 1;
     }

@@ -72,11 +72,9 @@ int cmd_precise(int argc, char **argv)
     /* keep the optimizer state too when there is one, so the output can still be trained on */
     if (bl_checkpoint_load(&net, pos[0], 1, NULL)) bl_error_clear();
     bl_dataset train, test = {0};
-    if (bl_fmnist_load(data_dir, "train", &train) ||
-        (evaluate && bl_fmnist_load(data_dir, "test", &test))) {
-        fprintf(stderr, "bnlab precise: %s (Fashion-MNIST comes from Debian's "
-                        "dataset-fashion-mnist package; or point --data-dir at the IDX files)\n",
-                bl_error());
+    if (cli_load_fmnist("precise", data_dir, "train", &train) ||
+        (evaluate && cli_load_fmnist("precise", data_dir, "test", &test))) {
+        bl_dataset_free(&train);
         bl_net_free(&net);
         return 1;
     }
