@@ -5,41 +5,30 @@
 # After every epoch: test error with the EMA statistics and with fresh PreciseBN statistics (10^4
 # images, batch 200). Then `bnlab inspect` on the large-batch EMA checkpoint, and again after
 # `bnlab precise`.
-# Full: resnet20 w=16, 30 epochs each, about two hours on 2 cores (batch 4096 would need 17 GB of
-# activations; 2048 needs 8.5). Quick: resnet8 w=8, 2 epochs, batches 128 and 1024, 1000 images.
-EXP_USAGE="  writes results/e1-ema-vs-precise/{b128,b2048}/metrics.jsonl, inspect JSON, table.md, e1.png, e1.svg"
+# Full: resnet20 w=16, 20 epochs each, about 70 minutes on 2 cores; the batch-128 run is the
+# shared normalization-batch-128 run (exp_nbs_model, also E4's), so it costs nothing when E4 has run.
+# Batch 4096 would need 17 GB of activations; 2048 needs 8.5. Quick: resnet8 w=8, 2 epochs, batches
+# 128 and 1024, 1000 images.
+EXP_USAGE="  writes results/e1-ema-vs-precise/{b128,b2048}.metrics.jsonl, inspect JSON, table.md, e1.png, e1.svg"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 exp_init e1-ema-vs-precise "$@"
 
-if [ $QUICK = 1 ]; then
-  MODEL="--model resnet8 --width 8"; EPOCHS=2; BIG=1024; WARM=0.5; PS=1000; IS=2000; KEEP=1
-else
-  MODEL="--model resnet20 --width 16"; EPOCHS=30; BIG=2048; WARM=5; PS=10000; IS=10000; KEEP=5
-fi
+MODEL=$NBS_ARCH; EPOCHS=$NBS_EPOCHS; PS=$NBS_PRECISE; KEEP=$NBS_KEEP
+if [ $QUICK = 1 ]; then BIG=1024; WARM=0.5; IS=2000; else BIG=2048; WARM=5; IS=10000; fi
 tmp=$OUT/raw/.work
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
-# train NAME ARGS...: a resumable run with PreciseBN evaluation every epoch, EMA kept at the end
-train() {
-  local dir=$OUT/$1
-  shift
-  mkdir -p "$dir"
-  if [ -s "$dir/metrics.jsonl" ] && [ "$(wc -l < "$dir/metrics.jsonl")" -ge $EPOCHS ]; then
-    echo "   have $dir"; return 0
-  fi
-  local resume=()
-  [ -s "$dir/last.safetensors" ] && resume=(--resume "$dir/last.safetensors")
-  echo "   run  $dir"
-  "$BNLAB" train $MODEL --epochs $EPOCHS --precise-bn-every 1 --final-precise-bn off \
-    --precise-samples $PS "$@" "${resume[@]}" --out "$dir" >> "$dir/train.log"
-}
-train b128 --batch 128
-train b$BIG --batch $BIG --norm-batch 128 --lr-scaling linear --warmup-epochs $WARM --keep-every $KEEP
+# the batch-128 run is the shared one; the large-batch run has the same PreciseBN evaluation
+exp_nbs_model 128
+small=$MODEL_DIR
+# shellcheck disable=SC2086 # MODEL is a list of arguments
+exp_model "${NBS_TAG}-b$BIG-nbs128" $EPOCHS $MODEL --batch $BIG --norm-batch 128 --lr-scaling linear \
+  --warmup-epochs $WARM --keep-every $KEEP --precise-bn-every 1 --precise-samples $PS
+big=$MODEL_DIR
 
 # inspect the large-batch EMA statistics where they are furthest from PreciseBN's (of the epochs
 # kept every $KEEP), then the same weights after bnlab precise
-big=$OUT/b$BIG
 pick=$(jq -s -r --argjson k $KEEP 'map(select(.epoch % $k == 0))
   | max_by(.test_err_population - .test_err_precise | fabs) | .epoch' "$big/metrics.jsonl")
 ck=$big/epoch$pick.safetensors
@@ -49,8 +38,11 @@ if [ ! -s "$OUT/raw/inspect_b${BIG}_precise.json" ]; then
   exp_step "$OUT/raw/inspect_b${BIG}_precise.json" "$BNLAB" inspect "$tmp/p.safetensors" --samples $IS --json
 fi
 
+# the runs' per-epoch records travel with the results (results/models/ is not committed)
+cp "$small/metrics.jsonl" "$OUT/b128.metrics.jsonl"
+cp "$big/metrics.jsonl" "$OUT/b$BIG.metrics.jsonl"
 for r in b128 b$BIG; do
-  jq -r '"\(.epoch) \(.test_err_population) \(.test_err_precise)"' "$OUT/$r/metrics.jsonl" > "$OUT/$r.dat"
+  jq -r '"\(.epoch) \(.test_err_population) \(.test_err_precise)"' "$OUT/$r.metrics.jsonl" > "$OUT/$r.dat"
 done
 stats() { # final EMA, final precise, mean |EMA - precise| over epochs, largest gap and its epoch
   jq -s -r 'map({e: .epoch, g: (.test_err_population - .test_err_precise)}) as $g
@@ -67,8 +59,8 @@ verdict() { jq -r '"\(.verdict) (\(.flagged) of \(.layers | length) layers flagg
   echo
   echo "| SGD batch | final EMA | final PreciseBN | mean abs(EMA - PreciseBN) | largest EMA - PreciseBN |"
   echo "|---|---:|---:|---:|---:|"
-  echo "| 128 | $(stats "$OUT/b128/metrics.jsonl") |"
-  echo "| $BIG (lr x$((BIG / 128)), warmup $WARM) | $(stats "$big/metrics.jsonl") |"
+  echo "| 128 | $(stats "$OUT/b128.metrics.jsonl") |"
+  echo "| $BIG (lr x$((BIG / 128)), warmup $WARM) | $(stats "$OUT/b$BIG.metrics.jsonl") |"
   echo
   echo "\`bnlab inspect\` on the batch-$BIG checkpoint of epoch $pick (the kept epoch where EMA and"
   echo "PreciseBN differ most): EMA statistics: $(verdict "$OUT/raw/inspect_b${BIG}_ema.json");"

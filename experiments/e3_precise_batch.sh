@@ -3,25 +3,21 @@
 # batch 32 and 2 (ghost groups in an SGD batch of 128); their test error with the EMA statistics,
 # with PreciseBN at B in {2, 10, 100, 1000} (N = 10^4 training images), and with the exact
 # sequential mode (no dependence on B).
-# Full: resnet20 w=16, 20 epochs per model (the models are shared with E4 and E5: results/models/,
-# with checkpoints kept every 4 epochs for E5's FrozenBN branches), about 80 minutes of training
-# and 10 of PreciseBN on 2 cores. Quick: resnet8 w=8, 1 epoch, N = 1000.
+# Full: the shared resnet20 w=16 runs of 20 epochs (exp_nbs_model, also read by E1, E4 and E5),
+# about 60 minutes of training and 5 of PreciseBN on 2 cores. Quick: resnet8 w=8, 2 epochs, N = 1000.
 EXP_USAGE="  writes results/e3-precise-batch/{raw/*.json,table.md,e3.png,e3.svg}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 exp_init e3-precise-batch "$@"
 
-if [ $QUICK = 1 ]; then
-  ARCH="--model resnet8 --width 8"; EPOCHS=1; N=1000; TAG=resnet8w8
-else
-  ARCH="--model resnet20 --width 16"; EPOCHS=20; N=10000; TAG=resnet20
-fi
+N=$NBS_PRECISE
 BS="2 10 100 1000"
 tmp=$OUT/raw/.work
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 for nbs in 32 2; do
-  exp_model "$TAG-nbs$nbs" $EPOCHS $ARCH --batch 128 --norm-batch $nbs --keep-every 4
+  exp_nbs_model $nbs
   ck=$MODEL_DIR/last.safetensors
+  cp "$MODEL_DIR/metrics.jsonl" "$OUT/nbs$nbs.metrics.jsonl" # results/models/ is not committed
   for b in $BS; do
     exp_step "$OUT/raw/nbs${nbs}_B${b}.json" "$BNLAB" precise "$ck" -o "$tmp/p.safetensors" \
       --samples $N --batch $b --json
@@ -37,7 +33,7 @@ row() { # EMA | B=2 | B=10 | B=100 | B=1000 | sequential
   echo "$line | $(jq '.test_err_after' "$OUT/raw/nbs${nbs}_sequential.json") |"
 }
 {
-  echo "# E3: PreciseBN batch size ($ARCH, SGD batch 128, $EPOCHS epochs, N = $N)"
+  echo "# E3: PreciseBN batch size ($NBS_ARCH, SGD batch 128, $NBS_EPOCHS epochs, N = $N)"
   echo
   echo "Test error (%) of the same weights with each set of population statistics."
   echo

@@ -31,6 +31,12 @@ exp_init() {
   cd "$ROOT" # paths in the results stay relative to the repository
   if [ $QUICK = 1 ]; then OUT=results/quick/$name; else OUT=results/$name; fi
   mkdir -p "$OUT/raw"
+  # the shared runs of exp_nbs_model
+  if [ $QUICK = 1 ]; then
+    NBS_ARCH="--model resnet8 --width 8"; NBS_EPOCHS=2; NBS_KEEP=1; NBS_PRECISE=1000; NBS_TAG=resnet8w8
+  else
+    NBS_ARCH="--model resnet20 --width 16"; NBS_EPOCHS=20; NBS_KEEP=4; NBS_PRECISE=10000; NBS_TAG=resnet20
+  fi
   echo "== $name ($( [ $QUICK = 1 ] && echo quick || echo full ) profile) -> $OUT"
 }
 
@@ -83,4 +89,16 @@ exp_model() {
   echo "   run  $MODEL_DIR (log: $MODEL_DIR/train.log)"
   "$BNLAB" train --epochs "$epochs" --final-precise-bn off "$@" "${resume[@]}" \
     --out "$MODEL_DIR" >> "$MODEL_DIR/train.log"
+}
+
+# exp_nbs_model NBS: the one shared run per normalization batch NBS at SGD batch 128 (E1's batch-128
+# curve, E3, E4 and E5 all read these, so each is trained once): $NBS_ARCH, $NBS_EPOCHS epochs,
+# test error with PreciseBN statistics after every epoch beside the EMA's, checkpoints kept every
+# $NBS_KEEP epochs (E5 branches FrozenBN runs from them). Full: resnet20 w=16, 20 epochs, about 30
+# minutes each on 2 cores. Quick: resnet8 w=8, 2 epochs.
+exp_nbs_model() {
+  local nbs=$1
+  # shellcheck disable=SC2086 # NBS_ARCH is a list of arguments
+  exp_model "$NBS_TAG-nbs$nbs" $NBS_EPOCHS $NBS_ARCH --batch 128 --norm-batch "$nbs" \
+    --keep-every $NBS_KEEP --precise-bn-every 1 --precise-samples $NBS_PRECISE
 }
