@@ -75,17 +75,23 @@ GP
 # exp_model NAME EPOCHS ARGS...: a training run shared by experiments (results/models/NAME, or
 # results/quick/models/NAME), resumed if it stopped, skipped if done. The EMA statistics are kept
 # (--final-precise-bn off) so experiments can compare estimators. Sets MODEL_DIR.
-exp_model() {
-  local name=$1 epochs=$2
-  shift 2
+exp_model() { exp_run_ "$1" "$2" "" "${@:3}"; }
+
+# exp_branch NAME EPOCHS FROM ARGS...: like exp_model, but the run starts from checkpoint FROM (a
+# kept epoch of another run, e.g. to branch a FrozenBN phase off a regular run).
+exp_branch() { exp_run_ "$@"; }
+
+exp_run_() {
+  local name=$1 epochs=$2 from=$3 done_epoch
+  shift 3
   MODEL_DIR=results/models/$name
   [ $QUICK = 1 ] && MODEL_DIR=results/quick/models/$name
   mkdir -p "$MODEL_DIR"
-  if [ -s "$MODEL_DIR/metrics.jsonl" ] && [ "$(wc -l < "$MODEL_DIR/metrics.jsonl")" -ge "$epochs" ]; then
-    echo "   have $MODEL_DIR"; return 0
-  fi
+  done_epoch=$( [ -s "$MODEL_DIR/metrics.jsonl" ] && jq -s 'last.epoch' "$MODEL_DIR/metrics.jsonl" || echo 0)
+  if [ "$done_epoch" -ge "$epochs" ]; then echo "   have $MODEL_DIR"; return 0; fi
+  [ -s "$MODEL_DIR/last.safetensors" ] && from=$MODEL_DIR/last.safetensors
   local resume=()
-  [ -s "$MODEL_DIR/last.safetensors" ] && resume=(--resume "$MODEL_DIR/last.safetensors")
+  [ -n "$from" ] && resume=(--resume "$from")
   echo "   run  $MODEL_DIR (log: $MODEL_DIR/train.log)"
   "$BNLAB" train --epochs "$epochs" --final-precise-bn off "$@" "${resume[@]}" \
     --out "$MODEL_DIR" >> "$MODEL_DIR/train.log"
