@@ -37,6 +37,7 @@ for nbs in $NBS_LIST; do
     exp_step "$OUT/raw/nbs${nbs}_frozen.json" "$BNLAB" eval "$MODEL_DIR/last.safetensors" --json on
   else
     cat "$tmp/err" >&2
+    grep -q "NaN or Inf" "$tmp/err" || exit 1 # a failure other than divergence stops the script
     jq -n --arg why "$(tail -n 1 "$tmp/err")" '{err: null, diverged: $why}' > "$OUT/raw/nbs${nbs}_frozen.json"
   fi
   [ -s "$MODEL_DIR/metrics.jsonl" ] && cp "$MODEL_DIR/metrics.jsonl" "$OUT/nbs$nbs-frozen$K.metrics.jsonl"
