@@ -34,7 +34,8 @@ pick=$(jq -s -r --argjson k $KEEP 'map(select(.epoch % $k == 0))
 ck=$big/epoch$pick.safetensors
 exp_step "$OUT/raw/inspect_b${BIG}_ema.json" "$BNLAB" inspect "$ck" --samples $IS --json
 if [ ! -s "$OUT/raw/inspect_b${BIG}_precise.json" ]; then
-  "$BNLAB" precise "$ck" -o "$tmp/p.safetensors" --samples $IS --json > "$OUT/raw/precise_b${BIG}.json"
+  # other images than inspect's reference (seed 1), so agreement is not agreement with itself
+  "$BNLAB" precise "$ck" -o "$tmp/p.safetensors" --samples $IS --seed 2 --json > "$OUT/raw/precise_b${BIG}.json"
   exp_step "$OUT/raw/inspect_b${BIG}_precise.json" "$BNLAB" inspect "$tmp/p.safetensors" --samples $IS --json
 fi
 
@@ -66,7 +67,8 @@ verdict() { jq -r '"\(.verdict) (\(.flagged) of \(.layers | length) layers flagg
   echo "PreciseBN differ most): EMA statistics: $(verdict "$OUT/raw/inspect_b${BIG}_ema.json");"
   echo "after \`bnlab precise\`: $(verdict "$OUT/raw/inspect_b${BIG}_precise.json")."
 } > "$OUT/table.md"
+ylo=$(cat "$OUT/b128.dat" "$OUT/b$BIG.dat" | awk 'NR == 1 || $3 < m { m = $3 } END { v = int(m * 0.8); print v < 1 ? 1 : v }')
 exp_plot "$OUT/e1" "E1: EMA vs PreciseBN statistics during training" "epoch" "test error (%)" \
-  "set logscale y; set key top right" \
+  "set logscale y; set yrange [$ylo:100]; set xrange [0:$((EPOCHS + 1))]; set key top right" \
   "'$OUT/b128.dat' using 1:2 with linespoints lw 2 pt 7 dt 2 title 'batch 128, EMA', '$OUT/b128.dat' using 1:3 with linespoints lw 2 pt 7 title 'batch 128, PreciseBN', '$OUT/b$BIG.dat' using 1:2 with linespoints lw 2 pt 5 dt 2 title 'batch $BIG, EMA', '$OUT/b$BIG.dat' using 1:3 with linespoints lw 2 pt 5 title 'batch $BIG, PreciseBN'"
 cat "$OUT/table.md"
