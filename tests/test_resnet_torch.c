@@ -107,14 +107,15 @@ static void frozen_fd(bl_net *net, const float *x, const uint8_t *y, int B)
         if (!trained(p)) continue;
         const size_t at[3] = {0, p->count / 2, p->count - 1};
         for (int k = 0; k < 3; k++) {
-            float *v = p->data + at[k], keep = *v;
-            *v = keep + h;
+            float *v = p->data + at[k];
+            const float keep = *v, up = keep + h, down = keep - h; /* the steps as stored */
+            *v = up;
             const double lp = forward_loss(net, x, y, B, 0);
-            *v = keep - h;
+            *v = down;
             const double lm = forward_loss(net, x, y, B, 0);
             *v = keep;
-            const double an = g[p->offset + at[k]];
-            const double q[3] = {(lp - L0) / h, (L0 - lm) / h, (lp - lm) / (2 * h)};
+            const double an = g[p->offset + at[k]], hu = (double)up - keep, hd = (double)keep - down;
+            const double q[3] = {(lp - L0) / hu, (L0 - lm) / hd, (lp - lm) / (hu + hd)};
             double err = INFINITY;
             for (int j = 0; j < 3; j++) err = fmin(err, fabs(q[j] - an) / (1e-3 + 1e-2 * fabs(q[j])));
             if (err > 1) {
