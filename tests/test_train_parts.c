@@ -41,7 +41,7 @@ int main(void)
         bl_dataset d2 = {1000, 1, 1, px2, lab2};
         int o[1000], seen[1000] = {0}, pure[2] = {0, 0};
         for (int by = 0; by < 2; by++) {
-            bl_eval_order(&d2, 5, by, o);
+            CHECK(bl_eval_order(&d2, 5, by, o) == BL_OK, "eval order: %s", bl_error());
             int perm = 1;
             memset(seen, 0, sizeof seen);
             for (int i = 0; i < 1000; i++) perm &= !seen[o[i]]++;
@@ -55,7 +55,7 @@ int main(void)
         CHECK(pure[1] >= 125 - 9 && pure[0] < 5, "groups of one class: %d by class, %d random",
               pure[1], pure[0]);
         int o2[1000];
-        bl_eval_order(&d2, 6, 1, o2);
+        CHECK(bl_eval_order(&d2, 6, 1, o2) == BL_OK, "eval order: %s", bl_error());
         CHECK(memcmp(o, o2, sizeof o), "by class: another seed gives another order inside classes");
     }
 

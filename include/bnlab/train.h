@@ -117,7 +117,7 @@ bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_
                       uint64_t seed, int by_class, bl_eval_result *r);
 /* The order mini-batch evaluation groups samples in: a shuffle seeded by seed; by_class: then
  * stably sorted by label, so groups hold one class (but where a class ends). */
-void bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order);
+bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order);
 
 /* ---- PreciseBN (precise.c) ----------------------------------------------------------------------
  * Re-estimates every BN layer's population statistics with the model fixed: `samples` images of

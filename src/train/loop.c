@@ -56,19 +56,20 @@ double bl_lr_at(const bl_train_cfg *c, long t, long T, long W)
     return base;
 }
 
-void bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order)
+bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order)
 {
     bl_epoch_order(d->n, seed, -1, 0, order);
-    if (!by_class) return;
+    if (!by_class) return BL_OK;
     /* a stable counting sort of the shuffled order by label: consecutive groups share a class */
     int count[257] = {0};
     int *tmp = malloc(sizeof(int) * (size_t)d->n);
-    if (!tmp) return; /* out of memory: stays random */
+    if (!tmp) return bl_fail(BL_ERR_NOMEM, "out of memory for the by-class evaluation order");
     for (int i = 0; i < d->n; i++) count[d->labels[order[i]] + 1]++;
     for (int k = 1; k < 257; k++) count[k] += count[k - 1];
     for (int i = 0; i < d->n; i++) tmp[count[d->labels[order[i]]]++] = order[i];
     memcpy(order, tmp, sizeof(int) * (size_t)d->n);
     free(tmp);
+    return BL_OK;
 }
 
 bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_batch,
@@ -89,9 +90,15 @@ bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_
         free(order), bl_free(x), free(y);
         return bl_fail(BL_ERR_NOMEM, "out of memory");
     }
-    if (bn == BL_BN_BATCH) bl_eval_order(d, seed, by_class, order);
-    else
+    if (bn == BL_BN_BATCH) {
+        bl_status so = bl_eval_order(d, seed, by_class, order);
+        if (so) {
+            free(order), bl_free(x), free(y);
+            return so;
+        }
+    } else {
         for (int i = 0; i < d->n; i++) order[i] = i;
+    }
     double loss = 0;
     long wrong = 0;
     bl_status st = BL_OK;
