@@ -40,10 +40,10 @@ done
   echo "| NBS | (a) train, mini-batch | (b) test, mini-batch | (c) test, PreciseBN | test, EMA | (c) - (b) |"
   echo "|---:|---:|---:|---:|---:|---:|"
   for nbs in $NBS_LIST; do
-    a=$(jq '.err * 100 | round / 100' "$OUT/raw/nbs${nbs}_minibatch_train.json")
-    b=$(jq '.err * 100 | round / 100' "$OUT/raw/nbs${nbs}_minibatch_test.json")
-    c=$(jq '.test_err_after * 100 | round / 100' "$OUT/raw/nbs${nbs}_precise.json")
-    e=$(jq '.test_err_before * 100 | round / 100' "$OUT/raw/nbs${nbs}_precise.json")
+    a=$(exp_pct "$OUT/raw/nbs${nbs}_minibatch_train.json" err)
+    b=$(exp_pct "$OUT/raw/nbs${nbs}_minibatch_test.json" err)
+    c=$(exp_pct "$OUT/raw/nbs${nbs}_precise.json" test_err_after)
+    e=$(exp_pct "$OUT/raw/nbs${nbs}_precise.json" test_err_before)
     echo "$nbs $a $b $c $e" >> "$OUT/e4.dat"
     echo "| $nbs | $a | $b | $c | $e | $(awk -v b="$b" -v c="$c" 'BEGIN { printf "%+.2f", c - b }') |"
   done

@@ -54,9 +54,9 @@ done
   echo "| NBS | regular (population) | FrozenBN last $K epochs | mini-batch inference |"
   echo "|---:|---:|---:|---:|"
   for nbs in $NBS_LIST; do
-    r=$(jq '.test_err_after * 100 | round / 100' "$OUT/raw/nbs${nbs}_regular.json")
-    f=$(jq -r 'if .err == null then "NaN" else .err * 100 | round / 100 end' "$OUT/raw/nbs${nbs}_frozen.json")
-    m=$(jq '.err * 100 | round / 100' "$OUT/raw/nbs${nbs}_minibatch.json")
+    r=$(exp_pct "$OUT/raw/nbs${nbs}_regular.json" test_err_after)
+    f=$(exp_pct "$OUT/raw/nbs${nbs}_frozen.json" err)
+    m=$(exp_pct "$OUT/raw/nbs${nbs}_minibatch.json" err)
     echo "$nbs $r $f $m" >> "$OUT/e5.dat"
     echo "| $nbs | $r | $( [ "$f" = NaN ] && echo "diverged" || echo "$f") | $m |"
   done

@@ -50,6 +50,12 @@ exp_step() {
   mv "$file.tmp" "$file"
 }
 
+# exp_pct FILE FIELD: FIELD of the JSON in FILE with two decimals (5.70, not jq's 5.7), or NaN
+# where it is null (a diverged run).
+exp_pct() {
+  jq -r --arg f "$2" '.[$f] | if . == null then "NaN" else . end' "$1" | awk '$1 == "NaN" { print; next } { printf "%.2f\n", $1 }'
+}
+
 # exp_plot BASE TITLE XLABEL YLABEL SETTINGS PLOT: BASE.png and BASE.svg from one gnuplot "plot"
 # clause (PLOT) after extra SETTINGS (e.g. "set logscale x").
 exp_plot() {
