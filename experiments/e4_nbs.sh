@@ -28,6 +28,14 @@ for nbs in $NBS_LIST; do
   done
   exp_step "$OUT/raw/nbs${nbs}_precise.json" "$BNLAB" precise "$ck" -o "$tmp/p.safetensors" \
     --samples "$NBS_PRECISE" --json
+  # (b) depends on which images share a group: four more random compositions give its noise, and
+  # one grouped by class shows what a non-random composition does.
+  for seed in 2 3 4 5; do
+    exp_step "$OUT/raw/nbs${nbs}_minibatch_test_seed$seed.json" "$BNLAB" eval "$ck" --stats minibatch \
+      --norm-batch "$nbs" --seed $seed --json on
+  done
+  exp_step "$OUT/raw/nbs${nbs}_minibatch_test_class.json" "$BNLAB" eval "$ck" --stats minibatch \
+    --norm-batch "$nbs" --composition class --json on
 done
 
 : > "$OUT/e4.dat"
@@ -46,6 +54,17 @@ done
     e=$(exp_pct "$OUT/raw/nbs${nbs}_precise.json" test_err_before)
     echo "$nbs $a $b $c $e" >> "$OUT/e4.dat"
     echo "| $nbs | $a | $b | $c | $e | $(awk -v b="$b" -v c="$c" 'BEGIN { printf "%+.2f", c - b }') |"
+  done
+  echo
+  echo "(b) over five random compositions (seeds 1-5), and with groups of one class each:"
+  echo
+  echo "| NBS | (b) mean | min | max | (b) grouped by class |"
+  echo "|---:|---:|---:|---:|---:|"
+  for nbs in $NBS_LIST; do
+    jq -s -r 'map(.err) | "\(add / length) \(min) \(max)"' "$OUT/raw/nbs${nbs}_minibatch_test.json" \
+      "$OUT"/raw/nbs"${nbs}"_minibatch_test_seed?.json |
+      awk -v n="$nbs" -v c="$(exp_pct "$OUT/raw/nbs${nbs}_minibatch_test_class.json" err)" \
+        '{ printf "| %s | %.2f | %.2f | %.2f | %s |\n", n, $1, $2, $3, c }'
   done
 } > "$OUT/table.md"
 exp_plot "$OUT/e4" "E4: error vs normalization batch size (SGD batch 128)" "normalization batch size (NBS)" \
