@@ -5,22 +5,23 @@
 #include "bnlab/bnlab.h"
 #include "check.h"
 
+#include <math.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 static bl_status run_cfg(const char *out, long max_steps, const char *resume, int threads,
-                         int frozen)
+                         int epochs, int frozen, int reestimate)
 {
     bl_train_cfg c;
     bl_train_defaults(&c);
-    c.frozen_epochs = frozen;
+    c.frozen_epochs = frozen, c.frozen_reestimate = reestimate;
     /* a barely trained net frozen at lr 0.05 with the momentum of its batch-mode steps diverges
      * (docs/precise.md); this checks the mechanics, at a rate where it trains */
     if (frozen) c.lr = 0.01;
     snprintf(c.model, sizeof c.model, "resnet8");
-    c.width = 4, c.batch = 32, c.norm_batch = 8, c.epochs = 2, c.eval_every = 0;
+    c.width = 4, c.batch = 32, c.norm_batch = 8, c.epochs = epochs, c.eval_every = 0;
     c.threads = threads, c.max_steps = max_steps;
     c.val = 58000; /* train on 2000 images: 62 steps per epoch, so a run crosses epochs quickly */
     snprintf(c.out, sizeof c.out, "%s", out);
@@ -30,7 +31,7 @@ static bl_status run_cfg(const char *out, long max_steps, const char *resume, in
 
 static bl_status run(const char *out, long max_steps, const char *resume, int threads)
 {
-    return run_cfg(out, max_steps, resume, threads, 0);
+    return run_cfg(out, max_steps, resume, threads, 2, 0, 0);
 }
 
 /* One tensor of a checkpoint. */
@@ -86,15 +87,15 @@ int main(void)
      * branch from a regular run's checkpoint), resume exactly; inside the phase the statistics
      * stay those of its PreciseBN while gamma keeps training */
     long fz[2] = {66, 58};
-    CHECK(run_cfg(a, 72, NULL, 2, 1) == BL_OK, "frozen, uninterrupted: %s", bl_error());
+    CHECK(run_cfg(a, 72, NULL, 2, 2, 1, 0) == BL_OK, "frozen, uninterrupted: %s", bl_error());
     for (int k = 0; k < 2; k++) {
-        CHECK(run_cfg(b, fz[k], NULL, 2, 1) == BL_OK, "frozen, first part: %s", bl_error());
+        CHECK(run_cfg(b, fz[k], NULL, 2, 2, 1, 0) == BL_OK, "frozen, first part: %s", bl_error());
         float m_stop[4], g_stop[4], m_end[4], g_end[4]; /* at the stop and at the end */
         if (k == 0) {
             tensor(cb, "bn1.running_mean", m_stop, 4);
             tensor(cb, "bn1.weight", g_stop, 4);
         }
-        CHECK(run_cfg(b, 72, cb, 2, 1) == BL_OK, "frozen, resumed: %s", bl_error());
+        CHECK(run_cfg(b, 72, cb, 2, 2, 1, 0) == BL_OK, "frozen, resumed: %s", bl_error());
         CHECK(same_file_tensors(ca, cb), "frozen: stop at %ld + resume to 72: not identical to "
               "the uninterrupted run", fz[k]);
         if (k == 0) {
@@ -104,6 +105,20 @@ int main(void)
                   m_stop[0], m_end[0]);
             CHECK(memcmp(g_stop, g_end, sizeof g_stop), "frozen phase: gamma did not train");
         }
+    }
+
+    /* --frozen-bn-reestimate, two frozen epochs of three (steps 63..186): a stop inside epoch 2
+     * keeps the statistics of the phase's start; by the end of epoch 3 they were re-estimated from
+     * the weights trained meanwhile - and without re-estimation they were not */
+    for (int re = 0; re < 2; re++) {
+        float m_in[4], m_end[4];
+        CHECK(run_cfg(b, 100, NULL, 2, 3, 2, re) == BL_OK, "frozen x2, first part: %s", bl_error());
+        tensor(cb, "bn1.running_mean", m_in, 4);
+        CHECK(run_cfg(b, 186, cb, 2, 3, 2, re) == BL_OK, "frozen x2, resumed: %s", bl_error());
+        tensor(cb, "bn1.running_mean", m_end, 4);
+        const int changed = memcmp(m_in, m_end, sizeof m_in) != 0;
+        CHECK(changed == re && isfinite(m_end[0]), "frozen x2, reestimate %d: statistics %s in epoch 3 "
+              "(%g -> %g)", re, changed ? "changed" : "unchanged", m_in[0], m_end[0]);
     }
 
     /* kill -9 while checkpoints are being written: the file on disk always loads */
