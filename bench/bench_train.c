@@ -61,15 +61,17 @@ int main(int argc, char **argv)
     double *t = malloc(sizeof(double) * (steps + 3)), loss;
     int ok, failed = 0;
     const int do_train = !only || !strcmp(only, "train"), do_infer = !only || !strcmp(only, "infer");
+    /* the step as the trainer takes it: real whole-batch groups in the forward context */
+    bl_groups whole;
+    failed |= bl_groups_whole(&whole, batch) != BL_OK;
+    const bl_ctx ctx = bl_ctx_all(BL_BN_BATCH, &whole);
     for (int i = 0; i < (do_train ? steps + 3 : 1); i++) {
         double t0 = bench_now();
-        net.bn_mode = BL_BN_BATCH;
         bl_net_zero_grad(&net);
-        failed |= bl_net_forward(&net, x, batch) || bl_net_loss(&net, y, 1, &loss, &ok) ||
-                  bl_net_backward(&net);
+        failed |= bl_net_forward(&net, &ctx, x, batch) || bl_net_loss(&net, y, 1, &loss, &ok) ||
+                  bl_net_backward(&net, &ctx);
         bl_sgd_step(&net, &sgd, 0.01);
-        for (int b = 0; b < bl_net_bn_count(&net); b++)
-            failed |= bl_bn_commit(bl_net_bn_at(&net, b), BL_EST_EMA) != BL_OK;
+        failed |= bl_net_bn_commit(&net, BL_EST_EMA) != BL_OK;
         if (i >= 3) t[i - 3] = bench_now() - t0;
     }
     double train = do_train ? batch / bench_median(t, steps) : 0;
@@ -111,6 +113,7 @@ int main(int argc, char **argv)
         printf("  %-10s %12.0f %14.0f %7.2fx\n", "inference", infer, ti, ti > 0 ? infer / ti : 0);
     }
     free(t), free(y), bl_free(x);
+    bl_groups_free(&whole);
     bl_net_free(&net);
     return failed;
 }

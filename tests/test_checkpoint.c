@@ -68,7 +68,7 @@ int main(int argc, char **argv)
           (unsigned long long)got.seed);
     /* opened from its metadata alone */
     bl_net c;
-    CHECK(bl_checkpoint_open(path, 4, &c, NULL) == BL_OK, "open: %s", bl_error());
+    CHECK(bl_checkpoint_open(path, 4, NULL, &c, NULL) == BL_OK, "open: %s", bl_error());
     CHECK(!memcmp(a.param_block, c.param_block, a.n_param_floats * sizeof(float)), "open: params");
     bl_net_free(&c);
 

@@ -33,10 +33,11 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
     bl_net_init(&net, h, w, cin, n);
     /* a conv reading the input, then one reading the conv (so the first needs no dx, the
      * second does), then a linear head to make a loss */
-    int t1 = bl_net_conv(&net, "c1", 0, cout, k, s, p);
-    int t2 = bl_net_conv(&net, "c2", t1, cout, k, 1, k / 2);
-    bl_net_gap(&net, "g", t2);
-    bl_net_linear(&net, "fc", net.n_tensors - 1, 3);
+    int t1, t2, t3, t4;
+    CHECK(bl_net_conv(&net, "c1", 0, cout, k, s, p, &t1) == BL_OK &&
+              bl_net_conv(&net, "c2", t1, cout, k, 1, k / 2, &t2) == BL_OK &&
+              bl_net_gap(&net, "g", t2, &t3) == BL_OK && bl_net_linear(&net, "fc", t3, 3, &t4) == BL_OK,
+          "build: %s", bl_error());
     CHECK(bl_net_finalize(&net) == BL_OK, "finalize: %s", bl_error());
     bl_net_init_params(&net, 3);
     size_t nx = (size_t)n * h * w * cin;
@@ -47,11 +48,11 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
     uint8_t lab[64];
     for (int i = 0; i < n; i++) lab[i] = (uint8_t)(i % 3);
     bl_net_zero_grad(&net);
-    CHECK(bl_net_forward(&net, x, n) == BL_OK, "forward: %s", bl_error());
+    CHECK(bl_net_forward(&net, NULL, x, n) == BL_OK, "forward: %s", bl_error());
     double loss;
     int ok;
     bl_net_loss(&net, lab, 1, &loss, &ok);
-    CHECK(bl_net_backward(&net) == BL_OK, "backward: %s", bl_error());
+    CHECK(bl_net_backward(&net, NULL) == BL_OK, "backward: %s", bl_error());
     const bl_tensor *a = &net.t[t1], *b = &net.t[t2];
     size_t na = (size_t)n * a->h * a->w * cout, nb = (size_t)n * b->h * b->w * cout;
     double *ya = malloc(sizeof(double) * na), *yb = malloc(sizeof(double) * nb);
@@ -121,12 +122,10 @@ static void infer_case(int width, int threads)
     for (int i = 0; i < n * 784; i++) x[i] = (float)bl_rng_normal(&r);
     const bl_tensor *o = &net.t[net.n_tensors - 1];
     double a[50], b[50];
-    net.bn_mode = BL_BN_POPULATION;
-    CHECK(bl_net_forward(&net, x, n) == BL_OK, "forward: %s", bl_error());
+    const bl_ctx pop = bl_ctx_all(BL_BN_POPULATION, NULL);
+    CHECK(bl_net_forward(&net, &pop, x, n) == BL_OK, "forward: %s", bl_error());
     for (int i = 0; i < n * 10; i++) a[i] = o->data[i], o->data[i] = 0;
-    net.bn_mode = BL_BN_BATCH;
     CHECK(bl_net_infer(&net, x, n) == BL_OK, "infer: %s", bl_error());
-    CHECK(net.bn_mode == BL_BN_BATCH, "bl_net_infer changed the net's bn_mode");
     for (int i = 0; i < n * 10; i++) b[i] = o->data[i];
     int same = 1;
     for (int i = 0; i < n * 10; i++) same &= a[i] == b[i];

@@ -43,11 +43,12 @@ static void direct_stats(bl_net *net, const bl_dataset *d, long N, uint64_t seed
     int idx[NS];
     float *x = malloc(sizeof(float) * N * 784);
     uint8_t y[NS];
-    bl_precise_samples(d->n, N, seed, idx);
-    bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, seed, BL_PRECISE_STREAM};
-    bl_dataset_batch(d, idx, (int)N, &aug, x, y);
-    net->bn_mode = mode;
-    CHECK(bl_net_forward(net, x, (int)N) == BL_OK, "forward: %s", bl_error());
+    CHECK(bl_precise_samples(d->n, N, seed, idx) == BL_OK, "samples: %s", bl_error());
+    const bl_augment aug = {seed, BL_PRECISE_STREAM};
+    const bl_recipe rc = bl_recipe_fmnist();
+    bl_dataset_batch(d, &rc, idx, (int)N, &aug, x, y);
+    const bl_ctx ctx = bl_ctx_all(mode, NULL);
+    CHECK(bl_net_forward(net, &ctx, x, (int)N) == BL_OK, "forward: %s", bl_error());
     for (int k = 0; k < bl_net_bn_count(net); k++) {
         const bl_tensor *t = &net->t[net->layers[bl_net_bn_layer(net, k)].in[0]];
         size_t m = (size_t)N * t->h * t->w;

@@ -76,15 +76,19 @@ static int get_batch(int k, int B, float *x, uint8_t *y)
     return 1;
 }
 
-/* forward + loss (+ backward) of one batch in the net's current BN regime; the mean loss */
+/* the scenario's BN regime: how every BN layer normalizes */
+static bl_ctx regime;
+
+/* forward + loss (+ backward) of one batch in the scenario's BN regime; the mean loss */
 static double forward_loss(bl_net *net, const float *x, const uint8_t *y, int B, int backward)
 {
     double loss;
     int correct;
     bl_net_zero_grad(net);
-    CHECK(bl_net_forward(net, x, B) == BL_OK, "%s: forward: %s", scenario, bl_error());
+    CHECK(bl_net_forward(net, &regime, x, B) == BL_OK, "%s: forward: %s", scenario, bl_error());
     CHECK(bl_net_loss(net, y, 1, &loss, &correct) == BL_OK, "%s: loss: %s", scenario, bl_error());
-    if (backward) CHECK(bl_net_backward(net) == BL_OK, "%s: backward: %s", scenario, bl_error());
+    if (backward)
+        CHECK(bl_net_backward(net, &regime) == BL_OK, "%s: backward: %s", scenario, bl_error());
     return loss / B;
 }
 
@@ -164,11 +168,8 @@ static void run(const char *dir, const char *file)
     /* stem 1+4, layer1.0 10, layer2.0 and layer3.0 15 each (with shortcut), fc 2 */
     CHECK(loaded == 47, "loaded %d tensors, the resnet8 state dict has 47 float tensors", loaded);
     bl_groups groups;
-    if (ghost) {
-        CHECK(bl_groups_ghost(&groups, B, ghost) == BL_OK, "%s", bl_error());
-        net.groups = &groups;
-    }
-    net.bn_mode = frozen ? BL_BN_POPULATION : BL_BN_BATCH;
+    if (ghost) CHECK(bl_groups_ghost(&groups, B, ghost) == BL_OK, "%s", bl_error());
+    regime = bl_ctx_all(frozen ? BL_BN_POPULATION : BL_BN_BATCH, ghost ? &groups : NULL);
     float *x = malloc(sizeof(float) * B * 784);
     uint8_t y[64];
     bl_sgd o = {0.9, 5e-4, 1, 0};

@@ -16,7 +16,7 @@ static bl_status run_cfg(const char *out, long max_steps, const char *resume, in
 {
     bl_train_cfg c;
     bl_train_defaults(&c);
-    c.frozen_epochs = frozen, c.frozen_reestimate = reestimate;
+    c.frozen_bn_epochs = frozen, c.frozen_bn_reestimate = reestimate;
     /* a barely trained net frozen at lr 0.05 with the momentum of its batch-mode steps diverges
      * (docs/precise.md); this checks the mechanics, at a rate where it trains */
     if (frozen) c.lr = 0.01;
@@ -26,7 +26,7 @@ static bl_status run_cfg(const char *out, long max_steps, const char *resume, in
     c.val = 58000; /* train on 2000 images: 62 steps per epoch, so a run crosses epochs quickly */
     snprintf(c.out, sizeof c.out, "%s", out);
     if (resume) snprintf(c.resume, sizeof c.resume, "%s", resume);
-    return bl_train(&c);
+    return bl_train(&c, NULL, NULL, NULL);
 }
 
 static bl_status run(const char *out, long max_steps, const char *resume, int threads)

@@ -32,6 +32,11 @@ const char *bl_status_name(bl_status s);
 /* Records a reason and returns s, so that `return bl_fail(BL_ERR_ARG, "...", ...)` reads well. */
 bl_status bl_fail(bl_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void bl_error_clear(void);
+/* Puts context before the current reason, "<context>: <reason>", and returns s: how a caller
+ * says where a callee's failure happened (`return bl_fail_ctx(st, "%s", path);`). */
+bl_status bl_fail_ctx(bl_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Adds text after the current reason (what the caller does about it, e.g. "; the run stops"). */
+void bl_error_append(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- layouts and shapes -------------------------------------------------------------------- */
 typedef enum { BL_NCHW = 0, BL_NHWC = 1 } bl_layout;

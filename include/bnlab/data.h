@@ -1,5 +1,6 @@
-/* bnlab data: datasets as uint8 images + labels. For now the IDX (gzip) reader behind
- * Fashion-MNIST; augmentation, sampling and CIFAR come with the training engine. */
+/* bnlab data: datasets as uint8 images + labels (the IDX reader behind Fashion-MNIST), the data
+ * recipe (what the data is and how a run normalizes and augments it), batches, and the sampler
+ * (which samples a step and a rank take). */
 #ifndef BNLAB_DATA_H
 #define BNLAB_DATA_H
 
@@ -10,8 +11,28 @@ extern "C" {
 #endif
 
 #define BL_FMNIST_DIR "/usr/share/datasets/fashion-mnist"
-#define BL_FMNIST_MEAN 0.2860f
-#define BL_FMNIST_STD 0.3530f
+#define BL_RECIPE_MAX_CHANNELS 4
+
+/* The data recipe: the data set, its shape, the normalization x' = (x/255 - mean[c]) / std[c] and
+ * the training augmentation. A run uses one, records it in its checkpoints, and eval, precise and
+ * inspect read it back, so the model is always fed what it was trained on. The loaders are
+ * one-channel, ten-class for now; the recipe already carries channels and classes. */
+typedef struct {
+    char name[32];   /* "fashion-mnist" */
+    int channels, classes;
+    float mean[BL_RECIPE_MAX_CHANNELS], std[BL_RECIPE_MAX_CHANNELS];
+    int pad;         /* random crop: pad by this many pixels (black), take a window; 0: off */
+    int flip;        /* horizontal flip with probability 1/2 */
+} bl_recipe;
+
+/* Fashion-MNIST: one channel, 10 classes, mean 0.2860, std 0.3530 (of the training images),
+ * crop with padding 2 and flip: the recipe of every run so far, and of checkpoints without one. */
+bl_recipe bl_recipe_fmnist(void);
+/* Checks the values (channels 1..BL_RECIPE_MAX_CHANNELS, classes >= 2, std > 0, finite means,
+ * pad >= 0); an error names the field as recipe.<field>. */
+bl_status bl_recipe_check(const bl_recipe *r);
+/* The recipe as one JSON object, as checkpoints record it; returns what snprintf returns. */
+int bl_recipe_json(const bl_recipe *r, char *buf, size_t len);
 
 typedef struct {
     int n, h, w;      /* images, rows, columns (one channel) */
@@ -28,22 +49,27 @@ void bl_dataset_free(bl_dataset *d);
 /* Moves the samples order[0..n) of src into a new dataset (e.g. a validation split). */
 bl_status bl_dataset_subset(const bl_dataset *src, const int *order, int n, bl_dataset *out);
 
-/* Normalization and augmentation of one batch. Random crop: pad `pad` pixels with the value of a
- * black pixel (as torchvision pads before normalizing), take a random h x w window; flip: mirror
- * horizontally with probability 1/2. The draws of sample i come from (seed, epoch, i) alone, so a
- * batch does not depend on which other samples share it or on thread timing. */
+/* The augmentation stream of one batch: the recipe's random crop (pad with the value of a black
+ * pixel, as torchvision pads before normalizing, then a random h x w window) and flip. The draws
+ * of sample i come from (seed, epoch, i) alone, so a batch does not depend on which other samples
+ * share it, on the rank that holds it, or on thread timing. */
 typedef struct {
-    float mean, std;
-    int pad, flip;  /* 0 = off */
     uint64_t seed;
     int epoch;
 } bl_augment;
-/* x: (n, h, w, 1) floats; y: (n) labels; idx: dataset indices. aug NULL: normalize only with the
- * Fashion-MNIST mean/std. */
-void bl_dataset_batch(const bl_dataset *d, const int *idx, int n, const bl_augment *aug, float *x,
-                      uint8_t *y);
-/* The sample order of an epoch: a permutation of 0..n-1 from (seed, epoch, rank). */
-void bl_epoch_order(int n, uint64_t seed, int epoch, int rank, int *order);
+/* x: (n, h, w, 1) floats normalized by the recipe; y: (n) labels; idx: dataset indices. aug NULL:
+ * normalization only. */
+void bl_dataset_batch(const bl_dataset *d, const bl_recipe *r, const int *idx, int n,
+                      const bl_augment *aug, float *x, uint8_t *y);
+
+/* ---- the sampler ---------------------------------------------------------------------------------
+ * One global permutation per (seed, epoch), the same on every process: global batch s is
+ * order[s*B, (s+1)*B). Rank r of W takes the r-th contiguous share of it, ceil(B/W) samples, the
+ * last share smaller (or empty): exactly the groups bl_groups_ghost(B, ceil(B/W)) forms, so W
+ * ranks see the samples of one process with batch B, and per-rank BN is ghost BN of that size. */
+void bl_epoch_order(int n, uint64_t seed, int epoch, int *order);
+/* Rank r's share [*offset, *offset + *count) of a global batch of B samples over W ranks. */
+void bl_batch_share(int batch, int rank, int world, int *offset, int *count);
 
 #ifdef __cplusplus
 }

@@ -51,14 +51,58 @@ typedef struct {
 typedef struct bl_net bl_net;
 typedef struct bl_layer bl_layer;
 
+/* ---- the forward context ------------------------------------------------------------------------
+ * How every BN layer normalizes in one forward and its backward: per BN layer (network order, see
+ * bl_net_bn_at) a mode and the groups, NULL meaning the whole batch. It belongs to the call, not to
+ * the net, so evaluation, PreciseBN, inspect and training never save and restore anything; layers
+ * may differ (the sequential PreciseBN mode, FrozenBN, heads normalizing other groups). A reducer
+ * (SyncBN) rides on the groups descriptor. The backward takes the forward's context. */
 typedef struct {
-    const char *kind;
+    bl_bn_mode mode;
+    const bl_groups *groups; /* NULL: the whole batch (no reducer) */
+} bl_bn_use;
+
+typedef struct {
+    int n_bn;       /* entries in bn: the net's BN layer count; 0 when bn is NULL */
+    bl_bn_use *bn;  /* (n_bn) per layer, or NULL: `all` applies to every BN layer */
+    bl_bn_use all;
+} bl_ctx;
+
+/* Every BN layer alike, nothing allocated (training, evaluation). */
+static inline bl_ctx bl_ctx_all(bl_bn_mode mode, const bl_groups *groups)
+{
+    bl_ctx c = {0, (bl_bn_use *)0, {mode, groups}};
+    return c;
+}
+/* A per-layer context for net, every entry (mode, groups) to start with; bl_ctx_free after. */
+bl_status bl_ctx_init(bl_ctx *c, const bl_net *net, bl_bn_mode mode, const bl_groups *groups);
+void bl_ctx_free(bl_ctx *c);
+/* How BN layer i normalizes under c. */
+static inline const bl_bn_use *bl_ctx_use(const bl_ctx *c, int i)
+{
+    return c->bn ? &c->bn[i] : &c->all;
+}
+
+/* ---- layers -------------------------------------------------------------------------------------- */
+typedef enum {
+    BL_LAYER_CONV,
+    BL_LAYER_BN,
+    BL_LAYER_RELU,
+    BL_LAYER_ADD,
+    BL_LAYER_GAP,
+    BL_LAYER_LINEAR
+} bl_layer_kind;
+
+typedef struct {
+    bl_layer_kind kind;
+    const char *kind_name;                           /* "conv", for messages */
     bl_status (*bind)(bl_layer *l, bl_net *net);     /* after memory exists (optional) */
-    bl_status (*forward)(bl_layer *l, bl_net *net);
-    bl_status (*backward)(bl_layer *l, bl_net *net); /* add (acc) or write input gradients */
+    bl_status (*forward)(bl_layer *l, bl_net *net, const bl_ctx *ctx);
+    /* add (acc) or write input gradients; ctx: the forward's */
+    bl_status (*backward)(bl_layer *l, bl_net *net, const bl_ctx *ctx);
     void (*free)(bl_layer *l);
-    /* Inference forward (optional): may also compute the layers after this one when they can be
-     * fused with it; sets *used to the number of layers done (>= 1). */
+    /* Inference forward (optional, population statistics everywhere): may also compute the layers
+     * after this one when they can be fused with it; sets *used to the number of layers done. */
     bl_status (*infer)(bl_layer *l, bl_net *net, int *used);
 } bl_layer_ops;
 
@@ -68,6 +112,7 @@ struct bl_layer {
     int in[2], n_in, out;
     int acc[2];   /* backward adds into in[k]'s gradient (another consumer wrote it first) */
     int need_dx;  /* 0 for layers reading the network input */
+    int bn_index; /* among the BN layers (network order), -1 for other kinds */
     void *state;
 };
 
@@ -80,10 +125,10 @@ struct bl_net {
     int max_batch; /* activations are allocated for this many */
     size_t n_param_floats, n_buffer_floats;
     float *param_block, *grad_block, *optim_block, *buffer_block, *act_block;
-    /* how BN layers normalize in the next forward */
-    bl_bn_mode bn_mode;
-    const bl_bn_mode *bn_modes; /* per BN layer (network order), overriding bn_mode; or NULL */
-    const bl_groups *groups; /* NULL: whole batch */
+    /* the BN layers, listed once at finalize: bn[i] is layer bn_layer[i] */
+    int n_bn;
+    int *bn_layer;
+    bl_bn **bn;
     int n_classes;
     char arch[64];           /* e.g. "resnet20" */
     int width;
@@ -93,41 +138,56 @@ struct bl_net {
 
 bl_status bl_net_init(bl_net *net, int h, int w, int c, int max_batch);
 void bl_net_free(bl_net *net);
-/* Allocates the blocks and binds every layer; call once after adding the layers. */
+/* Allocates the blocks, binds every layer and lists the BN layers; call once after adding the
+ * layers. */
 bl_status bl_net_finalize(bl_net *net);
-/* Layer constructors: return the output tensor id, or -1 (reason in bl_error()). */
-int bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad);
-int bl_net_bn(bl_net *net, const char *name, int in);
-int bl_net_relu(bl_net *net, const char *name, int in);
-int bl_net_add(bl_net *net, const char *name, int a, int b);
-int bl_net_gap(bl_net *net, const char *name, int in);
-int bl_net_linear(bl_net *net, const char *name, int in, int cout);
+/* Layer constructors: *out receives the output tensor id. On failure the reason names the layer;
+ * the net is then only fit for bl_net_free. */
+bl_status bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad,
+                      int *out);
+bl_status bl_net_bn(bl_net *net, const char *name, int in, int *out);
+bl_status bl_net_relu(bl_net *net, const char *name, int in, int *out);
+bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out);
+bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out);
+bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out);
 
-/* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. */
-bl_status bl_net_forward(bl_net *net, const float *x, int n);
+/* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. ctx: how each BN
+ * layer normalizes (NULL: every one with batch statistics over the whole batch). */
+bl_status bl_net_forward(bl_net *net, const bl_ctx *ctx, const float *x, int n);
 /* The forward up to and including layer `last` (an index into net->layers); no backward may
  * follow. */
-bl_status bl_net_forward_to(bl_net *net, const float *x, int n, int last);
+bl_status bl_net_forward_to(bl_net *net, const bl_ctx *ctx, const float *x, int n, int last);
 /* The stride-1 3x3 convolutions use Winograd F(2x2, 3x3) where supported (default on); off: the
  * direct kernel. Process-wide; for tests and benchmarks comparing the two. */
 void bl_conv_set_winograd(int on);
-/* Inference forward with population statistics (the net's bn_mode is left as it was): layers may
- * be fused (conv + BN + add + ReLU in one pass), so only the output, the last tensor, is written
- * for sure and no backward may follow. Bit-identical to bl_net_forward in BL_BN_POPULATION mode. */
+/* Inference forward with population statistics in every BN layer: layers may be fused (conv + BN
+ * + add + ReLU in one pass), so only the output, the last tensor, is written for sure and no
+ * backward may follow. Bit-identical to bl_net_forward with every layer in BL_BN_POPULATION. */
 bl_status bl_net_infer(bl_net *net, const float *x, int n);
 /* Softmax cross-entropy of the last tensor against labels (mean over the batch); writes the
  * gradient of the logits when grad is set. Returns the summed loss and the count of correct argmax. */
 bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct);
-bl_status bl_net_backward(bl_net *net);
+/* Backward of the last forward, with its context. */
+bl_status bl_net_backward(bl_net *net, const bl_ctx *ctx);
 void bl_net_zero_grad(bl_net *net);
 /* The first layer (in network order) whose output of the last forward holds NaN or Inf, or NULL:
  * names where a divergence started. */
 const char *bl_net_first_nonfinite(const bl_net *net);
-/* BN layers, in network order (for commits, PreciseBN, inspection). */
-int bl_net_bn_count(const bl_net *net);
-bl_bn *bl_net_bn_at(bl_net *net, int i);
+/* BN layers, in network order (for commits, PreciseBN, inspection); O(1). */
+static inline int bl_net_bn_count(const bl_net *net) { return net->n_bn; }
+static inline bl_bn *bl_net_bn_at(const bl_net *net, int i)
+{
+    return i >= 0 && i < net->n_bn ? net->bn[i] : (bl_bn *)0;
+}
 /* The layer (index into net->layers) of the i-th BN layer, or -1. */
-int bl_net_bn_layer(const bl_net *net, int i);
+static inline int bl_net_bn_layer(const bl_net *net, int i)
+{
+    return i >= 0 && i < net->n_bn ? net->bn_layer[i] : -1;
+}
+/* The BN core of a BN layer, or NULL for a layer of another kind (the typed accessor). */
+bl_bn *bl_layer_bn(const bl_layer *l);
+/* Commits every BN layer's pending batch statistics to est (the EMA after a training step). */
+bl_status bl_net_bn_commit(bl_net *net, bl_estimator est);
 const bl_param *bl_net_param(const bl_net *net, const char *name);
 
 /* A parameter's values between the inside layout and PyTorch's (conv weights OHWI <-> OIHW; other
@@ -135,7 +195,8 @@ const bl_param *bl_net_param(const bl_net *net, const char *name);
 void bl_param_export(const bl_param *p, const float *src, float *dst);
 void bl_param_import(const bl_param *p, const float *src, float *dst);
 
-/* The CIFAR ResNet, depth 6n+2 (resnet8/14/20/32/56), option-B shortcuts, width w. */
+/* The CIFAR ResNet, depth 6n+2 (resnet8/14/20/32/56), option-B shortcuts, width w. On failure
+ * the net is freed. */
 bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
                     int max_batch);
 /* Initializes the parameters from a seed: conv weights Kaiming normal (fan_in, ReLU gain), linear

@@ -1,4 +1,7 @@
-/* bnlab train: checkpoints (safetensors), SGD, schedules, the training loop and evaluation. */
+/* bnlab train: checkpoints (safetensors), SGD, schedules, the trainer (the training loop in pieces,
+ * reporting through callbacks, with hook points for processes) and evaluation. Nothing here
+ * prints: the command line does (src/cli). Errors about a configuration name the field as
+ * cfg.<field> (e.g. "cfg.norm_batch"), which the command line turns into its flag. */
 #ifndef BNLAB_TRAIN_H
 #define BNLAB_TRAIN_H
 
@@ -90,6 +93,8 @@ typedef struct {
     int epoch;      /* epochs completed */
     long step;      /* SGD steps completed (may be inside epoch + 1) */
     uint64_t seed;
+    bl_recipe recipe; /* the data recipe of the run (metadata "recipe"; Fashion-MNIST's when a
+                       * checkpoint has none) */
     /* the unfinished epoch's running sums, so a resumed epoch reports the whole epoch */
     double ep_loss;
     long ep_wrong, ep_seen;
@@ -101,8 +106,21 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
 /* Loads into an existing net; the architecture must match (errors name the tensor). with_optim:
  * also the momentum buffers (an error if absent). info may be NULL. */
 bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_ckpt_info *info);
-/* Builds the net a checkpoint describes (its metadata) and loads it. */
-bl_status bl_checkpoint_open(const char *path, int max_batch, bl_net *net, bl_ckpt_info *info);
+
+/* The model to build for a safetensors file without bnlab's metadata: a PyTorch state_dict of the
+ * ResNet twin (tools/bnlab_torch.py), as safetensors.torch.save_file(model.state_dict()) writes
+ * it. Input 28 x 28 x recipe.channels, recipe.classes outputs; the recipe becomes the info's. */
+typedef struct {
+    char model[32];   /* "resnet20"; "" refuses such files */
+    int width;
+    bl_recipe recipe;
+} bl_model_spec;
+void bl_model_spec_defaults(bl_model_spec *m); /* no model, width 16, the Fashion-MNIST recipe */
+/* Builds the net a checkpoint describes and loads it: from its metadata, or, for a file without
+ * (foreign), from `foreign` (NULL: such a file is an error naming what to pass). A bnlab
+ * checkpoint whose architecture contradicts a given foreign->model is an error too. */
+bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spec *foreign,
+                             bl_net *net, bl_ckpt_info *info);
 
 /* ---- evaluation and training -------------------------------------------------------------------- */
 typedef struct {
@@ -112,9 +130,10 @@ typedef struct {
 } bl_eval_result;
 
 /* Population statistics (bn = BL_BN_POPULATION), or mini-batch statistics (BL_BN_BATCH) of ghost
- * groups of norm_batch consecutive samples of bl_eval_order(d, seed, by_class). */
-bl_status bl_evaluate(bl_net *net, const bl_dataset *d, bl_bn_mode bn, int norm_batch,
-                      uint64_t seed, int by_class, bl_eval_result *r);
+ * groups of norm_batch consecutive samples of bl_eval_order(d, seed, by_class); the images
+ * normalized by the recipe. */
+bl_status bl_evaluate(bl_net *net, const bl_dataset *d, const bl_recipe *recipe, bl_bn_mode bn,
+                      int norm_batch, uint64_t seed, int by_class, bl_eval_result *r);
 /* The order mini-batch evaluation groups samples in: a shuffle seeded by seed; by_class: then
  * stably sorted by label, so groups hold one class (but where a class ends). */
 bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order);
@@ -134,6 +153,10 @@ typedef struct {
     int augment;    /* default 1 */
     uint64_t seed;  /* sample choice and augmentation; default 1 */
     int sequential; /* default 0 */
+    bl_recipe recipe; /* normalization and augmentation; default Fashion-MNIST's */
+    /* pools each layer's moments across processes before they become statistics (MPI: every
+     * process estimates on its own samples); NULL: this process alone */
+    const bl_reducer *reducer;
     void (*progress)(void *ctx, long done, long total); /* optional, samples processed */
     void *progress_ctx;
 } bl_precise_cfg;
@@ -164,7 +187,7 @@ bl_status bl_pop_save(bl_net *net, bl_pop_snapshot *p);
 void bl_pop_restore(bl_net *net, const bl_pop_snapshot *p);
 void bl_pop_free(bl_pop_snapshot *p);
 /* The first `samples` indices of a seeded permutation of 0..n-1: the images bl_precise uses. */
-void bl_precise_samples(int n, long samples, uint64_t seed, int *idx);
+bl_status bl_precise_samples(int n, long samples, uint64_t seed, int *idx);
 bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
                      bl_precise_report *r);
 
@@ -179,6 +202,7 @@ typedef struct {
     int batch;         /* mini-batch size for the spread, default 128 */
     int batches;       /* how many mini-batches, default 100 */
     uint64_t seed;
+    bl_recipe recipe;  /* default Fashion-MNIST's */
 } bl_inspect_cfg;
 
 typedef struct {
@@ -205,6 +229,7 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
 
 typedef enum { BL_SCHED_COSINE, BL_SCHED_STEP, BL_SCHED_CONST } bl_schedule;
 
+/* A run's configuration. Field names are the command line's flags with '_' for '-'. */
 typedef struct {
     char model[32];
     int width, epochs, batch, norm_batch; /* norm_batch 0: the SGD batch */
@@ -212,24 +237,25 @@ typedef struct {
     int nesterov, wd_bn;
     bl_schedule schedule;
     double warmup_epochs;
-    int lr_linear;        /* lr x batch / 128 */
+    int lr_scaling;       /* 1: lr x batch / 128 (linear), 0: none */
     uint64_t seed;
     int threads, eval_every, eval_minibatch, val;
     long max_steps;       /* 0: no limit */
     int checkpoint_every; /* epochs between checkpoints (the last one and stops always write) */
     int keep_every;       /* also keep epoch<N>.safetensors every K epochs (0: none), to branch or
                            * inspect from the middle of a run */
-    /* PreciseBN during training: every precise_every epochs (0: never) also the test error with
-     * fresh precise statistics (the EMA ones are restored after); final_precise: the end of
-     * training replaces the EMA statistics by precise ones (in the checkpoint too); -1: auto, on
-     * unless frozen_epochs (whose frozen statistics are then the model's) */
-    int precise_every, final_precise;
-    /* "population batch in training" (FrozenBN): the last frozen_epochs epochs normalize with
+    /* PreciseBN during training: every precise_bn_every epochs (0: never) also the test error
+     * with fresh precise statistics (the EMA ones are restored after); final_precise_bn: the end
+     * of training replaces the EMA statistics by precise ones (in the checkpoint too); -1: auto,
+     * on unless frozen_bn_epochs (whose frozen statistics are then the model's) */
+    int precise_bn_every, final_precise_bn;
+    /* "population batch in training" (FrozenBN): the last frozen_bn_epochs epochs normalize with
      * fixed population statistics, PreciseBN at the start of the phase (each epoch with
-     * frozen_reestimate); gamma and beta keep training, no EMA */
-    int frozen_epochs, frozen_reestimate;
+     * frozen_bn_reestimate); gamma and beta keep training, no EMA */
+    int frozen_bn_epochs, frozen_bn_reestimate;
     long precise_samples; /* N; 0 (default): 10^4, or the training split if smaller */
     int precise_batch;    /* B, default 200 */
+    bl_recipe recipe;     /* default: Fashion-MNIST's; a resumed run keeps its checkpoint's */
     char out[1024], data_dir[1024], resume[1024];
     /* set (e.g. by a SIGINT/SIGTERM handler) to stop after the current step with a checkpoint */
     const volatile sig_atomic_t *stop;
@@ -238,12 +264,107 @@ typedef struct {
 void bl_train_defaults(bl_train_cfg *c);
 /* Learning rate at step t of T (warmup W steps, then the schedule). */
 double bl_lr_at(const bl_train_cfg *c, long t, long T, long W);
-/* The whole run: data, model, SGD, evaluation, metrics.jsonl and last.safetensors in c->out.
- * metrics.jsonl: one object per epoch with train_loss, train_err, test_err_population (the stored,
- * EMA statistics), test_err_precise (fresh PreciseBN statistics), and with eval_minibatch
- * test_err_minibatch and train_err_minibatch (10^4 fixed training images, no augmentation):
- * the paper's three curves are train_err_minibatch, test_err_minibatch, test_err_precise. */
-bl_status bl_train(const bl_train_cfg *c);
+
+/* ---- the trainer ---------------------------------------------------------------------------------
+ * The loop in pieces (docs/architecture.md has the sequence):
+ *     bl_trainer_init(&t, cfg, callbacks, hooks);
+ *     while (!(st = bl_trainer_step(t, &ev)) && ev != BL_TRAIN_DONE && ev != BL_TRAIN_STOPPED)
+ *         if (ev == BL_TRAIN_EPOCH_END) st = bl_trainer_epoch_end(t);
+ *     bl_trainer_summary(t, &sum);  bl_trainer_free(t);
+ * bl_train runs exactly that. */
+typedef struct bl_trainer bl_trainer;
+
+typedef enum {
+    BL_TRAIN_STEPPED,   /* one SGD step done */
+    BL_TRAIN_EPOCH_END, /* the epoch has no step left: call bl_trainer_epoch_end */
+    BL_TRAIN_STOPPED,   /* cfg.stop or cfg.max_steps: a checkpoint of this exact step is written */
+    BL_TRAIN_DONE       /* every epoch done */
+} bl_train_event;
+
+/* One epoch's figures; error rates in %, -1 where not measured. */
+typedef struct {
+    int epoch;          /* epochs completed (1-based) */
+    long step;
+    double lr, train_loss, train_err;
+    double test_err_population; /* with the stored statistics (estimator below) */
+    double test_err_minibatch, train_err_minibatch, test_err_precise;
+    const char *estimator;      /* of the statistics test_err_population used */
+    double img_per_s, seconds;
+} bl_epoch_metrics;
+
+typedef struct {
+    int epochs;
+    long steps;
+    int norm_batch;
+    double test_err;      /* population statistics at the end, -1 if not measured */
+    const char *estimator;
+    double test_err_precise, test_err_minibatch; /* the last measured, -1 if never */
+    long precise_samples;
+    int final_precise;    /* the checkpoint keeps PreciseBN statistics */
+    double best_err;      /* the best test_err_population of the run and its epoch (0: none) */
+    int best_epoch;
+    int validation;       /* the errors are on a validation split carved from training */
+    double seconds;
+    char checkpoint[1100]; /* last.safetensors, "" without cfg.out */
+} bl_train_summary;
+
+/* What the trainer reports; every member optional. The user pointer is passed back. */
+typedef struct {
+    void *user;
+    /* a run resumed from a checkpoint (at its epoch and step, with its seed) */
+    void (*resumed)(void *user, const char *path, int epoch, long step, uint64_t seed);
+    /* an epoch starts (steps in it, and how many of them were done before a resume) */
+    void (*epoch_start)(void *user, int epoch, long steps, long done);
+    /* after each step: done of steps in the epoch, images per second over the epoch so far */
+    void (*progress)(void *user, int epoch, long done, long steps, double img_per_s);
+    /* FrozenBN's statistics were (re-)estimated with PreciseBN on `samples` images */
+    void (*frozen)(void *user, int epoch, long samples);
+    /* a checkpoint was written (atomically) */
+    void (*checkpoint)(void *user, const char *path);
+    /* an epoch ended; its checkpoints are already written. Non-OK stops the run with that
+     * status (e.g. metrics could not be written). */
+    bl_status (*epoch_end)(void *user, const bl_epoch_metrics *m);
+    /* stopped inside an epoch at step (done of steps); checkpoint "" without cfg.out */
+    void (*stopped)(void *user, long step, int epoch, long done, long steps, const char *checkpoint);
+    /* the run diverged: the step, and the first layer whose output went non-finite (or NULL);
+     * bl_trainer_step then returns the error */
+    void (*diverged)(void *user, long step, int epoch, const char *layer);
+} bl_train_callbacks;
+
+/* The hook points processes fill in (docs/architecture.md); NULL members: one process. */
+typedef struct {
+    void *ctx;
+    int rank, world;      /* the sampler: rank takes its share of each global batch (world 0 = 1) */
+    int not_writer;       /* 0: this process writes checkpoints (rank 0 under MPI) */
+    /* after backward, before the optimizer step (sum the gradients across processes) */
+    bl_status (*grads)(void *ctx, bl_net *net);
+    /* before the EMA commit: merge each BN layer's batch moments across processes */
+    bl_status (*bn_moments)(void *ctx, bl_net *net);
+    /* PreciseBN's pooled moments (FrozenBN, --precise-bn-every, the final PreciseBN) */
+    const bl_reducer *precise;
+    /* flags[0..n) OR-ed across processes in place (stop, error), so all act alike at one step */
+    bl_status (*agree)(void *ctx, int *flags, int n);
+} bl_train_hooks;
+
+bl_status bl_trainer_init(bl_trainer **t, const bl_train_cfg *c, const bl_train_callbacks *cb,
+                          const bl_train_hooks *h);
+bl_status bl_trainer_step(bl_trainer *t, bl_train_event *ev);
+/* Evaluation (population, mini-batch, PreciseBN as configured), checkpoints, then the epoch_end
+ * callback. */
+bl_status bl_trainer_epoch_end(bl_trainer *t);
+/* The figures of the run so far; at the end of a run that was not evaluated at its last epoch it
+ * evaluates once. */
+bl_status bl_trainer_summary(bl_trainer *t, bl_train_summary *s);
+bl_net *bl_trainer_net(bl_trainer *t);
+void bl_trainer_free(bl_trainer *t);
+/* The whole run: data, model, SGD, evaluation, checkpoints (last.safetensors in cfg.out) through
+ * the trainer. cb, h, summary may be NULL. metrics.jsonl is the command line's (from epoch_end):
+ * one object per epoch with train_loss, train_err, test_err_population (the stored, EMA
+ * statistics), test_err_precise, test_err_minibatch and train_err_minibatch (10^4 fixed training
+ * images, no augmentation): the paper's three curves are train_err_minibatch,
+ * test_err_minibatch, test_err_precise. */
+bl_status bl_train(const bl_train_cfg *c, const bl_train_callbacks *cb, const bl_train_hooks *h,
+                   bl_train_summary *summary);
 
 #ifdef __cplusplus
 }

@@ -239,11 +239,7 @@ bl_status bl_bn_commit(bl_bn *bn, bl_estimator est)
         return bl_fail(BL_ERR_ARG, "bn '%s': commit to '%s': use BL_EST_EMA or BL_EST_PRECISE",
                        bn->name, bl_estimator_name(est));
     }
-    if (st) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "%s", bl_error());
-        return bl_fail(st, "bn '%s': %s", bn->name, msg);
-    }
+    if (st) return bl_fail_ctx(st, "bn '%s'", bn->name);
     bn->pending = 0;
     return BL_OK;
 }

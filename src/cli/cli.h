@@ -27,6 +27,29 @@ void cli_usage(FILE *f, const char *cmd, const char *synopsis, const cli_opt *op
 /* The option table's current values as one line, "name=value ..." (the resolved configuration). */
 void cli_print_config(FILE *f, const char *cmd, const cli_opt *opts, int n_opts);
 
+/* Prints bl_error() as "bnlab CMD: ...", with the library's cfg.<field> names turned into the
+ * command's flags (--<field with - for _>) where the command has such an option. */
+void cli_error(const char *cmd, const cli_opt *opts, int n_opts);
+
+/* For eval, precise, inspect: --model/--width open a PyTorch state_dict (no bnlab metadata) as
+ * that ResNet; --data-mean/--data-std override the normalization of the recipe. */
+typedef struct {
+    bl_model_spec spec;
+    char mean[64], std[64]; /* "" : the checkpoint's (or the Fashion-MNIST) recipe */
+} cli_foreign;
+void cli_foreign_init(cli_foreign *f);
+#define CLI_FOREIGN_OPTS(f)                                                                        \
+    {"--model", OPT_STR, (f)->spec.model, sizeof (f)->spec.model, 0, 0, NULL,                      \
+     "for a PyTorch state_dict without bnlab metadata: the ResNet it holds (resnet8|14|20|32|56)"}, \
+    {"--width", OPT_INT, &(f)->spec.width, 0, 1, 1024, NULL, "with --model: its width"},          \
+    {"--data-mean", OPT_STR, (f)->mean, sizeof (f)->mean, 0, 0, NULL,                              \
+     "override the recipe's normalization mean (one per channel)"},                               \
+    {"--data-std", OPT_STR, (f)->std, sizeof (f)->std, 0, 0, NULL,                                 \
+     "override the recipe's normalization std (one per channel)"}
+/* Applies --data-mean/--data-std to r (the checkpoint's recipe); prints why and returns 2 on a bad
+ * value. */
+int cli_foreign_recipe(const char *cmd, const cli_foreign *f, bl_recipe *r);
+
 /* Loads a Fashion-MNIST split; on failure prints why and what to do, prefixed "bnlab CMD: ",
  * and returns non-zero (d is then empty). */
 int cli_load_fmnist(const char *cmd, const char *dir, const char *split, bl_dataset *d);

@@ -20,6 +20,8 @@
 static void features(const bl_dataset *d, const int *idx, int n, const float *w, float *feats)
 {
     const int H = d->h, W = d->w;
+    const bl_recipe r = bl_recipe_fmnist();
+    const float mean = r.mean[0], std = r.std[0];
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         const uint8_t *img = d->pixels + (size_t)idx[i] * H * W;
@@ -31,7 +33,7 @@ static void features(const bl_dataset *d, const int *idx, int n, const float *w,
                     for (int kx = -1; kx <= 1; kx++) {
                         int yy = y + ky, xx = x + kx;
                         if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
-                        float v = (img[yy * W + xx] / 255.0f - BL_FMNIST_MEAN) / BL_FMNIST_STD;
+                        float v = (img[yy * W + xx] / 255.0f - mean) / std;
                         const float *wk = w + ((ky + 1) * 3 + (kx + 1)) * FC;
                         for (int c = 0; c < FC; c++) o[c] += v * wk[c];
                     }

@@ -10,6 +10,8 @@ int cmd_eval(int argc, char **argv)
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
     int stats = 0, split = 0, json = 0, norm_batch = 128, batch = 256, threads = 2, compose = 0;
     uint64_t seed = 1;
+    cli_foreign fo;
+    cli_foreign_init(&fo);
     char data_dir[1024];
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
     const cli_opt opts[] = {
@@ -25,6 +27,7 @@ int cmd_eval(int argc, char **argv)
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
+        CLI_FOREIGN_OPTS(&fo),
     };
     const int n = sizeof opts / sizeof *opts;
     const char *pos[1];
@@ -39,9 +42,13 @@ int cmd_eval(int argc, char **argv)
     bl_threads_set(threads);
     bl_net net;
     bl_ckpt_info info;
-    if (bl_checkpoint_open(pos[0], batch, &net, &info)) {
-        fprintf(stderr, "bnlab eval: %s\n", bl_error());
+    if (bl_checkpoint_open(pos[0], batch, &fo.spec, &net, &info)) {
+        cli_error("eval", opts, n);
         return 1;
+    }
+    if (cli_foreign_recipe("eval", &fo, &info.recipe)) {
+        bl_net_free(&net);
+        return 2;
     }
     bl_dataset d;
     if (cli_load_fmnist("eval", data_dir, split ? "train" : "test", &d)) {
@@ -49,10 +56,10 @@ int cmd_eval(int argc, char **argv)
         return 1;
     }
     bl_eval_result r;
-    rc = bl_evaluate(&net, &d, stats ? BL_BN_BATCH : BL_BN_POPULATION, norm_batch, seed, compose,
-                     &r);
+    rc = bl_evaluate(&net, &d, &info.recipe, stats ? BL_BN_BATCH : BL_BN_POPULATION, norm_batch,
+                     seed, compose, &r);
     if (rc) {
-        fprintf(stderr, "bnlab eval: %s\n", bl_error());
+        cli_error("eval", opts, n);
     } else if (json) {
         printf("{\"err\":%.4f,\"loss\":%.6f,\"n\":%d,\"stats\":\"%s\",\"norm_batch\":", r.err,
                r.loss, r.n, stats ? "minibatch" : "population");

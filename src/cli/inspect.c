@@ -11,6 +11,8 @@ int cmd_inspect(int argc, char **argv)
     bl_inspect_cfg c;
     bl_inspect_defaults(&c);
     int json = 0, threads = 2;
+    cli_foreign fo;
+    cli_foreign_init(&fo);
     char data_dir[1024];
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
     const cli_opt opts[] = {
@@ -23,6 +25,7 @@ int cmd_inspect(int argc, char **argv)
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
+        CLI_FOREIGN_OPTS(&fo),
     };
     const int n = sizeof opts / sizeof *opts;
     const char *pos[1];
@@ -38,10 +41,15 @@ int cmd_inspect(int argc, char **argv)
     bl_net net;
     bl_ckpt_info info;
     const int mb = c.batch > c.precise_batch ? c.batch : c.precise_batch;
-    if (bl_checkpoint_open(pos[0], mb, &net, &info)) {
-        fprintf(stderr, "bnlab inspect: %s\n", bl_error());
+    if (bl_checkpoint_open(pos[0], mb, &fo.spec, &net, &info)) {
+        cli_error("inspect", opts, n);
         return 1;
     }
+    if (cli_foreign_recipe("inspect", &fo, &info.recipe)) {
+        bl_net_free(&net);
+        return 2;
+    }
+    c.recipe = info.recipe;
     bl_dataset train;
     if (cli_load_fmnist("inspect", data_dir, "train", &train)) {
         bl_net_free(&net);
@@ -50,7 +58,7 @@ int cmd_inspect(int argc, char **argv)
     static bl_inspect_report r;
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
     if ((rc = bl_inspect(&net, &train, &c, &r))) {
-        fprintf(stderr, "bnlab inspect: %s\n", bl_error());
+        cli_error("inspect", opts, n);
     } else if (json) {
         printf("{\"checkpoint\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d,\"verdict\":\"%s\","
                "\"flagged\":%d,\"samples\":%ld,\"batch\":%d,\"batches\":%d,\"layers\":[",

@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,4 +175,74 @@ int cli_load_fmnist(const char *cmd, const char *dir, const char *split, bl_data
 #endif
     memset(d, 0, sizeof *d);
     return 1;
+}
+
+/* "cfg.norm_batch" -> "--norm-batch" when the command has that option; other text is kept. */
+void cli_error(const char *cmd, const cli_opt *opts, int n)
+{
+    const char *e = bl_error();
+    char out[2048];
+    size_t o = 0;
+    while (*e && o + 1 < sizeof out) {
+        if (!strncmp(e, "cfg.", 4)) {
+            size_t l = strspn(e + 4, "abcdefghijklmnopqrstuvwxyz_0123456789");
+            char flag[80];
+            int k = snprintf(flag, sizeof flag, "--%.*s", (int)l, e + 4);
+            for (char *q = flag + 2; *q; q++) *q = *q == '_' ? '-' : *q;
+            int known = 0;
+            for (int i = 0; i < n && k > 0 && (size_t)k < sizeof flag; i++) known |= matches(opts[i].name, flag);
+            if (known && l > 0) {
+                o += (size_t)snprintf(out + o, sizeof out - o, "%s", flag);
+                e += 4 + l;
+                continue;
+            }
+        }
+        out[o++] = *e++;
+    }
+    out[o < sizeof out ? o : sizeof out - 1] = 0;
+    fprintf(stderr, "bnlab %s: %s\n", cmd, out);
+}
+
+void cli_foreign_init(cli_foreign *f)
+{
+    bl_model_spec_defaults(&f->spec);
+    f->mean[0] = f->std[0] = 0;
+}
+
+/* "0.5" or "0.5,0.4,0.3": one value per channel */
+static int parse_list(const char *s, float *v, int *n)
+{
+    *n = 0;
+    while (*s && *n < BL_RECIPE_MAX_CHANNELS) {
+        char *end;
+        errno = 0;
+        double x = strtod(s, &end);
+        if (errno || end == s || (*end && *end != ',')) return -1;
+        v[(*n)++] = (float)x;
+        s = *end ? end + 1 : end;
+    }
+    return *s ? -1 : 0;
+}
+
+int cli_foreign_recipe(const char *cmd, const cli_foreign *f, bl_recipe *r)
+{
+    const char *what[2] = {f->mean, f->std};
+    float *dst[2] = {r->mean, r->std};
+    for (int k = 0; k < 2; k++) {
+        if (!what[k][0]) continue;
+        float v[BL_RECIPE_MAX_CHANNELS];
+        int n;
+        if (parse_list(what[k], v, &n) || n != r->channels) {
+            fprintf(stderr, "bnlab %s: %s '%s': give %d number%s (one per channel), e.g. 0.5\n",
+                    cmd, k ? "--data-std" : "--data-mean", what[k], r->channels,
+                    r->channels > 1 ? "s" : "");
+            return 2;
+        }
+        for (int c = 0; c < n; c++) dst[k][c] = v[c];
+    }
+    if (bl_recipe_check(r)) {
+        fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error());
+        return 2;
+    }
+    return 0;
 }

@@ -28,6 +28,8 @@ int cmd_precise(int argc, char **argv)
     bl_precise_defaults(&c);
     int evaluate = 1, json = 0, threads = 2;
     char out[1024] = "", data_dir[1024];
+    cli_foreign fo;
+    cli_foreign_init(&fo);
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
     const cli_opt opts[] = {
         {"--out|-o", OPT_STR, out, sizeof out, 0, 0, NULL, "the new checkpoint (required)"},
@@ -44,6 +46,7 @@ int cmd_precise(int argc, char **argv)
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
+        CLI_FOREIGN_OPTS(&fo),
     };
     const int n = sizeof opts / sizeof *opts;
     const char *pos[1];
@@ -65,10 +68,16 @@ int cmd_precise(int argc, char **argv)
     const int eval_batch = 256; /* activations are ~4 MB per image (resnet20) */
     bl_net net;
     bl_ckpt_info info;
-    if (bl_checkpoint_open(pos[0], c.batch > eval_batch ? c.batch : eval_batch, &net, &info)) {
-        fprintf(stderr, "bnlab precise: %s\n", bl_error());
+    if (bl_checkpoint_open(pos[0], c.batch > eval_batch ? c.batch : eval_batch, &fo.spec, &net,
+                           &info)) {
+        cli_error("precise", opts, n);
         return 1;
     }
+    if (cli_foreign_recipe("precise", &fo, &info.recipe)) {
+        bl_net_free(&net);
+        return 2;
+    }
+    c.recipe = info.recipe;
     /* keep the optimizer state too when there is one, so the output can still be trained on */
     if (bl_checkpoint_load(&net, pos[0], 1, NULL)) bl_error_clear();
     bl_dataset train, test = {0};
@@ -83,15 +92,15 @@ int cmd_precise(int argc, char **argv)
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
     double t0 = 0, secs = 0;
     if (!json) c.progress = isatty(2) ? progress : NULL;
-    rc = evaluate ? bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, 0, &before) : BL_OK;
+    rc = evaluate ? bl_evaluate(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &before) : BL_OK;
     if (!rc) t0 = now(), rc = bl_precise(&net, &train, &c, &r), secs = now() - t0;
-    if (!rc && evaluate) rc = bl_evaluate(&net, &test, BL_BN_POPULATION, 0, 0, 0, &after);
+    if (!rc && evaluate) rc = bl_evaluate(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &after);
     if (!rc) {
         bl_precise_record(info.precise, sizeof info.precise, &c, &r, &net);
         rc = bl_checkpoint_save(&net, out, &info);
     }
     if (rc) {
-        fprintf(stderr, "bnlab precise: %s\n", bl_error());
+        cli_error("precise", opts, n);
     } else if (json) {
         printf("{\"in\":\"%s\",\"out\":\"%s\",\"stats_before\":\"%s\",\"test_err_before\":", pos[0],
                out, src);

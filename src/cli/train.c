@@ -2,9 +2,13 @@
 /* bnlab train: a ResNet on Fashion-MNIST with every batch choice explicit. */
 #include "cli/cli.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
 /* SIGINT/SIGTERM: finish the current step, write a checkpoint, exit cleanly. A second signal
@@ -15,6 +19,181 @@ static void on_signal(int sig)
 {
     stop_flag = 1;
     signal(sig, SIG_DFL);
+}
+
+/* What the command shows and writes while the trainer runs: the per-epoch table, a progress bar
+ * on a terminal, and metrics.jsonl (one line per epoch, appended after the epoch's checkpoint is
+ * written, in one write, so a resume never repeats a line). */
+typedef struct {
+    const bl_train_cfg *c;
+    int tty, header;
+    int resumed_epoch; /* -1: a fresh run */
+    char mpath[1100];
+} train_view;
+
+static void on_resumed(void *u, const char *path, int epoch, long step, uint64_t seed)
+{
+    train_view *v = u;
+    v->resumed_epoch = epoch;
+    printf("resumed from %s at epoch %d, step %ld\n", path, epoch, step);
+    if (seed != v->c->seed)
+        printf("note: the data order and augmentation follow the checkpoint's seed %llu, not "
+               "--seed %llu\n", (unsigned long long)seed, (unsigned long long)v->c->seed);
+}
+
+static void header(train_view *v)
+{
+    if (v->header) return;
+    v->header = 1;
+    printf("%-6s %-9s %-10s %-9s %-9s %-9s %-9s %-9s %-8s\n", "epoch", "lr", "train_loss",
+           "train_err", "test_pop", "test_mb", "test_pre", "img/s", "seconds");
+}
+
+static void on_epoch_start(void *u, int epoch, long steps, long done)
+{
+    (void)epoch, (void)steps, (void)done;
+    header(u);
+}
+
+static void on_progress(void *u, int epoch, long done, long steps, double ips)
+{
+    const train_view *v = u;
+    if (!v->tty || (done % 10 && done != steps)) return;
+    const long batch = v->c->batch;
+    int bar = (int)(30 * done / steps);
+    printf("\r  epoch %d [%.*s%*s] %ld/%ld  %.0f img/s  ETA %.0f s  ", epoch, bar,
+           "==============================", 30 - bar, "", done, steps, ips,
+           (steps - done) * batch / ips);
+    fflush(stdout);
+}
+
+static void clear_bar(const train_view *v)
+{
+    if (v->tty) printf("\r%*s\r", 78, "");
+}
+
+static void on_frozen(void *u, int epoch, long samples)
+{
+    (void)u;
+    printf("epoch %d: BN statistics frozen (PreciseBN, %ld images); gamma and beta keep "
+           "training\n", epoch, samples);
+}
+
+/* The whole line, appended with one write and flushed to disk: never half a line. */
+static bl_status append_line(const char *path, const char *line)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
+    if (fd < 0) return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    size_t n = strlen(line);
+    ssize_t w = write(fd, line, n);
+    int err = w < 0 ? errno : 0;
+    if ((size_t)w != n || fsync(fd)) {
+        close(fd);
+        return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, err ? strerror(err) : "short write");
+    }
+    if (close(fd)) return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    return BL_OK;
+}
+
+static bl_status on_epoch_end(void *u, const bl_epoch_metrics *m)
+{
+    train_view *v = u;
+    clear_bar(v);
+    header(v);
+    char ps[16] = "-", ms[16] = "-", rs[16] = "-";
+    if (m->test_err_precise >= 0) snprintf(rs, sizeof rs, "%.2f", m->test_err_precise);
+    if (m->test_err_population >= 0) snprintf(ps, sizeof ps, "%.2f", m->test_err_population);
+    if (m->test_err_minibatch >= 0) snprintf(ms, sizeof ms, "%.2f", m->test_err_minibatch);
+    printf("%-6d %-9.5f %-10.4f %-9.2f %-9s %-9s %-9s %-9.0f %-8.1f\n", m->epoch, m->lr,
+           m->train_loss, m->train_err, ps, ms, rs, m->img_per_s, m->seconds);
+    fflush(stdout);
+    if (!v->mpath[0]) return BL_OK;
+    char line[1024];
+    int o = snprintf(line, sizeof line, "{\"epoch\":%d,\"step\":%ld,\"lr\":%.6g,"
+                     "\"train_loss\":%.6f,\"train_err\":%.4f", m->epoch, m->step, m->lr,
+                     m->train_loss, m->train_err);
+    const double vals[4] = {m->test_err_population, m->test_err_minibatch, m->train_err_minibatch,
+                            m->test_err_precise};
+    const char *keys[4] = {"test_err_population", "test_err_minibatch", "train_err_minibatch",
+                           "test_err_precise"};
+    for (int k = 0; k < 4; k++)
+        if (vals[k] >= 0) o += snprintf(line + o, sizeof line - o, ",\"%s\":%.4f", keys[k], vals[k]);
+    snprintf(line + o, sizeof line - o, ",\"img_per_s\":%.1f,\"seconds\":%.2f}\n", m->img_per_s,
+             m->seconds);
+    return append_line(v->mpath, line);
+}
+
+static void on_stopped(void *u, long step, int epoch, long done, long steps, const char *ckpt)
+{
+    clear_bar(u);
+    printf("stopped at step %ld (epoch %d, %ld of %ld steps)%s%s\n", step, epoch, done, steps,
+           ckpt[0] ? "; resume with --resume " : "", ckpt);
+}
+
+static void on_diverged(void *u, long step, int epoch, const char *layer)
+{
+    (void)step, (void)epoch, (void)layer;
+    clear_bar(u);
+}
+
+static void print_summary(const bl_train_cfg *c, const bl_train_summary *s, const char *mpath)
+{
+    printf("\nsummary\n");
+    printf("  %-24s %s w=%d\n", "model", c->model, c->width);
+    printf("  %-24s %d / %ld\n", "epochs / steps", s->epochs, s->steps);
+    printf("  %-24s %d / %d\n", "batch / norm batch", c->batch, s->norm_batch);
+    const char *err = s->validation ? "validation error" : "test error";
+    if (s->test_err >= 0)
+        printf("  %-24s %.2f%% (population statistics, %s)\n", err, s->test_err, s->estimator);
+    if (s->test_err_precise >= 0)
+        printf("  %-24s %.2f%% (PreciseBN statistics, %ld images%s)\n",
+               s->test_err >= 0 ? "" : err, s->test_err_precise, s->precise_samples,
+               s->final_precise ? "; the checkpoint keeps these" : "");
+    if (s->test_err_minibatch >= 0)
+        printf("  %-24s %.2f%% (mini-batch statistics, groups of %d)\n", "",
+               s->test_err_minibatch, s->norm_batch);
+    if (s->best_epoch > 0)
+        printf("  %-24s %.2f%% at epoch %d (%s)\n", "best during the run", s->best_err,
+               s->best_epoch, s->validation ? "validation" : "test");
+    printf("  %-24s %.0f s\n", "wall time", s->seconds);
+    if (s->checkpoint[0]) printf("  %-24s %s, %s\n", "written", mpath, s->checkpoint);
+}
+
+/* A fresh run starts metrics.jsonl anew; a resumed one keeps the lines of the epochs its
+ * checkpoint holds and drops any later ones (written after that checkpoint, by a run that went
+ * on), so every epoch has one line. */
+static bl_status start_metrics(const char *path, int resumed_epoch)
+{
+    if (resumed_epoch < 0) {
+        FILE *f = fopen(path, "w");
+        if (!f || fclose(f)) return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+        return BL_OK;
+    }
+    FILE *f = fopen(path, "r");
+    if (!f) return BL_OK; /* nothing yet */
+    char tmp[1200], line[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *o = fopen(tmp, "w");
+    if (!o) {
+        fclose(f);
+        return bl_fail(BL_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    }
+    int dropped = 0;
+    while (fgets(line, sizeof line, f)) {
+        int ep;
+        if (sscanf(line, "{\"epoch\":%d", &ep) == 1 && ep > resumed_epoch) dropped++;
+        else fputs(line, o);
+    }
+    fclose(f);
+    if (fflush(o) || fsync(fileno(o)) || fclose(o)) {
+        remove(tmp);
+        return bl_fail(BL_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    }
+    if (!dropped) return remove(tmp), BL_OK;
+    if (rename(tmp, path)) return bl_fail(BL_ERR_IO, "cannot replace %s: %s", path, strerror(errno));
+    printf("note: %d line%s of %s after epoch %d dropped (the checkpoint is from epoch %d)\n",
+           dropped, dropped > 1 ? "s" : "", path, resumed_epoch, resumed_epoch);
+    return BL_OK;
 }
 #endif
 
@@ -51,15 +230,15 @@ int cmd_train(int argc, char **argv)
          "carve a validation split of N training images (it replaces the test set)"},
         {"--max-steps", OPT_LONG, &c.max_steps, 0, 0, 9e15, NULL,
          "stop after N steps in all (0: none), with a checkpoint to --resume from"},
-        {"--precise-bn-every", OPT_INT, &c.precise_every, 0, 0, 100000, NULL,
+        {"--precise-bn-every", OPT_INT, &c.precise_bn_every, 0, 0, 100000, NULL,
          "also evaluate with fresh PreciseBN statistics every K epochs (0: never)"},
         {"--final-precise-bn", OPT_CHOICE, &final_precise, 0, 0, 0, "auto|on|off",
          "at the end, replace the EMA statistics by PreciseBN ones (checkpoint included); "
          "auto: on, off with --frozen-bn-epochs"},
-        {"--frozen-bn-epochs", OPT_INT, &c.frozen_epochs, 0, 0, 100000, NULL,
+        {"--frozen-bn-epochs", OPT_INT, &c.frozen_bn_epochs, 0, 0, 100000, NULL,
          "FrozenBN: the last K epochs normalize with fixed PreciseBN population statistics "
          "(gamma, beta keep training); with --resume, branch from a regular run"},
-        {"--frozen-bn-reestimate", OPT_ONOFF, &c.frozen_reestimate, 0, 0, 0, NULL,
+        {"--frozen-bn-reestimate", OPT_ONOFF, &c.frozen_bn_reestimate, 0, 0, 0, NULL,
          "FrozenBN: re-estimate the statistics at every epoch of the phase"},
         {"--precise-samples", OPT_LONG, &c.precise_samples, 0, 0, 60000, NULL,
          "PreciseBN: training images (0: 10^4, or all if fewer)"},
@@ -81,8 +260,8 @@ int cmd_train(int argc, char **argv)
     int rc = cli_parse("train", "[options]", argc, argv, opts, n, pos, 0, &np);
     if (rc) return rc == 1 ? 0 : 2;
     c.schedule = (bl_schedule)sched;
-    c.lr_linear = scaling;
-    c.final_precise = final_precise == 0 ? -1 : final_precise == 1;
+    c.lr_scaling = scaling;
+    c.final_precise_bn = final_precise == 0 ? -1 : final_precise == 1;
     cli_print_config(stdout, "train", opts, n);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -90,8 +269,28 @@ int cmd_train(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     c.stop = &stop_flag;
-    if (bl_train(&c)) {
-        fprintf(stderr, "bnlab train: %s\n", bl_error());
+    train_view view = {&c, isatty(1), 0, -1, ""};
+    const bl_train_callbacks cb = {&view,       on_resumed, on_epoch_start, on_progress, on_frozen,
+                                   NULL,        on_epoch_end, on_stopped,   on_diverged};
+    bl_trainer *t;
+    bl_train_summary sum;
+    bl_train_event ev = BL_TRAIN_STEPPED;
+    bl_status st = bl_trainer_init(&t, &c, &cb, NULL);
+    if (st) {
+        cli_error("train", opts, n);
+        return 1;
+    }
+    if (c.out[0]) {
+        snprintf(view.mpath, sizeof view.mpath, "%s/metrics.jsonl", c.out);
+        st = start_metrics(view.mpath, view.resumed_epoch);
+    }
+    while (!st && !(st = bl_trainer_step(t, &ev)) && ev != BL_TRAIN_DONE && ev != BL_TRAIN_STOPPED)
+        if (ev == BL_TRAIN_EPOCH_END) st = bl_trainer_epoch_end(t);
+    if (!st && ev == BL_TRAIN_DONE && !(st = bl_trainer_summary(t, &sum)))
+        print_summary(&c, &sum, view.mpath);
+    bl_trainer_free(t);
+    if (st) {
+        cli_error("train", opts, n);
         return 1;
     }
     return 0;

@@ -4,6 +4,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <strings.h>
 
 static _Thread_local char bl_errbuf[1024];
@@ -19,6 +20,35 @@ bl_status bl_fail(bl_status s, const char *fmt, ...)
     vsnprintf(bl_errbuf, sizeof bl_errbuf, fmt, ap);
     va_end(ap);
     return s;
+}
+
+bl_status bl_fail_ctx(bl_status s, const char *fmt, ...)
+{
+    /* the reason is copied first: it lives in the buffer that is about to be rewritten */
+    char reason[sizeof bl_errbuf];
+    snprintf(reason, sizeof reason, "%s", bl_error());
+    va_list ap;
+    va_start(ap, fmt);
+    int o = vsnprintf(bl_errbuf, sizeof bl_errbuf, fmt, ap);
+    va_end(ap);
+    if (o >= 0 && (size_t)o + 2 < sizeof bl_errbuf) {
+        /* as much of the reason as fits */
+        size_t room = sizeof bl_errbuf - (size_t)o - 3, n = strlen(reason);
+        memcpy(bl_errbuf + o, ": ", 2);
+        memcpy(bl_errbuf + o + 2, reason, n < room ? n : room);
+        bl_errbuf[o + 2 + (n < room ? n : room)] = 0;
+    }
+    return s;
+}
+
+void bl_error_append(const char *fmt, ...)
+{
+    size_t o = strlen(bl_errbuf);
+    if (o + 1 >= sizeof bl_errbuf) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(bl_errbuf + o, sizeof bl_errbuf - o, fmt, ap);
+    va_end(ap);
 }
 
 const char *bl_status_name(bl_status s)

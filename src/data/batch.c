@@ -2,6 +2,8 @@
  * of (seed, epoch, sample) so a run can be resumed or split across processes reproducibly. */
 #include "bnlab/data.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,33 +15,79 @@ static uint64_t mix(uint64_t a, uint64_t b)
     return z ^ (z >> 31);
 }
 
-void bl_epoch_order(int n, uint64_t seed, int epoch, int rank, int *order)
+bl_recipe bl_recipe_fmnist(void)
+{
+    bl_recipe r = {"fashion-mnist", 1, 10, {0.2860f}, {0.3530f}, 2, 1};
+    return r;
+}
+
+bl_status bl_recipe_check(const bl_recipe *r)
+{
+    if (r->channels < 1 || r->channels > BL_RECIPE_MAX_CHANNELS)
+        return bl_fail(BL_ERR_ARG, "recipe.channels %d: use 1..%d", r->channels,
+                       BL_RECIPE_MAX_CHANNELS);
+    if (r->classes < 2) return bl_fail(BL_ERR_ARG, "recipe.classes %d: need at least 2", r->classes);
+    for (int c = 0; c < r->channels; c++) {
+        if (!isfinite(r->mean[c]))
+            return bl_fail(BL_ERR_ARG, "recipe.mean of channel %d is not finite", c);
+        if (!(r->std[c] > 0) || !isfinite(r->std[c]))
+            return bl_fail(BL_ERR_ARG, "recipe.std of channel %d is %g: must be positive", c,
+                           r->std[c]);
+    }
+    if (r->pad < 0 || r->pad > 64)
+        return bl_fail(BL_ERR_ARG, "recipe.pad %d: use 0..64 pixels", r->pad);
+    return BL_OK;
+}
+
+int bl_recipe_json(const bl_recipe *r, char *buf, size_t len)
+{
+    char mean[128] = "", std[128] = "";
+    for (int c = 0, om = 0, os = 0; c < r->channels && c < BL_RECIPE_MAX_CHANNELS; c++) {
+        om += snprintf(mean + om, sizeof mean - om, "%s%.9g", c ? "," : "", r->mean[c]);
+        os += snprintf(std + os, sizeof std - os, "%s%.9g", c ? "," : "", r->std[c]);
+    }
+    return snprintf(buf, len, "{\"name\":\"%s\",\"channels\":%d,\"classes\":%d,\"mean\":[%s],"
+                    "\"std\":[%s],\"pad\":%d,\"flip\":%s}", r->name, r->channels, r->classes, mean,
+                    std, r->pad, r->flip ? "true" : "false");
+}
+
+void bl_epoch_order(int n, uint64_t seed, int epoch, int *order)
 {
     bl_rng r;
-    bl_rng_seed(&r, mix(mix(seed, 0x5eed0000u + (uint64_t)epoch), (uint64_t)rank));
+    /* the trailing 0 was the rank before the order became global: kept, so orders stay the same */
+    bl_rng_seed(&r, mix(mix(seed, 0x5eed0000u + (uint64_t)epoch), 0));
     for (int i = 0; i < n; i++) order[i] = i;
     bl_rng_shuffle(&r, order, n);
 }
 
-void bl_dataset_batch(const bl_dataset *d, const int *idx, int n, const bl_augment *aug, float *x,
-                      uint8_t *y)
+void bl_batch_share(int batch, int rank, int world, int *offset, int *count)
+{
+    const int share = (batch + world - 1) / world;
+    const long lo = (long)rank * share, hi = lo + share < batch ? lo + share : batch;
+    *offset = lo < batch ? (int)lo : batch;
+    *count = hi > lo ? (int)(hi - lo) : 0;
+}
+
+void bl_dataset_batch(const bl_dataset *d, const bl_recipe *rc, const int *idx, int n,
+                      const bl_augment *aug, float *x, uint8_t *y)
 {
     const int H = d->h, W = d->w;
-    const float mean = aug ? aug->mean : BL_FMNIST_MEAN, std = aug ? aug->std : BL_FMNIST_STD;
+    const float mean = rc->mean[0], std = rc->std[0];
     const float black = (0.0f - mean) / std;
+    const int pad = aug ? rc->pad : 0, flip_on = aug ? rc->flip : 0;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         const uint8_t *img = d->pixels + (size_t)idx[i] * H * W;
         float *o = x + (size_t)i * H * W;
         int dy = 0, dx = 0, flip = 0;
-        if (aug && (aug->pad || aug->flip)) {
+        if (pad || flip_on) {
             bl_rng r;
             bl_rng_seed(&r, mix(mix(aug->seed, 0xa0a0u + (uint64_t)aug->epoch), (uint64_t)idx[i]));
-            if (aug->pad) {
-                dy = (int)bl_rng_below(&r, 2 * aug->pad + 1) - aug->pad;
-                dx = (int)bl_rng_below(&r, 2 * aug->pad + 1) - aug->pad;
+            if (pad) {
+                dy = (int)bl_rng_below(&r, 2 * pad + 1) - pad;
+                dx = (int)bl_rng_below(&r, 2 * pad + 1) - pad;
             }
-            if (aug->flip) flip = (int)(bl_rng_u64(&r) >> 63);
+            if (flip_on) flip = (int)(bl_rng_u64(&r) >> 63);
         }
         for (int yy = 0; yy < H; yy++)
             for (int xx = 0; xx < W; xx++) {
@@ -60,7 +108,7 @@ bl_status bl_dataset_subset(const bl_dataset *src, const int *order, int n, bl_d
     out->labels = bl_alloc((size_t)n + 1);
     if (!out->pixels || !out->labels) {
         bl_dataset_free(out);
-        return BL_ERR_NOMEM;
+        return bl_fail(BL_ERR_NOMEM, "out of memory for a subset of %d images", n);
     }
     for (int i = 0; i < n; i++) {
         memcpy(out->pixels + (size_t)i * px, src->pixels + (size_t)order[i] * px, px);

@@ -160,24 +160,23 @@ static bl_status conv_run(bl_layer *l, bl_net *net, float *yd, const bl_conv_epi
     return BL_OK;
 }
 
-static bl_status conv_forward(bl_layer *l, bl_net *net)
+static bl_status conv_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     return conv_run(l, net, net->t[l->out].data, NULL);
 }
 
 /* The layer after layer i when it is of this kind and reads tensor t, which nothing else reads. */
-static const bl_layer *chain_next(const bl_net *net, int i, const char *kind, int t)
+static const bl_layer *chain_next(const bl_net *net, int i, bl_layer_kind kind, int t)
 {
     if (i + 1 >= net->n_layers || net->t[t].users != 1) return NULL;
     const bl_layer *nx = &net->layers[i + 1];
-    if (strcmp(nx->ops->kind, kind)) return NULL;
+    if (nx->ops->kind != kind) return NULL;
     for (int k = 0; k < nx->n_in; k++)
         if (nx->in[k] == t) return nx;
     return NULL;
 }
 
 static int bn_fusable(const bl_layer *b);
-static bl_bn *bn_of(const bl_layer *b);
 
 /* Inference: conv -> BN (population) [-> add] [-> ReLU] in one pass, writing the chain's last
  * tensor; anything else runs the plain forward. */
@@ -185,25 +184,25 @@ static bl_status conv_infer(bl_layer *l, bl_net *net, int *used)
 {
     conv_state *s = l->state;
     const int li = (int)(l - net->layers);
-    const bl_layer *b = chain_next(net, li, "bn", l->out);
-    if (!b || !bn_fusable(b)) return conv_forward(l, net);
+    const bl_layer *b = chain_next(net, li, BL_LAYER_BN, l->out);
+    if (!b || !bn_fusable(b)) return conv_forward(l, net, NULL);
     const int C = s->cout;
-    bl_status st = bl_bn_pop_affine(bn_of(b), s->coef, s->coef + C, s->coef + 2 * C);
+    bl_status st = bl_bn_pop_affine(bl_layer_bn(b), s->coef, s->coef + C, s->coef + 2 * C);
     if (st) return st;
     bl_conv_epi e = {s->coef, s->coef + C, s->coef + 2 * C, NULL, 0};
     int end = li + 1, t = b->out;
-    const bl_layer *a = chain_next(net, end, "add", t);
+    const bl_layer *a = chain_next(net, end, BL_LAYER_ADD, t);
     if (a) {
         e.res = net->t[a->in[0] == t ? a->in[1] : a->in[0]].data;
         end++, t = a->out;
     }
-    const bl_layer *r = chain_next(net, end, "relu", t);
+    const bl_layer *r = chain_next(net, end, BL_LAYER_RELU, t);
     if (r) e.relu = 1, end++, t = r->out;
     *used = end - li + 1;
     return conv_run(l, net, net->t[t].data, &e);
 }
 
-static bl_status conv_backward(bl_layer *l, bl_net *net)
+static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const conv_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
@@ -264,37 +263,51 @@ static void conv_free(bl_layer *l)
     free(l->state);
 }
 
-static const bl_layer_ops conv_ops = {"conv", NULL, conv_forward, conv_backward, conv_free,
-                                      conv_infer};
+static const bl_layer_ops conv_ops = {BL_LAYER_CONV, "conv", NULL,      conv_forward,
+                                      conv_backward, conv_free, conv_infer};
 
-int bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad)
+bl_status bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad,
+                      int *out)
 {
     if (in < 0 || in >= net->n_tensors || cout < 1 || k < 1 || stride < 1 || pad < 0)
-        return bl_fail(BL_ERR_ARG, "conv '%s': bad arguments", name), -1;
+        return bl_fail(BL_ERR_ARG, "conv '%s': bad arguments (input %d, %d outputs, kernel %d, "
+                       "stride %d, padding %d)", name, in, cout, k, stride, pad);
     const bl_tensor *x = &net->t[in];
     int ho = (x->h + 2 * pad - k) / stride + 1, wo = (x->w + 2 * pad - k) / stride + 1;
     if (ho < 1 || wo < 1)
         return bl_fail(BL_ERR_ARG, "conv '%s': kernel %d larger than the padded input %dx%d", name,
-                       k, x->h, x->w), -1;
+                       k, x->h, x->w);
     conv_state *s = calloc(1, sizeof *s);
-    if (!s) return bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
-    *s = (conv_state){x->c, cout, k, stride, pad, -1, malloc(3 * sizeof(float) * cout)};
-    if (!s->coef) return free(s), bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
+    float *coef = malloc(3 * sizeof(float) * cout);
+    if (!s || !coef) {
+        free(s), free(coef);
+        return bl_fail(BL_ERR_NOMEM, "conv '%s': out of memory", name);
+    }
+    *s = (conv_state){x->c, cout, k, stride, pad, -1, coef};
     char pn[96];
     snprintf(pn, sizeof pn, "%s.weight", name);
     int shape[4] = {cout, x->c, k, k};
-    s->w = bl_net_declare(net, pn, BL_P_WEIGHT, 4, shape, 1);
-    bl_layer *l = s->w < 0 ? NULL : bl_net_layer(net, &conv_ops, name, &in, 1, ho, wo, cout, s);
-    if (!l) return free(s->coef), free(s), -1;
-    return l->out;
+    bl_layer *l;
+    bl_status st = bl_net_declare(net, pn, BL_P_WEIGHT, 4, shape, 1, &s->w);
+    if (!st) st = bl_net_layer(net, &conv_ops, name, &in, 1, ho, wo, cout, s, &l);
+    if (st) {
+        free(coef), free(s);
+        return st;
+    }
+    *out = l->out;
+    return BL_OK;
 }
 
 /* ---- BatchNorm --------------------------------------------------------------------------------- */
 typedef struct {
-    bl_bn bn; /* first: bl_net_bn_at casts the state */
+    bl_bn bn;
     int gamma, beta, mean, var, count;
-    int index; /* among the net's BN layers */
 } bn_state;
+
+bl_bn *bl_layer_bn(const bl_layer *l)
+{
+    return l->ops->kind == BL_LAYER_BN ? &((bn_state *)l->state)->bn : NULL;
+}
 
 static bl_status bn_bind(bl_layer *l, bl_net *net)
 {
@@ -309,8 +322,6 @@ static bl_status bn_bind(bl_layer *l, bl_net *net)
     for (int i = 0; i < c; i++) s->bn.gamma[i] = 1, s->bn.beta[i] = 0, s->bn.pop_mean[i] = 0,
                                 s->bn.pop_var[i] = 1;
     net->params[s->count].i64 = s->bn.num_batches_tracked;
-    s->index = 0;
-    for (bl_layer *p = net->layers; p < l; p++) s->index += p->ops == l->ops;
     return BL_OK;
 }
 
@@ -320,22 +331,24 @@ static bl_shape bn_shape(const bl_net *net, const bl_tensor *x)
     return sh;
 }
 
-static bl_status bn_forward(bl_layer *l, bl_net *net)
+static bl_status bn_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     bn_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]];
-    bl_bn_mode mode = net->bn_modes ? net->bn_modes[s->index] : net->bn_mode;
-    return bl_bn_forward(&s->bn, mode, net->groups, bn_shape(net, x), x->data, net->t[l->out].data);
+    const bl_bn_use *u = bl_ctx_use(ctx, l->bn_index);
+    return bl_bn_forward(&s->bn, u->mode, u->groups, bn_shape(net, x), x->data,
+                         net->t[l->out].data);
 }
 
-static bl_status bn_backward(bl_layer *l, bl_net *net)
+static bl_status bn_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     bn_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]];
     size_t n = (size_t)net->batch * bl_tsize(x);
     float *dx = x->grad;
     if (l->acc[0] && !(dx = bl_scratch_get(&net->ws, n * sizeof(float)))) return BL_ERR_NOMEM;
-    bl_status st = bl_bn_backward(&s->bn, net->groups, x->data, net->t[l->out].grad, dx);
+    bl_status st = bl_bn_backward(&s->bn, bl_ctx_use(ctx, l->bn_index)->groups, x->data,
+                                  net->t[l->out].grad, dx);
     if (!st && l->acc[0]) put(x->grad, dx, n, 1);
     return st;
 }
@@ -347,41 +360,46 @@ static void bn_free(bl_layer *l)
     free(s);
 }
 
-static const bl_layer_ops bn_ops = {"bn", bn_bind, bn_forward, bn_backward, bn_free, NULL};
-
-static bl_bn *bn_of(const bl_layer *b) { return &((bn_state *)b->state)->bn; }
+static const bl_layer_ops bn_ops = {BL_LAYER_BN, "bn", bn_bind, bn_forward, bn_backward, bn_free,
+                                    NULL};
 
 /* One row of statistics and parameters and the fast kernels (the reference kernel is kept
  * separate so that tests can compare against it). */
 static int bn_fusable(const bl_layer *b)
 {
-    const bl_bn *bn = bn_of(b);
+    const bl_bn *bn = bl_layer_bn(b);
     return bn->cfg.stats_domains == 1 && bn->cfg.affine_domains == 1 && bn->kernel == BL_KERNEL_FAST;
 }
 
-int bl_net_bn(bl_net *net, const char *name, int in)
+bl_status bl_net_bn(bl_net *net, const char *name, int in, int *out)
 {
-    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "bn '%s': bad input", name), -1;
+    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "bn '%s': bad input", name);
     const bl_tensor *x = &net->t[in];
     bn_state *s = calloc(1, sizeof *s);
-    if (!s) return bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
+    if (!s) return bl_fail(BL_ERR_NOMEM, "bn '%s': out of memory", name);
     char pn[96];
     int c = x->c;
     static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
     int *idx[4] = {&s->gamma, &s->beta, &s->mean, &s->var};
-    for (int k = 0; k < 4; k++) {
+    bl_status st = BL_OK;
+    for (int k = 0; k < 4 && !st; k++) {
         snprintf(pn, sizeof pn, "%s.%s", name, suffix[k]);
-        *idx[k] = bl_net_declare(net, pn, k < 2 ? BL_P_BN : BL_P_BUFFER, 1, &c, 0);
+        st = bl_net_declare(net, pn, k < 2 ? BL_P_BN : BL_P_BUFFER, 1, &c, 0, idx[k]);
     }
     snprintf(pn, sizeof pn, "%s.num_batches_tracked", name);
-    s->count = bl_net_declare(net, pn, BL_P_COUNT, 0, NULL, 0);
-    bl_layer *l = s->count < 0 ? NULL : bl_net_layer(net, &bn_ops, name, &in, 1, x->h, x->w, c, s);
-    if (!l) return free(s), -1;
-    return l->out;
+    bl_layer *l;
+    if (!st) st = bl_net_declare(net, pn, BL_P_COUNT, 0, NULL, 0, &s->count);
+    if (!st) st = bl_net_layer(net, &bn_ops, name, &in, 1, x->h, x->w, c, s, &l);
+    if (st) {
+        free(s);
+        return st;
+    }
+    *out = l->out;
+    return BL_OK;
 }
 
 /* ---- ReLU, add, global average pooling --------------------------------------------------------- */
-static bl_status relu_forward(bl_layer *l, bl_net *net)
+static bl_status relu_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const float *x = net->t[l->in[0]].data;
     float *y = net->t[l->out].data;
@@ -391,7 +409,7 @@ static bl_status relu_forward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static bl_status relu_backward(bl_layer *l, bl_net *net)
+static bl_status relu_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const float *y = net->t[l->out].data, *dy = net->t[l->out].grad;
     float *dx = net->t[l->in[0]].grad;
@@ -407,17 +425,27 @@ static bl_status relu_backward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static const bl_layer_ops relu_ops = {"relu", NULL, relu_forward, relu_backward, NULL, NULL};
+static const bl_layer_ops relu_ops = {BL_LAYER_RELU, "relu", NULL, relu_forward, relu_backward,
+                                      NULL, NULL};
 
-int bl_net_relu(bl_net *net, const char *name, int in)
+/* A layer without state: the constructors below differ only in shapes and checks. */
+static bl_status plain_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
+                             int n_in, int h, int w, int c, int *out)
 {
-    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "relu '%s': bad input", name), -1;
-    const bl_tensor *x = &net->t[in];
-    bl_layer *l = bl_net_layer(net, &relu_ops, name, &in, 1, x->h, x->w, x->c, NULL);
-    return l ? l->out : -1;
+    bl_layer *l;
+    bl_status st = bl_net_layer(net, ops, name, in, n_in, h, w, c, NULL, &l);
+    if (!st) *out = l->out;
+    return st;
 }
 
-static bl_status add_forward(bl_layer *l, bl_net *net)
+bl_status bl_net_relu(bl_net *net, const char *name, int in, int *out)
+{
+    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "relu '%s': bad input", name);
+    const bl_tensor *x = &net->t[in];
+    return plain_layer(net, &relu_ops, name, &in, 1, x->h, x->w, x->c, out);
+}
+
+static bl_status add_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const float *a = net->t[l->in[0]].data, *b = net->t[l->in[1]].data;
     float *y = net->t[l->out].data;
@@ -427,7 +455,7 @@ static bl_status add_forward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static bl_status add_backward(bl_layer *l, bl_net *net)
+static bl_status add_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     size_t n = (size_t)net->batch * bl_tsize(&net->t[l->out]);
     for (int k = 0; k < 2; k++)
@@ -435,22 +463,22 @@ static bl_status add_backward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static const bl_layer_ops add_ops = {"add", NULL, add_forward, add_backward, NULL, NULL};
+static const bl_layer_ops add_ops = {BL_LAYER_ADD, "add", NULL, add_forward, add_backward, NULL,
+                                     NULL};
 
-int bl_net_add(bl_net *net, const char *name, int a, int b)
+bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out)
 {
     if (a < 0 || b < 0 || a >= net->n_tensors || b >= net->n_tensors)
-        return bl_fail(BL_ERR_ARG, "add '%s': bad inputs", name), -1;
+        return bl_fail(BL_ERR_ARG, "add '%s': bad inputs", name);
     const bl_tensor *x = &net->t[a], *z = &net->t[b];
     if (x->h != z->h || x->w != z->w || x->c != z->c)
         return bl_fail(BL_ERR_ARG, "add '%s': shapes (%d,%d,%d) and (%d,%d,%d) differ", name, x->h,
-                       x->w, x->c, z->h, z->w, z->c), -1;
+                       x->w, x->c, z->h, z->w, z->c);
     int in[2] = {a, b};
-    bl_layer *l = bl_net_layer(net, &add_ops, name, in, 2, x->h, x->w, x->c, NULL);
-    return l ? l->out : -1;
+    return plain_layer(net, &add_ops, name, in, 2, x->h, x->w, x->c, out);
 }
 
-static bl_status gap_forward(bl_layer *l, bl_net *net)
+static bl_status gap_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const bl_tensor *x = &net->t[l->in[0]];
     float *y = net->t[l->out].data;
@@ -467,7 +495,7 @@ static bl_status gap_forward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static bl_status gap_backward(bl_layer *l, bl_net *net)
+static bl_status gap_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const bl_tensor *x = &net->t[l->in[0]];
     const float *dy = net->t[l->out].grad;
@@ -482,14 +510,14 @@ static bl_status gap_backward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static const bl_layer_ops gap_ops = {"gap", NULL, gap_forward, gap_backward, NULL, NULL};
+static const bl_layer_ops gap_ops = {BL_LAYER_GAP, "gap", NULL, gap_forward, gap_backward, NULL,
+                                     NULL};
 
-int bl_net_gap(bl_net *net, const char *name, int in)
+bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out)
 {
-    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "gap '%s': bad input", name), -1;
-    if (net->t[in].c > 4096) return bl_fail(BL_ERR_ARG, "gap '%s': more than 4096 channels", name), -1;
-    bl_layer *l = bl_net_layer(net, &gap_ops, name, &in, 1, 1, 1, net->t[in].c, NULL);
-    return l ? l->out : -1;
+    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "gap '%s': bad input", name);
+    if (net->t[in].c > 4096) return bl_fail(BL_ERR_ARG, "gap '%s': more than 4096 channels", name);
+    return plain_layer(net, &gap_ops, name, &in, 1, 1, 1, net->t[in].c, out);
 }
 
 /* ---- linear ------------------------------------------------------------------------------------ */
@@ -497,7 +525,7 @@ typedef struct {
     int cin, cout, w, b;
 } linear_state;
 
-static bl_status linear_forward(bl_layer *l, bl_net *net)
+static bl_status linear_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const linear_state *s = l->state;
     float *y = net->t[l->out].data;
@@ -509,7 +537,7 @@ static bl_status linear_forward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static bl_status linear_backward(bl_layer *l, bl_net *net)
+static bl_status linear_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const linear_state *s = l->state;
     const float *dy = net->t[l->out].grad;
@@ -524,24 +552,30 @@ static bl_status linear_backward(bl_layer *l, bl_net *net)
     return BL_OK;
 }
 
-static const bl_layer_ops linear_ops = {"linear", NULL,       linear_forward,
+static const bl_layer_ops linear_ops = {BL_LAYER_LINEAR, "linear",   NULL,     linear_forward,
                                         linear_backward, free_state, NULL};
 
-int bl_net_linear(bl_net *net, const char *name, int in, int cout)
+bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out)
 {
     if (in < 0 || in >= net->n_tensors || cout < 1)
-        return bl_fail(BL_ERR_ARG, "linear '%s': bad arguments", name), -1;
+        return bl_fail(BL_ERR_ARG, "linear '%s': bad arguments (input %d, %d outputs)", name, in,
+                       cout);
     linear_state *s = calloc(1, sizeof *s);
-    if (!s) return bl_fail(BL_ERR_NOMEM, "out of memory"), -1;
+    if (!s) return bl_fail(BL_ERR_NOMEM, "linear '%s': out of memory", name);
     s->cin = (int)bl_tsize(&net->t[in]);
     s->cout = cout;
     char pn[96];
     int ws[2] = {cout, s->cin};
     snprintf(pn, sizeof pn, "%s.weight", name);
-    s->w = bl_net_declare(net, pn, BL_P_WEIGHT, 2, ws, 0);
+    bl_layer *l;
+    bl_status st = bl_net_declare(net, pn, BL_P_WEIGHT, 2, ws, 0, &s->w);
     snprintf(pn, sizeof pn, "%s.bias", name);
-    s->b = bl_net_declare(net, pn, BL_P_BIAS, 1, &cout, 0);
-    bl_layer *l = s->b < 0 ? NULL : bl_net_layer(net, &linear_ops, name, &in, 1, 1, 1, cout, s);
-    if (!l) return free(s), -1;
-    return l->out;
+    if (!st) st = bl_net_declare(net, pn, BL_P_BIAS, 1, &cout, 0, &s->b);
+    if (!st) st = bl_net_layer(net, &linear_ops, name, &in, 1, 1, 1, cout, s, &l);
+    if (st) {
+        free(s);
+        return st;
+    }
+    *out = l->out;
+    return BL_OK;
 }

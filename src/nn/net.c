@@ -7,17 +7,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int grow(void **p, int *cap, int need, size_t elem)
+static bl_status grow(void **p, int *cap, int need, size_t elem)
 {
-    if (need <= *cap) return 0;
+    if (need <= *cap) return BL_OK;
     int nc = *cap ? *cap * 2 : 16;
     while (nc < need) nc *= 2;
     void *q = realloc(*p, (size_t)nc * elem);
-    if (!q) return bl_fail(BL_ERR_NOMEM, "out of memory growing a network table"), -1;
+    if (!q) return bl_fail(BL_ERR_NOMEM, "net: out of memory growing a network table");
     memset((char *)q + (size_t)*cap * elem, 0, (size_t)(nc - *cap) * elem);
     *p = q;
     *cap = nc;
-    return 0;
+    return BL_OK;
 }
 
 bl_status bl_net_init(bl_net *net, int h, int w, int c, int max_batch)
@@ -27,48 +27,50 @@ bl_status bl_net_init(bl_net *net, int h, int w, int c, int max_batch)
         return bl_fail(BL_ERR_ARG, "net: input (%d, %d, %d) and batch %d must be positive", h, w,
                        c, max_batch);
     net->max_batch = max_batch;
-    net->bn_mode = BL_BN_BATCH;
-    return bl_net_tensor(net, h, w, c) == 0 ? BL_OK : BL_ERR_NOMEM;
+    int id;
+    return bl_net_tensor(net, h, w, c, &id);
 }
 
-int bl_net_tensor(bl_net *net, int h, int w, int c)
+bl_status bl_net_tensor(bl_net *net, int h, int w, int c, int *id)
 {
-    if (grow((void **)&net->t, &net->cap_tensors, net->n_tensors + 1, sizeof(bl_tensor))) return -1;
+    bl_status st = grow((void **)&net->t, &net->cap_tensors, net->n_tensors + 1, sizeof(bl_tensor));
+    if (st) return st;
     bl_tensor *t = &net->t[net->n_tensors];
     t->h = h, t->w = w, t->c = c;
-    return net->n_tensors++;
+    *id = net->n_tensors++;
+    return BL_OK;
 }
 
-bl_layer *bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
-                       int n_in, int h, int w, int c, void *state)
+bl_status bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
+                       int n_in, int h, int w, int c, void *state, bl_layer **out)
 {
-    if (net->finalized) {
-        bl_fail(BL_ERR_STATE, "net: layer '%s' added after finalize", name);
-        return NULL;
-    }
+    if (net->finalized) return bl_fail(BL_ERR_STATE, "net: layer '%s' added after finalize", name);
     for (int k = 0; k < n_in; k++)
-        if (in[k] < 0 || in[k] >= net->n_tensors) {
-            bl_fail(BL_ERR_ARG, "net: layer '%s' reads tensor %d, which does not exist", name,
-                    in[k]);
-            return NULL;
-        }
-    int out = bl_net_tensor(net, h, w, c);
-    if (out < 0 || grow((void **)&net->layers, &net->cap_layers, net->n_layers + 1, sizeof(bl_layer)))
-        return NULL;
+        if (in[k] < 0 || in[k] >= net->n_tensors)
+            return bl_fail(BL_ERR_ARG, "net: layer '%s' reads tensor %d, which does not exist",
+                           name, in[k]);
+    int t;
+    bl_status st = grow((void **)&net->layers, &net->cap_layers, net->n_layers + 1, sizeof(bl_layer));
+    if (!st) st = bl_net_tensor(net, h, w, c, &t);
+    if (st) return bl_fail_ctx(st, "layer '%s'", name);
     bl_layer *l = &net->layers[net->n_layers++];
     l->ops = ops;
     snprintf(l->name, sizeof l->name, "%s", name);
     for (int k = 0; k < n_in; k++) l->in[k] = in[k];
     l->n_in = n_in;
-    l->out = out;
+    l->out = t;
+    l->bn_index = -1;
     l->state = state;
-    return l;
+    *out = l;
+    return BL_OK;
 }
 
-int bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int ndim, const int *shape,
-                   int ohwi)
+bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int ndim,
+                         const int *shape, int ohwi, int *idx)
 {
-    if (grow((void **)&net->params, &net->cap_params, net->n_params + 1, sizeof(bl_param))) return -1;
+    if (net->finalized) return bl_fail(BL_ERR_STATE, "net: parameter '%s' after finalize", name);
+    bl_status st = grow((void **)&net->params, &net->cap_params, net->n_params + 1, sizeof(bl_param));
+    if (st) return bl_fail_ctx(st, "parameter '%s'", name);
     bl_param *p = &net->params[net->n_params];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->kind = kind;
@@ -76,7 +78,8 @@ int bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int ndim, 
     p->count = 1;
     for (int d = 0; d < ndim; d++) p->shape[d] = shape[d], p->count *= (size_t)shape[d];
     p->ohwi = ohwi;
-    return net->n_params++;
+    *idx = net->n_params++;
+    return BL_OK;
 }
 
 bl_status bl_net_finalize(bl_net *net)
@@ -121,7 +124,7 @@ bl_status bl_net_finalize(bl_net *net)
     for (int li = 0; li < net->n_layers; li++)
         for (int k = 0; k < net->layers[li].n_in; k++) net->t[net->layers[li].in[k]].users++;
     char *written = calloc((size_t)net->n_tensors, 1);
-    if (!written) return BL_ERR_NOMEM;
+    if (!written) return bl_fail(BL_ERR_NOMEM, "net: out of memory at finalize");
     for (int li = net->n_layers - 1; li >= 0; li--) {
         bl_layer *l = &net->layers[li];
         l->need_dx = 1;
@@ -132,6 +135,19 @@ bl_status bl_net_finalize(bl_net *net)
         }
     }
     free(written);
+    /* the BN layers, listed once: commits, PreciseBN and the forward context index them */
+    int kb = 0;
+    for (int li = 0; li < net->n_layers; li++) kb += net->layers[li].ops->kind == BL_LAYER_BN;
+    net->bn_layer = malloc(sizeof(int) * (size_t)(kb ? kb : 1));
+    net->bn = malloc(sizeof(bl_bn *) * (size_t)(kb ? kb : 1));
+    if (!net->bn_layer || !net->bn)
+        return bl_fail(BL_ERR_NOMEM, "net: out of memory listing the BN layers");
+    for (int li = 0; li < net->n_layers; li++)
+        if (net->layers[li].ops->kind == BL_LAYER_BN) {
+            net->layers[li].bn_index = net->n_bn;
+            net->bn_layer[net->n_bn] = li;
+            net->bn[net->n_bn++] = bl_layer_bn(&net->layers[li]);
+        }
     net->finalized = 1;
     for (int li = 0; li < net->n_layers; li++) {
         bl_layer *l = &net->layers[li];
@@ -143,6 +159,32 @@ bl_status bl_net_finalize(bl_net *net)
     return BL_OK;
 }
 
+bl_status bl_ctx_init(bl_ctx *c, const bl_net *net, bl_bn_mode mode, const bl_groups *groups)
+{
+    *c = bl_ctx_all(mode, groups);
+    c->bn = malloc(sizeof(bl_bn_use) * (size_t)(net->n_bn ? net->n_bn : 1));
+    if (!c->bn) return bl_fail(BL_ERR_NOMEM, "out of memory for a forward context");
+    c->n_bn = net->n_bn;
+    for (int i = 0; i < c->n_bn; i++) c->bn[i] = c->all;
+    return BL_OK;
+}
+
+void bl_ctx_free(bl_ctx *c)
+{
+    free(c->bn);
+    c->bn = NULL;
+    c->n_bn = 0;
+}
+
+bl_status bl_net_bn_commit(bl_net *net, bl_estimator est)
+{
+    for (int i = 0; i < net->n_bn; i++) {
+        bl_status st = bl_bn_commit(net->bn[i], est);
+        if (st) return st;
+    }
+    return BL_OK;
+}
+
 void bl_net_free(bl_net *net)
 {
     for (int i = 0; i < net->n_layers; i++)
@@ -150,6 +192,8 @@ void bl_net_free(bl_net *net)
     free(net->layers);
     free(net->t);
     free(net->params);
+    free(net->bn_layer);
+    free(net->bn);
     bl_free(net->param_block);
     bl_free(net->grad_block);
     bl_free(net->optim_block);
@@ -159,54 +203,68 @@ void bl_net_free(bl_net *net)
     memset(net, 0, sizeof *net);
 }
 
-static bl_status forward(bl_net *net, const float *x, int n, int infer, int last)
+/* ctx NULL: every BN layer with batch statistics over the whole batch */
+static const bl_ctx whole_batch_ctx = {0, NULL, {BL_BN_BATCH, NULL}};
+
+static bl_status check_ctx(const bl_net *net, const bl_ctx **ctx)
+{
+    if (!*ctx) {
+        *ctx = &whole_batch_ctx;
+        return BL_OK;
+    }
+    if ((*ctx)->bn && (*ctx)->n_bn != net->n_bn)
+        return bl_fail(BL_ERR_ARG, "net: the forward context has %d BN entries, the net %d BN "
+                       "layers: make it with bl_ctx_init for this net", (*ctx)->n_bn, net->n_bn);
+    return BL_OK;
+}
+
+static bl_status forward(bl_net *net, const bl_ctx *ctx, const float *x, int n, int infer,
+                         int last)
 {
     if (!net->finalized) return bl_fail(BL_ERR_STATE, "net: forward before finalize");
     if (n < 0 || n > net->max_batch)
         return bl_fail(BL_ERR_ARG, "net: batch of %d samples, the network holds at most %d", n,
                        net->max_batch);
+    bl_status st = check_ctx(net, &ctx);
+    if (st) return st;
     net->batch = n;
     memcpy(net->t[0].data, x, (size_t)n * bl_tsize(&net->t[0]) * sizeof(float));
     for (int i = 0; i <= last;) {
         bl_layer *l = &net->layers[i];
         int used = 1;
-        bl_status st = infer && l->ops->infer ? l->ops->infer(l, net, &used) : l->ops->forward(l, net);
+        st = infer && l->ops->infer ? l->ops->infer(l, net, &used) : l->ops->forward(l, net, ctx);
         if (st) return st;
         i += used;
     }
     return BL_OK;
 }
 
-bl_status bl_net_forward(bl_net *net, const float *x, int n)
+bl_status bl_net_forward(bl_net *net, const bl_ctx *ctx, const float *x, int n)
 {
-    return forward(net, x, n, 0, net->n_layers - 1);
+    return forward(net, ctx, x, n, 0, net->n_layers - 1);
 }
 
-bl_status bl_net_forward_to(bl_net *net, const float *x, int n, int last)
+bl_status bl_net_forward_to(bl_net *net, const bl_ctx *ctx, const float *x, int n, int last)
 {
     if (last < 0 || last >= net->n_layers)
         return bl_fail(BL_ERR_ARG, "net: forward to layer %d of %d", last, net->n_layers);
-    return forward(net, x, n, 0, last);
+    return forward(net, ctx, x, n, 0, last);
 }
 
 bl_status bl_net_infer(bl_net *net, const float *x, int n)
 {
-    bl_bn_mode keep = net->bn_mode;
-    const bl_bn_mode *keep_modes = net->bn_modes;
-    net->bn_mode = BL_BN_POPULATION;
-    net->bn_modes = NULL;
-    bl_status st = forward(net, x, n, 1, net->n_layers - 1);
-    net->bn_mode = keep;
-    net->bn_modes = keep_modes;
-    return st;
+    /* layers without a fused path run their plain forward, with population statistics */
+    const bl_ctx c = bl_ctx_all(BL_BN_POPULATION, NULL);
+    return forward(net, &c, x, n, 1, net->n_layers - 1);
 }
 
-bl_status bl_net_backward(bl_net *net)
+bl_status bl_net_backward(bl_net *net, const bl_ctx *ctx)
 {
+    bl_status st = check_ctx(net, &ctx);
+    if (st) return st;
     for (int i = net->n_layers - 1; i >= 0; i--) {
         bl_layer *l = &net->layers[i];
-        bl_status st = l->ops->backward(l, net);
-        if (st) return st;
+        if ((st = l->ops->backward(l, net, ctx))) return st;
     }
     return BL_OK;
 }
@@ -245,26 +303,6 @@ bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss
     *loss_sum = total;
     *correct = ok;
     return BL_OK;
-}
-
-int bl_net_bn_count(const bl_net *net)
-{
-    int k = 0;
-    for (int i = 0; i < net->n_layers; i++) k += !strcmp(net->layers[i].ops->kind, "bn");
-    return k;
-}
-
-int bl_net_bn_layer(const bl_net *net, int idx)
-{
-    for (int i = 0; i < net->n_layers; i++)
-        if (!strcmp(net->layers[i].ops->kind, "bn") && idx-- == 0) return i;
-    return -1;
-}
-
-bl_bn *bl_net_bn_at(bl_net *net, int idx)
-{
-    int i = bl_net_bn_layer(net, idx);
-    return i < 0 ? NULL : (bl_bn *)net->layers[i].state;
 }
 
 const bl_param *bl_net_param(const bl_net *net, const char *name)

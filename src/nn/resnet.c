@@ -19,27 +19,38 @@ bl_status bl_resnet_depth(const char *model, int *depth)
 
 #define TRY(expr)                                                                                  \
     do {                                                                                           \
-        if ((expr) < 0) return bl_error()[0] ? BL_ERR_ARG : BL_ERR_NOMEM;                          \
+        if ((st = (expr))) return st;                                                              \
     } while (0)
+
+static bl_status build(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
+                       int max_batch);
 
 bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
                     int max_batch)
 {
+    bl_status st = build(net, depth, width, n_classes, h, w, c, max_batch);
+    if (st) bl_net_free(net);
+    return st;
+}
+
+static bl_status build(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
+                       int max_batch)
+{
+    memset(net, 0, sizeof *net);
     if (depth < 8 || (depth - 2) % 6)
         return bl_fail(BL_ERR_ARG, "resnet depth %d: must be 6n+2 with n >= 1", depth);
     if (width < 1 || n_classes < 2)
         return bl_fail(BL_ERR_ARG, "resnet: width %d and classes %d must be >= 1 and >= 2", width,
                        n_classes);
-    bl_error_clear();
     bl_status st = bl_net_init(net, h, w, c, max_batch);
     if (st) return st;
     snprintf(net->arch, sizeof net->arch, "resnet%d", depth);
     net->width = width;
     net->n_classes = n_classes;
     int n = (depth - 2) / 6, t, in_planes = width;
-    TRY(t = bl_net_conv(net, "conv1", 0, width, 3, 1, 1));
-    TRY(t = bl_net_bn(net, "bn1", t));
-    TRY(t = bl_net_relu(net, "relu", t));
+    TRY(bl_net_conv(net, "conv1", 0, width, 3, 1, 1, &t));
+    TRY(bl_net_bn(net, "bn1", t, &t));
+    TRY(bl_net_relu(net, "relu", t, &t));
     for (int stage = 1; stage <= 3; stage++) {
         int planes = width << (stage - 1);
         for (int j = 0; j < n; j++) {
@@ -47,22 +58,22 @@ bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int
             char p[64], name[96];
 #define NAME(s) (snprintf(name, sizeof name, "%s.%s", p, s), name)
             snprintf(p, sizeof p, "layer%d.%d", stage, j);
-            TRY(t = bl_net_conv(net, NAME("conv1"), x, planes, 3, stride, 1));
-            TRY(t = bl_net_bn(net, NAME("bn1"), t));
-            TRY(t = bl_net_relu(net, NAME("relu1"), t));
-            TRY(t = bl_net_conv(net, NAME("conv2"), t, planes, 3, 1, 1));
-            TRY(t = bl_net_bn(net, NAME("bn2"), t));
+            TRY(bl_net_conv(net, NAME("conv1"), x, planes, 3, stride, 1, &t));
+            TRY(bl_net_bn(net, NAME("bn1"), t, &t));
+            TRY(bl_net_relu(net, NAME("relu1"), t, &t));
+            TRY(bl_net_conv(net, NAME("conv2"), t, planes, 3, 1, 1, &t));
+            TRY(bl_net_bn(net, NAME("bn2"), t, &t));
             if (stride != 1 || in_planes != planes) {
-                TRY(sc = bl_net_conv(net, NAME("shortcut.0"), x, planes, 1, stride, 0));
-                TRY(sc = bl_net_bn(net, NAME("shortcut.1"), sc));
+                TRY(bl_net_conv(net, NAME("shortcut.0"), x, planes, 1, stride, 0, &sc));
+                TRY(bl_net_bn(net, NAME("shortcut.1"), sc, &sc));
             }
-            TRY(t = bl_net_add(net, NAME("add"), t, sc));
-            TRY(t = bl_net_relu(net, NAME("relu2"), t));
+            TRY(bl_net_add(net, NAME("add"), t, sc, &t));
+            TRY(bl_net_relu(net, NAME("relu2"), t, &t));
 #undef NAME
             in_planes = planes;
         }
     }
-    TRY(t = bl_net_gap(net, "avgpool", t));
-    TRY(t = bl_net_linear(net, "fc", t, n_classes));
+    TRY(bl_net_gap(net, "avgpool", t, &t));
+    TRY(bl_net_linear(net, "fc", t, n_classes, &t));
     return bl_net_finalize(net);
 }

@@ -1,6 +1,8 @@
 /* Checkpoints: a net's state dict, optimizer state and run metadata in safetensors. */
 #include "bnlab/train.h"
 
+#include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,8 +65,12 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     snprintf(v, sizeof v, "%d", net->width), bl_st_set_meta(&w, "width", v);
     snprintf(v, sizeof v, "%d", net->n_classes), bl_st_set_meta(&w, "classes", v);
     snprintf(v, sizeof v, "%d,%d,%d", in->h, in->w, in->c), bl_st_set_meta(&w, "input", v);
-    snprintf(v, sizeof v, "%.4f", BL_FMNIST_MEAN), bl_st_set_meta(&w, "data_mean", v);
-    snprintf(v, sizeof v, "%.4f", BL_FMNIST_STD), bl_st_set_meta(&w, "data_std", v);
+    const bl_recipe rc = info ? info->recipe : bl_recipe_fmnist();
+    char rj[512];
+    bl_recipe_json(&rc, rj, sizeof rj);
+    snprintf(v, sizeof v, "%.4f", rc.mean[0]), bl_st_set_meta(&w, "data_mean", v);
+    snprintf(v, sizeof v, "%.4f", rc.std[0]), bl_st_set_meta(&w, "data_std", v);
+    bl_st_set_meta(&w, "recipe", rj);
     bl_st_set_meta(&w, "estimator", estimator(net));
     if (info) {
         snprintf(v, sizeof v, "%d", info->epoch), bl_st_set_meta(&w, "epoch", v);
@@ -82,13 +88,24 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     return st;
 }
 
-static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *path, int with_optim)
+static int is_bnlab(const bl_safetensors *st)
 {
-    const char *fmt = bl_st_meta(st, "format"), *arch = bl_st_meta(st, "arch");
-    if (!fmt || strncmp(fmt, "bnlab-checkpoint", 16))
+    const char *fmt = bl_st_meta(st, "format");
+    return fmt && !strncmp(fmt, "bnlab-checkpoint", 16);
+}
+
+/* foreign: a state_dict without bnlab's metadata, read by the names of the net it was built for */
+static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *path, int with_optim,
+                           int foreign)
+{
+    const char *arch = bl_st_meta(st, "arch");
+    if (!foreign && !is_bnlab(st))
         return bl_fail(BL_ERR_FORMAT, "%s: not a bnlab checkpoint (no '%s' format in its "
                        "metadata)", path, FORMAT);
-    if (!arch || strcmp(arch, net->arch))
+    if (foreign && with_optim)
+        return bl_fail(BL_ERR_FORMAT, "%s: a state_dict without bnlab metadata holds no optimizer "
+                       "state to resume from", path);
+    if (!foreign && (!arch || strcmp(arch, net->arch)))
         return bl_fail(BL_ERR_FORMAT, "%s: checkpoint of a %s, the model is a %s", path,
                        arch ? arch : "(unknown)", net->arch);
     size_t maxc = 1;
@@ -127,12 +144,8 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
         bl_param_import(p, t, net->optim_block + p->offset);
     }
     free(t);
-    if (rc) {
-        char msg[700];
-        snprintf(msg, sizeof msg, "%s", bl_error());
-        return bl_fail(rc, "%s: %s", path, msg);
-    }
-    /* the estimator that produced the stored statistics */
+    if (rc) return bl_fail_ctx(rc, "%s", path);
+    /* the estimator that produced the stored statistics (from outside: loaded) */
     const char *est = bl_st_meta(st, "estimator");
     bl_estimator e = BL_EST_LOADED;
     for (int k = BL_EST_INIT; k <= BL_EST_LOADED; k++)
@@ -141,10 +154,52 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     return BL_OK;
 }
 
-static void read_info(const bl_safetensors *st, bl_ckpt_info *info)
+/* The "recipe" metadata; a checkpoint without one was trained with the Fashion-MNIST recipe. */
+static bl_status read_recipe(const bl_safetensors *st, const char *path, bl_recipe *r)
 {
-    if (!info) return;
+    *r = bl_recipe_fmnist();
+    const char *v = bl_st_meta(st, "recipe");
+    if (!v) return BL_OK;
+    cJSON *j = cJSON_Parse(v);
+    bl_status rc = BL_OK;
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name"),
+                *ch = cJSON_GetObjectItemCaseSensitive(j, "channels"),
+                *cl = cJSON_GetObjectItemCaseSensitive(j, "classes"),
+                *mean = cJSON_GetObjectItemCaseSensitive(j, "mean"),
+                *std = cJSON_GetObjectItemCaseSensitive(j, "std"),
+                *pad = cJSON_GetObjectItemCaseSensitive(j, "pad"),
+                *flip = cJSON_GetObjectItemCaseSensitive(j, "flip");
+    if (!cJSON_IsString(name) || !cJSON_IsNumber(ch) || !cJSON_IsNumber(cl) ||
+        !cJSON_IsArray(mean) || !cJSON_IsArray(std) || !cJSON_IsNumber(pad) || !cJSON_IsBool(flip) ||
+        !(ch->valuedouble >= 1 && ch->valuedouble <= BL_RECIPE_MAX_CHANNELS) ||
+        !(cl->valuedouble >= 2 && cl->valuedouble <= 1e6) ||
+        !(pad->valuedouble >= 0 && pad->valuedouble <= 64) ||
+        cJSON_GetArraySize(mean) != (int)ch->valuedouble ||
+        cJSON_GetArraySize(std) != (int)ch->valuedouble) {
+        rc = bl_fail(BL_ERR_FORMAT, "%s: the 'recipe' metadata is malformed: %.200s", path, v);
+    } else {
+        snprintf(r->name, sizeof r->name, "%s", name->valuestring);
+        r->channels = (int)ch->valuedouble, r->classes = (int)cl->valuedouble;
+        r->pad = (int)pad->valuedouble, r->flip = cJSON_IsTrue(flip);
+        for (int c = 0; c < r->channels && !rc; c++) {
+            const cJSON *m = cJSON_GetArrayItem(mean, c), *s = cJSON_GetArrayItem(std, c);
+            if (!cJSON_IsNumber(m) || !cJSON_IsNumber(s))
+                rc = bl_fail(BL_ERR_FORMAT, "%s: the 'recipe' mean/std are not numbers", path);
+            else
+                r->mean[c] = (float)m->valuedouble, r->std[c] = (float)s->valuedouble;
+        }
+        if (!rc && (rc = bl_recipe_check(r))) rc = bl_fail_ctx(rc, "%s", path);
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+static bl_status read_info(const bl_safetensors *st, const char *path, bl_ckpt_info *info)
+{
+    if (!info) return BL_OK;
     memset(info, 0, sizeof *info);
+    bl_status rc = read_recipe(st, path, &info->recipe);
+    if (rc) return rc;
     const char *v;
     if ((v = bl_st_meta(st, "epoch"))) info->epoch = atoi(v);
     if ((v = bl_st_meta(st, "step"))) info->step = atol(v);
@@ -153,6 +208,7 @@ static void read_info(const bl_safetensors *st, bl_ckpt_info *info)
     if ((v = bl_st_meta(st, "precise"))) snprintf(info->precise, sizeof info->precise, "%s", v);
     if ((v = bl_st_meta(st, "epoch_progress")))
         sscanf(v, "%lf,%ld,%ld", &info->ep_loss, &info->ep_wrong, &info->ep_seen);
+    return BL_OK;
 }
 
 bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_ckpt_info *info)
@@ -160,33 +216,75 @@ bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_c
     bl_safetensors st;
     bl_status rc = bl_st_read(path, &st);
     if (rc) return rc;
-    rc = load_into(net, &st, path, with_optim);
-    if (!rc) read_info(&st, info);
+    /* the recipe first: a malformed one changes nothing */
+    bl_ckpt_info tmp;
+    rc = read_info(&st, path, &tmp);
+    if (!rc) rc = load_into(net, &st, path, with_optim, 0);
+    if (!rc && info) *info = tmp;
     bl_st_free(&st);
     return rc;
 }
 
-bl_status bl_checkpoint_open(const char *path, int max_batch, bl_net *net, bl_ckpt_info *info)
+void bl_model_spec_defaults(bl_model_spec *m)
+{
+    memset(m, 0, sizeof *m);
+    m->width = 16;
+    m->recipe = bl_recipe_fmnist();
+}
+
+bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spec *foreign,
+                             bl_net *net, bl_ckpt_info *info)
 {
     bl_safetensors st;
     bl_status rc = bl_st_read(path, &st);
     if (rc) return rc;
     const char *arch = bl_st_meta(&st, "arch"), *width = bl_st_meta(&st, "width"),
                *classes = bl_st_meta(&st, "classes"), *input = bl_st_meta(&st, "input");
-    int depth, h, w, c;
-    if (!arch || !width || !classes || !input || sscanf(input, "%d,%d,%d", &h, &w, &c) != 3) {
+    const int ours = is_bnlab(&st);
+    const int use_spec = !ours && foreign && foreign->model[0];
+    int depth, h = 28, w = 28, c = 1, wd = 0, k = 0;
+    bl_ckpt_info tmp;
+    if (ours) {
+        if (!arch || !width || !classes || !input || sscanf(input, "%d,%d,%d", &h, &w, &c) != 3) {
+            bl_st_free(&st);
+            return bl_fail(BL_ERR_FORMAT, "%s: no architecture in the metadata: not a bnlab "
+                           "checkpoint", path);
+        }
+        if (foreign && foreign->model[0] &&
+            (strcmp(arch, foreign->model) || atoi(width) != foreign->width)) {
+            rc = bl_fail(BL_ERR_ARG, "%s: a bnlab checkpoint of a %s w=%s, but --model %s "
+                         "--width %d was given: drop them (the checkpoint says what it is)", path,
+                         arch, width, foreign->model, foreign->width);
+            bl_st_free(&st);
+            return rc;
+        }
+        wd = atoi(width), k = atoi(classes);
+        rc = bl_resnet_depth(arch, &depth);
+        if (!rc) rc = read_info(&st, path, &tmp);
+    } else if (use_spec) {
+        /* a PyTorch state_dict: the model named by the caller, fed by its recipe */
+        memset(&tmp, 0, sizeof tmp);
+        tmp.recipe = foreign->recipe;
+        wd = foreign->width, k = foreign->recipe.classes, c = foreign->recipe.channels;
+        rc = bl_recipe_check(&tmp.recipe);
+        if (!rc) rc = bl_resnet_depth(foreign->model, &depth);
+    } else {
         bl_st_free(&st);
-        return bl_fail(BL_ERR_FORMAT, "%s: no architecture in the metadata: not a bnlab checkpoint",
-                       path);
+        return bl_fail(BL_ERR_FORMAT, "%s: not a bnlab checkpoint (no '%s' format in its "
+                       "metadata); a PyTorch state_dict of the ResNet twin opens with --model "
+                       "(e.g. resnet20) and --width", path, FORMAT);
     }
-    if ((rc = bl_resnet_depth(arch, &depth)) ||
-        (rc = bl_resnet(net, depth, atoi(width), atoi(classes), h, w, c, max_batch))) {
+    if (!rc) rc = bl_resnet(net, depth, wd, k, h, w, c, max_batch);
+    if (rc) {
         bl_st_free(&st);
+        return bl_fail_ctx(rc, "%s", path);
+    }
+    rc = load_into(net, &st, path, 0, use_spec);
+    bl_st_free(&st);
+    if (rc) {
+        bl_net_free(net);
         return rc;
     }
-    rc = load_into(net, &st, path, 0);
-    if (!rc) read_info(&st, info);
-    bl_st_free(&st);
-    if (rc) bl_net_free(net);
-    return rc;
+    if (info) *info = tmp;
+    return BL_OK;
 }

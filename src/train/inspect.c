@@ -17,6 +17,7 @@ void bl_inspect_defaults(bl_inspect_cfg *c)
     c->batch = 128;
     c->batches = 100;
     c->seed = 1;
+    c->recipe = bl_recipe_fmnist();
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -69,26 +70,23 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
             smu[(size_t)k * maxc + ch] = bn->pop_mean[ch], svar[(size_t)k * maxc + ch] = bn->pop_var[ch];
     }
     /* the spread of mini-batch means: the model in training mode on `batches` disjoint batches */
-    bl_epoch_order(d->n, c->seed, BL_INSPECT_STREAM, 0, idx);
-    const bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, c->seed, BL_INSPECT_STREAM};
-    const bl_bn_mode keep_mode = net->bn_mode;
-    const bl_bn_mode *keep_modes = net->bn_modes;
-    const bl_groups *keep_groups = net->groups;
-    net->bn_mode = BL_BN_BATCH, net->bn_modes = NULL, net->groups = NULL;
+    bl_epoch_order(d->n, c->seed, BL_INSPECT_STREAM, idx);
+    const bl_augment aug = {c->seed, BL_INSPECT_STREAM};
+    const bl_ctx ctx = bl_ctx_all(BL_BN_BATCH, NULL);
     for (int b = 0; b < c->batches && !st; b++) {
-        bl_dataset_batch(d, idx + (size_t)b * c->batch, c->batch, &aug, x, y);
-        if ((st = bl_net_forward(net, x, c->batch))) break;
+        bl_dataset_batch(d, &c->recipe, idx + (size_t)b * c->batch, c->batch, &aug, x, y);
+        if ((st = bl_net_forward(net, &ctx, x, c->batch))) break;
         for (int k = 0; k < K; k++) {
             const bl_bn *bn = bl_net_bn_at(net, k);
             for (int ch = 0; ch < bn->cfg.channels; ch++)
                 bm[((size_t)k * maxc + ch) * c->batches + b] = bn->batch.mean[ch];
         }
     }
-    net->bn_mode = keep_mode, net->bn_modes = keep_modes, net->groups = keep_groups;
     if (st) goto out;
     bl_precise_cfg pc;
     bl_precise_defaults(&pc);
     pc.samples = c->samples, pc.batch = c->precise_batch, pc.seed = c->seed;
+    pc.recipe = c->recipe;
     bl_precise_report pr;
     if ((st = bl_precise(net, d, &pc, &pr))) goto out;
     r->worst_se = pr.worst_se;

@@ -67,15 +67,19 @@ void bl_precise_defaults(bl_precise_cfg *c)
     c->batch = 200;
     c->augment = 1;
     c->seed = 1;
+    c->recipe = bl_recipe_fmnist();
 }
 
-void bl_precise_samples(int n, long samples, uint64_t seed, int *idx)
+bl_status bl_precise_samples(int n, long samples, uint64_t seed, int *idx)
 {
-    int *order = malloc(sizeof(int) * (size_t)n);
-    if (!order) return;
-    bl_epoch_order(n, seed, BL_PRECISE_STREAM, 0, order);
+    if (samples < 0 || samples > n)
+        return bl_fail(BL_ERR_ARG, "precise: %ld samples of a split of %d", samples, n);
+    int *order = malloc(sizeof(int) * (size_t)(n ? n : 1));
+    if (!order) return bl_fail(BL_ERR_NOMEM, "precise: out of memory for the sample order");
+    bl_epoch_order(n, seed, BL_PRECISE_STREAM, order);
     memcpy(idx, order, sizeof(int) * (size_t)samples);
     free(order);
+    return BL_OK;
 }
 
 /* s1, s2 (C each) += sums of the per-sample channel means of x (n, hw, C) and their squares. */
@@ -136,44 +140,40 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     int *idx = malloc(sizeof(int) * (size_t)d->n);
     float *x = bl_alloc((size_t)B * npix * sizeof(float));
     uint8_t *y = malloc((size_t)B);
-    bl_bn_mode *modes = malloc(sizeof(bl_bn_mode) * (size_t)K);
+    bl_ctx ctx = {0};
     int maxc = 0;
     for (int k = 0; k < K; k++)
         if (bl_net_bn_at(net, k)->cfg.channels > maxc) maxc = bl_net_bn_at(net, k)->cfg.channels;
     double *s1 = calloc((size_t)K * maxc, sizeof(double)), *s2 = calloc((size_t)K * maxc, sizeof(double));
-    if (!idx || !x || !y || !modes || !s1 || !s2) {
-        free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2);
-        return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
+    /* per layer: batch statistics (whole batch), or population for the layers already done */
+    bl_status st = bl_ctx_init(&ctx, net, BL_BN_BATCH, NULL);
+    if (st || !idx || !x || !y || !s1 || !s2) {
+        free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);
+        return st ? st : bl_fail(BL_ERR_NOMEM, "precise: out of memory");
     }
     /* kept to restore on failure, so an error leaves the model as it was */
     bl_pop_snapshot saved;
-    if (bl_pop_save(net, &saved)) {
-        free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2);
-        return BL_ERR_NOMEM;
+    if ((st = bl_pop_save(net, &saved)) || (st = bl_precise_samples(d->n, N, c->seed, idx))) {
+        bl_pop_free(&saved); /* safe after a failed save too: it leaves the snapshot empty */
+        free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);
+        return st;
     }
-    bl_precise_samples(d->n, N, c->seed, idx);
-    const bl_augment aug = {BL_FMNIST_MEAN, BL_FMNIST_STD, 2, 1, c->seed, BL_PRECISE_STREAM};
-    const bl_bn_mode keep_mode = net->bn_mode;
-    const bl_bn_mode *keep_modes = net->bn_modes;
-    const bl_groups *keep_groups = net->groups;
-    net->groups = NULL;
-    net->bn_modes = modes;
+    const bl_augment aug = {c->seed, BL_PRECISE_STREAM};
     memset(r, 0, sizeof *r);
     r->layers = K;
     r->samples = N;
-    bl_status st = BL_OK;
     /* regular: one pass estimating every layer; sequential: pass k estimates layer k only */
     const int passes = c->sequential ? K : 1;
     const long total = (long)passes * N;
     for (int pass = 0; pass < passes && !st; pass++) {
         const int first = c->sequential ? pass : 0, last = c->sequential ? pass : K - 1;
         const int stop = c->sequential ? bl_net_bn_layer(net, pass) : net->n_layers - 1;
-        for (int k = 0; k < K; k++) modes[k] = k < first ? BL_BN_POPULATION : BL_BN_BATCH;
+        for (int k = 0; k < K; k++) ctx.bn[k].mode = k < first ? BL_BN_POPULATION : BL_BN_BATCH;
         for (int k = first; k <= last; k++) bl_bn_precise_reset(bl_net_bn_at(net, k));
         for (long s = 0; s < N && !st; s += B) {
             const int n = N - s < B ? (int)(N - s) : B;
-            bl_dataset_batch(d, idx + s, n, c->augment ? &aug : NULL, x, y);
-            if ((st = bl_net_forward_to(net, x, n, stop))) break;
+            bl_dataset_batch(d, &c->recipe, idx + s, n, c->augment ? &aug : NULL, x, y);
+            if ((st = bl_net_forward_to(net, &ctx, x, n, stop))) break;
             for (int k = first; k <= last && !st; k++) {
                 bl_bn *bn = bl_net_bn_at(net, k);
                 const bl_tensor *in = &net->t[net->layers[bl_net_bn_layer(net, k)].in[0]];
@@ -185,21 +185,21 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         }
         for (int k = first; k <= last && !st; k++) {
             bl_bn *bn = bl_net_bn_at(net, k);
+            /* every process pooled its own samples: merge them before they become statistics */
+            if (c->reducer && (st = c->reducer->merge_moments(c->reducer->ctx, &bn->pooled)))
+                break;
             if ((st = bl_bn_precise_apply(bn))) break;
             r->max_se[k] = max_se(bn, s1 + (size_t)k * maxc, s2 + (size_t)k * maxc, N);
         }
         r->forwards += (double)(stop + 1) / net->n_layers;
     }
-    net->bn_mode = keep_mode;
-    net->bn_modes = keep_modes;
-    net->groups = keep_groups;
     if (st) bl_pop_restore(net, &saved);
     bl_pop_free(&saved);
-    free(idx), bl_free(x), free(y), free(modes), free(s1), free(s2);
+    free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);
     if (st) {
-        char msg[700];
-        snprintf(msg, sizeof msg, "%s", bl_error());
-        return bl_fail(st, "precise: %s (the model's statistics are unchanged)", msg);
+        bl_fail_ctx(st, "precise");
+        bl_error_append(" (the model's statistics are unchanged)");
+        return st;
     }
     for (int k = 0; k < K; k++) r->worst_se = r->max_se[k] > r->worst_se ? r->max_se[k] : r->worst_se;
     return BL_OK;
