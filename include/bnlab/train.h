@@ -94,7 +94,7 @@ typedef struct {
     long step;      /* SGD steps completed (may be inside epoch + 1) */
     uint64_t seed;
     bl_recipe recipe; /* the data recipe of the run (metadata "recipe"; Fashion-MNIST's when a
-                       * checkpoint has none) */
+                       * checkpoint has none, and when saving one whose recipe is all zero) */
     /* the unfinished epoch's running sums, so a resumed epoch reports the whole epoch */
     double ep_loss;
     long ep_wrong, ep_seen;

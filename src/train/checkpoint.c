@@ -65,7 +65,12 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     snprintf(v, sizeof v, "%d", net->width), bl_st_set_meta(&w, "width", v);
     snprintf(v, sizeof v, "%d", net->n_classes), bl_st_set_meta(&w, "classes", v);
     snprintf(v, sizeof v, "%d,%d,%d", in->h, in->w, in->c), bl_st_set_meta(&w, "input", v);
-    const bl_recipe rc = info ? info->recipe : bl_recipe_fmnist();
+    /* an info whose recipe was never set (all zero) records the Fashion-MNIST one */
+    const bl_recipe rc = info && info->recipe.channels ? info->recipe : bl_recipe_fmnist();
+    if (bl_recipe_check(&rc)) {
+        bl_st_writer_free(&w);
+        return bl_fail_ctx(BL_ERR_ARG, "%s: info", path);
+    }
     char rj[512];
     bl_recipe_json(&rc, rj, sizeof rj);
     snprintf(v, sizeof v, "%.4f", rc.mean[0]), bl_st_set_meta(&w, "data_mean", v);
