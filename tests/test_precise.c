@@ -174,7 +174,7 @@ int main(void)
     /* 5. bad arguments: an error naming the fix, and the statistics unchanged */
     stats_of(&net, m1, v1, maxc);
     c.samples = NS + 1;
-    CHECK(bl_precise(&net, &d, &c, &rep) == BL_ERR_ARG && strstr(bl_error(), "--samples"),
+    CHECK(bl_precise(&net, &d, &c, &rep) == BL_ERR_ARG && strstr(bl_error(), "cfg.samples"),
           "too many samples: %s", bl_error());
     c.samples = 10;
     c.batch = MAXB + 1;

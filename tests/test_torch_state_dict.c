@@ -3,7 +3,7 @@
  * std 0.5, in the layout safetensors.torch.save_file writes (no metadata). Opened with a model
  * spec and that recipe, its logits on the first 256 test images match PyTorch's within 1e-4
  * (fused inference and the plain population forward), and its test error is PyTorch's. Without a
- * spec the file is refused with a message naming --model; a bnlab checkpoint whose architecture
+ * spec the file is refused with a message naming cfg.model (the command's --model); a bnlab checkpoint whose architecture
  * contradicts a given spec is refused too. Fixtures: tools/gen_torch_state_dict.py. */
 #include "bnlab/bnlab.h"
 #include "check.h"
@@ -22,7 +22,7 @@ int main(int argc, char **argv)
     bl_ckpt_info info;
     /* without a model spec: refused, naming what to pass */
     CHECK(bl_checkpoint_open(path, N, NULL, &net, &info) == BL_ERR_FORMAT &&
-              strstr(bl_error(), "not a bnlab checkpoint") && strstr(bl_error(), "--model"),
+              strstr(bl_error(), "not a bnlab checkpoint") && strstr(bl_error(), "cfg.model"),
           "a state_dict without a spec: %s", bl_error());
 
     bl_safetensors ref;

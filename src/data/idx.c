@@ -32,7 +32,7 @@ static bl_status idx_read(const char *path, uint32_t magic, int dims, uint32_t *
 {
     *data = NULL;
     gzFile f = gzopen(path, "rb");
-    if (!f) return bl_fail(BL_ERR_IO, "%s: cannot open: check the path (--data-dir)", path);
+    if (!f) return bl_fail(BL_ERR_IO, "%s: cannot open: check the path", path);
     uint8_t hdr[16];
     bl_status st = read_all(f, path, hdr, 4);
     if (!st && be32(hdr) != magic)

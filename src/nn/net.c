@@ -107,7 +107,7 @@ bl_status bl_net_finalize(bl_net *net)
     if (!net->param_block || !net->grad_block || !net->optim_block || !net->buffer_block ||
         !net->act_block)
         return bl_fail(BL_ERR_NOMEM, "net: out of memory for %zu parameters and %zu activation "
-                       "floats (batch %d): use a smaller --batch", np, act, net->max_batch);
+                       "floats (batch %d): use a smaller batch", np, act, net->max_batch);
     for (int i = 0; i < net->n_params; i++) {
         bl_param *p = &net->params[i];
         if (p->kind == BL_P_COUNT) continue;

@@ -257,8 +257,8 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
         }
         if (foreign && foreign->model[0] &&
             (strcmp(arch, foreign->model) || atoi(width) != foreign->width)) {
-            rc = bl_fail(BL_ERR_ARG, "%s: a bnlab checkpoint of a %s w=%s, but --model %s "
-                         "--width %d was given: drop them (the checkpoint says what it is)", path,
+            rc = bl_fail(BL_ERR_ARG, "%s: a bnlab checkpoint of a %s w=%s, but cfg.model %s "
+                         "cfg.width %d was given: drop them (the checkpoint says what it is)", path,
                          arch, width, foreign->model, foreign->width);
             bl_st_free(&st);
             return rc;
@@ -276,8 +276,8 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
     } else {
         bl_st_free(&st);
         return bl_fail(BL_ERR_FORMAT, "%s: not a bnlab checkpoint (no '%s' format in its "
-                       "metadata); a PyTorch state_dict of the ResNet twin opens with --model "
-                       "(e.g. resnet20) and --width", path, FORMAT);
+                       "metadata); a PyTorch state_dict of the ResNet twin opens with cfg.model "
+                       "(e.g. resnet20) and cfg.width", path, FORMAT);
     }
     if (!rc) rc = bl_resnet(net, depth, wd, k, h, w, c, max_batch);
     if (rc) {

@@ -40,7 +40,7 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
 {
     const int K = bl_net_bn_count(net);
     if (c->batch < 2 || c->batch > net->max_batch || c->batches < 2)
-        return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d: use --batch in 2..%d and at "
+        return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d: use cfg.batch in 2..%d and at "
                        "least 2 batches", c->batches, c->batch, net->max_batch);
     if ((long)c->batch * c->batches > d->n)
         return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d need %ld images, the split has "

@@ -125,7 +125,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         return bl_fail(BL_ERR_ARG, "precise: %d BN layers, at most %d", K, BL_PRECISE_MAX_LAYERS);
     if (c->samples < 1 || c->samples > d->n)
         return bl_fail(BL_ERR_ARG, "precise: %ld samples requested, the split has %d: use "
-                       "--samples between 1 and %d", c->samples, d->n, d->n);
+                       "cfg.samples between 1 and %d", c->samples, d->n, d->n);
     if (c->batch < 1 || c->batch > net->max_batch)
         return bl_fail(BL_ERR_ARG, "precise: batch %d outside 1..%d (the net's batch)", c->batch,
                        net->max_batch);

@@ -123,9 +123,11 @@ static bl_status load_data(bl_trainer *t)
         st = bl_fmnist_load(c->data_dir, "test", &t->test);
         if (st) bl_dataset_free(&full);
     }
-    if (st)
-        return bl_fail_ctx(st, "cfg.data_dir (Fashion-MNIST comes from Debian's "
-                           "dataset-fashion-mnist package; or point it at the IDX files)");
+    if (st) {
+        bl_error_append(" (Fashion-MNIST comes from Debian's dataset-fashion-mnist package; or "
+                        "point cfg.data_dir at the IDX files)");
+        return st;
+    }
     if (c->val <= 0) {
         t->train = full;
         return BL_OK;
