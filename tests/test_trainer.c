@@ -1,0 +1,190 @@
+/* The trainer's step API: callbacks report what happened (progress, checkpoint, stop, resume,
+ * epoch end) and every hook point is called where docs/architecture.md says, once per step; a
+ * stop decided by the agreement hook stops at that step with a checkpoint; a process that is not
+ * the writer writes nothing; a hook's error stops the run with its status; the stepped run equals
+ * bl_train bit for bit. Trains resnet8 w=4 on 1000 Fashion-MNIST images (31 steps of 32). */
+#define _POSIX_C_SOURCE 200809L
+#include "bnlab/bnlab.h"
+#include "check.h"
+
+#include <unistd.h>
+
+typedef struct {
+    int progress, checkpoints, stopped, resumed, epochs, grads, moments, agree;
+    long stop_at, stopped_step, resumed_step;
+    int fail_grads;
+    char last_ckpt[1100];
+} counts;
+
+static void on_resumed(void *u, const char *p, int e, long s, uint64_t seed)
+{
+    counts *c = u;
+    (void)p, (void)e, (void)seed;
+    c->resumed++, c->resumed_step = s;
+}
+static void on_progress(void *u, int e, long d, long n, double ips)
+{
+    (void)e, (void)d, (void)n, (void)ips;
+    ((counts *)u)->progress++;
+}
+static void on_checkpoint(void *u, const char *p)
+{
+    counts *c = u;
+    c->checkpoints++;
+    snprintf(c->last_ckpt, sizeof c->last_ckpt, "%s", p);
+}
+static bl_status on_epoch_end(void *u, const bl_epoch_metrics *m)
+{
+    counts *c = u;
+    c->epochs++;
+    CHECK(m->epoch == 1 && m->step == 31 && m->train_loss > 0 && m->test_err_population < 0,
+          "epoch metrics: epoch %d step %ld", m->epoch, m->step);
+    return BL_OK;
+}
+static void on_stopped(void *u, long step, int e, long d, long n, const char *ck)
+{
+    counts *c = u;
+    (void)e, (void)d, (void)n, (void)ck;
+    c->stopped++, c->stopped_step = step;
+}
+static bl_status h_grads(void *ctx, bl_net *net)
+{
+    counts *c = ctx;
+    c->grads++;
+    (void)net;
+    return c->fail_grads && c->grads == c->fail_grads ? bl_fail(BL_ERR_IO, "peer lost") : BL_OK;
+}
+static bl_status h_moments(void *ctx, bl_net *net)
+{
+    counts *c = ctx;
+    c->moments++;
+    /* the batch statistics of every layer are there to merge, not yet committed */
+    for (int i = 0; i < bl_net_bn_count(net); i++) CHECK(bl_net_bn_at(net, i)->pending, "pending");
+    return BL_OK;
+}
+static bl_status h_agree(void *ctx, int *flags, int n)
+{
+    counts *c = ctx;
+    c->agree++;
+    CHECK(n == 1, "one flag");
+    if (c->stop_at && c->grads >= c->stop_at) flags[0] = 1; /* another process asks to stop */
+    return BL_OK;
+}
+
+static void config(bl_train_cfg *c, const char *out)
+{
+    bl_train_defaults(c);
+    snprintf(c->model, sizeof c->model, "resnet8");
+    c->width = 4, c->batch = 32, c->epochs = 1, c->eval_every = 0, c->final_precise_bn = 0;
+    c->val = 59000; /* 1000 training images */
+    snprintf(c->out, sizeof c->out, "%s", out);
+}
+
+static bl_status run(bl_trainer *t, bl_train_event *ev)
+{
+    bl_status st;
+    while (!(st = bl_trainer_step(t, ev)) && *ev != BL_TRAIN_DONE && *ev != BL_TRAIN_STOPPED)
+        if (*ev == BL_TRAIN_EPOCH_END && (st = bl_trainer_epoch_end(t))) break;
+    return st;
+}
+
+int main(void)
+{
+    bl_dataset probe;
+    if (bl_fmnist_load(NULL, "test", &probe)) {
+        fprintf(stderr, "test_trainer: needs Fashion-MNIST (scripts/install-deps.sh): %s\n",
+                bl_error());
+        return 1;
+    }
+    bl_dataset_free(&probe);
+    char dir[] = "/tmp/bnlab_trainer_XXXXXX", a[300], b[300], ref[300], ckpt[400];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(a, sizeof a, "%s/a", dir), snprintf(b, sizeof b, "%s/b", dir);
+    snprintf(ref, sizeof ref, "%s/ref", dir);
+
+    /* stop at step 10, agreed through the hook */
+    counts k = {0};
+    k.stop_at = 10;
+    const bl_train_callbacks cb = {&k, on_resumed, NULL, on_progress, NULL, on_checkpoint,
+                                   on_epoch_end, on_stopped, NULL};
+    const bl_train_hooks hooks = {&k, 0, 1, 0, h_grads, h_moments, NULL, h_agree};
+    bl_train_cfg c;
+    config(&c, a);
+    bl_trainer *t;
+    bl_train_event ev;
+    CHECK(bl_trainer_init(&t, &c, &cb, &hooks) == BL_OK, "init: %s", bl_error());
+    CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_STOPPED, "stopped: %s", bl_error());
+    bl_trainer_free(t);
+    CHECK(k.grads == 10 && k.moments == 10 && k.progress == 10 && k.agree == 11,
+          "hooks once per step: grads %d moments %d progress %d agree %d", k.grads, k.moments,
+          k.progress, k.agree);
+    CHECK(k.stopped == 1 && k.stopped_step == 10 && k.checkpoints == 1 && k.epochs == 0,
+          "stop at step %ld, %d checkpoints", k.stopped_step, k.checkpoints);
+    snprintf(ckpt, sizeof ckpt, "%s/last.safetensors", a);
+    CHECK(!strcmp(k.last_ckpt, ckpt) && access(ckpt, F_OK) == 0, "checkpoint %s", k.last_ckpt);
+
+    /* resume to the end of the epoch */
+    counts r = {0};
+    bl_train_callbacks cb2 = cb;
+    cb2.user = &r;
+    bl_train_hooks h2 = hooks;
+    h2.ctx = &r;
+    snprintf(c.resume, sizeof c.resume, "%s", ckpt);
+    CHECK(bl_trainer_init(&t, &c, &cb2, &h2) == BL_OK, "resume: %s", bl_error());
+    CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_DONE, "done: %s", bl_error());
+    CHECK(r.resumed == 1 && r.resumed_step == 10 && r.grads == 21 && r.epochs == 1 &&
+              r.checkpoints == 1, "resumed at %ld, %d steps, %d epochs", r.resumed_step, r.grads,
+          r.epochs);
+    bl_net resumed;
+    CHECK(bl_checkpoint_open(ckpt, 32, NULL, &resumed, NULL) == BL_OK, "%s", bl_error());
+
+    /* the same run in one go through bl_train: the same weights, bit for bit */
+    config(&c, ref);
+    CHECK(bl_train(&c, NULL, NULL, NULL) == BL_OK, "bl_train: %s", bl_error());
+    snprintf(ckpt, sizeof ckpt, "%s/last.safetensors", ref);
+    bl_net whole;
+    CHECK(bl_checkpoint_open(ckpt, 32, NULL, &whole, NULL) == BL_OK, "%s", bl_error());
+    CHECK(!memcmp(whole.param_block, resumed.param_block, whole.n_param_floats * sizeof(float)) &&
+              !memcmp(whole.buffer_block, resumed.buffer_block,
+                      whole.n_buffer_floats * sizeof(float)),
+          "stepped and stopped/resumed vs bl_train: the weights differ");
+    bl_net_free(&whole);
+    bl_net_free(&resumed);
+
+    /* not the writer: no checkpoint at a stop */
+    counts w = {0};
+    w.stop_at = 3;
+    bl_train_callbacks cb3 = cb;
+    cb3.user = &w;
+    bl_train_hooks h3 = hooks;
+    h3.ctx = &w, h3.not_writer = 1;
+    config(&c, b);
+    CHECK(bl_trainer_init(&t, &c, &cb3, &h3) == BL_OK, "init: %s", bl_error());
+    CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_STOPPED && w.stopped_step == 3, "stop");
+    bl_trainer_free(t);
+    snprintf(ckpt, sizeof ckpt, "%s/last.safetensors", b);
+    CHECK(w.checkpoints == 0 && access(ckpt, F_OK) != 0, "a process that is not the writer wrote");
+
+    /* a hook's error stops the run with its status and message */
+    counts e = {0};
+    e.fail_grads = 4;
+    bl_train_callbacks cb4 = cb;
+    cb4.user = &e;
+    bl_train_hooks h4 = hooks;
+    h4.ctx = &e;
+    config(&c, "");
+    CHECK(bl_trainer_init(&t, &c, &cb4, &h4) == BL_OK, "init: %s", bl_error());
+    CHECK(run(t, &ev) == BL_ERR_IO && strstr(bl_error(), "peer lost") && e.moments == 3,
+          "a failing gradient hook: %s (moments %d)", bl_error(), e.moments);
+    bl_trainer_free(t);
+
+    /* a bad configuration names the field */
+    config(&c, "");
+    c.norm_batch = 64;
+    CHECK(bl_trainer_init(&t, &c, NULL, NULL) == BL_ERR_ARG && t == NULL &&
+              strstr(bl_error(), "cfg.norm_batch"), "bad norm batch: %s", bl_error());
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "cleanup");
+    return check_done("test_trainer");
+}
