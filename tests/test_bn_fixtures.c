@@ -65,8 +65,8 @@ static void run_case(const char *path, const char *base, int nhwc, bl_kernel ker
     bn.kernel = kern;
     float *x = malloc(sizeof(float) * d.numel), *y = malloc(sizeof(float) * d.numel);
     float *dy = malloc(sizeof(float) * d.numel), *dx = malloc(sizeof(float) * d.numel);
-    char what[256];
-#define WHAT(s) (snprintf(what, sizeof what, "%s [%s, %s] %s", base, nhwc ? "nhwc" : "nchw",   \
+    char what[320]; /* base is at most 255 characters: room for the rest */
+#define WHAT(s) (snprintf(what, sizeof what, "%.255s [%s, %s] %s", base, nhwc ? "nhwc" : "nchw",   \
                           kern == BL_KERNEL_REF ? "ref" : "fast", s), what)
 
     if (!strncmp(base, "train_", 6) || !strncmp(base, "eval_", 5)) {

@@ -132,6 +132,7 @@ int main(void)
     snprintf(c.resume, sizeof c.resume, "%s", ckpt);
     CHECK(bl_trainer_init(&t, &c, &cb2, &h2) == BL_OK, "resume: %s", bl_error());
     CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_DONE, "done: %s", bl_error());
+    bl_trainer_free(t);
     CHECK(r.resumed == 1 && r.resumed_step == 10 && r.grads == 21 && r.epochs == 1 &&
               r.checkpoints == 1, "resumed at %ld, %d steps, %d epochs", r.resumed_step, r.grads,
           r.epochs);
