@@ -7,12 +7,14 @@
 #include "bnlab/bnlab.h"
 #include "check.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
     int progress, checkpoints, stopped, resumed, epochs, grads, moments, agree;
     long stop_at, stopped_step, resumed_step;
     int fail_grads;
+    int peer_fails_at; /* the step at which "another process" reports an error */
     char last_ckpt[1100];
 } counts;
 
@@ -68,6 +70,8 @@ static bl_status h_agree(void *ctx, int *flags, int n)
     c->agree++;
     CHECK(n == 1, "one flag");
     if (c->stop_at && c->grads >= c->stop_at) flags[0] = 1; /* another process asks to stop */
+    /* calls alternate: the stop flag at a step's start, the error flag after its backward */
+    if (c->peer_fails_at && c->agree == 2 * c->peer_fails_at) flags[0] = 1;
     return BL_OK;
 }
 
@@ -115,7 +119,8 @@ int main(void)
     CHECK(bl_trainer_init(&t, &c, &cb, &hooks) == BL_OK, "init: %s", bl_error());
     CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_STOPPED, "stopped: %s", bl_error());
     bl_trainer_free(t);
-    CHECK(k.grads == 10 && k.moments == 10 && k.progress == 10 && k.agree == 11,
+    /* agreement twice a step (stop at its start, error after backward), and once at the stop */
+    CHECK(k.grads == 10 && k.moments == 10 && k.progress == 10 && k.agree == 21,
           "hooks once per step: grads %d moments %d progress %d agree %d", k.grads, k.moments,
           k.progress, k.agree);
     CHECK(k.stopped == 1 && k.stopped_step == 10 && k.checkpoints == 1 && k.epochs == 0,
@@ -160,6 +165,7 @@ int main(void)
     bl_train_hooks h3 = hooks;
     h3.ctx = &w, h3.not_writer = 1;
     config(&c, b);
+    CHECK(mkdir(b, 0755) == 0, "mkdir %s", b); /* so only the writer rule keeps the file away */
     CHECK(bl_trainer_init(&t, &c, &cb3, &h3) == BL_OK, "init: %s", bl_error());
     CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_STOPPED && w.stopped_step == 3, "stop");
     bl_trainer_free(t);
@@ -177,6 +183,21 @@ int main(void)
     CHECK(bl_trainer_init(&t, &c, &cb4, &h4) == BL_OK, "init: %s", bl_error());
     CHECK(run(t, &ev) == BL_ERR_IO && strstr(bl_error(), "peer lost") && e.moments == 3,
           "a failing gradient hook: %s (moments %d)", bl_error(), e.moments);
+    bl_trainer_free(t);
+
+    /* an error on another process, learned through the agreement after backward: this process
+     * stops too, before its gradient hook (the first collective) */
+    counts p = {0};
+    p.peer_fails_at = 5;
+    bl_train_callbacks cb5 = cb;
+    cb5.user = &p;
+    bl_train_hooks h5 = hooks;
+    h5.ctx = &p;
+    config(&c, "");
+    CHECK(bl_trainer_init(&t, &c, &cb5, &h5) == BL_OK, "init: %s", bl_error());
+    CHECK(run(t, &ev) == BL_ERR_STATE && strstr(bl_error(), "another process failed") &&
+              strstr(bl_error(), "step 5") && p.grads == 4,
+          "a peer's error: %s (gradient hook calls %d)", bl_error(), p.grads);
     bl_trainer_free(t);
 
     /* a bad configuration names the field */

@@ -342,7 +342,8 @@ typedef struct {
     bl_status (*bn_moments)(void *ctx, bl_net *net);
     /* PreciseBN's pooled moments (FrozenBN, --precise-bn-every, the final PreciseBN) */
     const bl_reducer *precise;
-    /* flags[0..n) OR-ed across processes in place (stop, error), so all act alike at one step */
+    /* flags[0..n) OR-ed across processes in place, so all act alike at one step: called at each
+     * step's start with the stop flag, and after its backward with the error flag */
     bl_status (*agree)(void *ctx, int *flags, int n);
 } bl_train_hooks;
 

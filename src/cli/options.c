@@ -183,8 +183,10 @@ void cli_error(const char *cmd, const cli_opt *opts, int n)
     const char *e = bl_error();
     char out[2048];
     size_t o = 0;
+    const char *start = e;
     while (*e && o + 1 < sizeof out) {
-        if (!strncmp(e, "cfg.", 4)) {
+        /* at a word's start only: a path like /x/cfg.lr stays as it is */
+        if (!strncmp(e, "cfg.", 4) && (e == start || strchr(" ([,'", e[-1]))) {
             size_t l = strspn(e + 4, "abcdefghijklmnopqrstuvwxyz_0123456789");
             char flag[80];
             int k = snprintf(flag, sizeof flag, "--%.*s", (int)l, e + 4);

@@ -116,10 +116,13 @@ static bl_status on_epoch_end(void *u, const bl_epoch_metrics *m)
                             m->test_err_precise};
     const char *keys[4] = {"test_err_population", "test_err_minibatch", "train_err_minibatch",
                            "test_err_precise"};
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < 4 && o > 0 && (size_t)o < sizeof line; k++)
         if (vals[k] >= 0) o += snprintf(line + o, sizeof line - o, ",\"%s\":%.4f", keys[k], vals[k]);
-    snprintf(line + o, sizeof line - o, ",\"img_per_s\":%.1f,\"seconds\":%.2f}\n", m->img_per_s,
-             m->seconds);
+    if (o > 0 && (size_t)o < sizeof line)
+        o += snprintf(line + o, sizeof line - o, ",\"img_per_s\":%.1f,\"seconds\":%.2f}\n",
+                      m->img_per_s, m->seconds);
+    if (o <= 0 || (size_t)o >= sizeof line)
+        return bl_fail(BL_ERR_STATE, "the metrics line of epoch %d does not fit", m->epoch);
     return append_line(v->mpath, line);
 }
 
@@ -178,12 +181,16 @@ static bl_status start_metrics(const char *path, int resumed_epoch)
         fclose(f);
         return bl_fail(BL_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
     }
-    int dropped = 0;
+    int dropped = 0, last = 0;
     while (fgets(line, sizeof line, f)) {
         int ep;
         if (sscanf(line, "{\"epoch\":%d", &ep) == 1 && ep > resumed_epoch) dropped++;
-        else fputs(line, o);
+        else fputs(line, o), last = sscanf(line, "{\"epoch\":%d", &ep) == 1 ? ep : last;
     }
+    /* the line comes after its checkpoint: a run killed between the two has none */
+    if (last < resumed_epoch)
+        printf("note: %s has no line for epoch %d (the run ended between that epoch's checkpoint "
+               "and its line)\n", path, resumed_epoch);
     fclose(f);
     if (fflush(o) || fsync(fileno(o)) || fclose(o)) {
         remove(tmp);
@@ -251,7 +258,8 @@ int cmd_train(int argc, char **argv)
         {"--out", OPT_STR, c.out, sizeof c.out, 0, 0, NULL,
          "directory for metrics.jsonl and last.safetensors"},
         {"--resume", OPT_STR, c.resume, sizeof c.resume, 0, 0, NULL,
-         "continue from a checkpoint (at its epoch)"},
+         "continue from a checkpoint (at its step); --out's metrics.jsonl keeps the lines up to "
+         "the checkpoint's epoch"},
         {"--data-dir", OPT_STR, c.data_dir, sizeof c.data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
     };
     const int n = sizeof opts / sizeof *opts;
@@ -284,12 +292,18 @@ int cmd_train(int argc, char **argv)
         snprintf(view.mpath, sizeof view.mpath, "%s/metrics.jsonl", c.out);
         st = start_metrics(view.mpath, view.resumed_epoch);
     }
+    header(&view);
     while (!st && !(st = bl_trainer_step(t, &ev)) && ev != BL_TRAIN_DONE && ev != BL_TRAIN_STOPPED)
-        if (ev == BL_TRAIN_EPOCH_END) st = bl_trainer_epoch_end(t);
+        if (ev == BL_TRAIN_EPOCH_END) {
+            clear_bar(&view); /* evaluation and checkpoints take a while: no stale bar */
+            st = bl_trainer_epoch_end(t);
+        }
     if (!st && ev == BL_TRAIN_DONE && !(st = bl_trainer_summary(t, &sum)))
         print_summary(&c, &sum, view.mpath);
     bl_trainer_free(t);
     if (st) {
+        fflush(stdout);
+        clear_bar(&view);
         cli_error("train", opts, n);
         return 1;
     }

@@ -1,3 +1,4 @@
+#define _POSIX_C_SOURCE 200809L
 /* Batches: normalization, augmentation and the per-epoch order. Everything random is a function
  * of (seed, epoch, sample) so a run can be resumed or split across processes reproducibly. */
 #include "bnlab/data.h"
@@ -23,6 +24,12 @@ bl_recipe bl_recipe_fmnist(void)
 
 bl_status bl_recipe_check(const bl_recipe *r)
 {
+    /* the name goes into JSON metadata unescaped: letters, digits, '.', '_', '-' only */
+    size_t len = strnlen(r->name, sizeof r->name);
+    if (len == 0 || len == sizeof r->name || r->name[strspn(r->name, "abcdefghijklmnopqrstuvwxyz"
+                                                        "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")])
+        return bl_fail(BL_ERR_ARG, "recipe.name '%.*s': use 1 to %zu letters, digits, '.', '_' "
+                       "or '-'", (int)(sizeof r->name), r->name, sizeof r->name - 1);
     if (r->channels < 1 || r->channels > BL_RECIPE_MAX_CHANNELS)
         return bl_fail(BL_ERR_ARG, "recipe.channels %d: use 1..%d", r->channels,
                        BL_RECIPE_MAX_CHANNELS);

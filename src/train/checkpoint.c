@@ -83,8 +83,8 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
         snprintf(v, sizeof v, "%llu", (unsigned long long)info->seed), bl_st_set_meta(&w, "seed", v);
         snprintf(v, sizeof v, "%.17g,%ld,%ld", info->ep_loss, info->ep_wrong, info->ep_seen);
         bl_st_set_meta(&w, "epoch_progress", v);
-        bl_st_set_meta(&w, "rng", "derived: order from (seed, epoch, rank), augmentation from "
-                                  "(seed, epoch, sample)");
+        bl_st_set_meta(&w, "rng", "derived: one global order from (seed, epoch), each rank "
+                                  "taking its share; augmentation from (seed, epoch, sample)");
         bl_st_set_meta(&w, "config", info->config);
         if (info->precise[0]) bl_st_set_meta(&w, "precise", info->precise);
     }

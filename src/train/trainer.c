@@ -346,6 +346,16 @@ static bl_status sgd_step(bl_trainer *t)
     bl_status st = bl_net_forward(net, &ctx, t->x, t->share_n);
     if (!st) st = bl_net_loss(net, t->y, 1, &ls, &ok);
     if (!st) st = bl_net_backward(net, &ctx);
+    /* every process learns of a failure before the first collective of the step (the gradient
+     * sum), so none waits there for one that has stopped */
+    int flags[1] = {st != BL_OK};
+    if (t->h.agree) {
+        bl_status sa = t->h.agree(t->h.ctx, flags, 1);
+        if (sa) return sa;
+    }
+    if (flags[0] && !st)
+        return bl_fail(BL_ERR_STATE, "step %ld (epoch %d): another process failed; this one stops "
+                       "too (the last good checkpoint is kept)", t->info.step + 1, t->ep + 1);
     if (st) {
         const char *where = bl_net_first_nonfinite(net);
         bl_fail_ctx(st, "step %ld (epoch %d)", t->info.step + 1, t->ep + 1);
@@ -496,6 +506,7 @@ bl_status bl_trainer_summary(bl_trainer *t, bl_train_summary *s)
 bl_status bl_train(const bl_train_cfg *c, const bl_train_callbacks *cb, const bl_train_hooks *h,
                    bl_train_summary *summary)
 {
+    if (summary) memset(summary, 0, sizeof *summary);
     bl_trainer *t;
     bl_status st = bl_trainer_init(&t, c, cb, h);
     if (st) return st;
@@ -503,7 +514,6 @@ bl_status bl_train(const bl_train_cfg *c, const bl_train_callbacks *cb, const bl
     while (!(st = bl_trainer_step(t, &ev)) && ev != BL_TRAIN_DONE && ev != BL_TRAIN_STOPPED)
         if (ev == BL_TRAIN_EPOCH_END && (st = bl_trainer_epoch_end(t))) break;
     if (!st && summary && ev == BL_TRAIN_DONE) st = bl_trainer_summary(t, summary);
-    else if (!st && summary) memset(summary, 0, sizeof *summary);
     bl_trainer_free(t);
     return st;
 }
