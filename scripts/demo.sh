@@ -12,7 +12,9 @@ field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 echo
 echo "== the same checkpoint, evaluated on the 10000 test images"
 printf "%-44s %s\n" "statistics used at inference" "test error %"
-printf "%-44s %s\n" "population (EMA, as stored)" "$("$bnlab" eval "$ckpt" --json on | field err)"
+pop=$("$bnlab" eval "$ckpt" --json on)
+est=$(echo "$pop" | sed -n 's/.*"estimator":"\([a-z-]*\)".*/\1/p') # precise: train's final PreciseBN
+printf "%-44s %s\n" "population (as stored: $est)" "$(echo "$pop" | field err)"
 for g in 128 32 8 2; do
   printf "%-44s %s\n" "mini-batch, groups of $g test images" \
     "$("$bnlab" eval "$ckpt" --stats minibatch --norm-batch "$g" --json on | field err)"
