@@ -2,7 +2,7 @@
 # Installs the Debian packages bnlab needs that are missing, and nothing else.
 # usage: scripts/install-deps.sh [build|bench]   (build: build, test and demo; bench: also the peers)
 set -euo pipefail
-want="build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev libcjson-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist gnuplot-nox jq"
+want="build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev libcjson-dev libjpeg-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist gnuplot-nox jq"
 if [ "${1:-build}" = bench ]; then want="$want libdnnl-dev python3-torch"; fi
 missing=""
 for p in $want; do

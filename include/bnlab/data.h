@@ -43,6 +43,11 @@ typedef struct {
 /* Reads an IDX image file and its label file (gzip or plain). Corrupt or mismatched files are
  * BL_ERR_FORMAT with the file named. */
 bl_status bl_idx_load(const char *images_path, const char *labels_path, bl_dataset *out);
+/* Writes a dataset as two gzip IDX files (each atomically: temporary file, fsync, rename), which
+ * bl_idx_load reads back. */
+bl_status bl_idx_save(const bl_dataset *d, const char *images_path, const char *labels_path);
+/* A grayscale image as PNG (8 bits, zlib), atomically; pixels: (h, w). */
+bl_status bl_png_save_gray(const char *path, int w, int h, const uint8_t *pixels);
 /* Fashion-MNIST split "train" or "test" from dir (NULL: BL_FMNIST_DIR). */
 bl_status bl_fmnist_load(const char *dir, const char *split, bl_dataset *out);
 void bl_dataset_free(bl_dataset *d);
@@ -61,6 +66,37 @@ typedef struct {
  * normalization only. */
 void bl_dataset_batch(const bl_dataset *d, const bl_recipe *r, const int *idx, int n,
                       const bl_augment *aug, float *x, uint8_t *y);
+
+/* ---- corruptions (Fashion-MNIST-C) ----------------------------------------------------------------
+ * ImageNet-C's / CIFAR-10-C's corruptions of grayscale images at severities 1-5, deterministic: an
+ * image's corruption is a function of (image, corruption, severity, seed, sample index) alone.
+ * Parameters and sources: docs/corruptions.md. */
+typedef enum {
+    BL_CORRUPT_GAUSSIAN_NOISE,
+    BL_CORRUPT_SHOT_NOISE,
+    BL_CORRUPT_IMPULSE_NOISE,
+    BL_CORRUPT_DEFOCUS_BLUR,
+    BL_CORRUPT_MOTION_BLUR,
+    BL_CORRUPT_GLASS_BLUR,
+    BL_CORRUPT_CONTRAST,
+    BL_CORRUPT_BRIGHTNESS,
+    BL_CORRUPT_JPEG,
+    BL_CORRUPT_PIXELATE,
+    BL_CORRUPT_ELASTIC,
+    BL_CORRUPT_FOG,
+    BL_CORRUPT_COUNT
+} bl_corruption;
+const char *bl_corruption_name(bl_corruption c); /* "gaussian_noise", ImageNet-C's names */
+/* A name ('-' or '_'; "jpeg" and "elastic" also do); an unknown one is an error listing them. */
+bl_status bl_corruption_parse(const char *name, bl_corruption *c);
+/* 0 for the corruptions whose damage is not monotone in severity (docs/corruptions.md). */
+int bl_corruption_monotone(bl_corruption c);
+/* in, out: (h, w) uint8, may not overlap; index: the sample's index in its split. */
+bl_status bl_corrupt_image(bl_corruption c, int severity, uint64_t seed, long index, int h, int w,
+                           const uint8_t *in, uint8_t *out);
+/* Every image of src corrupted (labels copied) into a new dataset. */
+bl_status bl_corrupt_dataset(const bl_dataset *src, bl_corruption c, int severity, uint64_t seed,
+                             bl_dataset *out);
 
 /* ---- the sampler ---------------------------------------------------------------------------------
  * One global permutation per (seed, epoch), the same on every process: global batch s is

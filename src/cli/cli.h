@@ -59,5 +59,6 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_precise(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_corrupt(int argc, char **argv);
 
 #endif

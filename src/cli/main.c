@@ -19,6 +19,8 @@ static void usage(FILE *f)
             "            exact layer-by-layer mode) and write a new checkpoint\n"
             "  inspect   are a checkpoint's stored BN statistics right? per layer, against\n"
             "            PreciseBN and the spread of mini-batch statistics, with a verdict\n"
+            "  corrupt   write a corrupted Fashion-MNIST split (Fashion-MNIST-C: noise, blur,\n"
+            "            contrast, jpeg, ... at severity 1-5) and a preview image\n"
             "  demo      BN on real Fashion-MNIST features: ghost groups vs whole batch vs\n"
             "            population statistics; EMA vs PreciseBN estimates\n"
             "  version   print the version and the optional parts built in\n"
@@ -70,6 +72,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 1, argv + 1);
     if (!strcmp(argv[1], "precise")) return cmd_precise(argc - 1, argv + 1);
     if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "corrupt")) return cmd_corrupt(argc - 1, argv + 1);
     fprintf(stderr, "bnlab: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -1,9 +1,13 @@
-/* IDX reader (LeCun's MNIST format), gzip through zlib's gzread, which also reads plain files.
- * Header: magic 0x00000803 (images: n, rows, cols) or 0x00000801 (labels: n), big-endian. */
+/* IDX reader and writer (LeCun's MNIST format), gzip through zlib (the reader also reads plain
+ * files). Header: magic 0x00000803 (images: n, rows, cols) or 0x00000801 (labels: n), big-endian. */
+#define _POSIX_C_SOURCE 200809L
 #include "bnlab/data.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 static bl_status read_all(gzFile f, const char *path, void *buf, size_t len)
@@ -109,4 +113,54 @@ void bl_dataset_free(bl_dataset *d)
     bl_free(d->pixels);
     bl_free(d->labels);
     memset(d, 0, sizeof *d);
+}
+
+/* One gzip IDX file, atomically: path.tmp, fsync, rename. */
+static bl_status idx_write(const char *path, uint32_t magic, int dims, const uint32_t *shape,
+                           const uint8_t *data, size_t len)
+{
+    char tmp[1100];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+        return bl_fail(BL_ERR_ARG, "%s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return bl_fail(BL_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    int keep = dup(fd); /* gzclose closes fd; this one stays for the fsync */
+    gzFile f = keep < 0 ? NULL : gzdopen(fd, "wb9");
+    if (!f) {
+        close(fd);
+        if (keep >= 0) close(keep);
+        remove(tmp);
+        return bl_fail(BL_ERR_NOMEM, "cannot start a gzip stream for %s", path);
+    }
+    uint8_t hdr[16];
+    uint32_t words[4] = {magic, 0, 0, 0};
+    for (int d = 0; d < dims; d++) words[1 + d] = shape[d];
+    for (int k = 0; k <= dims; k++)
+        for (int b = 0; b < 4; b++) hdr[4 * k + b] = (uint8_t)(words[k] >> (24 - 8 * b));
+    int ok = gzwrite(f, hdr, (unsigned)(4 * (dims + 1))) == 4 * (dims + 1);
+    for (size_t at = 0; ok && at < len;) {
+        unsigned chunk = (unsigned)(len - at > (1u << 30) ? (1u << 30) : len - at);
+        ok = gzwrite(f, data + at, chunk) == (int)chunk;
+        at += chunk;
+    }
+    ok &= gzclose(f) == Z_OK;
+    ok &= fsync(keep) == 0;
+    ok &= close(keep) == 0;
+    if (!ok || rename(tmp, path)) {
+        int e = errno;
+        remove(tmp);
+        return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, e ? strerror(e) : "gzip error");
+    }
+    return BL_OK;
+}
+
+bl_status bl_idx_save(const bl_dataset *d, const char *images_path, const char *labels_path)
+{
+    if (d->n < 1 || d->h < 1 || d->w < 1 || !d->pixels || !d->labels)
+        return bl_fail(BL_ERR_ARG, "idx: nothing to write (%d images of %dx%d)", d->n, d->h, d->w);
+    const uint32_t is[3] = {(uint32_t)d->n, (uint32_t)d->h, (uint32_t)d->w}, ls[1] = {(uint32_t)d->n};
+    bl_status st = idx_write(images_path, 0x00000803, 3, is, d->pixels,
+                             (size_t)d->n * d->h * d->w);
+    if (!st) st = idx_write(labels_path, 0x00000801, 1, ls, d->labels, (size_t)d->n);
+    return st;
 }
