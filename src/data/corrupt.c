@@ -144,19 +144,24 @@ static void defocus_blur(img *m, int s)
 
 static void motion_blur(img *m, int s)
 {
-    /* ImageMagick's motion blur: a one-sided gaussian streak of `radius` samples with the sigma,
-     * at an angle drawn uniformly in [-45, 45] degrees; samples bilinear, edges clamped */
-    static const double c[5][2] = {{10, 1}, {10, 1.5}, {10, 2}, {10, 2.5}, {12, 3}};
+    /* ImageMagick's motion blur (what ImageNet-C calls through Wand): a one-sided half-gaussian of
+     * 2 * ceil(radius) + 1 taps starting at the pixel itself, laid along an angle drawn uniformly
+     * in [-45, 45] degrees, tap offsets rounded half down, edge pixels replicated */
+    static const double c[5][2] = {{6, 1}, {6, 1.5}, {6, 2}, {8, 2}, {9, 2.5}};
     const double angle = uniform(m->r, -45, 45) * 3.14159265358979323846 / 180;
-    const int n = (int)c[s][0];
-    double wt[32], sum = 0;
-    for (int i = 0; i < n; i++) sum += wt[i] = exp(-0.5 * i * i / (c[s][1] * c[s][1]));
-    const double dy = sin(angle), dx = cos(angle);
+    const int n = 2 * (int)ceil(c[s][0]) + 1;
+    double wt[64], sum = 0;
+    int ox[64], oy[64];
+    for (int i = 0; i < n; i++) {
+        sum += wt[i] = exp(-0.5 * i * i / (c[s][1] * c[s][1]));
+        ox[i] = (int)ceil(i * cos(angle) - 0.5);
+        oy[i] = (int)ceil(i * sin(angle) - 0.5);
+    }
     for (int y = 0; y < m->h; y++)
         for (int x = 0; x < m->w; x++) {
             double a = 0;
             for (int i = 0; i < n; i++)
-                a += wt[i] * bl_bilinear(m->x, m->h, m->w, y - i * dy, x - i * dx, 1);
+                a += wt[i] * m->x[bl_clampi(y + oy[i], m->h) * m->w + bl_clampi(x + ox[i], m->w)];
             m->t1[y * m->w + x] = a / sum;
         }
     memcpy(m->x, m->t1, sizeof(double) * m->h * m->w);
@@ -164,16 +169,20 @@ static void motion_blur(img *m, int s)
 
 static void glass_blur(img *m, int s)
 {
-    /* blur, then swap each pixel with a random neighbour within max_delta (locally shuffling), a
-     * number of passes, then blur again */
+    /* blur (then 8 bits, as ImageNet-C's uint8), then swap each pixel with a random neighbour at
+     * offsets in [-max_delta, max_delta - 1] (numpy's randint), scanning from the bottom right, a
+     * number of passes, then blur again. On a grayscale array the swap is a true swap (as in
+     * MNIST-C; CIFAR-10-C's RGB arrays copy instead, docs/corruptions.md). */
     static const double c[5][3] = {{0.05, 1, 1}, {0.25, 1, 1}, {0.4, 1, 1}, {0.25, 1, 2}, {0.4, 1, 2}};
     const int d = (int)c[s][1], it = (int)c[s][2];
     bl_gauss_blur(m->x, m->h, m->w, c[s][0], 1, m->t1);
+    for (int i = 0; i < m->h * m->w; i++)
+        m->x[i] = floor(fmin(fmax(m->x[i], 0), 1) * 255) / 255;
     for (int k = 0; k < it; k++)
         for (int y = m->h - d; y > d; y--)
             for (int x = m->w - d; x > d; x--) {
-                const int ox = (int)bl_rng_below(m->r, 2 * d + 1) - d;
-                const int oy = (int)bl_rng_below(m->r, 2 * d + 1) - d;
+                const int ox = (int)bl_rng_below(m->r, 2 * d) - d;
+                const int oy = (int)bl_rng_below(m->r, 2 * d) - d;
                 const int yy = y + oy, xx = x + ox;
                 if (yy < 0 || yy >= m->h || xx < 0 || xx >= m->w) continue;
                 const double t = m->x[y * m->w + x];
@@ -292,7 +301,7 @@ static void elastic(img *m, int s)
     const double size = h < w ? h : w;
     const double alpha = c[s][0] * size, sigma = c[s][1] * size, aff = c[s][2] * size;
     /* three points around the centre, moved; the affine map taking the moved points back */
-    const double cy = h / 2.0, cx = w / 2.0, sq = size / 3.0;
+    const double cy = h / 2, cx = w / 2, sq = (int)size / 3; /* N // 2 and N // 3 */
     const double p[3][2] = {{cx + sq, cy + sq}, {cx + sq, cy - sq}, {cx - sq, cy - sq}};
     double q[3][2];
     for (int k = 0; k < 3; k++)
@@ -320,8 +329,8 @@ static void elastic(img *m, int s)
     double *dx = m->t1, *dy = m->t2, *tmp = malloc(sizeof(double) * n * 2);
     if (!tmp) return; /* the caller checked the sizes; a failed malloc here leaves the affine part */
     for (int i = 0; i < n; i++) dx[i] = uniform(m->r, -1, 1), dy[i] = uniform(m->r, -1, 1);
-    bl_gauss_blur(dx, h, w, sigma, 0, tmp);
-    bl_gauss_blur(dy, h, w, sigma, 0, tmp);
+    bl_gauss_blur3(dx, h, w, sigma, tmp);
+    bl_gauss_blur3(dy, h, w, sigma, tmp);
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
             tmp[n + y * w + x] = bl_bilinear(m->x, h, w, y + alpha * dy[y * w + x],

@@ -18,8 +18,7 @@ int bl_clampi(int i, int n) { return i < 0 ? 0 : i >= n ? n - 1 : i; }
 
 int bl_gauss_kernel(double sigma, double truncate, double *k, int max_half)
 {
-    int half = (int)(truncate * sigma + 0.5);
-    if (half < 1) half = 1;
+    int half = (int)(truncate * sigma + 0.5); /* scipy's radius: 0 for sigma < 0.125 at 4 */
     if (half > max_half) half = max_half;
     double s = 0;
     for (int i = -half; i <= half; i++) s += k[i + half] = exp(-0.5 * i * i / (sigma * sigma));
@@ -51,6 +50,14 @@ void bl_gauss_blur(double *img, int h, int w, double sigma, int clamp, double *t
     const int half = bl_gauss_kernel(sigma, 4.0, k, BL_KMAX), n = 2 * half + 1;
     bl_conv2d(img, h, w, k, 1, n, clamp, tmp);
     bl_conv2d(tmp, h, w, k, n, 1, clamp, img);
+}
+
+void bl_gauss_blur3(double *img, int h, int w, double sigma, double *tmp)
+{
+    double k[2 * BL_KMAX + 1];
+    const int half = bl_gauss_kernel(sigma, 3.0, k, BL_KMAX), n = 2 * half + 1;
+    bl_conv2d(img, h, w, k, 1, n, 0, tmp);
+    bl_conv2d(tmp, h, w, k, n, 1, 0, img);
 }
 
 double bl_bilinear(const double *img, int h, int w, double y, double x, int clamp)

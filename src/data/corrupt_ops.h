@@ -16,6 +16,8 @@ void bl_conv2d(const double *in, int h, int w, const double *k, int kh, int kw, 
                double *out);
 /* In place, separable; tmp holds h * w. */
 void bl_gauss_blur(double *img, int h, int w, double sigma, int clamp, double *tmp);
+/* The same with the kernel truncated at 3 sigma and reflected borders (elastic's fields). */
+void bl_gauss_blur3(double *img, int h, int w, double sigma, double *tmp);
 double bl_bilinear(const double *img, int h, int w, double y, double x, int clamp);
 /* Resampling to (oh, ow) with PIL's BOX filter: averages when shrinking, nearest when enlarging. */
 void bl_resize_box(const double *in, int h, int w, double *out, int oh, int ow);
