@@ -100,6 +100,7 @@ typedef struct {
     long ep_wrong, ep_seen;
     char config[2048]; /* the run's resolved configuration, JSON */
     char precise[8192]; /* how PreciseBN produced the statistics (JSON), or "" */
+    char adapt[1024];   /* the target domain they were adapted to (JSON, bnlab adapt), or "" */
 } bl_ckpt_info;
 
 bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_info *info);
@@ -226,6 +227,36 @@ typedef struct {
 void bl_inspect_defaults(bl_inspect_cfg *c);
 bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
                      bl_inspect_report *r);
+
+/* ---- adaptation to a target domain (adapt.c) ------------------------------------------------------
+ * The population statistics re-estimated on N target images by PreciseBN (pooled, or sequential),
+ * the weights untouched; errors with the source and the target statistics on the same held-out
+ * target images. The target split is cut once: its first half is the adaptation pool, the second
+ * half the evaluation set. */
+#define BL_ADAPT_MAX_DRAWS 64
+typedef struct {
+    long samples;     /* N drawn from the pool without replacement, no augmentation; default 1000 */
+    int batch;        /* PreciseBN batch, default 200 */
+    int sequential;   /* the exact layer-by-layer mode */
+    int draws;        /* independent draws of N (mean and spread reported), default 1 */
+    uint64_t seed;    /* draw k uses seed + k; default 1 */
+    bl_recipe recipe; /* the model's normalization */
+} bl_adapt_cfg;
+
+typedef struct {
+    int draws, n_pool, n_eval;
+    bl_eval_result source;            /* with the source (stored) statistics */
+    double err_source, err_target, err_target_sd; /* %, target: mean over the draws */
+    double err_draw[BL_ADAPT_MAX_DRAWS];
+    bl_precise_report precise;        /* of the first draw */
+    char record[8192];                /* its PreciseBN record (JSON), with keep */
+} bl_adapt_report;
+
+void bl_adapt_defaults(bl_adapt_cfg *c);
+/* keep: the net leaves with the first draw's target statistics (to be saved); otherwise with its
+ * own. On an error the net keeps its own. */
+bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c, int keep,
+                   bl_adapt_report *r);
 
 typedef enum { BL_SCHED_COSINE, BL_SCHED_STEP, BL_SCHED_CONST } bl_schedule;
 

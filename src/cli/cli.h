@@ -60,5 +60,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_precise(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_corrupt(int argc, char **argv);
+int cmd_adapt(int argc, char **argv);
 
 #endif

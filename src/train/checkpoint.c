@@ -87,6 +87,7 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
                                   "taking its share; augmentation from (seed, epoch, sample)");
         bl_st_set_meta(&w, "config", info->config);
         if (info->precise[0]) bl_st_set_meta(&w, "precise", info->precise);
+        if (info->adapt[0]) bl_st_set_meta(&w, "adapt", info->adapt);
     }
     if (!st) st = bl_st_write(&w, path);
     bl_st_writer_free(&w);
@@ -211,6 +212,7 @@ static bl_status read_info(const bl_safetensors *st, const char *path, bl_ckpt_i
     if ((v = bl_st_meta(st, "seed"))) info->seed = strtoull(v, NULL, 10);
     if ((v = bl_st_meta(st, "config"))) snprintf(info->config, sizeof info->config, "%s", v);
     if ((v = bl_st_meta(st, "precise"))) snprintf(info->precise, sizeof info->precise, "%s", v);
+    if ((v = bl_st_meta(st, "adapt"))) snprintf(info->adapt, sizeof info->adapt, "%s", v);
     if ((v = bl_st_meta(st, "epoch_progress")))
         sscanf(v, "%lf,%ld,%ld", &info->ep_loss, &info->ep_wrong, &info->ep_seen);
     return BL_OK;

@@ -1,0 +1,87 @@
+/* Adaptation of the population statistics to a target domain (PAPER.md, claim 7): the BN
+ * statistics re-estimated by PreciseBN on N target images, the weights untouched, and the error
+ * with the source and with the target statistics measured on the same held-out target images.
+ * The target split is cut once: the first half is the adaptation pool, the second half the
+ * evaluation set (5000 + 5000 for a test split), so every N and every draw is evaluated on the
+ * same images. */
+#include "bnlab/train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void bl_adapt_defaults(bl_adapt_cfg *c)
+{
+    memset(c, 0, sizeof *c);
+    c->samples = 1000;
+    c->batch = 200;
+    c->draws = 1;
+    c->seed = 1;
+    c->recipe = bl_recipe_fmnist();
+}
+
+bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c, int keep,
+                   bl_adapt_report *r)
+{
+    memset(r, 0, sizeof *r);
+    if (target->n < 2)
+        return bl_fail(BL_ERR_ARG, "adapt: the target split has %d images: need at least 2",
+                       target->n);
+    const bl_tensor *in = &net->t[0];
+    if (target->h != in->h || target->w != in->w || c->recipe.channels != in->c)
+        return bl_fail(BL_ERR_ARG, "adapt: the target images are %dx%dx%d, the model takes "
+                       "%dx%dx%d (its recipe: %s)", target->h, target->w, c->recipe.channels,
+                       in->h, in->w, in->c, c->recipe.name);
+    const int pool_n = target->n / 2, eval_n = target->n - pool_n;
+    if (c->samples < 1 || c->samples > pool_n)
+        return bl_fail(BL_ERR_ARG, "adapt: cfg.samples %ld: the adaptation pool (the first half "
+                       "of the target split) has %d images", c->samples, pool_n);
+    if (c->draws < 1 || c->draws > BL_ADAPT_MAX_DRAWS)
+        return bl_fail(BL_ERR_ARG, "adapt: cfg.draws %d: use 1..%d", c->draws, BL_ADAPT_MAX_DRAWS);
+    int *idx = malloc(sizeof(int) * (size_t)target->n);
+    if (!idx) return bl_fail(BL_ERR_NOMEM, "adapt: out of memory");
+    for (int i = 0; i < target->n; i++) idx[i] = i;
+    bl_dataset pool = {0}, eval = {0};
+    bl_status st = bl_dataset_subset(target, idx, pool_n, &pool);
+    if (!st) st = bl_dataset_subset(target, idx + pool_n, eval_n, &eval);
+    free(idx);
+    bl_pop_snapshot source = {0};
+    if (!st) st = bl_pop_save(net, &source);
+    if (!st) st = bl_evaluate(net, &eval, &c->recipe, BL_BN_POPULATION, 0, 0, 0, &r->source);
+    bl_precise_cfg pc;
+    bl_precise_defaults(&pc);
+    pc.samples = c->samples, pc.batch = c->batch, pc.sequential = c->sequential;
+    pc.augment = 0, pc.recipe = c->recipe;
+    double sum = 0, sq = 0;
+    for (int k = 0; k < c->draws && !st; k++) {
+        /* draw k: its own choice of N pool images; the statistics of the source back after */
+        pc.seed = c->seed + (uint64_t)k;
+        bl_eval_result e;
+        if (k > 0) bl_pop_restore(net, &source);
+        st = bl_precise(net, &pool, &pc, &r->precise);
+        if (!st) st = bl_evaluate(net, &eval, &c->recipe, BL_BN_POPULATION, 0, 0, 0, &e);
+        if (st) break;
+        if (k == 0 && keep) bl_precise_record(r->record, sizeof r->record, &pc, &r->precise, net);
+        r->err_draw[k] = e.err;
+        sum += e.err, sq += e.err * e.err;
+    }
+    /* keep: the first draw's statistics stay in the net (the others are restored over) */
+    if (!st && keep && c->draws > 1) {
+        pc.seed = c->seed;
+        bl_pop_restore(net, &source);
+        st = bl_precise(net, &pool, &pc, &r->precise);
+    }
+    if (st || !keep) bl_pop_restore(net, &source);
+    bl_pop_free(&source);
+    bl_dataset_free(&pool);
+    bl_dataset_free(&eval);
+    if (st) return st;
+    r->draws = c->draws;
+    r->n_pool = pool_n;
+    r->n_eval = eval_n;
+    r->err_source = r->source.err;
+    r->err_target = sum / c->draws;
+    const double var = c->draws > 1 ? (sq - sum * sum / c->draws) / (c->draws - 1) : 0;
+    r->err_target_sd = var > 0 ? sqrt(var) : 0;
+    return BL_OK;
+}
