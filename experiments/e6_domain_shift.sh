@@ -111,18 +111,36 @@ clean_g5=$(jq .err_source "$OUT/raw/clean_from_gaussian_noise5.json" | pct)
   echo "| clean error % | $clean_train | $clean_c5 | $clean_g5 | $clean_clean |"
 } > "$OUT/table.md"
 
-# plot 1: error vs severity, source (dashed) and target (solid), one colour per corruption
+# plot 1: error vs severity, source (dashed) and target (solid), one panel per ImageNet-C family
 for c in $CORR; do
   jq -r --arg c "$c" '[.[] | select(.c == $c)] | sort_by(.s) | .[] | "\(.s) \(.src) \(.tgt)"' \
     "$OUT/severity.json" > "$OUT/sev_$c.dat"
 done
-plot=""; i=1
-for c in $CORR; do
-  plot="$plot${plot:+, }'$OUT/sev_$c.dat' using 1:2 with linespoints dt 2 lc $i pt 6 notitle, '$OUT/sev_$c.dat' using 1:3 with linespoints lw 2 lc $i pt 7 title '$c'"
-  i=$((i + 1))
+panel() { # TITLE CORRUPTIONS...: one gnuplot plot command over those present in this run
+  local title=$1 plot="" i=1 c
+  shift
+  for c in "$@"; do
+    [ -s "$OUT/sev_$c.dat" ] || continue
+    plot="$plot${plot:+, }'$OUT/sev_$c.dat' using 1:2 with linespoints dt 2 lc $i pt 6 notitle, '$OUT/sev_$c.dat' using 1:3 with linespoints lw 2 lc $i pt 7 title '$c'"
+    i=$((i + 1))
+  done
+  [ -n "$plot" ] && printf "set title '%s'\nplot %s\n" "$title" "$plot"
+}
+for term in "pngcairo size 1200,900 font 'sans,10'" "svg size 1200,900 font 'sans,10'"; do
+  ext=png; case $term in svg*) ext=svg ;; esac
+  gnuplot <<GP
+set terminal $term noenhanced
+set output '$OUT/e6-severity.$ext'
+set multiplot layout 2,2 title "E6: error vs severity with source (dashed) and target statistics (solid, N = 1000), resnet20 on Fashion-MNIST-C"
+set xlabel "severity"; set ylabel "test error (%)"; set grid; set xrange [0.8:5.2]; set xtics 1
+set key top left
+$(panel "noise" gaussian_noise shot_noise impulse_noise)
+$(panel "blur" defocus_blur motion_blur glass_blur)
+$(panel "weather" fog brightness)
+$(panel "digital" contrast jpeg_compression pixelate elastic_transform)
+unset multiplot
+GP
 done
-exp_plot "$OUT/e6-severity" "E6: error vs severity, source (dashed) and target statistics (solid, N = 1000)" \
-  "severity" "test error (%)" "set key outside right; set xtics 1" "$plot"
 # plot 2: error vs N
 plot=""; i=1
 for c in $NCORR; do
@@ -134,5 +152,5 @@ for c in $NCORR; do
   done
 done
 exp_plot "$OUT/e6-n" "E6: error vs target images N (dashed: source statistics)" \
-  "target images N" "test error (%)" "set logscale x; set key outside right" "$plot"
+  "target images N" "test error (%)" "set logscale x; set key outside right noenhanced" "$plot"
 cat "$OUT/table.md"
