@@ -176,8 +176,10 @@ int cmd_adapt(int argc, char **argv)
         printf("%s (%s w=%d): target %s", pos[0], net.arch, net.width, name);
         if (severity) printf(" severity %d", severity);
         printf(", %d held-out images\n", r.n_eval);
-        printf("  error with the source statistics (%s)   %6.2f%%\n", src, r.err_source);
-        printf("  error with target statistics (N = %ld)  %6.2f%%", c.samples, r.err_target);
+        char a[96], b[96];
+        snprintf(a, sizeof a, "error with the source statistics (%s)", src);
+        snprintf(b, sizeof b, "error with target statistics (N = %ld)", c.samples);
+        printf("  %-44s %6.2f%%\n  %-44s %6.2f%%", a, r.err_source, b, r.err_target);
         if (r.draws > 1) printf(" +- %.2f (sd over %d draws)", r.err_target_sd, r.draws);
         printf("\n  %s, batch %d, %.1f s%s%s\n",
                c.sequential ? "exact sequential statistics" : "PreciseBN", c.batch, secs,

@@ -82,7 +82,7 @@ static double poisson(bl_rng *r, double lam)
 
 typedef struct {
     int h, w;
-    double *x, *t1, *t2; /* the image and two scratch images of h * w */
+    double *x, *t1, *t2, *t3, *t4; /* the image and four scratch images of h * w */
     bl_rng *r;
 } img;
 
@@ -326,17 +326,15 @@ static void elastic(img *m, int s)
         }
     memcpy(m->x, m->t1, sizeof(double) * n);
     if (alpha <= 0) return;
-    double *dx = m->t1, *dy = m->t2, *tmp = malloc(sizeof(double) * n * 2);
-    if (!tmp) return; /* the caller checked the sizes; a failed malloc here leaves the affine part */
+    double *dx = m->t1, *dy = m->t2;
     for (int i = 0; i < n; i++) dx[i] = uniform(m->r, -1, 1), dy[i] = uniform(m->r, -1, 1);
-    bl_gauss_blur3(dx, h, w, sigma, tmp);
-    bl_gauss_blur3(dy, h, w, sigma, tmp);
+    bl_gauss_blur3(dx, h, w, sigma, m->t3);
+    bl_gauss_blur3(dy, h, w, sigma, m->t3);
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
-            tmp[n + y * w + x] = bl_bilinear(m->x, h, w, y + alpha * dy[y * w + x],
-                                             x + alpha * dx[y * w + x], 0);
-    memcpy(m->x, tmp + n, sizeof(double) * n);
-    free(tmp);
+            m->t4[y * w + x] = bl_bilinear(m->x, h, w, y + alpha * dy[y * w + x],
+                                           x + alpha * dx[y * w + x], 0);
+    memcpy(m->x, m->t4, sizeof(double) * n);
 }
 
 /* The plasma fractal (diamond-square) of ImageNet-C's fog, on a torus of size 32, normalized to
@@ -410,12 +408,12 @@ bl_status bl_corrupt_image(bl_corruption c, int severity, uint64_t seed, long in
         return bl_fail(BL_ERR_STATE, "jpeg_compression: built without libjpeg: install "
                        "libjpeg-dev and rebuild");
 #endif
-    double *buf = malloc(sizeof(double) * n * 3);
+    double *buf = malloc(sizeof(double) * n * 5);
     if (!buf) return bl_fail(BL_ERR_NOMEM, "corrupt: out of memory");
     bl_rng r;
     bl_rng_seed(&r, mix(mix(mix(seed, 0xc0de0000u + (uint64_t)c), (uint64_t)severity),
                         (uint64_t)index));
-    img m = {h, w, buf, buf + n, buf + 2 * n, &r};
+    img m = {h, w, buf, buf + n, buf + 2 * n, buf + 3 * n, buf + 4 * n, &r};
     for (int i = 0; i < n; i++) m.x[i] = in[i] / 255.0;
     static void (*const fn[BL_CORRUPT_COUNT])(img *, int) = {
         gaussian_noise, shot_noise, impulse_noise, defocus_blur, motion_blur, glass_blur,
