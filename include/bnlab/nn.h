@@ -190,6 +190,19 @@ bl_bn *bl_layer_bn(const bl_layer *l);
 bl_status bl_net_bn_commit(bl_net *net, bl_estimator est);
 const bl_param *bl_net_param(const bl_net *net, const char *name);
 
+/* ---- GroupNorm (Wu & He 2018) -------------------------------------------------------------------
+ * Per sample, the channels in `groups` groups of C/groups; each group normalized over its channels
+ * and pixels with its own mean and biased variance, 1/sqrt(var + eps) (PyTorch's GroupNorm), then
+ * y = gamma_c xhat + beta_c. No batch statistics: a reference beside BN (the multi-level head's
+ * --head-norm gn). x, y, dx, dy: (N,C,H,W) or (N,H,W,C) by s.layout; gamma, beta, dgamma, dbeta:
+ * (C); mean, rstd: (N * groups), written by forward for backward. dgamma, dbeta accumulate. */
+bl_status bl_gn_check(bl_shape s, int groups, double eps);
+bl_status bl_gn_forward(bl_shape s, int groups, double eps, const float *x, const float *gamma,
+                        const float *beta, float *y, double *mean, double *rstd);
+bl_status bl_gn_backward(bl_shape s, int groups, const float *x, const float *dy,
+                         const float *gamma, const double *mean, const double *rstd, float *dx,
+                         float *dgamma, float *dbeta);
+
 /* A parameter's values between the inside layout and PyTorch's (conv weights OHWI <-> OIHW; other
  * parameters are copied). src and dst hold p->count floats and must not overlap. */
 void bl_param_export(const bl_param *p, const float *src, float *dst);
