@@ -106,6 +106,48 @@ int main(int argc, char **argv)
         free(xd), free(yd), free(dxd);
         fixture_free(&f);
     }
+    /* the layer in a net: conv -> gn -> relu -> gap -> linear; what it computes and the gradients
+     * it leaves are the kernels' on the same tensors */
+    {
+        bl_net net;
+        int t1, t2, t3, t4, t5;
+        CHECK(bl_net_init(&net, 6, 6, 3, 5) == BL_OK && bl_net_conv(&net, "c", 0, 8, 3, 1, 1, &t1) == BL_OK &&
+                  bl_net_gn(&net, "g", t1, 4, &t2) == BL_OK && bl_net_relu(&net, "r", t2, &t3) == BL_OK &&
+                  bl_net_gap(&net, "p", t3, &t4) == BL_OK && bl_net_linear(&net, "fc", t4, 3, &t5) == BL_OK &&
+                  bl_net_finalize(&net) == BL_OK, "net: %s", bl_error());
+        bl_net_init_params(&net, 4);
+        const bl_param *gw = bl_net_param(&net, "g.weight"), *gb = bl_net_param(&net, "g.bias");
+        CHECK(gw && gb && gw->kind == BL_P_BN && gw->data[0] == 1 && gb->data[0] == 0,
+              "g.weight / g.bias declared as BN parameters, initialized to 1 and 0");
+        for (int k = 0; k < 8; k++) gw->data[k] = 1 + 0.1f * k, gb->data[k] = 0.05f * k;
+        float xin[5 * 6 * 6 * 3];
+        bl_rng r;
+        bl_rng_seed(&r, 9);
+        for (int i = 0; i < 5 * 108; i++) xin[i] = (float)bl_rng_normal(&r);
+        uint8_t lab[5] = {0, 1, 2, 1, 0};
+        double ls;
+        int ok;
+        bl_net_zero_grad(&net);
+        CHECK(bl_net_forward(&net, NULL, xin, 5) == BL_OK && bl_net_loss(&net, lab, 1, &ls, &ok) == BL_OK &&
+                  bl_net_backward(&net, NULL) == BL_OK, "run: %s", bl_error());
+        const bl_shape s = {5, 8, 6, 6, BL_NHWC};
+        const int numel = 5 * 8 * 36;
+        float *y = malloc(sizeof(float) * numel), *dxr = malloc(sizeof(float) * numel);
+        float dg[8] = {0}, db[8] = {0};
+        double mean[20], rstd[20];
+        CHECK(bl_gn_forward(s, 4, 1e-5, net.t[t1].data, gw->data, gb->data, y, mean, rstd) == BL_OK &&
+                  !memcmp(y, net.t[t2].data, sizeof(float) * numel), "the layer's output is the kernel's");
+        CHECK(bl_gn_backward(s, 4, net.t[t1].data, net.t[t2].grad, gw->data, mean, rstd, dxr, dg, db) == BL_OK &&
+                  !memcmp(dxr, net.t[t1].grad, sizeof(float) * numel), "the layer's input gradient");
+        CHECK(!memcmp(dg, net.grad_block + gw->offset, sizeof dg) &&
+                  !memcmp(db, net.grad_block + gb->offset, sizeof db), "the layer's parameter gradients");
+        free(y), free(dxr);
+        bl_net_free(&net);
+        bl_net bad;
+        CHECK(bl_net_init(&bad, 4, 4, 6, 2) == BL_OK && bl_net_gn(&bad, "g", 0, 4, &t1) == BL_ERR_ARG &&
+                  strstr(bl_error(), "4 groups do not divide 6 channels"), "bad groups: %s", bl_error());
+        bl_net_free(&bad);
+    }
     /* bad input */
     const bl_shape s = {2, 12, 2, 2, BL_NHWC};
     float x[96] = {0}, gm[12] = {0}, y[96];

@@ -90,7 +90,8 @@ typedef enum {
     BL_LAYER_RELU,
     BL_LAYER_ADD,
     BL_LAYER_GAP,
-    BL_LAYER_LINEAR
+    BL_LAYER_LINEAR,
+    BL_LAYER_GN
 } bl_layer_kind;
 
 typedef struct {
@@ -150,6 +151,9 @@ bl_status bl_net_relu(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out);
 bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out);
+/* GroupNorm over `groups` groups of the input's channels (eps 1e-5), parameters name.weight and
+ * name.bias (trained like BN's gamma and beta); no batch statistics, so no context entry. */
+bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out);
 
 /* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. ctx: how each BN
  * layer normalizes (NULL: every one with batch statistics over the whole batch). */

@@ -579,3 +579,78 @@ bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *ou
     *out = l->out;
     return BL_OK;
 }
+
+/* ---- GroupNorm ----------------------------------------------------------------------------------- */
+typedef struct {
+    int groups, gamma, beta;
+    double *mean, *rstd; /* (max_batch * groups): forward's, for backward */
+} gn_state;
+
+static bl_status gn_bind(bl_layer *l, bl_net *net)
+{
+    gn_state *s = l->state;
+    s->mean = malloc(sizeof(double) * (size_t)net->max_batch * s->groups * 2);
+    if (!s->mean) return bl_fail(BL_ERR_NOMEM, "gn '%s': out of memory", l->name);
+    s->rstd = s->mean + (size_t)net->max_batch * s->groups;
+    return BL_OK;
+}
+
+static bl_status gn_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
+{
+    gn_state *s = l->state;
+    const bl_tensor *x = &net->t[l->in[0]];
+    bl_status st = bl_gn_forward(bn_shape(net, x), s->groups, 1e-5, x->data, pdata(net, s->gamma),
+                                 pdata(net, s->beta), net->t[l->out].data, s->mean, s->rstd);
+    return st ? bl_fail_ctx(st, "layer '%s'", l->name) : BL_OK;
+}
+
+static bl_status gn_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
+{
+    gn_state *s = l->state;
+    const bl_tensor *x = &net->t[l->in[0]];
+    size_t n = (size_t)net->batch * bl_tsize(x);
+    float *dx = x->grad;
+    if (!l->need_dx || l->acc[0]) /* the input gradient goes to scratch: added, or dropped */
+        if (!(dx = bl_scratch_get(&net->ws, n * sizeof(float)))) return BL_ERR_NOMEM;
+    bl_status st = bl_gn_backward(bn_shape(net, x), s->groups, x->data, net->t[l->out].grad,
+                                  pdata(net, s->gamma), s->mean, s->rstd, dx,
+                                  pgrad(net, s->gamma), pgrad(net, s->beta));
+    if (!st && l->need_dx && l->acc[0]) put(x->grad, dx, n, 1);
+    return st;
+}
+
+static void gn_free(bl_layer *l)
+{
+    gn_state *s = l->state;
+    if (s) free(s->mean);
+    free(s);
+}
+
+static const bl_layer_ops gn_ops = {BL_LAYER_GN, "gn", gn_bind, gn_forward, gn_backward, gn_free,
+                                    NULL};
+
+bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out)
+{
+    if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "gn '%s': bad input", name);
+    const bl_tensor *x = &net->t[in];
+    if (groups < 1 || x->c % groups)
+        return bl_fail(BL_ERR_ARG, "gn '%s': %d groups do not divide %d channels", name, groups,
+                       x->c);
+    gn_state *s = calloc(1, sizeof *s);
+    if (!s) return bl_fail(BL_ERR_NOMEM, "gn '%s': out of memory", name);
+    s->groups = groups;
+    char pn[96];
+    int c = x->c;
+    bl_layer *l;
+    snprintf(pn, sizeof pn, "%s.weight", name);
+    bl_status st = bl_net_declare(net, pn, BL_P_BN, 1, &c, 0, &s->gamma);
+    snprintf(pn, sizeof pn, "%s.bias", name);
+    if (!st) st = bl_net_declare(net, pn, BL_P_BN, 1, &c, 0, &s->beta);
+    if (!st) st = bl_net_layer(net, &gn_ops, name, &in, 1, x->h, x->w, c, s, &l);
+    if (st) {
+        free(s);
+        return st;
+    }
+    *out = l->out;
+    return BL_OK;
+}
