@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: a short real training run on Fashion-MNIST (about 3 minutes on 2 cores), then the
+# make demo: a short real training run on Fashion-MNIST (3-5 minutes on 2 cores), then the
 # test error of the result with population statistics and with mini-batch statistics side by side.
 set -euo pipefail
 build=${BUILD:-build}

@@ -84,6 +84,15 @@ static void config(bl_train_cfg *c, const char *out)
     snprintf(c->out, sizeof c->out, "%s", out);
 }
 
+/* A trainer reporting to k through every callback and hook above. */
+static bl_status start(bl_trainer **t, const bl_train_cfg *c, counts *k, int not_writer)
+{
+    const bl_train_callbacks cb = {k, on_resumed, NULL, on_progress, NULL, on_checkpoint,
+                                   on_epoch_end, on_stopped, NULL};
+    const bl_train_hooks hooks = {k, 0, 1, not_writer, h_grads, h_moments, NULL, h_agree};
+    return bl_trainer_init(t, c, &cb, &hooks);
+}
+
 static bl_status run(bl_trainer *t, bl_train_event *ev)
 {
     bl_status st;
@@ -109,14 +118,11 @@ int main(void)
     /* stop at step 10, agreed through the hook */
     counts k = {0};
     k.stop_at = 10;
-    const bl_train_callbacks cb = {&k, on_resumed, NULL, on_progress, NULL, on_checkpoint,
-                                   on_epoch_end, on_stopped, NULL};
-    const bl_train_hooks hooks = {&k, 0, 1, 0, h_grads, h_moments, NULL, h_agree};
     bl_train_cfg c;
     config(&c, a);
     bl_trainer *t;
     bl_train_event ev;
-    CHECK(bl_trainer_init(&t, &c, &cb, &hooks) == BL_OK, "init: %s", bl_error());
+    CHECK(start(&t, &c, &k, 0) == BL_OK, "init: %s", bl_error());
     CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_STOPPED, "stopped: %s", bl_error());
     bl_trainer_free(t);
     /* agreement twice a step (stop at its start, error after backward), and once at the stop */
@@ -130,12 +136,8 @@ int main(void)
 
     /* resume to the end of the epoch */
     counts r = {0};
-    bl_train_callbacks cb2 = cb;
-    cb2.user = &r;
-    bl_train_hooks h2 = hooks;
-    h2.ctx = &r;
     snprintf(c.resume, sizeof c.resume, "%s", ckpt);
-    CHECK(bl_trainer_init(&t, &c, &cb2, &h2) == BL_OK, "resume: %s", bl_error());
+    CHECK(start(&t, &c, &r, 0) == BL_OK, "resume: %s", bl_error());
     CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_DONE, "done: %s", bl_error());
     bl_trainer_free(t);
     CHECK(r.resumed == 1 && r.resumed_step == 10 && r.grads == 21 && r.epochs == 1 &&
@@ -160,13 +162,9 @@ int main(void)
     /* not the writer: no checkpoint at a stop */
     counts w = {0};
     w.stop_at = 3;
-    bl_train_callbacks cb3 = cb;
-    cb3.user = &w;
-    bl_train_hooks h3 = hooks;
-    h3.ctx = &w, h3.not_writer = 1;
     config(&c, b);
     CHECK(mkdir(b, 0755) == 0, "mkdir %s", b); /* so only the writer rule keeps the file away */
-    CHECK(bl_trainer_init(&t, &c, &cb3, &h3) == BL_OK, "init: %s", bl_error());
+    CHECK(start(&t, &c, &w, 1) == BL_OK, "init: %s", bl_error());
     CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_STOPPED && w.stopped_step == 3, "stop");
     bl_trainer_free(t);
     snprintf(ckpt, sizeof ckpt, "%s/last.safetensors", b);
@@ -175,12 +173,8 @@ int main(void)
     /* a hook's error stops the run with its status and message */
     counts e = {0};
     e.fail_grads = 4;
-    bl_train_callbacks cb4 = cb;
-    cb4.user = &e;
-    bl_train_hooks h4 = hooks;
-    h4.ctx = &e;
     config(&c, "");
-    CHECK(bl_trainer_init(&t, &c, &cb4, &h4) == BL_OK, "init: %s", bl_error());
+    CHECK(start(&t, &c, &e, 0) == BL_OK, "init: %s", bl_error());
     CHECK(run(t, &ev) == BL_ERR_IO && strstr(bl_error(), "peer lost") && e.moments == 3,
           "a failing gradient hook: %s (moments %d)", bl_error(), e.moments);
     bl_trainer_free(t);
@@ -189,12 +183,8 @@ int main(void)
      * stops too, before its gradient hook (the first collective) */
     counts p = {0};
     p.peer_fails_at = 5;
-    bl_train_callbacks cb5 = cb;
-    cb5.user = &p;
-    bl_train_hooks h5 = hooks;
-    h5.ctx = &p;
     config(&c, "");
-    CHECK(bl_trainer_init(&t, &c, &cb5, &h5) == BL_OK, "init: %s", bl_error());
+    CHECK(start(&t, &c, &p, 0) == BL_OK, "init: %s", bl_error());
     CHECK(run(t, &ev) == BL_ERR_STATE && strstr(bl_error(), "another process failed") &&
               strstr(bl_error(), "step 5") && p.grads == 4,
           "a peer's error: %s (gradient hook calls %d)", bl_error(), p.grads);

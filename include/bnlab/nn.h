@@ -200,7 +200,8 @@ const bl_param *bl_net_param(const bl_net *net, const char *name);
  * y = gamma_c xhat + beta_c. No batch statistics: a reference beside BN (the multi-level head's
  * --head-norm gn). x, y, dx, dy: (N,C,H,W) or (N,H,W,C) by s.layout; gamma, beta, dgamma, dbeta:
  * (C); mean, rstd: (N * groups), written by forward for backward. dgamma, dbeta accumulate. */
-bl_status bl_gn_check(bl_shape s, int groups, double eps);
+/* The shape and the groups (a divisor of the channels). */
+bl_status bl_gn_check(bl_shape s, int groups);
 bl_status bl_gn_forward(bl_shape s, int groups, double eps, const float *x, const float *gamma,
                         const float *beta, float *y, double *mean, double *rstd);
 bl_status bl_gn_backward(bl_shape s, int groups, const float *x, const float *dy,

@@ -6,14 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 int cmd_adapt(int argc, char **argv)
 {
@@ -104,15 +96,9 @@ int cmd_adapt(int argc, char **argv)
     const int eval_batch = 256;
     bl_net net;
     bl_ckpt_info info;
-    if (bl_checkpoint_open(pos[0], c.batch > eval_batch ? c.batch : eval_batch, &fo.spec, &net,
-                           &info)) {
-        cli_error("adapt", opts, n);
-        return 1;
-    }
-    if (cli_foreign_recipe("adapt", &fo, &info.recipe)) {
-        bl_net_free(&net);
-        return 2;
-    }
+    if ((rc = cli_open_checkpoint("adapt", pos[0], c.batch > eval_batch ? c.batch : eval_batch,
+                                  &fo, opts, n, &net, &info)))
+        return rc;
     c.recipe = info.recipe;
     bl_dataset d;
     if (target_dir[0]) {
@@ -145,9 +131,9 @@ int cmd_adapt(int argc, char **argv)
     }
     static bl_adapt_report r;
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
-    const double t0 = now();
+    const double t0 = cli_now();
     rc = bl_adapt(&net, &d, &c, out[0] != 0, &r);
-    const double secs = now() - t0;
+    const double secs = cli_now() - t0;
     if (!rc && out[0]) {
         snprintf(info.precise, sizeof info.precise, "%s", r.record);
         snprintf(info.adapt, sizeof info.adapt,

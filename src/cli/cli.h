@@ -49,6 +49,13 @@ void cli_foreign_init(cli_foreign *f);
 /* Applies --data-mean/--data-std to r (the checkpoint's recipe); prints why and returns 2 on a bad
  * value. */
 int cli_foreign_recipe(const char *cmd, const cli_foreign *f, bl_recipe *r);
+/* Opens a checkpoint (a bnlab one, or a state_dict as --model says) with the recipe overrides
+ * applied to info->recipe. Returns 0, or the exit status after printing why (the net is then
+ * freed): 1 for a file that cannot be opened, 2 for a bad --data-mean/--data-std. */
+int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const cli_foreign *f,
+                        const cli_opt *opts, int n_opts, bl_net *net, bl_ckpt_info *info);
+/* Seconds on a monotonic clock. */
+double cli_now(void);
 
 /* Loads a Fashion-MNIST split; on failure prints why and what to do, prefixed "bnlab CMD: ",
  * and returns non-zero (d is then empty). */

@@ -42,14 +42,7 @@ int cmd_eval(int argc, char **argv)
     bl_threads_set(threads);
     bl_net net;
     bl_ckpt_info info;
-    if (bl_checkpoint_open(pos[0], batch, &fo.spec, &net, &info)) {
-        cli_error("eval", opts, n);
-        return 1;
-    }
-    if (cli_foreign_recipe("eval", &fo, &info.recipe)) {
-        bl_net_free(&net);
-        return 2;
-    }
+    if ((rc = cli_open_checkpoint("eval", pos[0], batch, &fo, opts, n, &net, &info))) return rc;
     bl_dataset d;
     if (cli_load_fmnist("eval", data_dir, split ? "train" : "test", &d)) {
         bl_net_free(&net);

@@ -41,14 +41,7 @@ int cmd_inspect(int argc, char **argv)
     bl_net net;
     bl_ckpt_info info;
     const int mb = c.batch > c.precise_batch ? c.batch : c.precise_batch;
-    if (bl_checkpoint_open(pos[0], mb, &fo.spec, &net, &info)) {
-        cli_error("inspect", opts, n);
-        return 1;
-    }
-    if (cli_foreign_recipe("inspect", &fo, &info.recipe)) {
-        bl_net_free(&net);
-        return 2;
-    }
+    if ((rc = cli_open_checkpoint("inspect", pos[0], mb, &fo, opts, n, &net, &info))) return rc;
     c.recipe = info.recipe;
     bl_dataset train;
     if (cli_load_fmnist("inspect", data_dir, "train", &train)) {

@@ -1,13 +1,14 @@
 /* Table-driven options: every command lists its options once, and usage, parsing, range checks and
  * the printed configuration all come from that table. Unknown options are errors. */
+#define _POSIX_C_SOURCE 200809L
 #include "cli/cli.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void value(const cli_opt *o, char *buf, size_t len)
 {
@@ -205,6 +206,7 @@ void cli_error(const char *cmd, const cli_opt *opts, int n)
     fprintf(stderr, "bnlab %s: %s\n", cmd, out);
 }
 
+#ifdef BL_HAVE_CJSON
 void cli_foreign_init(cli_foreign *f)
 {
     bl_model_spec_defaults(&f->spec);
@@ -247,4 +249,26 @@ int cli_foreign_recipe(const char *cmd, const cli_foreign *f, bl_recipe *r)
         return 2;
     }
     return 0;
+}
+
+int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const cli_foreign *f,
+                        const cli_opt *opts, int n_opts, bl_net *net, bl_ckpt_info *info)
+{
+    if (bl_checkpoint_open(path, max_batch, &f->spec, net, info)) {
+        cli_error(cmd, opts, n_opts);
+        return 1;
+    }
+    if (cli_foreign_recipe(cmd, f, &info->recipe)) {
+        bl_net_free(net);
+        return 2;
+    }
+    return 0;
+}
+#endif
+
+double cli_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
 }

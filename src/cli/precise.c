@@ -4,15 +4,7 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 static void progress(void *ctx, long done, long total)
 {
@@ -68,15 +60,9 @@ int cmd_precise(int argc, char **argv)
     const int eval_batch = 256; /* activations are ~4 MB per image (resnet20) */
     bl_net net;
     bl_ckpt_info info;
-    if (bl_checkpoint_open(pos[0], c.batch > eval_batch ? c.batch : eval_batch, &fo.spec, &net,
-                           &info)) {
-        cli_error("precise", opts, n);
-        return 1;
-    }
-    if (cli_foreign_recipe("precise", &fo, &info.recipe)) {
-        bl_net_free(&net);
-        return 2;
-    }
+    if ((rc = cli_open_checkpoint("precise", pos[0], c.batch > eval_batch ? c.batch : eval_batch,
+                                  &fo, opts, n, &net, &info)))
+        return rc;
     c.recipe = info.recipe;
     /* keep the optimizer state too when there is one, so the output can still be trained on */
     if (bl_checkpoint_load(&net, pos[0], 1, NULL)) bl_error_clear();
@@ -93,7 +79,7 @@ int cmd_precise(int argc, char **argv)
     double t0 = 0, secs = 0;
     if (!json) c.progress = isatty(2) ? progress : NULL;
     rc = evaluate ? bl_evaluate(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &before) : BL_OK;
-    if (!rc) t0 = now(), rc = bl_precise(&net, &train, &c, &r), secs = now() - t0;
+    if (!rc) t0 = cli_now(), rc = bl_precise(&net, &train, &c, &r), secs = cli_now() - t0;
     if (!rc && evaluate) rc = bl_evaluate(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &after);
     if (!rc) {
         bl_precise_record(info.precise, sizeof info.precise, &c, &r, &net);

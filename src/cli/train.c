@@ -26,7 +26,7 @@ static void on_signal(int sig)
  * written, in one write, so a resume never repeats a line). */
 typedef struct {
     const bl_train_cfg *c;
-    int tty, header;
+    int tty;
     int resumed_epoch; /* -1: a fresh run */
     char mpath[1100];
 } train_view;
@@ -41,18 +41,10 @@ static void on_resumed(void *u, const char *path, int epoch, long step, uint64_t
                "--seed %llu\n", (unsigned long long)seed, (unsigned long long)v->c->seed);
 }
 
-static void header(train_view *v)
+static void header(void)
 {
-    if (v->header) return;
-    v->header = 1;
     printf("%-6s %-9s %-10s %-9s %-9s %-9s %-9s %-9s %-8s\n", "epoch", "lr", "train_loss",
            "train_err", "test_pop", "test_mb", "test_pre", "img/s", "seconds");
-}
-
-static void on_epoch_start(void *u, int epoch, long steps, long done)
-{
-    (void)epoch, (void)steps, (void)done;
-    header(u);
 }
 
 static void on_progress(void *u, int epoch, long done, long steps, double ips)
@@ -99,7 +91,6 @@ static bl_status on_epoch_end(void *u, const bl_epoch_metrics *m)
 {
     train_view *v = u;
     clear_bar(v);
-    header(v);
     char ps[16] = "-", ms[16] = "-", rs[16] = "-";
     if (m->test_err_precise >= 0) snprintf(rs, sizeof rs, "%.2f", m->test_err_precise);
     if (m->test_err_population >= 0) snprintf(ps, sizeof ps, "%.2f", m->test_err_population);
@@ -277,8 +268,8 @@ int cmd_train(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     c.stop = &stop_flag;
-    train_view view = {&c, isatty(1), 0, -1, ""};
-    const bl_train_callbacks cb = {&view,       on_resumed, on_epoch_start, on_progress, on_frozen,
+    train_view view = {&c, isatty(1), -1, ""};
+    const bl_train_callbacks cb = {&view,       on_resumed, NULL, on_progress, on_frozen,
                                    NULL,        on_epoch_end, on_stopped,   on_diverged};
     bl_trainer *t;
     bl_train_summary sum;
@@ -292,7 +283,7 @@ int cmd_train(int argc, char **argv)
         snprintf(view.mpath, sizeof view.mpath, "%s/metrics.jsonl", c.out);
         st = start_metrics(view.mpath, view.resumed_epoch);
     }
-    header(&view);
+    header();
     while (!st && !(st = bl_trainer_step(t, &ev)) && ev != BL_TRAIN_DONE && ev != BL_TRAIN_STOPPED)
         if (ev == BL_TRAIN_EPOCH_END) {
             clear_bar(&view); /* evaluation and checkpoints take a while: no stale bar */

@@ -27,8 +27,10 @@ static size_t GN_FN(idx)(bl_shape s, int i, int c, size_t p)
 bl_status GN_FN(forward)(bl_shape s, int groups, double eps, const T *x, const T *gamma,
                          const T *beta, T *y, double *mean, double *rstd)
 {
-    bl_status st = bl_gn_check(s, groups, eps);
+    bl_status st = bl_gn_check(s, groups);
     if (st) return st;
+    if (!(eps > 0) || !isfinite(eps))
+        return bl_fail(BL_ERR_ARG, "gn: eps %g must be positive and finite", eps);
     const int cpg = s.c / groups;
     const size_t hw = bl_shape_hw(s);
     const double m = (double)cpg * hw;
@@ -61,7 +63,7 @@ bl_status GN_FN(forward)(bl_shape s, int groups, double eps, const T *x, const T
 bl_status GN_FN(backward)(bl_shape s, int groups, const T *x, const T *dy, const T *gamma,
                           const double *mean, const double *rstd, T *dx, T *dgamma, T *dbeta)
 {
-    bl_status st = bl_gn_check(s, groups, 1);
+    bl_status st = bl_gn_check(s, groups);
     if (st) return st;
     const int cpg = s.c / groups;
     const size_t hw = bl_shape_hw(s);

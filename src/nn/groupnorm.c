@@ -4,15 +4,13 @@
 
 #include <math.h>
 
-bl_status bl_gn_check(bl_shape s, int groups, double eps)
+bl_status bl_gn_check(bl_shape s, int groups)
 {
     if (s.n < 0 || s.c < 1 || s.h < 1 || s.w < 1)
         return bl_fail(BL_ERR_ARG, "gn: shape (%d, %d, %d, %d)", s.n, s.c, s.h, s.w);
     if (groups < 1 || s.c % groups)
         return bl_fail(BL_ERR_ARG, "gn: %d groups do not divide %d channels: use a divisor of the "
                        "channels (32 channels: 8 groups of 4)", groups, s.c);
-    if (!(eps > 0) || !isfinite(eps))
-        return bl_fail(BL_ERR_ARG, "gn: eps %g must be positive and finite", eps);
     return BL_OK;
 }
 

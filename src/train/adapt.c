@@ -45,7 +45,8 @@ bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c,
     bl_status st = bl_dataset_subset(target, idx, pool_n, &pool);
     if (!st) st = bl_dataset_subset(target, idx + pool_n, eval_n, &eval);
     free(idx);
-    bl_pop_snapshot source = {0};
+    bl_pop_snapshot source = {0}, first = {0}; /* the source's statistics, and the first draw's */
+    bl_precise_report first_rep;
     if (!st) st = bl_pop_save(net, &source);
     if (!st) st = bl_evaluate(net, &eval, &c->recipe, BL_BN_POPULATION, 0, 0, 0, &r->source);
     bl_precise_cfg pc;
@@ -60,19 +61,21 @@ bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c,
         if (k > 0) bl_pop_restore(net, &source);
         st = bl_precise(net, &pool, &pc, &r->precise);
         if (!st) st = bl_evaluate(net, &eval, &c->recipe, BL_BN_POPULATION, 0, 0, 0, &e);
+        if (!st && k == 0) {
+            first_rep = r->precise;
+            if (keep) bl_precise_record(r->record, sizeof r->record, &pc, &r->precise, net);
+            if (keep && c->draws > 1) st = bl_pop_save(net, &first);
+        }
         if (st) break;
-        if (k == 0 && keep) bl_precise_record(r->record, sizeof r->record, &pc, &r->precise, net);
         r->err_draw[k] = e.err;
         sum += e.err, sq += e.err * e.err;
     }
-    /* keep: the first draw's statistics stay in the net (the others are restored over) */
-    if (!st && keep && c->draws > 1) {
-        pc.seed = c->seed;
-        bl_pop_restore(net, &source);
-        st = bl_precise(net, &pool, &pc, &r->precise);
-    }
+    /* keep: the first draw's statistics stay in the net */
     if (st || !keep) bl_pop_restore(net, &source);
+    else if (c->draws > 1) bl_pop_restore(net, &first);
+    if (!st) r->precise = first_rep;
     bl_pop_free(&source);
+    bl_pop_free(&first);
     bl_dataset_free(&pool);
     bl_dataset_free(&eval);
     if (st) return st;
