@@ -174,6 +174,37 @@ void bl_bn_precise_reset(bl_bn *bn);
  * theirs); an error when no sample was pooled at all. */
 bl_status bl_bn_precise_apply(bl_bn *bn);
 
+/* ---- parts: several tensors one BN layer normalizes (the levels of a feature pyramid) -----------
+ * The parts share N and C; their H and W may differ. part[k] is part k's core: its gamma/beta
+ * (bound to a shared row or its own) and its own population statistics; pool keeps the statistics
+ * of all parts' pixels pooled (its affine is unused). Nothing is copied into one tensor.
+ * Batch mode, merged = 0: each part with its own batch statistics (bl_bn_forward, groups allowed);
+ *   merged = 1: each part with the statistics of all parts' pixels pooled - BN over the parts'
+ *   concatenation (one group: the whole batch). Either way every part's own moments and the
+ *   pooled moments are pending afterwards, so committing part[k] and pool keeps both kinds of
+ *   population statistics (the EMA of pool is fed the pooled moments, not an average over parts).
+ * Population mode, merged = 0: each part with its own statistics; 1: with pool's.
+ * The backward follows the last forward; dgamma/dbeta accumulate into each part's binding (a
+ * shared binding receives the sum over parts). */
+typedef struct {
+    int n;
+    bl_bn **part; /* (n) */
+    bl_bn *pool;
+    int merged;   /* the last forward's */
+    bl_bn_mode mode;
+    bl_shape s[8];
+    double *mu, *rstd; /* (C) the merged batch statistics of the last forward */
+    float *fmu, *fvar; /* (C) the same for the kernels */
+} bl_bn_parts;
+#define BL_BN_PARTS_MAX 8
+
+bl_status bl_bn_parts_init(bl_bn_parts *p, int n, bl_bn **part, bl_bn *pool);
+void bl_bn_parts_free(bl_bn_parts *p);
+bl_status bl_bn_parts_forward(bl_bn_parts *p, bl_bn_mode mode, int merged, const bl_groups *g,
+                              const bl_shape *s, const float *const *x, float *const *y);
+bl_status bl_bn_parts_backward(bl_bn_parts *p, const bl_groups *g, const float *const *x,
+                               const float *const *dy, float *const *dx);
+
 /* ---- estimators on their own (what commit calls) ----------------------------------------- */
 /* gm: (n_groups * C) group moments; group_domain: (n_groups), used when rows > 1. */
 bl_status bl_ema_update(float *mean, float *var, int64_t *nbt, int rows, int c, double momentum,

@@ -51,6 +51,23 @@ typedef struct {
 typedef struct bl_net bl_net;
 typedef struct bl_layer bl_layer;
 
+/* ---- the multi-level head (the paper's section 5; docs/multi-level.md) --------------------------
+ * The backbone's three stage outputs go through 1x1 laterals to `width` channels; one head with
+ * shared weights (conv3x3 - norm - ReLU - conv3x3 - norm - ReLU - conv1x1 to the classes - global
+ * average pool) gives one logit vector per level. */
+typedef enum { BL_HEAD_BN = 0, BL_HEAD_GN = 1, BL_HEAD_NONE = 2 } bl_head_norm;
+typedef struct {
+    bl_head_norm norm;
+    int sgd_level;    /* BN: batch statistics per level (1) or merged over the levels (0) */
+    int pop_level;    /* BN: inference with population statistics per level (1) or pooled (0) */
+    int affine_level; /* BN, GN: gamma and beta per level (1) or shared (0) */
+    int width;        /* head channels (default 32); GN: groups of 4 channels */
+} bl_head_cfg;
+void bl_head_defaults(bl_head_cfg *h); /* BN, all shared, width 32 */
+const char *bl_head_norm_name(bl_head_norm n);
+/* "bn", "gn", "none" */
+bl_status bl_head_norm_parse(const char *s, bl_head_norm *n);
+
 /* ---- the forward context ------------------------------------------------------------------------
  * How every BN layer normalizes in one forward and its backward: per BN layer (network order, see
  * bl_net_bn_at) a mode and the groups, NULL meaning the whole batch. It belongs to the call, not to
@@ -91,7 +108,8 @@ typedef enum {
     BL_LAYER_ADD,
     BL_LAYER_GAP,
     BL_LAYER_LINEAR,
-    BL_LAYER_GN
+    BL_LAYER_GN,
+    BL_LAYER_BN_PARTS /* one BN over several inputs (bl_net_bn_levels) */
 } bl_layer_kind;
 
 typedef struct {
@@ -105,15 +123,21 @@ typedef struct {
     /* Inference forward (optional, population statistics everywhere): may also compute the layers
      * after this one when they can be fused with it; sets *used to the number of layers done. */
     bl_status (*infer)(bl_layer *l, bl_net *net, int *used);
+    /* BN layers: the BN cores the layer holds (with core NULL: how many), in the order the net
+     * lists them; in[j] receives the mask of the layer inputs core j normalizes (bit k: in[k]). */
+    int (*cores)(bl_layer *l, bl_bn **core, unsigned *in);
 } bl_layer_ops;
+
+#define BL_LAYER_MAX_IN 4
 
 struct bl_layer {
     const bl_layer_ops *ops;
     char name[64];
-    int in[2], n_in, out;
-    int acc[2];   /* backward adds into in[k]'s gradient (another consumer wrote it first) */
+    int in[BL_LAYER_MAX_IN], n_in;
+    int out, n_out; /* outputs: tensors out .. out + n_out - 1 */
+    int acc[BL_LAYER_MAX_IN]; /* backward adds into in[k]'s gradient (another consumer wrote it) */
     int need_dx;  /* 0 for layers reading the network input */
-    int bn_index; /* among the BN layers (network order), -1 for other kinds */
+    int bn_index; /* its first BN core among the net's (network order), -1 for other kinds */
     void *state;
 };
 
@@ -126,13 +150,20 @@ struct bl_net {
     int max_batch; /* activations are allocated for this many */
     size_t n_param_floats, n_buffer_floats;
     float *param_block, *grad_block, *optim_block, *buffer_block, *act_block;
-    /* the BN layers, listed once at finalize: bn[i] is layer bn_layer[i] */
+    /* the BN cores, listed once at finalize: bn[i] belongs to layer bn_layer[i] and normalizes
+     * the inputs in mask bn_in[i] (a plain BN layer: one core, its input) */
     int n_bn;
     int *bn_layer;
+    unsigned *bn_in;
     bl_bn **bn;
+    /* the outputs (logits, one per level of a multi-level head): the loss is the mean of their
+     * cross-entropies, the prediction the mean of their logits; default: the last tensor */
+    int n_outputs, outputs[BL_LAYER_MAX_IN];
     int n_classes;
-    char arch[64];           /* e.g. "resnet20" */
+    char arch[64];           /* e.g. "resnet20", "resnet20-ml" */
     int width;
+    bl_head_cfg head;        /* the multi-level head's choices (levels > 0) */
+    int levels;              /* feature levels of a multi-level head, 0 for the plain ResNet */
     bl_scratch ws;           /* im2col and friends, shared by all layers */
     int finalized;
 };
@@ -146,6 +177,10 @@ bl_status bl_net_finalize(bl_net *net);
  * the net is then only fit for bl_net_free. */
 bl_status bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad,
                       int *out);
+/* A convolution whose weight is the parameter `weight`: declared when new, shared when another
+ * layer declared it already (the shapes must agree; gradients of all its users add up). */
+bl_status bl_net_conv_param(bl_net *net, const char *name, const char *weight, int in, int cout,
+                            int k, int stride, int pad, int *out);
 bl_status bl_net_bn(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_relu(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out);
@@ -154,6 +189,20 @@ bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *ou
 /* GroupNorm over `groups` groups of the input's channels (eps 1e-5), parameters name.weight and
  * name.bias (trained like BN's gamma and beta); no batch statistics, so no context entry. */
 bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out);
+/* The same with parameters prefix.weight and prefix.bias, shared when they exist already. */
+bl_status bl_net_gn_param(bl_net *net, const char *name, const char *prefix, int in, int groups,
+                          int *out);
+/* One BN over n inputs (the levels of a feature pyramid: same channels, any H and W), outputs
+ * *out .. *out + n - 1 (bn.h, "parts"). Batch statistics per level, or merged over the levels
+ * (merged_sgd: BN over their concatenation); population statistics kept both per level (cores
+ * name.{k}) and pooled (core `name`), inference using the pooled ones when merged_pop; gamma and
+ * beta shared (name.weight) or per level (affine_levels: name.{k}.weight). The net lists its n + 1
+ * cores: name.0 .. name.{n-1}, then name. */
+bl_status bl_net_bn_levels(bl_net *net, const char *name, const int *in, int n, int merged_sgd,
+                           int affine_levels, int *out);
+/* Which population statistics inference uses in every multi-level BN layer: pooled (1) or per
+ * level (0) (bl_net_head_pop checks them first). */
+void bl_net_set_levels_pop(bl_net *net, int merged);
 
 /* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. ctx: how each BN
  * layer normalizes (NULL: every one with batch statistics over the whole batch). */
@@ -168,9 +217,14 @@ void bl_conv_set_winograd(int on);
  * + add + ReLU in one pass), so only the output, the last tensor, is written for sure and no
  * backward may follow. Bit-identical to bl_net_forward with every layer in BL_BN_POPULATION. */
 bl_status bl_net_infer(bl_net *net, const float *x, int n);
-/* Softmax cross-entropy of the last tensor against labels (mean over the batch); writes the
- * gradient of the logits when grad is set. Returns the summed loss and the count of correct argmax. */
+/* Softmax cross-entropy against labels (mean over the batch; with several outputs, the mean over
+ * them of each one's cross-entropy); writes the gradient of the logits when grad is set. Returns
+ * the summed loss and the count of correct argmax of the (mean) logits. */
 bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct);
+/* The count of correct argmax of each output on its own (outputs[k] -> correct[k]). */
+void bl_net_output_correct(const bl_net *net, const uint8_t *labels, int *correct);
+/* Declares the net's outputs (before finalize): tensors of equal size, at most BL_LAYER_MAX_IN. */
+bl_status bl_net_set_outputs(bl_net *net, const int *t, int n);
 /* Backward of the last forward, with its context. */
 bl_status bl_net_backward(bl_net *net, const bl_ctx *ctx);
 void bl_net_zero_grad(bl_net *net);
@@ -183,7 +237,7 @@ static inline bl_bn *bl_net_bn_at(const bl_net *net, int i)
 {
     return i >= 0 && i < net->n_bn ? net->bn[i] : (bl_bn *)0;
 }
-/* The layer (index into net->layers) of the i-th BN layer, or -1. */
+/* The layer (index into net->layers) of the i-th BN core, or -1. */
 static inline int bl_net_bn_layer(const bl_net *net, int i)
 {
     return i >= 0 && i < net->n_bn ? net->bn_layer[i] : -1;
@@ -222,6 +276,15 @@ bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int
 void bl_net_init_params(bl_net *net, uint64_t seed);
 /* Parses "resnet20" etc. into a depth. */
 bl_status bl_resnet_depth(const char *model, int *depth);
+/* Parses a model name: "resnetN" or "resnetN-ml" (the multi-level head; *ml = 1). */
+bl_status bl_model_parse(const char *model, int *depth, int *ml);
+/* Builds the named model (head: NULL for the defaults; ignored by the plain ResNet). */
+bl_status bl_model_build(bl_net *net, const char *model, int width, int n_classes,
+                         const bl_head_cfg *head, int h, int w, int c, int max_batch);
+/* Which population statistics the multi-level head's BN layers use at inference (net->head's
+ * pop_level): an error when per level is asked and they were never estimated while the pooled
+ * ones were (a file without them: run bnlab precise). */
+bl_status bl_net_head_pop(bl_net *net, int pop_level);
 
 #ifdef __cplusplus
 }

@@ -103,6 +103,10 @@ typedef struct {
     char adapt[1024];   /* the target domain they were adapted to (JSON, bnlab adapt), or "" */
 } bl_ckpt_info;
 
+/* The multi-level head's choices as JSON (a checkpoint's "head" metadata) and back. */
+void bl_head_json(const bl_head_cfg *h, char *buf, size_t len);
+bl_status bl_head_from_json(const char *json, bl_head_cfg *h);
+
 bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_info *info);
 /* Loads into an existing net; the architecture must match (errors name the tensor). with_optim:
  * also the momentum buffers (an error if absent). info may be NULL. */

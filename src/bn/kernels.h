@@ -73,6 +73,14 @@ typedef struct {
 } bl_bn_kernels;
 extern const bl_bn_kernels bl_bn_kernels_ref, bl_bn_kernels_fast;
 
+/* The layer's pieces the parts (parts.c) share (layer.c). */
+/* Checks the groups against the batch and the layer; NULL means the whole batch. */
+bl_status bl_bn_resolve_groups(bl_bn *bn, const bl_groups *g, int n, const bl_groups **out);
+bl_bn_kargs bl_bn_kargs_of(bl_bn *bn, bl_shape s, const bl_groups *g);
+const bl_bn_kernels *bl_bn_kernels_of(const bl_bn *bn);
+/* Refuses non-finite population statistics or var + eps <= 0, naming the layer and channel. */
+bl_status bl_bn_check_population(const bl_bn *bn);
+
 /* Per-sample, per-channel mean and M2 (count H*W each) of x: the fast first pass, also behind
  * bl_moments_add. mean, m2: (N, C). */
 void bl_fast_sample_moments(bl_shape s, const float *x, double *mean, double *m2);

@@ -82,8 +82,7 @@ void bl_bn_zero_grad(bl_bn *bn)
     memset(bn->dbeta, 0, ac * sizeof(float));
 }
 
-/* Checks the groups against the batch and the layer; NULL means the whole batch. */
-static bl_status resolve_groups(bl_bn *bn, const bl_groups *g, int n, const bl_groups **out)
+bl_status bl_bn_resolve_groups(bl_bn *bn, const bl_groups *g, int n, const bl_groups **out)
 {
     if (!g) {
         if (bn->whole.n != n || !bn->whole.sample_group) {
@@ -114,19 +113,19 @@ static bl_status resolve_groups(bl_bn *bn, const bl_groups *g, int n, const bl_g
     return BL_OK;
 }
 
-static bl_bn_kargs kargs(bl_bn *bn, bl_shape s, const bl_groups *g)
+bl_bn_kargs bl_bn_kargs_of(bl_bn *bn, bl_shape s, const bl_groups *g)
 {
     bl_bn_kargs a = {s,        g,       bn->cfg.affine_domains, bn->cfg.stats_domains,
                      bn->cfg.eps, bn->name, &bn->ws, bn->stream_bytes};
     return a;
 }
 
-static const bl_bn_kernels *kernels(const bl_bn *bn)
+const bl_bn_kernels *bl_bn_kernels_of(const bl_bn *bn)
 {
     return bn->kernel == BL_KERNEL_REF ? &bl_bn_kernels_ref : &bl_bn_kernels_fast;
 }
 
-static bl_status check_population(const bl_bn *bn)
+bl_status bl_bn_check_population(const bl_bn *bn)
 {
     int C = bn->cfg.channels;
     for (int k = 0; k < bn->cfg.stats_domains * C; k++) {
@@ -146,7 +145,7 @@ bl_status bl_bn_pop_affine(const bl_bn *bn, float *mu, float *scale, float *shif
     if (bn->cfg.stats_domains != 1 || bn->cfg.affine_domains != 1)
         return bl_fail(BL_ERR_ARG, "bn '%s': per-domain statistics or parameters have no single "
                        "affine form", bn->name);
-    bl_status st = check_population(bn);
+    bl_status st = bl_bn_check_population(bn);
     if (st) return st;
     for (int c = 0; c < bn->cfg.channels; c++) {
         mu[c] = bn->pop_mean[c];
@@ -165,8 +164,8 @@ bl_status bl_bn_forward(bl_bn *bn, bl_bn_mode mode, const bl_groups *g, bl_shape
         return bl_fail(BL_ERR_ARG, "bn '%s': input has %d channels, the layer has %d", bn->name,
                        s.c, bn->cfg.channels);
     if (s.n > 0 && (!x || !y)) return bl_fail(BL_ERR_ARG, "bn '%s': x or y is NULL", bn->name);
-    if ((st = resolve_groups(bn, g, s.n, &g))) return st;
-    bl_bn_kargs a = kargs(bn, s, g);
+    if ((st = bl_bn_resolve_groups(bn, g, s.n, &g))) return st;
+    bl_bn_kargs a = bl_bn_kargs_of(bn, s, g);
     bn->last_shape.c = 0; /* no valid forward until this one succeeds */
     if (mode == BL_BN_BATCH) {
         bn->pending = 0;
@@ -181,13 +180,13 @@ bl_status bl_bn_forward(bl_bn *bn, bl_bn_mode mode, const bl_groups *g, bl_shape
             if (!bn->batch_group_domain) return bn->batch_cap = 0, BL_ERR_NOMEM;
             bn->batch_cap = G;
         }
-        if ((st = kernels(bn)->fwd_batch(&a, x, bn->gamma, bn->beta, y, &bn->batch))) return st;
+        if ((st = bl_bn_kernels_of(bn)->fwd_batch(&a, x, bn->gamma, bn->beta, y, &bn->batch))) return st;
         memcpy(bn->batch_group_domain, g->group_domain, (size_t)G * sizeof(int));
         bn->batch_groups = G;
         bn->pending = 1;
     } else if (mode == BL_BN_POPULATION) {
-        if ((st = check_population(bn))) return st;
-        if ((st = kernels(bn)->fwd_pop(&a, x, bn->gamma, bn->beta, bn->pop_mean, bn->pop_var, y)))
+        if ((st = bl_bn_check_population(bn))) return st;
+        if ((st = bl_bn_kernels_of(bn)->fwd_pop(&a, x, bn->gamma, bn->beta, bn->pop_mean, bn->pop_var, y)))
             return st;
     } else {
         return bl_fail(BL_ERR_ARG, "bn '%s': unknown mode %d", bn->name, (int)mode);
@@ -204,17 +203,17 @@ bl_status bl_bn_backward(bl_bn *bn, const bl_groups *g, const float *x, const fl
         return bl_fail(BL_ERR_STATE, "bn '%s': backward without a successful forward", bn->name);
     if (s.n > 0 && (!x || !dy || !dx))
         return bl_fail(BL_ERR_ARG, "bn '%s': x, dy or dx is NULL", bn->name);
-    bl_status st = resolve_groups(bn, g, s.n, &g);
+    bl_status st = bl_bn_resolve_groups(bn, g, s.n, &g);
     if (st) return st;
-    bl_bn_kargs a = kargs(bn, s, g);
+    bl_bn_kargs a = bl_bn_kargs_of(bn, s, g);
     if (bn->last_mode == BL_BN_BATCH) {
         if (g->n_groups != bn->batch_groups)
             return bl_fail(BL_ERR_ARG, "bn '%s': backward got %d groups, forward had %d: pass the "
                            "same groups", bn->name, g->n_groups, bn->batch_groups);
-        return kernels(bn)->bwd_batch(&a, x, dy, bn->gamma, &bn->batch, dx, bn->dgamma,
+        return bl_bn_kernels_of(bn)->bwd_batch(&a, x, dy, bn->gamma, &bn->batch, dx, bn->dgamma,
                                       bn->dbeta);
     }
-    return kernels(bn)->bwd_pop(&a, x, dy, bn->gamma, bn->pop_mean, bn->pop_var, dx, bn->dgamma,
+    return bl_bn_kernels_of(bn)->bwd_pop(&a, x, dy, bn->gamma, bn->pop_mean, bn->pop_var, dx, bn->dgamma,
                                 bn->dbeta);
 }
 

@@ -264,10 +264,48 @@ static void conv_free(bl_layer *l)
 }
 
 static const bl_layer_ops conv_ops = {BL_LAYER_CONV, "conv", NULL,      conv_forward,
-                                      conv_backward, conv_free, conv_infer};
+                                      conv_backward, conv_free, conv_infer, NULL};
+
+/* The parameter `name` when declared already with this kind and shape (*idx; 1 returned), none
+ * (0), or an error for a clash. */
+static bl_status find_shared(bl_net *net, const char *name, bl_param_kind kind, int ndim,
+                             const int *shape, int *idx, int *found)
+{
+    *found = 0;
+    for (int i = 0; i < net->n_params; i++) {
+        const bl_param *p = &net->params[i];
+        if (strcmp(p->name, name)) continue;
+        int same = p->kind == kind && p->ndim == ndim;
+        for (int d = 0; d < ndim && same; d++) same = p->shape[d] == shape[d];
+        if (!same)
+            return bl_fail(BL_ERR_ARG, "parameter '%s' is shared by layers of different shapes",
+                           name);
+        *idx = i;
+        *found = 1;
+    }
+    return BL_OK;
+}
+
+/* Declares the parameter, or shares it when it exists. */
+static bl_status declare_or_share(bl_net *net, const char *name, bl_param_kind kind, int ndim,
+                                  const int *shape, int ohwi, int *idx)
+{
+    int found;
+    bl_status st = find_shared(net, name, kind, ndim, shape, idx, &found);
+    if (st || found) return st;
+    return bl_net_declare(net, name, kind, ndim, shape, ohwi, idx);
+}
 
 bl_status bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, int stride, int pad,
                       int *out)
+{
+    char pn[96];
+    snprintf(pn, sizeof pn, "%s.weight", name);
+    return bl_net_conv_param(net, name, pn, in, cout, k, stride, pad, out);
+}
+
+bl_status bl_net_conv_param(bl_net *net, const char *name, const char *weight, int in, int cout,
+                            int k, int stride, int pad, int *out)
 {
     if (in < 0 || in >= net->n_tensors || cout < 1 || k < 1 || stride < 1 || pad < 0)
         return bl_fail(BL_ERR_ARG, "conv '%s': bad arguments (input %d, %d outputs, kernel %d, "
@@ -284,11 +322,9 @@ bl_status bl_net_conv(bl_net *net, const char *name, int in, int cout, int k, in
         return bl_fail(BL_ERR_NOMEM, "conv '%s': out of memory", name);
     }
     *s = (conv_state){x->c, cout, k, stride, pad, -1, coef};
-    char pn[96];
-    snprintf(pn, sizeof pn, "%s.weight", name);
     int shape[4] = {cout, x->c, k, k};
     bl_layer *l;
-    bl_status st = bl_net_declare(net, pn, BL_P_WEIGHT, 4, shape, 1, &s->w);
+    bl_status st = declare_or_share(net, weight, BL_P_WEIGHT, 4, shape, 1, &s->w);
     if (!st) st = bl_net_layer(net, &conv_ops, name, &in, 1, ho, wo, cout, s, &l);
     if (st) {
         free(coef), free(s);
@@ -360,8 +396,14 @@ static void bn_free(bl_layer *l)
     free(s);
 }
 
-static const bl_layer_ops bn_ops = {BL_LAYER_BN, "bn", bn_bind, bn_forward, bn_backward, bn_free,
-                                    NULL};
+static int bn_cores(bl_layer *l, bl_bn **core, unsigned *in)
+{
+    if (core) core[0] = bl_layer_bn(l), in[0] = 1;
+    return 1;
+}
+
+static const bl_layer_ops bn_ops = {BL_LAYER_BN, "bn",    bn_bind, bn_forward, bn_backward,
+                                    bn_free,     NULL,    bn_cores};
 
 /* One row of statistics and parameters and the fast kernels (the reference kernel is kept
  * separate so that tests can compare against it). */
@@ -426,7 +468,7 @@ static bl_status relu_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 }
 
 static const bl_layer_ops relu_ops = {BL_LAYER_RELU, "relu", NULL, relu_forward, relu_backward,
-                                      NULL, NULL};
+                                      NULL, NULL, NULL};
 
 /* A layer without state: the constructors below differ only in shapes and checks. */
 static bl_status plain_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
@@ -464,7 +506,7 @@ static bl_status add_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 }
 
 static const bl_layer_ops add_ops = {BL_LAYER_ADD, "add", NULL, add_forward, add_backward, NULL,
-                                     NULL};
+                                     NULL, NULL};
 
 bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out)
 {
@@ -511,7 +553,7 @@ static bl_status gap_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 }
 
 static const bl_layer_ops gap_ops = {BL_LAYER_GAP, "gap", NULL, gap_forward, gap_backward, NULL,
-                                     NULL};
+                                     NULL, NULL};
 
 bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out)
 {
@@ -553,7 +595,7 @@ static bl_status linear_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 }
 
 static const bl_layer_ops linear_ops = {BL_LAYER_LINEAR, "linear",   NULL,     linear_forward,
-                                        linear_backward, free_state, NULL};
+                                        linear_backward, free_state, NULL, NULL};
 
 bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out)
 {
@@ -627,9 +669,15 @@ static void gn_free(bl_layer *l)
 }
 
 static const bl_layer_ops gn_ops = {BL_LAYER_GN, "gn", gn_bind, gn_forward, gn_backward, gn_free,
-                                    NULL};
+                                    NULL, NULL};
 
 bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out)
+{
+    return bl_net_gn_param(net, name, name, in, groups, out);
+}
+
+bl_status bl_net_gn_param(bl_net *net, const char *name, const char *prefix, int in, int groups,
+                          int *out)
 {
     if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "gn '%s': bad input", name);
     const bl_tensor *x = &net->t[in];
@@ -642,10 +690,10 @@ bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out)
     char pn[96];
     int c = x->c;
     bl_layer *l;
-    snprintf(pn, sizeof pn, "%s.weight", name);
-    bl_status st = bl_net_declare(net, pn, BL_P_BN, 1, &c, 0, &s->gamma);
-    snprintf(pn, sizeof pn, "%s.bias", name);
-    if (!st) st = bl_net_declare(net, pn, BL_P_BN, 1, &c, 0, &s->beta);
+    snprintf(pn, sizeof pn, "%s.weight", prefix);
+    bl_status st = declare_or_share(net, pn, BL_P_BN, 1, &c, 0, &s->gamma);
+    snprintf(pn, sizeof pn, "%s.bias", prefix);
+    if (!st) st = declare_or_share(net, pn, BL_P_BN, 1, &c, 0, &s->beta);
     if (!st) st = bl_net_layer(net, &gn_ops, name, &in, 1, x->h, x->w, c, s, &l);
     if (st) {
         free(s);

@@ -44,14 +44,25 @@ bl_status bl_net_tensor(bl_net *net, int h, int w, int c, int *id)
 bl_status bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
                        int n_in, int h, int w, int c, void *state, bl_layer **out)
 {
+    const int hwc[3] = {h, w, c};
+    return bl_net_layer_n(net, ops, name, in, n_in, hwc, 1, state, out);
+}
+
+bl_status bl_net_layer_n(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
+                         int n_in, const int *hwc, int n_out, void *state, bl_layer **out)
+{
     if (net->finalized) return bl_fail(BL_ERR_STATE, "net: layer '%s' added after finalize", name);
+    if (n_in < 1 || n_in > BL_LAYER_MAX_IN || n_out < 1)
+        return bl_fail(BL_ERR_ARG, "net: layer '%s' with %d inputs and %d outputs (1..%d inputs)",
+                       name, n_in, n_out, BL_LAYER_MAX_IN);
     for (int k = 0; k < n_in; k++)
         if (in[k] < 0 || in[k] >= net->n_tensors)
             return bl_fail(BL_ERR_ARG, "net: layer '%s' reads tensor %d, which does not exist",
                            name, in[k]);
-    int t;
+    int t = net->n_tensors, id;
     bl_status st = grow((void **)&net->layers, &net->cap_layers, net->n_layers + 1, sizeof(bl_layer));
-    if (!st) st = bl_net_tensor(net, h, w, c, &t);
+    for (int k = 0; k < n_out && !st; k++)
+        st = bl_net_tensor(net, hwc[3 * k], hwc[3 * k + 1], hwc[3 * k + 2], &id);
     if (st) return bl_fail_ctx(st, "layer '%s'", name);
     bl_layer *l = &net->layers[net->n_layers++];
     l->ops = ops;
@@ -59,6 +70,7 @@ bl_status bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, c
     for (int k = 0; k < n_in; k++) l->in[k] = in[k];
     l->n_in = n_in;
     l->out = t;
+    l->n_out = n_out;
     l->bn_index = -1;
     l->state = state;
     *out = l;
@@ -135,19 +147,23 @@ bl_status bl_net_finalize(bl_net *net)
         }
     }
     free(written);
-    /* the BN layers, listed once: commits, PreciseBN and the forward context index them */
+    /* the BN cores, listed once: commits, PreciseBN and the forward context index them */
     int kb = 0;
-    for (int li = 0; li < net->n_layers; li++) kb += net->layers[li].ops->kind == BL_LAYER_BN;
-    net->bn_layer = malloc(sizeof(int) * (size_t)(kb ? kb : 1));
-    net->bn = malloc(sizeof(bl_bn *) * (size_t)(kb ? kb : 1));
-    if (!net->bn_layer || !net->bn)
-        return bl_fail(BL_ERR_NOMEM, "net: out of memory listing the BN layers");
     for (int li = 0; li < net->n_layers; li++)
-        if (net->layers[li].ops->kind == BL_LAYER_BN) {
-            net->layers[li].bn_index = net->n_bn;
-            net->bn_layer[net->n_bn] = li;
-            net->bn[net->n_bn++] = bl_layer_bn(&net->layers[li]);
-        }
+        if (net->layers[li].ops->cores) kb += net->layers[li].ops->cores(&net->layers[li], NULL, NULL);
+    net->bn_layer = malloc(sizeof(int) * (size_t)(kb ? kb : 1));
+    net->bn_in = malloc(sizeof(unsigned) * (size_t)(kb ? kb : 1));
+    net->bn = malloc(sizeof(bl_bn *) * (size_t)(kb ? kb : 1));
+    if (!net->bn_layer || !net->bn_in || !net->bn)
+        return bl_fail(BL_ERR_NOMEM, "net: out of memory listing the BN layers");
+    for (int li = 0; li < net->n_layers; li++) {
+        bl_layer *l = &net->layers[li];
+        if (!l->ops->cores) continue;
+        l->bn_index = net->n_bn;
+        int k = l->ops->cores(l, net->bn + net->n_bn, net->bn_in + net->n_bn);
+        for (int j = 0; j < k; j++) net->bn_layer[net->n_bn++] = li;
+    }
+    if (!net->n_outputs) net->outputs[0] = net->n_tensors - 1, net->n_outputs = 1;
     net->finalized = 1;
     for (int li = 0; li < net->n_layers; li++) {
         bl_layer *l = &net->layers[li];
@@ -193,6 +209,7 @@ void bl_net_free(bl_net *net)
     free(net->t);
     free(net->params);
     free(net->bn_layer);
+    free(net->bn_in);
     free(net->bn);
     bl_free(net->param_block);
     bl_free(net->grad_block);
@@ -274,35 +291,71 @@ void bl_net_zero_grad(bl_net *net)
     memset(net->grad_block, 0, net->n_param_floats * sizeof(float));
 }
 
+bl_status bl_net_set_outputs(bl_net *net, const int *t, int n)
+{
+    if (net->finalized) return bl_fail(BL_ERR_STATE, "net: outputs set after finalize");
+    if (n < 1 || n > BL_LAYER_MAX_IN)
+        return bl_fail(BL_ERR_ARG, "net: %d outputs: use 1..%d", n, BL_LAYER_MAX_IN);
+    for (int k = 0; k < n; k++)
+        if (t[k] < 0 || t[k] >= net->n_tensors || bl_tsize(&net->t[t[k]]) != bl_tsize(&net->t[t[0]]))
+            return bl_fail(BL_ERR_ARG, "net: output %d (tensor %d) does not exist or differs in "
+                           "size from output 0", k, t[k]);
+    for (int k = 0; k < n; k++) net->outputs[k] = t[k];
+    net->n_outputs = n;
+    return BL_OK;
+}
+
+/* The index of the largest of z[0..k) (the first on ties). */
+static int argmax(const float *z, int k)
+{
+    int arg = 0;
+    for (int j = 1; j < k; j++)
+        if (z[j] > z[arg]) arg = j;
+    return arg;
+}
+
 bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct)
 {
-    bl_tensor *t = &net->t[net->n_tensors - 1];
-    int k = (int)bl_tsize(t), n = net->batch;
+    const int L = net->n_outputs, n = net->batch;
+    const int k = (int)bl_tsize(&net->t[net->outputs[0]]);
     double total = 0;
     int ok = 0;
     for (int i = 0; i < n; i++) {
-        const float *z = t->data + (size_t)i * k;
-        float *g = t->grad + (size_t)i * k;
         if (labels[i] >= k)
             return bl_fail(BL_ERR_ARG, "loss: label %d of sample %d is outside the %d classes",
                            labels[i], i, k);
-        int arg = 0;
-        double mx = z[0];
-        for (int j = 1; j < k; j++)
-            if (z[j] > mx) mx = z[j], arg = j;
-        if (!isfinite(mx))
-            return bl_fail(BL_ERR_NUMERIC, "loss: the logits of sample %d are not finite", i);
-        double se = 0;
-        for (int j = 0; j < k; j++) se += exp(z[j] - mx);
-        total += log(se) + mx - z[labels[i]];
-        ok += arg == labels[i];
-        if (grad)
-            for (int j = 0; j < k; j++)
-                g[j] = (float)((exp(z[j] - mx) / se - (j == labels[i])) / n);
+        float zm[256]; /* the mean logits (the prediction) */
+        for (int j = 0; j < k && j < 256; j++) zm[j] = 0;
+        for (int o = 0; o < L; o++) {
+            const bl_tensor *t = &net->t[net->outputs[o]];
+            const float *z = t->data + (size_t)i * k;
+            float *g = t->grad + (size_t)i * k;
+            double mx = z[argmax(z, k)];
+            if (!isfinite(mx))
+                return bl_fail(BL_ERR_NUMERIC, "loss: the logits of sample %d are not finite", i);
+            double se = 0;
+            for (int j = 0; j < k; j++) se += exp(z[j] - mx);
+            total += (log(se) + mx - z[labels[i]]) / L;
+            for (int j = 0; j < k && j < 256; j++) zm[j] += L > 1 ? z[j] / L : z[j];
+            if (grad)
+                for (int j = 0; j < k; j++)
+                    g[j] = (float)((exp(z[j] - mx) / se - (j == labels[i])) / ((double)n * L));
+        }
+        ok += argmax(zm, k < 256 ? k : 256) == labels[i];
     }
     *loss_sum = total;
     *correct = ok;
     return BL_OK;
+}
+
+void bl_net_output_correct(const bl_net *net, const uint8_t *labels, int *correct)
+{
+    const int k = (int)bl_tsize(&net->t[net->outputs[0]]);
+    for (int o = 0; o < net->n_outputs; o++) {
+        const float *z = net->t[net->outputs[o]].data;
+        correct[o] = 0;
+        for (int i = 0; i < net->batch; i++) correct[o] += argmax(z + (size_t)i * k, k) == labels[i];
+    }
 }
 
 const bl_param *bl_net_param(const bl_net *net, const char *name)
@@ -368,10 +421,12 @@ const char *bl_net_first_nonfinite(const bl_net *net)
 {
     for (int i = 0; i < net->n_layers; i++) {
         const bl_layer *l = &net->layers[i];
-        const bl_tensor *t = &net->t[l->out];
-        size_t n = (size_t)net->batch * bl_tsize(t);
-        for (size_t k = 0; k < n; k++)
-            if (!isfinite(t->data[k])) return l->name;
+        for (int o = 0; o < l->n_out; o++) {
+            const bl_tensor *t = &net->t[l->out + o];
+            size_t n = (size_t)net->batch * bl_tsize(t);
+            for (size_t k = 0; k < n; k++)
+                if (!isfinite(t->data[k])) return l->name;
+        }
     }
     return NULL;
 }

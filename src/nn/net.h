@@ -11,6 +11,9 @@ bl_status bl_net_tensor(bl_net *net, int h, int w, int c, int *id);
  * still the caller's. */
 bl_status bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
                        int n_in, int h, int w, int c, void *state, bl_layer **out);
+/* The same with n_out outputs of shapes hwc[3k .. 3k+2], tensors out .. out + n_out - 1. */
+bl_status bl_net_layer_n(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
+                         int n_in, const int *hwc, int n_out, void *state, bl_layer **out);
 /* Declares a parameter; *idx receives its index. shape is PyTorch's. */
 bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int ndim,
                          const int *shape, int ohwi, int *idx);

@@ -22,31 +22,51 @@ bl_status bl_resnet_depth(const char *model, int *depth)
         if ((st = (expr))) return st;                                                              \
     } while (0)
 
-static bl_status build(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
-                       int max_batch);
-
-bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
-                    int max_batch)
+void bl_head_defaults(bl_head_cfg *h)
 {
-    bl_status st = build(net, depth, width, n_classes, h, w, c, max_batch);
-    if (st) bl_net_free(net);
-    return st;
+    memset(h, 0, sizeof *h);
+    h->norm = BL_HEAD_BN;
+    h->width = 32;
 }
 
-static bl_status build(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
-                       int max_batch)
+const char *bl_head_norm_name(bl_head_norm n)
 {
-    memset(net, 0, sizeof *net);
-    if (depth < 8 || (depth - 2) % 6)
-        return bl_fail(BL_ERR_ARG, "resnet depth %d: must be 6n+2 with n >= 1", depth);
-    if (width < 1 || n_classes < 2)
-        return bl_fail(BL_ERR_ARG, "resnet: width %d and classes %d must be >= 1 and >= 2", width,
-                       n_classes);
-    bl_status st = bl_net_init(net, h, w, c, max_batch);
-    if (st) return st;
-    snprintf(net->arch, sizeof net->arch, "resnet%d", depth);
-    net->width = width;
-    net->n_classes = n_classes;
+    return n == BL_HEAD_GN ? "gn" : n == BL_HEAD_NONE ? "none" : "bn";
+}
+
+bl_status bl_head_norm_parse(const char *s, bl_head_norm *n)
+{
+    for (int k = BL_HEAD_BN; k <= BL_HEAD_NONE; k++)
+        if (s && !strcmp(s, bl_head_norm_name((bl_head_norm)k))) return *n = (bl_head_norm)k, BL_OK;
+    return bl_fail(BL_ERR_ARG, "head norm '%s': use bn, gn or none", s ? s : "(null)");
+}
+
+bl_status bl_model_parse(const char *model, int *depth, int *ml)
+{
+    char base[32];
+    const char *dash = model ? strchr(model, '-') : NULL;
+    *ml = 0;
+    if (dash) {
+        if (strcmp(dash, "-ml") || (size_t)(dash - model) >= sizeof base)
+            return bl_fail(BL_ERR_ARG, "unknown model '%s': use resnetN (N = 6n+2: 8, 14, 20, 32, "
+                           "56) or resnetN-ml (with the multi-level head)", model);
+        memcpy(base, model, (size_t)(dash - model));
+        base[dash - model] = 0;
+        *ml = 1;
+        return bl_resnet_depth(base, depth);
+    }
+    return bl_resnet_depth(model, depth);
+}
+
+#define TRY(expr)                                                                                  \
+    do {                                                                                           \
+        if ((st = (expr))) return st;                                                              \
+    } while (0)
+
+/* The backbone: stem and three stages; stage[s] receives stage s's output tensor. */
+static bl_status backbone(bl_net *net, int depth, int width, int *stage_out)
+{
+    bl_status st;
     int n = (depth - 2) / 6, t, in_planes = width;
     TRY(bl_net_conv(net, "conv1", 0, width, 3, 1, 1, &t));
     TRY(bl_net_bn(net, "bn1", t, &t));
@@ -72,8 +92,128 @@ static bl_status build(bl_net *net, int depth, int width, int n_classes, int h, 
 #undef NAME
             in_planes = planes;
         }
+        stage_out[stage - 1] = t;
     }
-    TRY(bl_net_gap(net, "avgpool", t, &t));
-    TRY(bl_net_linear(net, "fc", t, n_classes, &t));
-    return bl_net_finalize(net);
+    return BL_OK;
+}
+
+/* One head stage on every level: conv (shared weight) per level, then the norm, then ReLU. */
+static bl_status head_stage(bl_net *net, const bl_head_cfg *hd, int stage, int *t, int L)
+{
+    bl_status st;
+    char name[64], param[64];
+    snprintf(param, sizeof param, "head.conv%d.weight", stage);
+    for (int k = 0; k < L; k++) {
+        snprintf(name, sizeof name, "head.conv%d[%d]", stage, k);
+        TRY(bl_net_conv_param(net, name, param, t[k], hd->width, 3, 1, 1, &t[k]));
+    }
+    snprintf(name, sizeof name, "head.norm%d", stage);
+    if (hd->norm == BL_HEAD_BN) {
+        int o;
+        TRY(bl_net_bn_levels(net, name, t, L, !hd->sgd_level, hd->affine_level, &o));
+        for (int k = 0; k < L; k++) t[k] = o + k;
+    } else if (hd->norm == BL_HEAD_GN) {
+        for (int k = 0; k < L; k++) {
+            char ln[80], pre[80];
+            snprintf(ln, sizeof ln, "%s[%d]", name, k);
+            if (hd->affine_level) snprintf(pre, sizeof pre, "%s.%d", name, k);
+            else snprintf(pre, sizeof pre, "%s", name);
+            TRY(bl_net_gn_param(net, ln, pre, t[k], hd->width / 4, &t[k]));
+        }
+    }
+    for (int k = 0; k < L; k++) {
+        snprintf(name, sizeof name, "head.relu%d[%d]", stage, k);
+        TRY(bl_net_relu(net, name, t[k], &t[k]));
+    }
+    return BL_OK;
+}
+
+static bl_status build(bl_net *net, int depth, int width, int n_classes, const bl_head_cfg *hd,
+                       int h, int w, int c, int max_batch)
+{
+    memset(net, 0, sizeof *net);
+    if (depth < 8 || (depth - 2) % 6)
+        return bl_fail(BL_ERR_ARG, "resnet depth %d: must be 6n+2 with n >= 1", depth);
+    if (width < 1 || n_classes < 2)
+        return bl_fail(BL_ERR_ARG, "resnet: width %d and classes %d must be >= 1 and >= 2", width,
+                       n_classes);
+    if (hd && (hd->width < 4 || hd->width % 4 || hd->norm < BL_HEAD_BN || hd->norm > BL_HEAD_NONE))
+        return bl_fail(BL_ERR_ARG, "head: width %d must be a positive multiple of 4 (GN: groups "
+                       "of 4 channels)", hd->width);
+    bl_status st = bl_net_init(net, h, w, c, max_batch);
+    if (st) return st;
+    snprintf(net->arch, sizeof net->arch, "resnet%d%s", depth, hd ? "-ml" : "");
+    net->width = width;
+    net->n_classes = n_classes;
+    int stage[3], t;
+    TRY(backbone(net, depth, width, stage));
+    if (!hd) {
+        TRY(bl_net_gap(net, "avgpool", stage[2], &t));
+        TRY(bl_net_linear(net, "fc", t, n_classes, &t));
+        return bl_net_finalize(net);
+    }
+    const int L = 3;
+    int lv[3];
+    for (int k = 0; k < L; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "lateral.%d", k);
+        TRY(bl_net_conv(net, name, stage[k], hd->width, 1, 1, 0, &lv[k]));
+    }
+    TRY(head_stage(net, hd, 1, lv, L));
+    TRY(head_stage(net, hd, 2, lv, L));
+    for (int k = 0; k < L; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "head.cls[%d]", k);
+        TRY(bl_net_conv_param(net, name, "head.cls.weight", lv[k], n_classes, 1, 1, 0, &lv[k]));
+        snprintf(name, sizeof name, "head.avgpool[%d]", k);
+        TRY(bl_net_gap(net, name, lv[k], &lv[k]));
+    }
+    TRY(bl_net_set_outputs(net, lv, L));
+    net->head = *hd;
+    net->levels = L;
+    TRY(bl_net_finalize(net));
+    bl_net_set_levels_pop(net, !hd->pop_level);
+    return BL_OK;
+}
+
+bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
+                    int max_batch)
+{
+    bl_status st = build(net, depth, width, n_classes, NULL, h, w, c, max_batch);
+    if (st) bl_net_free(net);
+    return st;
+}
+
+bl_status bl_model_build(bl_net *net, const char *model, int width, int n_classes,
+                         const bl_head_cfg *head, int h, int w, int c, int max_batch)
+{
+    int depth, ml;
+    bl_status st = bl_model_parse(model, &depth, &ml);
+    if (st) return st;
+    bl_head_cfg def;
+    bl_head_defaults(&def);
+    st = build(net, depth, width, n_classes, ml ? (head ? head : &def) : NULL, h, w, c, max_batch);
+    if (st) bl_net_free(net);
+    return st;
+}
+
+bl_status bl_net_head_pop(bl_net *net, int pop_level)
+{
+    if (!net->levels) return BL_OK;
+    if (pop_level && net->head.norm == BL_HEAD_BN)
+        for (int i = 0; i < net->n_bn; i++) {
+            const bl_bn *b = net->bn[i];
+            /* a part core listed before its pool: statistics never estimated while the pool's were */
+            const int pool = i + 1 < net->n_bn && net->bn_layer[i + 1] == net->bn_layer[i] ? -1 : i;
+            if (pool >= 0 || net->layers[net->bn_layer[i]].ops->kind != BL_LAYER_BN_PARTS) continue;
+            int j = i;
+            while (j + 1 < net->n_bn && net->bn_layer[j + 1] == net->bn_layer[i]) j++;
+            if (b->pop_source == BL_EST_INIT && net->bn[j]->pop_source != BL_EST_INIT)
+                return bl_fail(BL_ERR_STATE, "'%s': no per-level population statistics (only "
+                               "pooled ones): estimate them with bnlab precise, or use --head-pop "
+                               "shared", b->name);
+        }
+    net->head.pop_level = pop_level;
+    bl_net_set_levels_pop(net, !pop_level);
+    return BL_OK;
 }

@@ -1,0 +1,162 @@
+/* The multi-level model (resnet8-ml, width 4, head width 8, 12x12 inputs) against its PyTorch twin
+ * (tests/fixtures/ml_*.safetensors from tools/gen_ml_fixture.py): two SGD steps with each head
+ * normalization - BN with batch statistics merged over the levels or per level, affine shared or
+ * per level; GN; none. First step: the mean logits and each level's, the loss, every gradient
+ * (the shared head weights' included: their gradient is the sum over the levels), the running
+ * statistics pooled and per level; then the parameters after each step, the running statistics
+ * after the last, and inference with pooled and with per-level population statistics.
+ * Float32 here; |a - b| <= 1e-4 + 1e-3 |b|. */
+#include "bnlab/bnlab.h"
+#include "check.h"
+
+#define ATOL 1e-4
+#define RTOL 1e-3
+
+static bl_safetensors st;
+static const char *scenario;
+
+static void cmp(const char *what, const float *got, const char *ref_name, size_t n)
+{
+    float *ref = malloc(sizeof(float) * n);
+    double *a = malloc(sizeof(double) * n * 2), *b = a + n;
+    char name[200];
+    snprintf(name, sizeof name, "%s: %s", scenario, what);
+    if (bl_st_get_f32(&st, ref_name, ref, n)) {
+        CHECK(0, "%s: %s", name, bl_error());
+    } else {
+        for (size_t i = 0; i < n; i++) a[i] = got[i], b[i] = ref[i];
+        CHECK_CLOSE(name, a, b, n, ATOL, RTOL);
+    }
+    free(ref);
+    free(a);
+}
+
+/* Compares parameters (kind: 0 trained data, 1 their gradients, 2 buffers) with prefix + name. */
+static int cmp_params(bl_net *net, const char *prefix, int what)
+{
+    int n = 0;
+    for (int i = 0; i < net->n_params; i++) {
+        const bl_param *p = &net->params[i];
+        if (p->kind == BL_P_COUNT || (p->kind == BL_P_BUFFER) != (what == 2)) continue;
+        float *t = malloc(sizeof(float) * p->count);
+        bl_param_export(p, what == 1 ? net->grad_block + p->offset : p->data, t);
+        char ref[160];
+        snprintf(ref, sizeof ref, "%s%s", prefix, p->name);
+        cmp(ref, t, ref, p->count);
+        free(t);
+        n++;
+    }
+    return n;
+}
+
+static int get_batch(int k, int B, int hw, float *x, uint8_t *y)
+{
+    char name[32];
+    snprintf(name, sizeof name, "input%d", k);
+    if (bl_st_get_f32(&st, name, x, (size_t)B * hw)) return 0; /* one channel: NCHW = NHWC */
+    snprintf(name, sizeof name, "labels%d", k);
+    const bl_st_entry *le = bl_st_find(&st, name);
+    if (!le) return 0;
+    for (int i = 0; i < B; i++) {
+        int64_t v;
+        memcpy(&v, st.data + le->begin + 8 * i, 8);
+        y[i] = (uint8_t)v;
+    }
+    return 1;
+}
+
+/* The mean logits and each level's against prefix "logits" (+ ".k"). */
+static void cmp_logits(bl_net *net, const char *prefix, int B)
+{
+    float mean[64 * 10] = {0};
+    char ref[64];
+    for (int k = 0; k < net->n_outputs; k++) {
+        const float *z = net->t[net->outputs[k]].data;
+        for (int i = 0; i < B * 10; i++) mean[i] += z[i] / net->n_outputs;
+        snprintf(ref, sizeof ref, "%s.%d", prefix, k);
+        cmp(ref, z, ref, (size_t)B * 10);
+    }
+    cmp(prefix, mean, prefix, (size_t)B * 10);
+}
+
+static void run(const char *dir, const char *file)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.safetensors", dir, file);
+    scenario = file;
+    if (bl_st_read(path, &st)) {
+        CHECK(0, "%s", bl_error());
+        return;
+    }
+    int64_t cfg[8] = {0};
+    const bl_st_entry *ce = bl_st_find(&st, "config");
+    CHECK(ce && ce->end - ce->begin == sizeof cfg, "%s: no config", file);
+    if (ce) memcpy(cfg, st.data + ce->begin, sizeof cfg);
+    const int B = (int)cfg[0], H = (int)cfg[5], W = (int)cfg[6], steps = (int)cfg[7];
+    bl_head_cfg head;
+    bl_head_defaults(&head);
+    head.sgd_level = (int)cfg[1], head.affine_level = (int)cfg[2];
+    head.norm = (bl_head_norm)cfg[3], head.width = (int)cfg[4];
+    bl_net net;
+    if (B < 1 || B > 64 || bl_model_build(&net, "resnet8-ml", 4, 10, &head, H, W, 1, B)) {
+        CHECK(0, "%s: build: %s", file, bl_error());
+        bl_st_free(&st);
+        return;
+    }
+    for (int i = 0; i < net.n_params; i++) {
+        bl_param *p = &net.params[i];
+        if (p->kind == BL_P_COUNT) continue;
+        float *t = malloc(sizeof(float) * p->count);
+        CHECK(bl_st_get_f32(&st, p->name, t, p->count) == BL_OK, "%s", bl_error());
+        bl_param_import(p, t, p->data);
+        free(t);
+    }
+    float *x = malloc(sizeof(float) * B * H * W);
+    uint8_t y[64];
+    bl_sgd o = {0.9, 5e-4, 1, 0};
+    float lr = 0;
+    CHECK(bl_st_get_f32(&st, "lr", &lr, 1) == BL_OK && lr > 0, "%s: no lr", file);
+    for (int k = 0; k < steps; k++) {
+        if (!get_batch(k, B, H * W, x, y)) {
+            CHECK(0, "%s: batch %d missing: %s", file, k, bl_error());
+            break;
+        }
+        double loss;
+        int correct;
+        bl_net_zero_grad(&net);
+        CHECK(bl_net_forward(&net, NULL, x, B) == BL_OK && bl_net_loss(&net, y, 1, &loss, &correct) == BL_OK &&
+                  bl_net_backward(&net, NULL) == BL_OK,
+              "%s: step %d: %s", file, k, bl_error());
+        if (k == 0) {
+            cmp_logits(&net, "logits", B);
+            float l = (float)(loss / B);
+            cmp("loss", &l, "loss", 1);
+            CHECK(cmp_params(&net, "grad.", 1) > 0, "no gradient compared");
+        }
+        CHECK(bl_net_bn_commit(&net, BL_EST_EMA) == BL_OK, "%s: commit: %s", file, bl_error());
+        if (k == 0) cmp_params(&net, "after.", 2);
+        bl_sgd_step(&net, &o, lr);
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "step%d.", k + 1);
+        cmp_params(&net, prefix, 0);
+    }
+    cmp_params(&net, "final.", 2);
+    if (head.norm == BL_HEAD_BN && get_batch(0, B, H * W, x, y)) {
+        /* inference, both kinds of population statistics on the same weights */
+        CHECK(bl_net_head_pop(&net, 0) == BL_OK && bl_net_infer(&net, x, B) == BL_OK, "%s", bl_error());
+        cmp_logits(&net, "eval_shared.logits", B);
+        CHECK(bl_net_head_pop(&net, 1) == BL_OK && bl_net_infer(&net, x, B) == BL_OK, "%s", bl_error());
+        cmp_logits(&net, "eval_level.logits", B);
+    }
+    free(x);
+    bl_net_free(&net);
+    bl_st_free(&st);
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = argc > 1 ? argv[1] : "tests/fixtures";
+    static const char *files[] = {"ml_sss", "ml_dds", "ml_ddd", "ml_ssd", "ml_gn", "ml_none"};
+    for (int i = 0; i < 6; i++) run(dir, files[i]);
+    return check_done("test_ml_torch");
+}
