@@ -101,6 +101,7 @@ typedef struct {
     char config[2048]; /* the run's resolved configuration, JSON */
     char precise[8192]; /* how PreciseBN produced the statistics (JSON), or "" */
     char adapt[1024];   /* the target domain they were adapted to (JSON, bnlab adapt), or "" */
+    bl_head_cfg head;   /* a multi-level model's head (metadata "head"); defaults otherwise */
 } bl_ckpt_info;
 
 /* The multi-level head's choices as JSON (a checkpoint's "head" metadata) and back. */
@@ -129,9 +130,11 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
 
 /* ---- evaluation and training -------------------------------------------------------------------- */
 typedef struct {
-    double err;  /* % */
+    double err;  /* % (of the mean logits with several outputs) */
     double loss; /* mean cross-entropy */
     int n;
+    int levels;  /* outputs of a multi-level head (0 for one output), each's error: */
+    double err_level[BL_LAYER_MAX_IN];
 } bl_eval_result;
 
 /* Population statistics (bn = BL_BN_POPULATION), or mini-batch statistics (BL_BN_BATCH) of ghost
@@ -292,6 +295,7 @@ typedef struct {
     int precise_batch;    /* B, default 200 */
     bl_recipe recipe;     /* default: Fashion-MNIST's; a resumed run keeps its checkpoint's */
     char out[1024], data_dir[1024], resume[1024];
+    bl_head_cfg head;     /* the multi-level head's choices (models resnetN-ml) */
     /* set (e.g. by a SIGINT/SIGTERM handler) to stop after the current step with a checkpoint */
     const volatile sig_atomic_t *stop;
 } bl_train_cfg;
@@ -325,6 +329,9 @@ typedef struct {
     double test_err_minibatch, train_err_minibatch, test_err_precise;
     const char *estimator;      /* of the statistics test_err_population used */
     double img_per_s, seconds;
+    /* a multi-level head: the population and PreciseBN errors of each level (when measured) */
+    int levels;
+    double test_err_population_level[BL_LAYER_MAX_IN], test_err_precise_level[BL_LAYER_MAX_IN];
 } bl_epoch_metrics;
 
 typedef struct {

@@ -23,6 +23,8 @@ typedef struct {
  * line (the message printed, exit 2). */
 int cli_parse(const char *cmd, const char *synopsis, int argc, char **argv, const cli_opt *opts,
               int n_opts, const char **pos, int max_pos, int *n_pos);
+/* Whether the last cli_parse saw option `name` on the command line. */
+int cli_given(const char *name);
 void cli_usage(FILE *f, const char *cmd, const char *synopsis, const cli_opt *opts, int n_opts);
 /* The option table's current values as one line, "name=value ..." (the resolved configuration). */
 void cli_print_config(FILE *f, const char *cmd, const cli_opt *opts, int n_opts);
@@ -36,6 +38,7 @@ void cli_error(const char *cmd, const cli_opt *opts, int n_opts);
 typedef struct {
     bl_model_spec spec;
     char mean[64], std[64]; /* "" : the checkpoint's (or the Fashion-MNIST) recipe */
+    int head_pop;           /* 0: the checkpoint's choice, 1: pooled, 2: per level */
 } cli_foreign;
 void cli_foreign_init(cli_foreign *f);
 #define CLI_FOREIGN_OPTS(f)                                                                        \
@@ -45,7 +48,10 @@ void cli_foreign_init(cli_foreign *f);
     {"--data-mean", OPT_STR, (f)->mean, sizeof (f)->mean, 0, 0, NULL,                              \
      "override the recipe's normalization mean (one per channel)"},                               \
     {"--data-std", OPT_STR, (f)->std, sizeof (f)->std, 0, 0, NULL,                                 \
-     "override the recipe's normalization std (one per channel)"}
+     "override the recipe's normalization std (one per channel)"},                                \
+    {"--head-pop", OPT_CHOICE, &(f)->head_pop, 0, 0, 0, "checkpoint|shared|level",                 \
+     "a multi-level head (resnetN-ml): inference with the population statistics pooled over the " \
+     "levels or per level (checkpoint: the choice it was trained with)"}
 /* Applies --data-mean/--data-std to r (the checkpoint's recipe); prints why and returns 2 on a bad
  * value. */
 int cli_foreign_recipe(const char *cmd, const cli_foreign *f, bl_recipe *r);

@@ -59,14 +59,28 @@ int cmd_eval(int argc, char **argv)
         if (stats) printf("%d", norm_batch);
         else printf("null");
         printf(",\"composition\":\"%s\"", stats ? (compose ? "class" : "random") : "none");
-        printf(",\"split\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d}\n", split ? "train" : "test",
+        printf(",\"split\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d", split ? "train" : "test",
                bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), info.epoch);
+        if (r.levels) {
+            printf(",\"head\":\"%s\",\"head_pop\":\"%s\",\"err_level\":[", net.arch,
+                   net.head.pop_level ? "level" : "shared");
+            for (int k = 0; k < r.levels; k++) printf("%s%.4f", k ? "," : "", r.err_level[k]);
+            printf("]");
+        }
+        printf("}\n");
     } else {
         printf("%s (%s w=%d, epoch %d): %s error %.2f%%, loss %.4f, %d images, %s statistics",
                pos[0], net.arch, net.width, info.epoch, split ? "train" : "test", r.err, r.loss,
                r.n, stats ? "mini-batch" : "population");
         if (stats) printf(" (groups of %d, %s)\n", norm_batch, compose ? "one class each" : "random");
         else printf(" (%s)\n", bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source));
+        if (r.levels) {
+            printf("  the mean of %d levels' logits; each level alone:", r.levels);
+            for (int k = 0; k < r.levels; k++) printf(" %.2f%%", r.err_level[k]);
+            if (net.head.norm == BL_HEAD_BN && !stats)
+                printf(" (head statistics %s)", net.head.pop_level ? "per level" : "pooled");
+            printf("\n");
+        }
     }
     bl_dataset_free(&d);
     bl_net_free(&net);

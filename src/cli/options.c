@@ -128,10 +128,22 @@ static int matches(const char *names, const char *a)
     return 0;
 }
 
+/* the options the last cli_parse saw (cli_given) */
+static const char *given[64];
+static int n_given;
+
+int cli_given(const char *name)
+{
+    for (int k = 0; k < n_given; k++)
+        if (!strcmp(given[k], name)) return 1;
+    return 0;
+}
+
 int cli_parse(const char *cmd, const char *synopsis, int argc, char **argv, const cli_opt *opts,
               int n, const char **pos, int max_pos, int *n_pos)
 {
     *n_pos = 0;
+    n_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -147,6 +159,7 @@ int cli_parse(const char *cmd, const char *synopsis, int argc, char **argv, cons
                 return 2;
             }
             const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+            if (n_given < 64) given[n_given++] = o->name;
             if (o->type == OPT_ONOFF && (!v || (strcmp(v, "on") && strcmp(v, "off")))) {
                 *(int *)o->ptr = 1; /* a bare on/off option means on */
                 continue;
@@ -211,6 +224,7 @@ void cli_foreign_init(cli_foreign *f)
 {
     bl_model_spec_defaults(&f->spec);
     f->mean[0] = f->std[0] = 0;
+    f->head_pop = 0;
 }
 
 /* "0.5" or "0.5,0.4,0.3": one value per channel */
@@ -259,6 +273,18 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
         return 1;
     }
     if (cli_foreign_recipe(cmd, f, &info->recipe)) {
+        bl_net_free(net);
+        return 2;
+    }
+    if (f->head_pop && !net->levels) {
+        fprintf(stderr, "bnlab %s: --head-pop: %s is a %s, without the multi-level head "
+                "(resnetN-ml)\n", cmd, path, net->arch);
+        bl_net_free(net);
+        return 2;
+    }
+    if (f->head_pop && bl_net_head_pop(net, f->head_pop == 2)) {
+        fprintf(stderr, "bnlab %s: --head-pop %s: %s\n", cmd, f->head_pop == 2 ? "level" : "shared",
+                bl_error());
         bl_net_free(net);
         return 2;
     }

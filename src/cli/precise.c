@@ -73,7 +73,7 @@ int cmd_precise(int argc, char **argv)
         bl_net_free(&net);
         return 1;
     }
-    bl_eval_result before = {-1, 0, 0}, after = {-1, 0, 0};
+    bl_eval_result before = {.err = -1}, after = {.err = -1};
     bl_precise_report r;
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
     double t0 = 0, secs = 0;

@@ -109,6 +109,15 @@ static bl_status on_epoch_end(void *u, const bl_epoch_metrics *m)
                            "test_err_precise"};
     for (int k = 0; k < 4 && o > 0 && (size_t)o < sizeof line; k++)
         if (vals[k] >= 0) o += snprintf(line + o, sizeof line - o, ",\"%s\":%.4f", keys[k], vals[k]);
+    /* a multi-level head: each level's error beside the error of the mean logits */
+    const double *lv[2] = {m->test_err_population_level, m->test_err_precise_level};
+    const char *lk[2] = {"test_err_population_level", "test_err_precise_level"};
+    for (int j = 0; j < 2 && m->levels && vals[j ? 3 : 0] >= 0 && o > 0 && (size_t)o < sizeof line; j++) {
+        o += snprintf(line + o, sizeof line - o, ",\"%s\":[", lk[j]);
+        for (int k = 0; k < m->levels && o > 0 && (size_t)o < sizeof line; k++)
+            o += snprintf(line + o, sizeof line - o, "%s%.4f", k ? "," : "", lv[j][k]);
+        if (o > 0 && (size_t)o < sizeof line) o += snprintf(line + o, sizeof line - o, "]");
+    }
     if (o > 0 && (size_t)o < sizeof line)
         o += snprintf(line + o, sizeof line - o, ",\"img_per_s\":%.1f,\"seconds\":%.2f}\n",
                       m->img_per_s, m->seconds);
@@ -201,9 +210,21 @@ int cmd_train(int argc, char **argv)
     bl_train_cfg c;
     bl_train_defaults(&c);
     int sched = (int)c.schedule, scaling = 0, final_precise = 0; /* auto|on|off */
+    int head_norm = 0, head_sgd = 0, head_pop = 0, head_affine = 0;
     const cli_opt opts[] = {
-        {"--model", OPT_STR, c.model, sizeof c.model, 0, 0, NULL, "resnet8|14|20|32|56 (6n+2)"},
+        {"--model", OPT_STR, c.model, sizeof c.model, 0, 0, NULL,
+         "resnet8|14|20|32|56 (6n+2); resnetN-ml: with the multi-level head (docs/multi-level.md)"},
         {"--width", OPT_INT, &c.width, 0, 1, 1024, NULL, "channels of the first stage"},
+        {"--head-norm", OPT_CHOICE, &head_norm, 0, 0, 0, "bn|gn|none",
+         "resnetN-ml: the head's normalization (gn: groups of 4 channels)"},
+        {"--head-sgd", OPT_CHOICE, &head_sgd, 0, 0, 0, "shared|level",
+         "resnetN-ml, bn: training statistics pooled over the levels' pixels, or per level"},
+        {"--head-pop", OPT_CHOICE, &head_pop, 0, 0, 0, "shared|level",
+         "resnetN-ml, bn: the population statistics inference uses by default (both are kept)"},
+        {"--head-affine", OPT_CHOICE, &head_affine, 0, 0, 0, "shared|level",
+         "resnetN-ml: gamma and beta shared by the levels, or per level"},
+        {"--head-width", OPT_INT, &c.head.width, 0, 4, 4096, NULL,
+         "resnetN-ml: the laterals' and the head's channels (a multiple of 4)"},
         {"--epochs", OPT_INT, &c.epochs, 0, 1, 100000, NULL, "epochs"},
         {"--batch", OPT_INT, &c.batch, 0, 2, 65536, NULL, "SGD batch"},
         {"--norm-batch", OPT_INT, &c.norm_batch, 0, 0, 65536, NULL,
@@ -259,6 +280,24 @@ int cmd_train(int argc, char **argv)
     int rc = cli_parse("train", "[options]", argc, argv, opts, n, pos, 0, &np);
     if (rc) return rc == 1 ? 0 : 2;
     c.schedule = (bl_schedule)sched;
+    c.head.norm = (bl_head_norm)head_norm, c.head.sgd_level = head_sgd;
+    c.head.pop_level = head_pop, c.head.affine_level = head_affine;
+    {
+        static const char *head_opts[] = {"--head-norm", "--head-sgd", "--head-pop", "--head-affine",
+                                          "--head-width"};
+        int depth, ml = 0;
+        for (int k = 0; k < 5; k++)
+            if (cli_given(head_opts[k]) && !bl_model_parse(c.model, &depth, &ml) && !ml) {
+                fprintf(stderr, "bnlab train: %s applies to models with the multi-level head "
+                        "(--model %s-ml), not %s\n", head_opts[k], c.model, c.model);
+                return 2;
+            }
+            else if (cli_given(head_opts[k]) && ml && c.head.norm != BL_HEAD_BN && k >= 1 && k <= 2) {
+                fprintf(stderr, "bnlab train: %s is a choice of BN's statistics; --head-norm %s "
+                        "has none\n", head_opts[k], bl_head_norm_name(c.head.norm));
+                return 2;
+            }
+    }
     c.lr_scaling = scaling;
     c.final_precise_bn = final_precise == 0 ? -1 : final_precise == 1;
     cli_print_config(stdout, "train", opts, n);

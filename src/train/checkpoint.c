@@ -27,6 +27,40 @@ static const char *estimator(const bl_net *net)
     return e ? e : "none";
 }
 
+void bl_head_json(const bl_head_cfg *h, char *buf, size_t len)
+{
+    snprintf(buf, len, "{\"norm\":\"%s\",\"sgd\":\"%s\",\"pop\":\"%s\",\"affine\":\"%s\","
+             "\"width\":%d}", bl_head_norm_name(h->norm), h->sgd_level ? "level" : "shared",
+             h->pop_level ? "level" : "shared", h->affine_level ? "level" : "shared", h->width);
+}
+
+/* "shared" -> 0, "level" -> 1, else -1 */
+static int level_flag(const cJSON *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!cJSON_IsString(v)) return -1;
+    return !strcmp(v->valuestring, "level") ? 1 : !strcmp(v->valuestring, "shared") ? 0 : -1;
+}
+
+bl_status bl_head_from_json(const char *json, bl_head_cfg *h)
+{
+    bl_head_defaults(h);
+    cJSON *j = cJSON_Parse(json);
+    const cJSON *norm = cJSON_GetObjectItemCaseSensitive(j, "norm"),
+                *width = cJSON_GetObjectItemCaseSensitive(j, "width");
+    const int sgd = level_flag(j, "sgd"), pop = level_flag(j, "pop"), aff = level_flag(j, "affine");
+    bl_status st = BL_OK;
+    if (!cJSON_IsString(norm) || bl_head_norm_parse(norm->valuestring, &h->norm) || sgd < 0 ||
+        pop < 0 || aff < 0 || !cJSON_IsNumber(width) || !(width->valuedouble >= 4) ||
+        !(width->valuedouble <= 4096))
+        st = bl_fail(BL_ERR_FORMAT, "the 'head' metadata is malformed: %.200s", json);
+    else
+        h->sgd_level = sgd, h->pop_level = pop, h->affine_level = aff,
+        h->width = (int)width->valuedouble;
+    cJSON_Delete(j);
+    return st;
+}
+
 bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_info *info)
 {
     bl_st_writer w = {0};
@@ -77,6 +111,11 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     snprintf(v, sizeof v, "%.4f", rc.std[0]), bl_st_set_meta(&w, "data_std", v);
     bl_st_set_meta(&w, "recipe", rj);
     bl_st_set_meta(&w, "estimator", estimator(net));
+    if (net->levels) {
+        char hj[256];
+        bl_head_json(&net->head, hj, sizeof hj);
+        bl_st_set_meta(&w, "head", hj);
+    }
     if (info) {
         snprintf(v, sizeof v, "%d", info->epoch), bl_st_set_meta(&w, "epoch", v);
         snprintf(v, sizeof v, "%ld", info->step), bl_st_set_meta(&w, "step", v);
@@ -98,6 +137,19 @@ static int is_bnlab(const bl_safetensors *st)
 {
     const char *fmt = bl_st_meta(st, "format");
     return fmt && !strncmp(fmt, "bnlab-checkpoint", 16);
+}
+
+/* A multi-level head's per-level population statistics (name.{k}.running_*), absent from the
+ * file: files with pooled statistics only load; inference with per-level ones is then refused. */
+static int level_stats_absent(const bl_net *net, const bl_safetensors *st, const bl_param *p)
+{
+    if (!net->levels || (p->kind != BL_P_BUFFER && p->kind != BL_P_COUNT) || bl_st_find(st, p->name))
+        return 0;
+    const char *dot = strrchr(p->name, '.');
+    if (!dot || dot == p->name) return 0;
+    const char *q = dot - 1; /* the level index before the leaf: "head.norm1.0.running_mean" */
+    while (q > p->name && *q >= '0' && *q <= '9') q--;
+    return *q == '.' && q < dot - 1 && !strncmp(p->name, "head.", 5);
 }
 
 /* foreign: a state_dict without bnlab's metadata, read by the names of the net it was built for */
@@ -123,7 +175,7 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     /* first check that every tensor is there with the right size, so a bad file changes nothing */
     for (int i = 0; i < net->n_params && !rc; i++) {
         const bl_param *p = &net->params[i];
-        if (p->kind == BL_P_COUNT) continue;
+        if (p->kind == BL_P_COUNT || level_stats_absent(net, st, p)) continue;
         rc = bl_st_get_f32(st, p->name, t, p->count);
         if (!rc && with_optim && p->kind != BL_P_BUFFER) {
             char name[160];
@@ -134,6 +186,7 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     for (int i = 0; i < net->n_params && !rc; i++) {
         bl_param *p = &net->params[i];
         char name[160];
+        if (level_stats_absent(net, st, p)) continue;
         if (p->kind == BL_P_COUNT) {
             const bl_st_entry *e = bl_st_find(st, p->name);
             if (!e || e->dtype != BL_I64 || bl_st_numel(e) != 1)
@@ -156,7 +209,13 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     bl_estimator e = BL_EST_LOADED;
     for (int k = BL_EST_INIT; k <= BL_EST_LOADED; k++)
         if (est && !strcmp(est, bl_estimator_name((bl_estimator)k))) e = (bl_estimator)k;
-    for (int i = 0; i < bl_net_bn_count(net); i++) bl_net_bn_at(net, i)->pop_source = e;
+    for (int i = 0; i < bl_net_bn_count(net); i++) {
+        bl_bn *b = bl_net_bn_at(net, i);
+        char name[96];
+        snprintf(name, sizeof name, "%s.running_mean", b->name);
+        /* per-level statistics the file lacks: never estimated (bl_net_head_pop refuses them) */
+        b->pop_source = bl_st_find(st, name) ? e : BL_EST_INIT;
+    }
     return BL_OK;
 }
 
@@ -207,6 +266,9 @@ static bl_status read_info(const bl_safetensors *st, const char *path, bl_ckpt_i
     bl_status rc = read_recipe(st, path, &info->recipe);
     if (rc) return rc;
     const char *v;
+    bl_head_defaults(&info->head);
+    if ((v = bl_st_meta(st, "head")) && (rc = bl_head_from_json(v, &info->head)))
+        return bl_fail_ctx(rc, "%s", path);
     if ((v = bl_st_meta(st, "epoch"))) info->epoch = atoi(v);
     if ((v = bl_st_meta(st, "step"))) info->step = atol(v);
     if ((v = bl_st_meta(st, "seed"))) info->seed = strtoull(v, NULL, 10);
@@ -249,7 +311,7 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
                *classes = bl_st_meta(&st, "classes"), *input = bl_st_meta(&st, "input");
     const int ours = is_bnlab(&st);
     const int use_spec = !ours && foreign && foreign->model[0];
-    int depth, h = 28, w = 28, c = 1, wd = 0, k = 0;
+    int depth, ml = 0, h = 28, w = 28, c = 1, wd = 0, k = 0;
     bl_ckpt_info tmp;
     if (ours) {
         if (!arch || !width || !classes || !input || sscanf(input, "%d,%d,%d", &h, &w, &c) != 3) {
@@ -266,7 +328,7 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
             return rc;
         }
         wd = atoi(width), k = atoi(classes);
-        rc = bl_resnet_depth(arch, &depth);
+        rc = bl_model_parse(arch, &depth, &ml);
         if (!rc) rc = read_info(&st, path, &tmp);
     } else if (use_spec) {
         /* a PyTorch state_dict: the model named by the caller, fed by its recipe */
@@ -274,14 +336,16 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
         tmp.recipe = foreign->recipe;
         wd = foreign->width, k = foreign->recipe.classes, c = foreign->recipe.channels;
         rc = bl_recipe_check(&tmp.recipe);
-        if (!rc) rc = bl_resnet_depth(foreign->model, &depth);
+        if (!rc) rc = bl_model_parse(foreign->model, &depth, &ml);
+        bl_head_defaults(&tmp.head);
     } else {
         bl_st_free(&st);
         return bl_fail(BL_ERR_FORMAT, "%s: not a bnlab checkpoint (no '%s' format in its "
                        "metadata); a PyTorch state_dict of the ResNet twin opens with cfg.model "
                        "(e.g. resnet20) and cfg.width", path, FORMAT);
     }
-    if (!rc) rc = bl_resnet(net, depth, wd, k, h, w, c, max_batch);
+    if (!rc)
+        rc = bl_model_build(net, ours ? arch : foreign->model, wd, k, &tmp.head, h, w, c, max_batch);
     if (rc) {
         bl_st_free(&st);
         return bl_fail_ctx(rc, "%s", path);

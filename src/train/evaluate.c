@@ -45,7 +45,8 @@ bl_status bl_evaluate(bl_net *net, const bl_dataset *d, const bl_recipe *recipe,
     else
         for (int i = 0; i < d->n; i++) order[i] = i;
     double loss = 0;
-    long wrong = 0;
+    long wrong = 0, wrong_level[BL_LAYER_MAX_IN] = {0};
+    const int L = net->n_outputs > 1 ? net->n_outputs : 0;
     for (int s = 0; s < d->n && !st; s += chunk) {
         int n = d->n - s < chunk ? d->n - s : chunk;
         bl_dataset_batch(d, recipe, order + s, n, NULL, x, y);
@@ -63,11 +64,18 @@ bl_status bl_evaluate(bl_net *net, const bl_dataset *d, const bl_recipe *recipe,
         if (!st) st = bl_net_loss(net, y, 0, &ls, &ok);
         loss += ls;
         wrong += n - ok;
+        if (!st && L) {
+            int okl[BL_LAYER_MAX_IN];
+            bl_net_output_correct(net, y, okl);
+            for (int k = 0; k < L; k++) wrong_level[k] += n - okl[k];
+        }
     }
     free(order), bl_free(x), free(y);
     if (st) return st;
     r->n = d->n;
     r->err = 100.0 * (double)wrong / d->n;
     r->loss = loss / d->n;
+    r->levels = L;
+    for (int k = 0; k < L; k++) r->err_level[k] = 100.0 * (double)wrong_level[k] / d->n;
     return BL_OK;
 }

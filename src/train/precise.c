@@ -82,18 +82,31 @@ bl_status bl_precise_samples(int n, long samples, uint64_t seed, int *idx)
     return BL_OK;
 }
 
-/* s1, s2 (C each) += sums of the per-sample channel means of x (n, hw, C) and their squares. */
-static void sample_mean_sums(const float *x, int n, size_t hw, int C, double *s1, double *s2)
+/* s1, s2 (C each) += sums of the per-sample channel means of what BN core k normalizes (its
+ * layer's inputs in its mask: one tensor, or all levels' pixels for a pooled core) and their
+ * squares. */
+static bl_status sample_mean_sums(const bl_net *net, int k, int n, double *s1, double *s2)
 {
+    const bl_layer *l = &net->layers[bl_net_bn_layer(net, k)];
+    const unsigned mask = net->bn_in[k];
+    const int C = net->t[l->in[0]].c;
     double *m = calloc((size_t)n * C, sizeof(double));
-    if (!m) return;
+    if (!m) return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
+    size_t pixels = 0;
+    for (int j = 0; j < l->n_in; j++)
+        if (mask >> j & 1) pixels += (size_t)net->t[l->in[j]].h * net->t[l->in[j]].w;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         double *mi = m + (size_t)i * C;
-        const float *xi = x + (size_t)i * hw * C;
-        for (size_t p = 0; p < hw; p++)
-            for (int c = 0; c < C; c++) mi[c] += xi[p * C + c];
-        for (int c = 0; c < C; c++) mi[c] /= (double)hw;
+        for (int j = 0; j < l->n_in; j++) {
+            if (!(mask >> j & 1)) continue;
+            const bl_tensor *t = &net->t[l->in[j]];
+            const size_t hw = (size_t)t->h * t->w;
+            const float *xi = t->data + (size_t)i * hw * C;
+            for (size_t p = 0; p < hw; p++)
+                for (int c = 0; c < C; c++) mi[c] += xi[p * C + c];
+        }
+        for (int c = 0; c < C; c++) mi[c] /= (double)pixels;
     }
     for (int i = 0; i < n; i++) /* in sample order: the sums do not depend on the threads */
         for (int c = 0; c < C; c++) {
@@ -101,6 +114,7 @@ static void sample_mean_sums(const float *x, int n, size_t hw, int C, double *s1
             s1[c] += v, s2[c] += v * v;
         }
     free(m);
+    return BL_OK;
 }
 
 static double max_se(const bl_bn *bn, const double *s1, const double *s2, long N)
@@ -162,12 +176,19 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     memset(r, 0, sizeof *r);
     r->layers = K;
     r->samples = N;
-    /* regular: one pass estimating every layer; sequential: pass k estimates layer k only */
-    const int passes = c->sequential ? K : 1;
+    /* regular: one pass estimating every layer; sequential: pass p estimates the p-th BN layer's
+     * cores only (several for a multi-level layer: lfirst[p] .. lfirst[p + 1] - 1) */
+    int *lfirst = malloc(sizeof(int) * (size_t)(K + 1)), nl = 0;
+    if (!lfirst) st = bl_fail(BL_ERR_NOMEM, "precise: out of memory");
+    for (int k = 0; k < K && lfirst; k++)
+        if (!k || bl_net_bn_layer(net, k) != bl_net_bn_layer(net, k - 1)) lfirst[nl++] = k;
+    if (lfirst) lfirst[nl] = K;
+    const int passes = c->sequential ? nl : 1;
     const long total = (long)passes * N;
     for (int pass = 0; pass < passes && !st; pass++) {
-        const int first = c->sequential ? pass : 0, last = c->sequential ? pass : K - 1;
-        const int stop = c->sequential ? bl_net_bn_layer(net, pass) : net->n_layers - 1;
+        const int first = c->sequential ? lfirst[pass] : 0;
+        const int last = c->sequential ? lfirst[pass + 1] - 1 : K - 1;
+        const int stop = c->sequential ? bl_net_bn_layer(net, first) : net->n_layers - 1;
         for (int k = 0; k < K; k++) ctx.bn[k].mode = k < first ? BL_BN_POPULATION : BL_BN_BATCH;
         for (int k = first; k <= last; k++) bl_bn_precise_reset(bl_net_bn_at(net, k));
         for (long s = 0; s < N && !st; s += B) {
@@ -175,11 +196,8 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
             bl_dataset_batch(d, &c->recipe, idx + s, n, c->augment ? &aug : NULL, x, y);
             if ((st = bl_net_forward_to(net, &ctx, x, n, stop))) break;
             for (int k = first; k <= last && !st; k++) {
-                bl_bn *bn = bl_net_bn_at(net, k);
-                const bl_tensor *in = &net->t[net->layers[bl_net_bn_layer(net, k)].in[0]];
-                if ((st = bl_bn_commit(bn, BL_EST_PRECISE))) break;
-                sample_mean_sums(in->data, n, (size_t)in->h * in->w, in->c, s1 + (size_t)k * maxc,
-                                 s2 + (size_t)k * maxc);
+                if ((st = bl_bn_commit(bl_net_bn_at(net, k), BL_EST_PRECISE))) break;
+                st = sample_mean_sums(net, k, n, s1 + (size_t)k * maxc, s2 + (size_t)k * maxc);
             }
             if (c->progress) c->progress(c->progress_ctx, (long)pass * N + s + n, total);
         }
@@ -193,6 +211,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         }
         r->forwards += (double)(stop + 1) / net->n_layers;
     }
+    free(lfirst);
     if (st) bl_pop_restore(net, &saved);
     bl_pop_free(&saved);
     free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);

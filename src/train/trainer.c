@@ -42,6 +42,7 @@ void bl_train_defaults(bl_train_cfg *c)
     c->precise_samples = 0; /* 10^4, or the whole split if smaller */
     c->precise_batch = 200;
     c->recipe = bl_recipe_fmnist();
+    bl_head_defaults(&c->head);
     snprintf(c->data_dir, sizeof c->data_dir, "%s", BL_FMNIST_DIR);
 }
 
@@ -72,13 +73,22 @@ static void config_json(const bl_train_cfg *c, char *out, size_t len)
              "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
              "\"precise_bn_every\":%d,\"final_precise_bn\":%d,\"precise_samples\":%ld,"
              "\"precise_batch\":%d,\"keep_every\":%d,\"frozen_bn_epochs\":%d,"
-             "\"frozen_bn_reestimate\":%d,\"data_dir\":\"%s\"}",
+             "\"frozen_bn_reestimate\":%d,\"data_dir\":\"%s\"",
              c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
              c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
              c->lr_scaling ? "linear" : "none", (unsigned long long)c->seed, c->threads,
              c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->precise_bn_every,
              c->final_precise_bn, c->precise_samples, c->precise_batch, c->keep_every,
              c->frozen_bn_epochs, c->frozen_bn_reestimate, c->data_dir);
+    size_t o = strlen(out);
+    int depth, ml = 0;
+    if (!bl_model_parse(c->model, &depth, &ml) && ml && o + 2 < len) {
+        char hj[256];
+        bl_head_json(&c->head, hj, sizeof hj);
+        snprintf(out + o, len - o, ",\"head\":%s", hj);
+        o = strlen(out);
+    }
+    if (o + 2 < len) snprintf(out + o, len - o, "}");
 }
 
 struct bl_trainer {
@@ -175,8 +185,8 @@ static bl_status check_cfg(const bl_train_cfg *c)
 static bl_status setup(bl_trainer *t)
 {
     const bl_train_cfg *c = &t->c;
-    int depth;
-    bl_status st = bl_resnet_depth(c->model, &depth);
+    int depth, ml;
+    bl_status st = bl_model_parse(c->model, &depth, &ml);
     if (st) return bl_fail_ctx(st, "cfg.model");
     if ((st = check_cfg(c))) return st;
     t->g = c->norm_batch ? c->norm_batch : c->batch;
@@ -201,8 +211,8 @@ static bl_status setup(bl_trainer *t)
     bl_batch_share(c->batch, t->h.rank, t->h.world, &t->share_off, &t->share_n);
     /* room for PreciseBN's batches too (the activations are sized by the largest batch) */
     const int max_batch = use_precise && c->precise_batch > c->batch ? c->precise_batch : c->batch;
-    if ((st = bl_resnet(&t->net, depth, c->width, c->recipe.classes, t->train.h, t->train.w,
-                        c->recipe.channels, max_batch)))
+    if ((st = bl_model_build(&t->net, c->model, c->width, c->recipe.classes, &c->head,
+                             t->train.h, t->train.w, c->recipe.channels, max_batch)))
         return st;
     t->have_net = 1;
     bl_net_init_params(&t->net, c->seed);
@@ -211,6 +221,13 @@ static bl_status setup(bl_trainer *t)
     config_json(c, t->info.config, sizeof t->info.config);
     if (c->resume[0]) {
         if ((st = bl_checkpoint_load(&t->net, c->resume, 1, &t->info))) return st;
+        const bl_head_cfg *a = &c->head, *b = &t->info.head;
+        if (ml && (a->norm != b->norm || a->sgd_level != b->sgd_level ||
+                   a->affine_level != b->affine_level || a->width != b->width))
+            return bl_fail(BL_ERR_ARG, "%s: its head was trained with norm %s, sgd %s, affine %s, "
+                           "width %d; cfg.head asks otherwise: resume with the same head",
+                           c->resume, bl_head_norm_name(b->norm), b->sgd_level ? "level" : "shared",
+                           b->affine_level ? "level" : "shared", b->width);
         config_json(c, t->info.config, sizeof t->info.config);
         /* training goes on with EMA statistics, unless it resumes inside a FrozenBN phase */
         if (!(c->frozen_bn_epochs > 0 && t->info.epoch >= c->epochs - c->frozen_bn_epochs))
@@ -258,7 +275,7 @@ static bl_status setup(bl_trainer *t)
     t->ep = t->info.epoch;
     t->done = t->ep >= c->epochs;
     t->t_run = now();
-    t->final = t->final_mb = t->final_pre = (bl_eval_result){-1, 0, 0};
+    t->final = t->final_mb = t->final_pre = (bl_eval_result){.err = -1};
     t->final_src = "ema";
     t->final_epoch = -1;
     t->best = 101;
@@ -424,7 +441,7 @@ bl_status bl_trainer_epoch_end(bl_trainer *t)
     t->in_epoch = 0;
     t->info.ep_loss = 0, t->info.ep_wrong = 0, t->info.ep_seen = 0;
     double secs = now() - t->t0, ips = t->fresh / secs;
-    bl_eval_result pop = {-1, 0, 0}, mb = {-1, 0, 0}, pre = {-1, 0, 0}, tmb = {-1, 0, 0};
+    bl_eval_result pop = {.err = -1}, mb = {.err = -1}, pre = {.err = -1}, tmb = {.err = -1};
     const int last = t->ep + 1 == c->epochs;
     bl_status st;
     if (c->eval_every > 0 && ((t->ep + 1) % c->eval_every == 0 || last)) {
@@ -469,9 +486,17 @@ bl_status bl_trainer_epoch_end(bl_trainer *t)
     t->ep++;
     t->done = t->ep >= c->epochs;
     if (t->cb.epoch_end) {
-        const bl_epoch_metrics m = {t->info.epoch, t->info.step, t->lr,
-                                    t->loss_sum / t->seen, 100.0 * t->wrong / t->seen,
-                                    pop.err, mb.err, tmb.err, pre.err, t->final_src, ips, secs};
+        bl_epoch_metrics m = {.epoch = t->info.epoch, .step = t->info.step, .lr = t->lr,
+                              .train_loss = t->loss_sum / t->seen,
+                              .train_err = 100.0 * t->wrong / t->seen,
+                              .test_err_population = pop.err, .test_err_minibatch = mb.err,
+                              .train_err_minibatch = tmb.err, .test_err_precise = pre.err,
+                              .estimator = t->final_src, .img_per_s = ips, .seconds = secs};
+        m.levels = net->n_outputs > 1 ? net->n_outputs : 0;
+        for (int k = 0; k < m.levels; k++) {
+            m.test_err_population_level[k] = pop.err >= 0 ? pop.err_level[k] : -1;
+            m.test_err_precise_level[k] = pre.err >= 0 ? pre.err_level[k] : -1;
+        }
         if ((st = t->cb.epoch_end(t->cb.user, &m))) return st;
     }
     return BL_OK;
