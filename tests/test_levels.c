@@ -114,8 +114,27 @@ static void test_merged(void)
     CHECK_CLOSE("per-level mode: the pool's pending moments = the concatenation's", a, r, 2 * C,
                 1e-9, 1e-9);
 
-    /* bad input: ghost groups under merged statistics; one value per channel over all levels */
+    /* population mode, pooled statistics (FrozenBN, inference): every level with the pool's, ghost
+     * groups allowed (they do not matter without batch statistics) = the concatenation with them */
     bl_groups g;
+    memcpy(cat.pop_mean, b[L].pop_mean, sizeof(float) * C);
+    memcpy(cat.pop_var, b[L].pop_var, sizeof(float) * C);
+    bl_bn_zero_grad(&b[0]), bl_bn_zero_grad(&cat);
+    bl_groups_ghost(&g, N, 2);
+    CHECK(bl_bn_parts_forward(&p, BL_BN_POPULATION, 1, &g, s, xs, ys) == BL_OK &&
+              bl_bn_parts_backward(&p, &g, xs, dys, dxs) == BL_OK, "population, pooled: %s", bl_error());
+    bl_groups_free(&g);
+    CHECK(bl_bn_forward(&cat, BL_BN_POPULATION, NULL, sc, x, ref) == BL_OK, "%s", bl_error());
+    for (size_t i = 0; i < total; i++) a[i] = y[i], r[i] = ref[i];
+    CHECK_CLOSE("population forward with the pool's statistics", a, r, total, 1e-6, 1e-6);
+    CHECK(bl_bn_backward(&cat, NULL, x, dy, ref) == BL_OK, "%s", bl_error());
+    for (size_t i = 0; i < total; i++) a[i] = dx[i], r[i] = ref[i];
+    CHECK_CLOSE("population backward with the pool's statistics", a, r, total, 1e-6, 1e-6);
+    for (int c = 0; c < C; c++)
+        a[c] = b[0].dgamma[c], a[C + c] = b[0].dbeta[c], r[c] = cat.dgamma[c], r[C + c] = cat.dbeta[c];
+    CHECK_CLOSE("population dgamma, dbeta", a, r, 2 * C, 1e-5, 1e-5);
+
+    /* bad input: ghost groups under merged statistics; one value per channel over all levels */
     bl_groups_ghost(&g, N, 2);
     CHECK(bl_bn_parts_forward(&p, BL_BN_BATCH, 1, &g, s, xs, ys) == BL_ERR_ARG &&
               strstr(bl_error(), "whole batch"), "ghost groups under merged statistics: %s", bl_error());
@@ -271,11 +290,31 @@ static void test_pooled_only_file(void)
     CHECK(dropped == 2 * 3 * 3, "dropped %d per-level statistics tensors", dropped);
     CHECK(bl_st_write(&w, pooled) == BL_OK, "%s", bl_error());
     bl_st_writer_free(&w);
+    /* one of a level's statistics missing (not all): a missing tensor like any other */
+    char partial[80];
+    snprintf(partial, sizeof partial, "/tmp/bnlab_levels_%d_partial.safetensors", (int)getpid());
+    memset(&w, 0, sizeof w);
+    for (int i = 0; i < st.n; i++)
+        if (strcmp(st.e[i].name, "head.norm1.0.running_var"))
+            bl_st_add(&w, st.e[i].name, st.e[i].dtype, st.e[i].ndim, st.e[i].shape, st.data + st.e[i].begin);
+    for (int i = 0; i < st.n_meta; i++) bl_st_set_meta(&w, st.meta_key[i], st.meta_val[i]);
+    CHECK(bl_st_write(&w, partial) == BL_OK, "%s", bl_error());
+    bl_st_writer_free(&w);
+    bl_net bad;
+    CHECK(bl_checkpoint_open(partial, 2, NULL, &bad, NULL) != BL_OK &&
+              strstr(bl_error(), "head.norm1.0.running_var"), "a partial level loaded: %s", bl_error());
+    remove(partial);
     bl_st_free(&st);
     bl_net back;
+    memset(&back, 0, sizeof back);
     bl_ckpt_info info;
     CHECK(bl_checkpoint_open(pooled, 2, NULL, &back, &info) == BL_OK, "pooled-only file: %s", bl_error());
     if (back.finalized) {
+        /* inference with per-level statistics refused where it happens too (a default of the file) */
+        bl_net_set_levels_pop(&back, 0);
+        float x[2 * 144] = {0};
+        CHECK(bl_net_infer(&back, x, 2) == BL_ERR_STATE && strstr(bl_error(), "head.norm1.0"),
+              "per-level inference on a pooled-only file: %s", bl_error());
         CHECK(bl_net_head_pop(&back, 0) == BL_OK, "pooled statistics: %s", bl_error());
         CHECK(bl_net_head_pop(&back, 1) == BL_ERR_STATE && strstr(bl_error(), "no per-level population"),
               "per-level statistics of a pooled-only file: %s", bl_error());

@@ -50,15 +50,23 @@ static void direct_stats(bl_net *net, const bl_dataset *d, long N, uint64_t seed
     const bl_ctx ctx = bl_ctx_all(mode, NULL);
     CHECK(bl_net_forward(net, &ctx, x, (int)N) == BL_OK, "forward: %s", bl_error());
     for (int k = 0; k < bl_net_bn_count(net); k++) {
-        const bl_tensor *t = &net->t[net->layers[bl_net_bn_layer(net, k)].in[0]];
-        size_t m = (size_t)N * t->h * t->w;
-        for (int c = 0; c < t->c; c++) {
-            double s = 0, q = 0;
-            for (size_t p = 0; p < m; p++) s += t->data[p * t->c + c];
-            s /= m;
-            for (size_t p = 0; p < m; p++) {
-                double v = t->data[p * t->c + c] - s;
-                q += v * v;
+        /* the inputs this BN core normalizes: one tensor, or every level of a multi-level layer */
+        const bl_layer *l = &net->layers[bl_net_bn_layer(net, k)];
+        const int C = net->t[l->in[0]].c;
+        for (int c = 0; c < C; c++) {
+            double s = 0, q = 0, m = 0;
+            for (int pass = 0; pass < 2; pass++) { /* the mean, then squared deviations */
+                for (int j = 0; j < l->n_in; j++) {
+                    if (!(net->bn_in[k] >> j & 1)) continue;
+                    const bl_tensor *t = &net->t[l->in[j]];
+                    const size_t np = (size_t)N * t->h * t->w;
+                    for (size_t p = 0; p < np; p++) {
+                        const double v = t->data[p * C + c];
+                        if (pass) q += (v - s) * (v - s);
+                        else s += v, m++;
+                    }
+                }
+                if (!pass) s /= m;
             }
             mean[k * maxc + c] = s, var[k * maxc + c] = q / m;
         }
@@ -224,5 +232,30 @@ int main(void)
 
     free(m1), free(v1), free(m2), free(v2), free(m3), free(v3);
     bl_net_free(&net);
+
+    /* 7. a multi-level head: the sequential mode estimates each head BN's cores (per level and
+     * pooled) in one pass, and gives the exact inference-time statistics of every core with either
+     * kind of head statistics in use */
+    for (int pop_level = 0; pop_level < 2; pop_level++) {
+        bl_head_cfg h;
+        bl_head_defaults(&h);
+        h.width = 8, h.pop_level = pop_level;
+        CHECK(bl_model_build(&net, "resnet8-ml", 4, 10, &h, 28, 28, 1, MAXB) == BL_OK, "%s", bl_error());
+        bl_net_init_params(&net, 3);
+        const int KM = bl_net_bn_count(&net), mc = 32;
+        double *a = calloc((size_t)KM * mc * 4, sizeof(double)), *av = a + KM * mc,
+               *b = av + KM * mc, *bv = b + KM * mc;
+        c.sequential = 1, c.samples = N, c.batch = 16;
+        CHECK(bl_precise(&net, &d, &c, &rep) == BL_OK, "ml sequential: %s", bl_error());
+        stats_of(&net, a, av, mc);
+        direct_stats(&net, &d, N, c.seed, BL_BN_POPULATION, b, bv, mc);
+        compare(pop_level ? "ml sequential (per-level head statistics) vs the population forward"
+                          : "ml sequential (pooled head statistics) vs the population forward",
+                &net, a, av, b, bv, mc, 0, KM, 1e-5);
+        CHECK(rep.layers == KM && rep.forwards > 1, "ml report: %d cores, %g forwards", rep.layers,
+              rep.forwards);
+        free(a);
+        bl_net_free(&net);
+    }
     return check_done("test_precise");
 }

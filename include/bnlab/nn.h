@@ -200,6 +200,9 @@ bl_status bl_net_gn_param(bl_net *net, const char *name, const char *prefix, int
  * cores: name.0 .. name.{n-1}, then name. */
 bl_status bl_net_bn_levels(bl_net *net, const char *name, const int *in, int n, int merged_sgd,
                            int affine_levels, int *out);
+/* An error naming the layer when a multi-level BN layer lacks per-level population statistics
+ * (never estimated while the pooled ones were: a file with pooled statistics only). */
+bl_status bl_net_levels_check(const bl_net *net);
 /* Which population statistics inference uses in every multi-level BN layer: pooled (1) or per
  * level (0) (bl_net_head_pop checks them first). */
 void bl_net_set_levels_pop(bl_net *net, int merged);

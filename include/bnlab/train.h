@@ -112,6 +112,8 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
 /* Loads into an existing net; the architecture must match (errors name the tensor). with_optim:
  * also the momentum buffers (an error if absent). info may be NULL. */
 bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_ckpt_info *info);
+/* A checkpoint's metadata only (its info), without building anything. */
+bl_status bl_checkpoint_read_info(const char *path, bl_ckpt_info *info);
 
 /* The model to build for a safetensors file without bnlab's metadata: a PyTorch state_dict of the
  * ResNet twin (tools/bnlab_torch.py), as safetensors.torch.save_file(model.state_dict()) writes

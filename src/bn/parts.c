@@ -103,8 +103,8 @@ static bl_status merged_forward(bl_bn_parts *p, const bl_shape *s, const float *
             st = bl_fail(BL_ERR_NUMERIC, "bn '%s': the merged batch statistics of channel %d are "
                          "not finite (mean %g)", p->pool->name, c, all.mean[c]);
         if (st) break;
-        p->mu[c] = all.mean[c];
         p->fmu[c] = (float)all.mean[c];
+        p->mu[c] = p->fmu[c]; /* the kernel's mean, so forward and backward agree */
         p->fvar[c] = (float)(all.n[c] > 0 ? all.m2[c] / all.n[c] : 1.0);
         p->rstd[c] = bl_rstd(p->fvar[c], p->pool->cfg.eps); /* what the kernel uses */
     }
@@ -129,7 +129,7 @@ bl_status bl_bn_parts_forward(bl_bn_parts *p, bl_bn_mode mode, int merged, const
     p->merged = -1; /* no valid forward until this one succeeds */
     for (int k = 0; k < p->n; k++) p->part[k]->pending = 0, p->part[k]->last_shape.c = 0;
     p->pool->pending = 0;
-    if (merged && g && (g->n_groups != 1 || g->reducer))
+    if (mode == BL_BN_BATCH && merged && g && (g->n_groups != 1 || g->reducer))
         return bl_fail(BL_ERR_ARG, "bn '%s': statistics merged over the parts need the whole "
                        "batch as one group (got %d groups%s)", p->pool->name, g->n_groups,
                        g->reducer ? " across processes" : "");

@@ -39,6 +39,7 @@ typedef struct {
     bl_model_spec spec;
     char mean[64], std[64]; /* "" : the checkpoint's (or the Fashion-MNIST) recipe */
     int head_pop;           /* 0: the checkpoint's choice, 1: pooled, 2: per level */
+    int reestimates;        /* the command replaces the statistics (precise): no check of them */
 } cli_foreign;
 void cli_foreign_init(cli_foreign *f);
 #define CLI_FOREIGN_OPTS(f)                                                                        \

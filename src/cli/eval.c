@@ -62,7 +62,7 @@ int cmd_eval(int argc, char **argv)
         printf(",\"split\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d", split ? "train" : "test",
                bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), info.epoch);
         if (r.levels) {
-            printf(",\"head\":\"%s\",\"head_pop\":\"%s\",\"err_level\":[", net.arch,
+            printf(",\"arch\":\"%s\",\"head_pop\":\"%s\",\"err_level\":[", net.arch,
                    net.head.pop_level ? "level" : "shared");
             for (int k = 0; k < r.levels; k++) printf("%s%.4f", k ? "," : "", r.err_level[k]);
             printf("]");

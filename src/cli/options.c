@@ -225,6 +225,7 @@ void cli_foreign_init(cli_foreign *f)
     bl_model_spec_defaults(&f->spec);
     f->mean[0] = f->std[0] = 0;
     f->head_pop = 0;
+    f->reestimates = 0;
 }
 
 /* "0.5" or "0.5,0.4,0.3": one value per channel */
@@ -282,7 +283,16 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
         bl_net_free(net);
         return 2;
     }
-    if (f->head_pop && bl_net_head_pop(net, f->head_pop == 2)) {
+    if (f->head_pop && net->head.norm != BL_HEAD_BN) {
+        fprintf(stderr, "bnlab %s: --head-pop: the head of %s has no BN statistics (--head-norm "
+                "%s)\n", cmd, path, bl_head_norm_name(net->head.norm));
+        bl_net_free(net);
+        return 2;
+    }
+    if (f->head_pop && f->reestimates) { /* statistics about to be replaced: no check */
+        net->head.pop_level = f->head_pop == 2;
+        bl_net_set_levels_pop(net, f->head_pop != 2);
+    } else if (f->head_pop && bl_net_head_pop(net, f->head_pop == 2)) {
         fprintf(stderr, "bnlab %s: --head-pop %s: %s\n", cmd, f->head_pop == 2 ? "level" : "shared",
                 bl_error());
         bl_net_free(net);

@@ -285,18 +285,35 @@ int cmd_train(int argc, char **argv)
     {
         static const char *head_opts[] = {"--head-norm", "--head-sgd", "--head-pop", "--head-affine",
                                           "--head-width"};
-        int depth, ml = 0;
-        for (int k = 0; k < 5; k++)
-            if (cli_given(head_opts[k]) && !bl_model_parse(c.model, &depth, &ml) && !ml) {
+        int depth, ml = 0, any = 0;
+        const int known = !bl_model_parse(c.model, &depth, &ml);
+        for (int k = 0; k < 5; k++) {
+            if (!cli_given(head_opts[k])) continue;
+            any = 1;
+            if (known && !ml) {
                 fprintf(stderr, "bnlab train: %s applies to models with the multi-level head "
                         "(--model %s-ml), not %s\n", head_opts[k], c.model, c.model);
                 return 2;
             }
-            else if (cli_given(head_opts[k]) && ml && c.head.norm != BL_HEAD_BN && k >= 1 && k <= 2) {
+            if (c.head.norm != BL_HEAD_BN && (k == 1 || k == 2)) {
                 fprintf(stderr, "bnlab train: %s is a choice of BN's statistics; --head-norm %s "
                         "has none\n", head_opts[k], bl_head_norm_name(c.head.norm));
                 return 2;
             }
+            if (c.head.norm == BL_HEAD_NONE && k == 3) {
+                fprintf(stderr, "bnlab train: --head-affine: --head-norm none has no affine "
+                        "parameters\n");
+                return 2;
+            }
+        }
+        /* a resumed run keeps its checkpoint's head unless told otherwise (then it must match) */
+        bl_ckpt_info ck;
+        if (ml && !any && c.resume[0] && !bl_checkpoint_read_info(c.resume, &ck)) {
+            c.head = ck.head; /* and the table, so the printed configuration says so */
+            head_norm = (int)c.head.norm, head_sgd = c.head.sgd_level;
+            head_pop = c.head.pop_level, head_affine = c.head.affine_level;
+        }
+        bl_error_clear();
     }
     c.lr_scaling = scaling;
     c.final_precise_bn = final_precise == 0 ? -1 : final_precise == 1;

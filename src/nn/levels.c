@@ -48,6 +48,18 @@ static bl_status levels_bind(bl_layer *l, bl_net *net)
     return bl_bn_parts_init(&s->parts, s->n, s->part, &s->core[s->n]);
 }
 
+/* Per-level population statistics never estimated while the pooled ones were (a file with
+ * pooled statistics only) are refused rather than used as mean 0, variance 1. */
+static bl_status level_stats(const levels_state *s)
+{
+    for (int k = 0; k < s->n; k++)
+        if (s->core[k].pop_source == BL_EST_INIT && s->core[s->n].pop_source != BL_EST_INIT)
+            return bl_fail(BL_ERR_STATE, "'%s': no per-level population statistics (only pooled "
+                           "ones): estimate them with bnlab precise, or use --head-pop shared",
+                           s->core[k].name);
+    return BL_OK;
+}
+
 static void shapes(const bl_layer *l, const bl_net *net, bl_shape *sh)
 {
     for (int k = 0; k < l->n_in; k++) {
@@ -66,6 +78,8 @@ static bl_status levels_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     shapes(l, net, sh);
     for (int k = 0; k < s->n; k++) x[k] = net->t[l->in[k]].data, y[k] = net->t[l->out + k].data;
     const int merged = u->mode == BL_BN_BATCH ? s->merged_sgd : s->merged_pop;
+    bl_status st = u->mode == BL_BN_POPULATION && !merged ? level_stats(s) : BL_OK;
+    if (st) return st;
     return bl_bn_parts_forward(&s->parts, u->mode, merged, u->groups, sh, x, y);
 }
 
@@ -175,6 +189,16 @@ bl_status bl_net_bn_levels(bl_net *net, const char *name, const int *in, int n, 
         return st;
     }
     *out = l->out;
+    return BL_OK;
+}
+
+bl_status bl_net_levels_check(const bl_net *net)
+{
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].ops == &levels_ops) {
+            bl_status st = level_stats(net->layers[i].state);
+            if (st) return st;
+        }
     return BL_OK;
 }
 

@@ -291,11 +291,16 @@ void bl_net_zero_grad(bl_net *net)
     memset(net->grad_block, 0, net->n_param_floats * sizeof(float));
 }
 
+#define BL_MAX_MEAN_LOGITS 256 /* classes of a net with several outputs (labels are 8-bit) */
+
 bl_status bl_net_set_outputs(bl_net *net, const int *t, int n)
 {
     if (net->finalized) return bl_fail(BL_ERR_STATE, "net: outputs set after finalize");
     if (n < 1 || n > BL_LAYER_MAX_IN)
         return bl_fail(BL_ERR_ARG, "net: %d outputs: use 1..%d", n, BL_LAYER_MAX_IN);
+    if (n > 1 && (t[0] < 0 || t[0] >= net->n_tensors || bl_tsize(&net->t[t[0]]) > BL_MAX_MEAN_LOGITS))
+        return bl_fail(BL_ERR_ARG, "net: several outputs of more than %d classes",
+                       BL_MAX_MEAN_LOGITS);
     for (int k = 0; k < n; k++)
         if (t[k] < 0 || t[k] >= net->n_tensors || bl_tsize(&net->t[t[k]]) != bl_tsize(&net->t[t[0]]))
             return bl_fail(BL_ERR_ARG, "net: output %d (tensor %d) does not exist or differs in "
@@ -324,8 +329,8 @@ bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss
         if (labels[i] >= k)
             return bl_fail(BL_ERR_ARG, "loss: label %d of sample %d is outside the %d classes",
                            labels[i], i, k);
-        float zm[256]; /* the mean logits (the prediction) */
-        for (int j = 0; j < k && j < 256; j++) zm[j] = 0;
+        float zm[BL_MAX_MEAN_LOGITS]; /* the mean logits of several outputs (the prediction) */
+        for (int j = 0; j < k && j < BL_MAX_MEAN_LOGITS; j++) zm[j] = 0;
         for (int o = 0; o < L; o++) {
             const bl_tensor *t = &net->t[net->outputs[o]];
             const float *z = t->data + (size_t)i * k;
@@ -336,12 +341,13 @@ bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss
             double se = 0;
             for (int j = 0; j < k; j++) se += exp(z[j] - mx);
             total += (log(se) + mx - z[labels[i]]) / L;
-            for (int j = 0; j < k && j < 256; j++) zm[j] += L > 1 ? z[j] / L : z[j];
+            for (int j = 0; j < k && j < BL_MAX_MEAN_LOGITS; j++) zm[j] += z[j] / L;
             if (grad)
                 for (int j = 0; j < k; j++)
                     g[j] = (float)((exp(z[j] - mx) / se - (j == labels[i])) / ((double)n * L));
         }
-        ok += argmax(zm, k < 256 ? k : 256) == labels[i];
+        ok += (L == 1 ? argmax(net->t[net->outputs[0]].data + (size_t)i * k, k)
+                      : argmax(zm, k)) == labels[i];
     }
     *loss_sum = total;
     *correct = ok;

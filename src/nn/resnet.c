@@ -200,19 +200,10 @@ bl_status bl_model_build(bl_net *net, const char *model, int width, int n_classe
 bl_status bl_net_head_pop(bl_net *net, int pop_level)
 {
     if (!net->levels) return BL_OK;
-    if (pop_level && net->head.norm == BL_HEAD_BN)
-        for (int i = 0; i < net->n_bn; i++) {
-            const bl_bn *b = net->bn[i];
-            /* a part core listed before its pool: statistics never estimated while the pool's were */
-            const int pool = i + 1 < net->n_bn && net->bn_layer[i + 1] == net->bn_layer[i] ? -1 : i;
-            if (pool >= 0 || net->layers[net->bn_layer[i]].ops->kind != BL_LAYER_BN_PARTS) continue;
-            int j = i;
-            while (j + 1 < net->n_bn && net->bn_layer[j + 1] == net->bn_layer[i]) j++;
-            if (b->pop_source == BL_EST_INIT && net->bn[j]->pop_source != BL_EST_INIT)
-                return bl_fail(BL_ERR_STATE, "'%s': no per-level population statistics (only "
-                               "pooled ones): estimate them with bnlab precise, or use --head-pop "
-                               "shared", b->name);
-        }
+    if (pop_level && net->head.norm == BL_HEAD_BN) {
+        bl_status st = bl_net_levels_check(net);
+        if (st) return st;
+    }
     net->head.pop_level = pop_level;
     bl_net_set_levels_pop(net, !pop_level);
     return BL_OK;

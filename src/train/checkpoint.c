@@ -149,7 +149,15 @@ static int level_stats_absent(const bl_net *net, const bl_safetensors *st, const
     if (!dot || dot == p->name) return 0;
     const char *q = dot - 1; /* the level index before the leaf: "head.norm1.0.running_mean" */
     while (q > p->name && *q >= '0' && *q <= '9') q--;
-    return *q == '.' && q < dot - 1 && !strncmp(p->name, "head.", 5);
+    if (!(*q == '.' && q < dot - 1 && !strncmp(p->name, "head.", 5))) return 0;
+    /* all of the level's statistics absent, or it is a missing tensor like any other */
+    static const char *leaf[3] = {"running_mean", "running_var", "num_batches_tracked"};
+    for (int k = 0; k < 3; k++) {
+        char name[160];
+        snprintf(name, sizeof name, "%.*s.%s", (int)(dot - p->name), p->name, leaf[k]);
+        if (bl_st_find(st, name)) return 0;
+    }
+    return 1;
 }
 
 /* foreign: a state_dict without bnlab's metadata, read by the names of the net it was built for */
@@ -290,6 +298,17 @@ bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_c
     rc = read_info(&st, path, &tmp);
     if (!rc) rc = load_into(net, &st, path, with_optim, 0);
     if (!rc && info) *info = tmp;
+    bl_st_free(&st);
+    return rc;
+}
+
+bl_status bl_checkpoint_read_info(const char *path, bl_ckpt_info *info)
+{
+    bl_safetensors st;
+    bl_status rc = bl_st_read(path, &st);
+    if (rc) return rc;
+    rc = is_bnlab(&st) ? read_info(&st, path, info)
+                       : bl_fail(BL_ERR_FORMAT, "%s: not a bnlab checkpoint", path);
     bl_st_free(&st);
     return rc;
 }

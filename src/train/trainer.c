@@ -174,6 +174,12 @@ static bl_status check_cfg(const bl_train_cfg *c)
                        c->frozen_bn_epochs, c->epochs);
     if (c->checkpoint_every < 1)
         return bl_fail(BL_ERR_ARG, "cfg.checkpoint_every %d: must be >= 1", c->checkpoint_every);
+    int depth, ml = 0;
+    if (!bl_model_parse(c->model, &depth, &ml) && ml && c->head.norm == BL_HEAD_BN &&
+        !c->head.sgd_level && g < c->batch)
+        return bl_fail(BL_ERR_ARG, "cfg.norm_batch %d: the head's statistics merged over the "
+                       "levels need the whole batch (cfg.head.sgd_level = 1 allows ghost groups)",
+                       g);
     bl_status st = bl_recipe_check(&c->recipe);
     if (st) return bl_fail_ctx(st, "cfg");
     if (c->recipe.channels != 1)
@@ -208,6 +214,17 @@ static bl_status setup(bl_trainer *t)
         return bl_fail(BL_ERR_ARG, "PreciseBN with %ld samples in batches of %d: use "
                        "cfg.precise_samples in 1..%d and cfg.precise_batch >= 1", t->psamples,
                        c->precise_batch, t->train.n);
+    if (ml && c->resume[0]) { /* a head unlike the checkpoint's would load wrongly or not at all */
+        bl_ckpt_info ck;
+        if ((st = bl_checkpoint_read_info(c->resume, &ck))) return st;
+        const bl_head_cfg *a = &c->head, *b = &ck.head;
+        if (a->norm != b->norm || a->sgd_level != b->sgd_level ||
+            a->affine_level != b->affine_level || a->width != b->width)
+            return bl_fail(BL_ERR_ARG, "%s: its head was trained with norm %s, sgd %s, affine %s, "
+                           "width %d; cfg.head asks otherwise: resume with the same head",
+                           c->resume, bl_head_norm_name(b->norm), b->sgd_level ? "level" : "shared",
+                           b->affine_level ? "level" : "shared", b->width);
+    }
     bl_batch_share(c->batch, t->h.rank, t->h.world, &t->share_off, &t->share_n);
     /* room for PreciseBN's batches too (the activations are sized by the largest batch) */
     const int max_batch = use_precise && c->precise_batch > c->batch ? c->precise_batch : c->batch;
@@ -221,13 +238,6 @@ static bl_status setup(bl_trainer *t)
     config_json(c, t->info.config, sizeof t->info.config);
     if (c->resume[0]) {
         if ((st = bl_checkpoint_load(&t->net, c->resume, 1, &t->info))) return st;
-        const bl_head_cfg *a = &c->head, *b = &t->info.head;
-        if (ml && (a->norm != b->norm || a->sgd_level != b->sgd_level ||
-                   a->affine_level != b->affine_level || a->width != b->width))
-            return bl_fail(BL_ERR_ARG, "%s: its head was trained with norm %s, sgd %s, affine %s, "
-                           "width %d; cfg.head asks otherwise: resume with the same head",
-                           c->resume, bl_head_norm_name(b->norm), b->sgd_level ? "level" : "shared",
-                           b->affine_level ? "level" : "shared", b->width);
         config_json(c, t->info.config, sizeof t->info.config);
         /* training goes on with EMA statistics, unless it resumes inside a FrozenBN phase */
         if (!(c->frozen_bn_epochs > 0 && t->info.epoch >= c->epochs - c->frozen_bn_epochs))
