@@ -23,7 +23,8 @@ The head's norm is one of
                       moments of all levels' pixels pooled (unbiased variance)
         momentum 0.1, eps 1e-5; every num_batches_tracked (pooled and per level) += 1 per forward.
         Eval with population "shared" (the pooled running statistics) or "level" (level k's).
-  gn    head.normX = GroupNorm(H // 4, H), eps 1e-5 (affine shared)
+  gn    head.normX = GroupNorm(H // 4, H), eps 1e-5 (affine shared), or a ModuleList of three
+        (affine per level: head.normX.{k}.weight)
   none  no norm (conv -> ReLU)
 Two SGD steps (lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4 on conv weights only) on two
 batches of 4, the whole model in training mode. Scenarios:
@@ -32,6 +33,7 @@ batches of 4, the whole model in training mode. Scenarios:
   ml_ddd    bn, sgd level, affine per level
   ml_ssd    bn, sgd shared, affine per level
   ml_gn     GroupNorm
+  ml_gnd    GroupNorm, affine per level
   ml_none   no norm
 Each file holds
   config           [batch, sgd_level, affine_level, norm (0 bn, 1 gn, 2 none), head_width, height,
@@ -147,6 +149,8 @@ class Head(nn.Module):
     def make_norm(norm, sgd_level, affine_level):
         if norm == "bn":
             return SharedBN(H, sgd_level, affine_level)
+        if norm == "gn" and affine_level:  # one GroupNorm (its affine) per level
+            return nn.ModuleList([nn.GroupNorm(H // 4, H, eps=1e-5) for _ in range(3)])
         if norm == "gn":
             return nn.GroupNorm(H // 4, H, eps=1e-5)
         return None
@@ -156,6 +160,8 @@ class Head(nn.Module):
             return xs
         if isinstance(m, SharedBN):
             return m(xs)
+        if isinstance(m, nn.ModuleList):
+            return [mk(x) for mk, x in zip(m, xs)]
         return [m(x) for x in xs]
 
     def forward(self, xs):
@@ -340,6 +346,7 @@ SCENARIOS = [  # name, seed, norm, sgd_level, affine_level
     ("ml_ddd", 22, "bn", 1, 1),
     ("ml_ssd", 23, "bn", 0, 1),
     ("ml_gn", 24, "gn", 0, 0),
+    ("ml_gnd", 26, "gn", 0, 1),
     ("ml_none", 25, "none", 0, 0),
 ]
 
