@@ -178,7 +178,8 @@ static bl_status check_cfg(const bl_train_cfg *c)
     if (!bl_model_parse(c->model, &depth, &ml) && ml && c->head.norm == BL_HEAD_BN &&
         !c->head.sgd_level && g < c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.norm_batch %d: the head's statistics merged over the "
-                       "levels need the whole batch (cfg.head.sgd_level = 1 allows ghost groups)",
+                       "levels need the whole batch: use per-level statistics (cfg.head_sgd level) with "
+                       "ghost groups",
                        g);
     bl_status st = bl_recipe_check(&c->recipe);
     if (st) return bl_fail_ctx(st, "cfg");
@@ -221,7 +222,7 @@ static bl_status setup(bl_trainer *t)
         if (a->norm != b->norm || a->sgd_level != b->sgd_level ||
             a->affine_level != b->affine_level || a->width != b->width)
             return bl_fail(BL_ERR_ARG, "%s: its head was trained with norm %s, sgd %s, affine %s, "
-                           "width %d; cfg.head asks otherwise: resume with the same head",
+                           "width %d, the run asks for another: resume with the same head",
                            c->resume, bl_head_norm_name(b->norm), b->sgd_level ? "level" : "shared",
                            b->affine_level ? "level" : "shared", b->width);
     }
