@@ -2,8 +2,46 @@
  * statistics. */
 #include "cli/cli.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
+
+/* A multi-level head's BN layers: how far each level's population statistics are from the pooled
+ * ones - over channels, the mean and largest |mu_level - mu_pooled| / sqrt(var_pooled + eps) and
+ * |log((var_level + eps) / (var_pooled + eps))|. What normalizing a level with the other kind
+ * shifts and scales its features by (E7 reads it). */
+static void level_shift(const bl_net *net, int json)
+{
+    int first = 1;
+    for (int i = 0; i < net->n_bn; i++) {
+        const bl_layer *l = &net->layers[net->bn_layer[i]];
+        if (l->ops->kind != BL_LAYER_BN_PARTS || i != l->bn_index) continue;
+        const bl_bn *pool = net->bn[i + l->n_in];
+        if (json) printf("%s\"%s\":[", first ? ",\"level_shift\":{" : ",", pool->name);
+        else printf("  %s, each level's statistics vs the pooled (mean/max over channels):", pool->name);
+        for (int k = 0; k < l->n_in; k++) {
+            const bl_bn *b = net->bn[i + k];
+            const double eps = b->cfg.eps;
+            double sm = 0, sx = 0, vm = 0, vx = 0;
+            const int C = b->cfg.channels;
+            for (int c = 0; c < C; c++) {
+                const double sd = sqrt(pool->pop_var[c] + eps);
+                const double sh = fabs(b->pop_mean[c] - pool->pop_mean[c]) / sd;
+                const double lv = fabs(log((b->pop_var[c] + eps) / (pool->pop_var[c] + eps)));
+                sm += sh / C, vm += lv / C;
+                sx = sh > sx ? sh : sx, vx = lv > vx ? lv : vx;
+            }
+            if (json)
+                printf("%s{\"shift_mean\":%.4f,\"shift_max\":%.4f,\"logvar_mean\":%.4f,"
+                       "\"logvar_max\":%.4f}", k ? "," : "", sm, sx, vm, vx);
+            else
+                printf(" L%d shift %.2f/%.2f std, |log var ratio| %.2f/%.2f;", k, sm, sx, vm, vx);
+        }
+        printf(json ? "]" : "\n");
+        first = 0;
+    }
+    if (json && !first) printf("}");
+}
 
 int cmd_eval(int argc, char **argv)
 {
@@ -66,6 +104,7 @@ int cmd_eval(int argc, char **argv)
                    net.head.pop_level ? "level" : "shared");
             for (int k = 0; k < r.levels; k++) printf("%s%.4f", k ? "," : "", r.err_level[k]);
             printf("]");
+            level_shift(&net, 1);
         }
         printf("}\n");
     } else {
@@ -80,6 +119,7 @@ int cmd_eval(int argc, char **argv)
             if (net.head.norm == BL_HEAD_BN && !stats)
                 printf(" (head statistics %s)", net.head.pop_level ? "per level" : "pooled");
             printf("\n");
+            level_shift(&net, 0);
         }
     }
     bl_dataset_free(&d);
