@@ -7,7 +7,9 @@
 # (--head-pop: inference only, so both are evaluated on the same weights), affine shared or per
 # level (--head-affine). Five trainings cover the six BN rows, plus GN and no normalization.
 # Every BN model is evaluated with its EMA statistics and with PreciseBN's (10^4 images), each
-# pooled and per level.
+# pooled and per level; the D/S rows also with sequential PreciseBN (the exact pooled statistics
+# of what each head BN sees when the one before it uses pooled statistics too), and every BN model
+# reports how far each level's statistics are from the pooled ones (eval --json's level_shift).
 # Full: resnet8-ml w=16, head 32, 6 epochs at batch 128 (about 20 minutes a training on 2 cores,
 # under two hours in all). Quick: resnet8-ml w=8, head 16, 1 epoch (a few minutes).
 EXP_USAGE="  writes results/e7-multi-domain/{raw/*.json,table.md,e7.png,e7.svg}"
@@ -45,7 +47,15 @@ for r in $RUNS; do
           --head-pop $pop --json on
         exp_step "$OUT/raw/${r}_precise_$pop.json" "$BNLAB" eval "$dir/precise.safetensors" \
           --head-pop $pop --json on
-      done ;;
+      done
+      if [ $r != bn_ss ]; then # D/S: does re-estimating layer by layer rescue pooled statistics?
+        if [ ! -s "$dir/sequential.safetensors" ]; then
+          "$BNLAB" precise "$dir/last.safetensors" -o "$dir/sequential.safetensors" --sequential \
+            --head-pop shared --samples $PRECISE --json > "$OUT/raw/${r}_sequential.json"
+        fi
+        exp_step "$OUT/raw/${r}_seq_shared.json" "$BNLAB" eval "$dir/sequential.safetensors" \
+          --head-pop shared --json on
+      fi ;;
     *) exp_step "$OUT/raw/${r}_ema.json" "$BNLAB" eval "$dir/last.safetensors" --json on ;;
   esac
 done
@@ -77,6 +87,28 @@ errs() { jq -r '"\(.err) \(.err_level[0]) \(.err_level[1]) \(.err_level[2])"' "$
     fi
     echo "| $name | $ap | $e | $p |"
     echo "\"$name\" $(jq .err "$OUT/raw/${run}_ema${pop:+_$pop}.json") $pe" >> "$OUT/bars.dat"
+  done
+  echo
+  echo "D/S rows with sequential PreciseBN (pooled statistics estimated layer by layer, each head"
+  echo "BN seeing the previous one normalized with pooled statistics):"
+  echo
+  echo "| SGD/pop/affine | err | L0 | L1 | L2 |"
+  echo "|---|---:|---:|---:|---:|"
+  for row in D/S/S:bn_ls D/S/D:bn_ll; do
+    IFS=: read -r name run <<< "$row"
+    echo "| $name | $(errs "$OUT/raw/${run}_seq_shared.json") |"
+  done
+  echo
+  echo "How far each level's EMA statistics are from the pooled ones: mean over channels of"
+  echo "|mu_level - mu_pooled| / sd_pooled, then of |log(var_level / var_pooled)| (eval's level_shift)."
+  echo
+  echo "| training (SGD/affine) | layer | L0 shift | L1 shift | L2 shift | L0 logvar | L1 logvar | L2 logvar |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|"
+  for row in S/S:bn_ss D/S:bn_ls D/D:bn_ll; do
+    IFS=: read -r name run <<< "$row"
+    jq -r '.level_shift | to_entries[] | "\(.key) \([.value[].shift_mean] + [.value[].logvar_mean] | join(" "))"' \
+      "$OUT/raw/${run}_ema_shared.json" |
+      awk -v n="$name" '{ printf "| %s | %s |", n, $1; for (i = 2; i <= NF; i++) printf " %.2f |", $i; print "" }'
   done
   echo
   echo "Training cost (seconds for all epochs, 2 cores):"
