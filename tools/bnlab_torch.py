@@ -52,6 +52,14 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
+def sgd(model, lr):
+    """bnlab's SGD: momentum 0.9, Nesterov, weight decay 5e-4 on conv/linear weights only."""
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    rest = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0}],
+                           lr=lr, momentum=0.9, nesterov=True)
+
+
 def save_safetensors(path, tensors, metadata=None):
     header, blobs, off = {}, [], 0
     if metadata:

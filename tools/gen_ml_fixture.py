@@ -61,7 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnlab_torch import ResNet, save_safetensors
+from bnlab_torch import ResNet, save_safetensors, sgd
 
 H = 8  # head width
 LEVELS = 3
@@ -193,13 +193,6 @@ class MultiLevel(ResNet):
 
 def loss_of(logits, y):
     return sum(F.cross_entropy(lk, y) for lk in logits) / len(logits)
-
-
-def sgd(model, lr):
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    rest = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0}],
-                           lr=lr, momentum=0.9, nesterov=True)
 
 
 def shared_bns(model):

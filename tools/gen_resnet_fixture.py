@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnlab_torch import ResNet, save_safetensors
+from bnlab_torch import ResNet, save_safetensors, sgd
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
@@ -50,13 +50,6 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked += 1
         return torch.cat([F.batch_norm(p, None, None, self.weight, self.bias, True, 0.0, self.eps)
                           for p in parts])
-
-
-def sgd(model, lr):
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    rest = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0}],
-                           lr=lr, momentum=0.9, nesterov=True)
 
 
 def bns(model):
