@@ -114,7 +114,7 @@ static void scenario(bl_layout layout, bl_kernel kern, int n0, int n1)
         s.n = counts[k];
         jobs[k] = (job){.ctx = {&sh, k}, .s = s, .kern = kern, .x = x + offs[k] * per,
                         .dy = dy + offs[k] * per, .y = ys + offs[k] * per, .dx = dxs + offs[k] * per};
-        jobs[k].red = (bl_reducer){&jobs[k].ctx, merge_moments, sum};
+        jobs[k].red = (bl_reducer){&jobs[k].ctx, merge_moments, sum, NULL};
         pthread_create(&th[k], NULL, run_rank, &jobs[k]);
     }
     for (int k = 0; k < 2; k++) pthread_join(th[k], NULL);

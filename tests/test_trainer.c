@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 typedef struct {
-    int progress, checkpoints, stopped, resumed, epochs, grads, moments, agree;
+    int progress, checkpoints, stopped, resumed, epochs, grads, agree, agree_err;
     long stop_at, stopped_step, resumed_step;
     int fail_grads;
     int peer_fails_at; /* the step at which "another process" reports an error */
@@ -56,22 +56,22 @@ static bl_status h_grads(void *ctx, bl_net *net)
     (void)net;
     return c->fail_grads && c->grads == c->fail_grads ? bl_fail(BL_ERR_IO, "peer lost") : BL_OK;
 }
-static bl_status h_moments(void *ctx, bl_net *net)
-{
-    counts *c = ctx;
-    c->moments++;
-    /* the batch statistics of every layer are there to merge, not yet committed */
-    for (int i = 0; i < bl_net_bn_count(net); i++) CHECK(bl_net_bn_at(net, i)->pending, "pending");
-    return BL_OK;
-}
 static bl_status h_agree(void *ctx, int *flags, int n)
 {
     counts *c = ctx;
     c->agree++;
     CHECK(n == 1, "one flag");
     if (c->stop_at && c->grads >= c->stop_at) flags[0] = 1; /* another process asks to stop */
-    /* calls alternate: the stop flag at a step's start, the error flag after its backward */
-    if (c->peer_fails_at && c->agree == 2 * c->peer_fails_at) flags[0] = 1;
+    return BL_OK;
+}
+/* once after setup, then after each step's backward: "rank 1" fails at step peer_fails_at */
+static bl_status h_agree_error(void *ctx, bl_status st)
+{
+    counts *c = ctx;
+    c->agree_err++;
+    if (st) return st;
+    if (c->peer_fails_at && c->agree_err == 1 + c->peer_fails_at)
+        return bl_fail(BL_ERR_STATE, "rank 1: step %d: loss not finite", c->peer_fails_at);
     return BL_OK;
 }
 
@@ -89,7 +89,7 @@ static bl_status start(bl_trainer **t, const bl_train_cfg *c, counts *k, int not
 {
     const bl_train_callbacks cb = {k, on_resumed, NULL, on_progress, NULL, on_checkpoint,
                                    on_epoch_end, on_stopped, NULL};
-    const bl_train_hooks hooks = {k, 0, 1, not_writer, h_grads, h_moments, NULL, h_agree};
+    const bl_train_hooks hooks = {k, 0, 1, not_writer, h_grads, NULL, h_agree, h_agree_error};
     return bl_trainer_init(t, c, &cb, &hooks);
 }
 
@@ -125,10 +125,11 @@ int main(void)
     CHECK(start(&t, &c, &k, 0) == BL_OK, "init: %s", bl_error());
     CHECK(run(t, &ev) == BL_OK && ev == BL_TRAIN_STOPPED, "stopped: %s", bl_error());
     bl_trainer_free(t);
-    /* agreement twice a step (stop at its start, error after backward), and once at the stop */
-    CHECK(k.grads == 10 && k.moments == 10 && k.progress == 10 && k.agree == 21,
-          "hooks once per step: grads %d moments %d progress %d agree %d", k.grads, k.moments,
-          k.progress, k.agree);
+    /* the stop flag at each step's start and at the stop; errors after setup, after each
+     * backward and at the stop's checkpoint */
+    CHECK(k.grads == 10 && k.progress == 10 && k.agree == 11 && k.agree_err == 12,
+          "hooks once per step: grads %d progress %d agree %d agree_error %d", k.grads,
+          k.progress, k.agree, k.agree_err);
     CHECK(k.stopped == 1 && k.stopped_step == 10 && k.checkpoints == 1 && k.epochs == 0,
           "stop at step %ld, %d checkpoints", k.stopped_step, k.checkpoints);
     snprintf(ckpt, sizeof ckpt, "%s/last.safetensors", a);
@@ -175,8 +176,8 @@ int main(void)
     e.fail_grads = 4;
     config(&c, "");
     CHECK(start(&t, &c, &e, 0) == BL_OK, "init: %s", bl_error());
-    CHECK(run(t, &ev) == BL_ERR_IO && strstr(bl_error(), "peer lost") && e.moments == 3,
-          "a failing gradient hook: %s (moments %d)", bl_error(), e.moments);
+    CHECK(run(t, &ev) == BL_ERR_IO && strstr(bl_error(), "peer lost") && e.grads == 4,
+          "a failing gradient hook: %s (calls %d)", bl_error(), e.grads);
     bl_trainer_free(t);
 
     /* an error on another process, learned through the agreement after backward: this process
@@ -185,8 +186,7 @@ int main(void)
     p.peer_fails_at = 5;
     config(&c, "");
     CHECK(start(&t, &c, &p, 0) == BL_OK, "init: %s", bl_error());
-    CHECK(run(t, &ev) == BL_ERR_STATE && strstr(bl_error(), "another process failed") &&
-              strstr(bl_error(), "step 5") && p.grads == 4,
+    CHECK(run(t, &ev) == BL_ERR_STATE && strstr(bl_error(), "rank 1: step 5") && p.grads == 4,
           "a peer's error: %s (gradient hook calls %d)", bl_error(), p.grads);
     bl_trainer_free(t);
 

@@ -49,6 +49,8 @@ typedef struct {
     void *ctx;
     bl_status (*merge_moments)(void *ctx, bl_moments *m); /* in place: m <- merge over processes */
     bl_status (*sum)(void *ctx, double *buf, size_t n);   /* in place: buf <- sum over processes */
+    /* *out (bl_alloc'ed, the caller bl_frees) <- every process's n doubles, rank order */
+    bl_status (*gather)(void *ctx, const double *in, size_t n, double **out, size_t *n_out);
 } bl_reducer;
 
 typedef struct {
@@ -169,6 +171,11 @@ bl_status bl_bn_backward(bl_bn *bn, const bl_groups *g, const float *x, const fl
  * BL_EST_PRECISE: pools the groups' moments into the PreciseBN accumulator.
  * Non-finite statistics are refused and change nothing. */
 bl_status bl_bn_commit(bl_bn *bn, bl_estimator est);
+/* Per-process BN across processes: replaces the pending batch statistics by the concatenation of
+ * every process's groups in rank order (r->gather), so one commit updates the EMA from all of
+ * them by the ghost rule and every process stores the same statistics. A process with nothing
+ * pending (no batch forward) contributes no group. Collective: every process calls it. */
+bl_status bl_bn_gather_pending(bl_bn *bn, const bl_reducer *r);
 void bl_bn_precise_reset(bl_bn *bn);
 /* Writes the pooled mean and biased variance into pop_mean/pop_var (domains that saw no sample keep
  * theirs); an error when no sample was pooled at all. */

@@ -5,5 +5,6 @@
 #include "bnlab/bn.h"
 #include "bnlab/nn.h"
 #include "bnlab/train.h"
+#include "bnlab/dist.h"
 #include "bnlab/data.h"
 #endif

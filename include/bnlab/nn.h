@@ -224,6 +224,10 @@ bl_status bl_net_infer(bl_net *net, const float *x, int n);
  * them of each one's cross-entropy); writes the gradient of the logits when grad is set. Returns
  * the summed loss and the count of correct argmax of the (mean) logits. */
 bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct);
+/* The same with the gradient of (summed loss) / mean_over (0: no gradient): data parallelism
+ * divides by the global batch, so the processes' gradients add up to one process's. */
+bl_status bl_net_loss_over(bl_net *net, const uint8_t *labels, long mean_over, double *loss_sum,
+                           int *correct);
 /* The count of correct argmax of each output on its own (outputs[k] -> correct[k]). */
 void bl_net_output_correct(const bl_net *net, const uint8_t *labels, int *correct);
 /* Declares the net's outputs (before finalize): tensors of equal size, at most BL_LAYER_MAX_IN. */

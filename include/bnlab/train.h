@@ -144,6 +144,18 @@ typedef struct {
  * normalized by the recipe. */
 bl_status bl_evaluate(bl_net *net, const bl_dataset *d, const bl_recipe *recipe, bl_bn_mode bn,
                       int norm_batch, uint64_t seed, int by_class, bl_eval_result *r);
+/* One process's part of a computation spread over processes: it takes rank's share and the
+ * reducer's sum adds the processes' results, in rank order. NULL, or world <= 1: all of it here. */
+typedef struct {
+    int rank, world;
+    const bl_reducer *reducer;
+} bl_shard;
+/* bl_evaluate with the split sharded over processes (a contiguous share each, of whole
+ * normalization groups under mini-batch statistics); every process gets the result one process
+ * computes. Population statistics make no collective call but the one sum of the counts. */
+bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *recipe,
+                            bl_bn_mode bn, int norm_batch, uint64_t seed, int by_class,
+                            const bl_shard *sh, bl_eval_result *r);
 /* The order mini-batch evaluation groups samples in: a shuffle seeded by seed; by_class: then
  * stably sorted by label, so groups hold one class (but where a class ends). */
 bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order);
@@ -164,9 +176,17 @@ typedef struct {
     uint64_t seed;  /* sample choice and augmentation; default 1 */
     int sequential; /* default 0 */
     bl_recipe recipe; /* normalization and augmentation; default Fashion-MNIST's */
-    /* pools each layer's moments across processes before they become statistics (MPI: every
-     * process estimates on its own samples); NULL: this process alone */
+    /* Across processes: each batch of `batch` is split into shares (bl_batch_share over rank of
+     * world), each process normalizing its share; the pooled moments of the processes are merged
+     * (reducer->merge_moments, rank order) before they become statistics. sync: the share's
+     * groups carry the reducer instead (SyncBN: the whole batch normalizes together). reducer
+     * NULL: this process alone. */
     const bl_reducer *reducer;
+    int rank, world, sync;
+    /* normalization groups of at most norm_batch samples of a (share of a) batch (0: the whole
+     * share): one process with norm_batch = ceil(batch / W) does what W processes without sync
+     * do */
+    int norm_batch;
     void (*progress)(void *ctx, long done, long total); /* optional, samples processed */
     void *progress_ctx;
 } bl_precise_cfg;
@@ -298,6 +318,9 @@ typedef struct {
     bl_recipe recipe;     /* default: Fashion-MNIST's; a resumed run keeps its checkpoint's */
     char out[1024], data_dir[1024], resume[1024];
     bl_head_cfg head;     /* the multi-level head's choices (models resnetN-ml) */
+    /* SyncBN across processes (hooks.reducer): every BN layer normalizes over the global batch;
+     * 0: each process normalizes its share (per-process BN, ghost groups of ceil(batch / W)) */
+    int sync_bn;
     /* set (e.g. by a SIGINT/SIGTERM handler) to stop after the current step with a checkpoint */
     const volatile sig_atomic_t *stop;
 } bl_train_cfg;
@@ -375,20 +398,23 @@ typedef struct {
     void (*diverged)(void *user, long step, int epoch, const char *layer);
 } bl_train_callbacks;
 
-/* The hook points processes fill in (docs/architecture.md); NULL members: one process. */
+/* The hook points processes fill in (docs/processes.md); NULL members: one process. */
 typedef struct {
     void *ctx;
     int rank, world;      /* the sampler: rank takes its share of each global batch (world 0 = 1) */
     int not_writer;       /* 0: this process writes checkpoints (rank 0 under MPI) */
-    /* after backward, before the optimizer step (sum the gradients across processes) */
+    /* after backward, before the optimizer step: the gradients summed across processes */
     bl_status (*grads)(void *ctx, bl_net *net);
-    /* before the EMA commit: merge each BN layer's batch moments across processes */
-    bl_status (*bn_moments)(void *ctx, bl_net *net);
-    /* PreciseBN's pooled moments (FrozenBN, --precise-bn-every, the final PreciseBN) */
-    const bl_reducer *precise;
-    /* flags[0..n) OR-ed across processes in place, so all act alike at one step: called at each
-     * step's start with the stop flag, and after its backward with the error flag */
+    /* the processes' reductions (rank order, same bits everywhere): SyncBN's groups (cfg.sync_bn),
+     * per-process BN's statistics gathered for the EMA, PreciseBN, the sharded evaluation, the
+     * step's loss and error counts */
+    const bl_reducer *reducer;
+    /* flags[0..n) OR-ed across processes in place, so all act alike at one step (the stop flag
+     * at each step's start) */
     bl_status (*agree)(void *ctx, int *flags, int n);
+    /* every process's status: all OK -> OK, else on every process the lowest failing rank's
+     * status and reason (after setup, after each step's backward, at each epoch's end) */
+    bl_status (*agree_error)(void *ctx, bl_status st);
 } bl_train_hooks;
 
 bl_status bl_trainer_init(bl_trainer **t, const bl_train_cfg *c, const bl_train_callbacks *cb,

@@ -243,6 +243,57 @@ bl_status bl_bn_commit(bl_bn *bn, bl_estimator est)
     return BL_OK;
 }
 
+/* Packs each pending group as (domain, n[C], mean[C], m2[C]) so one gather carries them all. */
+bl_status bl_bn_gather_pending(bl_bn *bn, const bl_reducer *r)
+{
+    const int C = bn->cfg.channels, G = bn->pending ? bn->batch_groups : 0;
+    const size_t row = 1 + 3 * (size_t)C;
+    if (!r || !r->gather) return BL_OK;
+    double *mine = bl_alloc((G ? G : 1) * row * sizeof(double)), *all = NULL;
+    if (!mine) return bl_fail(BL_ERR_NOMEM, "bn '%s': out of memory gathering statistics", bn->name);
+    for (int j = 0; j < G; j++) {
+        double *o = mine + j * row;
+        o[0] = bn->batch_group_domain[j];
+        for (int c = 0; c < C; c++) {
+            size_t e = (size_t)j * C + c;
+            o[1 + c] = bn->batch.n[e], o[1 + C + c] = bn->batch.mean[e];
+            o[1 + 2 * C + c] = bn->batch.m2[e];
+        }
+    }
+    size_t n_all = 0;
+    bl_status st = r->gather(r->ctx, mine, G * row, &all, &n_all);
+    bl_free(mine);
+    if (st) return bl_fail_ctx(st, "bn '%s': gathering the batch statistics", bn->name);
+    const int GA = (int)(n_all / row);
+    bn->pending = 0;
+    if (bn->batch.k != GA * C) {
+        bl_moments_free(&bn->batch);
+        if ((st = bl_moments_init(&bn->batch, GA ? GA * C : C))) return bl_free(all), st;
+    }
+    if (GA > bn->batch_cap) {
+        bl_free(bn->batch_group_domain);
+        if (!(bn->batch_group_domain = bl_alloc((size_t)GA * sizeof(int)))) {
+            bn->batch_cap = 0;
+            bl_free(all);
+            return bl_fail(BL_ERR_NOMEM, "bn '%s': out of memory gathering statistics", bn->name);
+        }
+        bn->batch_cap = GA;
+    }
+    for (int j = 0; j < GA; j++) {
+        const double *o = all + j * row;
+        bn->batch_group_domain[j] = (int)o[0];
+        for (int c = 0; c < C; c++) {
+            size_t e = (size_t)j * C + c;
+            bn->batch.n[e] = o[1 + c], bn->batch.mean[e] = o[1 + C + c];
+            bn->batch.m2[e] = o[1 + 2 * C + c];
+        }
+    }
+    bl_free(all);
+    bn->batch_groups = GA;
+    bn->pending = GA > 0;
+    return BL_OK;
+}
+
 void bl_bn_precise_reset(bl_bn *bn) { bl_moments_zero(&bn->pooled); }
 
 bl_status bl_bn_precise_apply(bl_bn *bn)

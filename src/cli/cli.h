@@ -68,6 +68,22 @@ double cli_now(void);
  * and returns non-zero (d is then empty). */
 int cli_load_fmnist(const char *cmd, const char *dir, const char *split, bl_dataset *d);
 
+/* Under mpirun (dist.c): the process group, quiet ranks other than 0, the trainer's hooks. */
+typedef struct {
+    bl_pg *pg;
+    bl_reducer red;
+    int rank, world;
+    int agreed; /* the error being returned is known to every process */
+    int err_fd; /* a quiet rank's real stderr, for an error of its own */
+} cli_dist;
+int cli_dist_init(cli_dist *d, const char *cmd); /* 0, or 1 after printing why */
+void cli_dist_hooks(cli_dist *d, bl_train_hooks *h);
+void cli_dist_step(cli_dist *d, bl_net *net, long step); /* after each step (a test hook) */
+/* Reports the failure in bl_error() and returns rc; an error this process alone has ends every
+ * process of the job (MPI_Abort) after printing it. */
+int cli_dist_failed(cli_dist *d, const char *cmd, const cli_opt *opts, int n, int rc);
+void cli_dist_free(cli_dist *d);
+
 int cmd_demo(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

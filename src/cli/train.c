@@ -29,12 +29,16 @@ typedef struct {
     int tty;
     int resumed_epoch; /* -1: a fresh run */
     char mpath[1100];
+    cli_dist *d;
+    bl_trainer *t;
+    long step;         /* steps done in all */
 } train_view;
 
 static void on_resumed(void *u, const char *path, int epoch, long step, uint64_t seed)
 {
     train_view *v = u;
     v->resumed_epoch = epoch;
+    v->step = step;
     printf("resumed from %s at epoch %d, step %ld\n", path, epoch, step);
     if (seed != v->c->seed)
         printf("note: the data order and augmentation follow the checkpoint's seed %llu, not "
@@ -49,7 +53,8 @@ static void header(void)
 
 static void on_progress(void *u, int epoch, long done, long steps, double ips)
 {
-    const train_view *v = u;
+    train_view *v = u;
+    cli_dist_step(v->d, bl_trainer_net(v->t), ++v->step);
     if (!v->tty || (done % 10 && done != steps)) return;
     const long batch = v->c->batch;
     int bar = (int)(30 * done / steps);
@@ -204,9 +209,9 @@ static bl_status start_metrics(const char *path, int resumed_epoch)
 }
 #endif
 
-int cmd_train(int argc, char **argv)
-{
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+static int train_main(cli_dist *d, int argc, char **argv)
+{
     bl_train_cfg c;
     bl_train_defaults(&c);
     int sched = (int)c.schedule, scaling = 0, final_precise = 0; /* auto|on|off */
@@ -228,7 +233,11 @@ int cmd_train(int argc, char **argv)
         {"--epochs", OPT_INT, &c.epochs, 0, 1, 100000, NULL, "epochs"},
         {"--batch", OPT_INT, &c.batch, 0, 2, 65536, NULL, "SGD batch"},
         {"--norm-batch", OPT_INT, &c.norm_batch, 0, 0, 65536, NULL,
-         "normalization batch: ghost groups of G inside the SGD batch (0 = the SGD batch)"},
+         "normalization batch: ghost groups of G inside the SGD batch (0 = the SGD batch; under "
+         "mpirun -np W: each process's share, ceil(batch/W))"},
+        {"--sync-bn", OPT_ONOFF, &c.sync_bn, 0, 0, 0, NULL,
+         "under mpirun: SyncBN, every BN layer normalizes over the global batch (off: each "
+         "process over its share)"},
         {"--lr", OPT_DOUBLE, &c.lr, 0, 0, 100, NULL, "base learning rate"},
         {"--lr-scaling", OPT_CHOICE, &scaling, 0, 0, 0, "none|linear", "linear: lr x batch/128"},
         {"--momentum", OPT_DOUBLE, &c.momentum, 0, 0, 1, NULL, "SGD momentum"},
@@ -239,7 +248,7 @@ int cmd_train(int argc, char **argv)
          "per-step schedule (step: x0.1 at 50% and 75%)"},
         {"--warmup-epochs", OPT_DOUBLE, &c.warmup_epochs, 0, 0, 1000, NULL, "linear warmup"},
         {"--seed", OPT_U64, &c.seed, 0, 0, 9e15, NULL, "seed of weights, order, augmentation"},
-        {"--threads", OPT_INT, &c.threads, 0, 1, 256, NULL, "threads (OpenMP and BLAS)"},
+        {"--threads", OPT_INT, &c.threads, 0, 1, 256, NULL, "threads (OpenMP and BLAS), per process"},
         {"--eval-every", OPT_INT, &c.eval_every, 0, 0, 100000, NULL,
          "evaluate every k epochs (0: only at the end)"},
         {"--eval-minibatch", OPT_ONOFF, &c.eval_minibatch, 0, 0, 0, NULL,
@@ -324,18 +333,22 @@ int cmd_train(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     c.stop = &stop_flag;
-    train_view view = {&c, isatty(1), -1, ""};
+    train_view view = {&c, isatty(1) && d->rank == 0, -1, "", d, NULL, 0};
+    bl_train_hooks hooks;
+    cli_dist_hooks(d, &hooks);
     const bl_train_callbacks cb = {&view,       on_resumed, NULL, on_progress, on_frozen,
                                    NULL,        on_epoch_end, on_stopped,   on_diverged};
     bl_trainer *t;
     bl_train_summary sum;
     bl_train_event ev = BL_TRAIN_STEPPED;
-    bl_status st = bl_trainer_init(&t, &c, &cb, NULL);
-    if (st) {
-        cli_error("train", opts, n);
-        return 1;
-    }
-    if (c.out[0]) {
+    bl_status st = bl_trainer_init(&t, &c, &cb, &hooks);
+    if (st) return cli_dist_failed(d, "train", opts, n, 1);
+    view.t = t;
+    if (d->world > 1)
+        printf("%d processes (mpirun), global batch %d: shares of %d, %s\n", d->world, c.batch,
+               (c.batch + d->world - 1) / d->world,
+               c.sync_bn ? "SyncBN over the global batch" : "BN per process");
+    if (c.out[0] && d->rank == 0) {
         snprintf(view.mpath, sizeof view.mpath, "%s/metrics.jsonl", c.out);
         st = start_metrics(view.mpath, view.resumed_epoch);
     }
@@ -351,10 +364,20 @@ int cmd_train(int argc, char **argv)
     if (st) {
         fflush(stdout);
         clear_bar(&view);
-        cli_error("train", opts, n);
-        return 1;
+        return cli_dist_failed(d, "train", opts, n, 1);
     }
     return 0;
+}
+#endif
+
+int cmd_train(int argc, char **argv)
+{
+#if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+    cli_dist d;
+    if (cli_dist_init(&d, "train")) return 1;
+    int rc = train_main(&d, argc, argv);
+    cli_dist_free(&d);
+    return rc;
 #else
     fprintf(stderr, "bnlab train: built without zlib or cJSON: install zlib1g-dev and libcjson-dev "
                     "(scripts/install-deps.sh) and rebuild\n");

@@ -321,7 +321,14 @@ static int argmax(const float *z, int k)
 
 bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct)
 {
+    return bl_net_loss_over(net, labels, grad ? net->batch : 0, loss_sum, correct);
+}
+
+bl_status bl_net_loss_over(bl_net *net, const uint8_t *labels, long mean_over, double *loss_sum,
+                           int *correct)
+{
     const int L = net->n_outputs, n = net->batch;
+    const int grad = mean_over > 0;
     const int k = (int)bl_tsize(&net->t[net->outputs[0]]);
     double total = 0;
     int ok = 0;
@@ -344,7 +351,7 @@ bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss
             for (int j = 0; j < k && j < BL_MAX_MEAN_LOGITS; j++) zm[j] += z[j] / L;
             if (grad)
                 for (int j = 0; j < k; j++)
-                    g[j] = (float)((exp(z[j] - mx) / se - (j == labels[i])) / ((double)n * L));
+                    g[j] = (float)((exp(z[j] - mx) / se - (j == labels[i])) / ((double)mean_over * L));
         }
         ok += (L == 1 ? argmax(net->t[net->outputs[0]].data + (size_t)i * k, k)
                       : argmax(zm, k)) == labels[i];

@@ -2,6 +2,7 @@
  * mini-batch statistics of ghost groups in a seeded (or class-grouped) order. */
 #include "bnlab/train.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +25,18 @@ bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *o
 bl_status bl_evaluate(bl_net *net, const bl_dataset *d, const bl_recipe *recipe, bl_bn_mode bn,
                       int norm_batch, uint64_t seed, int by_class, bl_eval_result *r)
 {
+    return bl_evaluate_shard(net, d, recipe, bn, norm_batch, seed, by_class, NULL, r);
+}
+
+/* Sharded: rank takes a contiguous share of the order (of whole groups under mini-batch
+ * statistics, so every group is the one a single process forms), and one sum adds the counts.
+ * A failure travels in that sum, so no process waits in it for one that has stopped. */
+bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *recipe,
+                            bl_bn_mode bn, int norm_batch, uint64_t seed, int by_class,
+                            const bl_shard *sh, bl_eval_result *r)
+{
     int chunk = net->max_batch, g = norm_batch;
+    const int world = sh && sh->world > 1 && sh->reducer ? sh->world : 1, rank = world > 1 ? sh->rank : 0;
     if (bn == BL_BN_BATCH) {
         if (g < 1) return bl_fail(BL_ERR_ARG, "mini-batch evaluation needs a normalization batch");
         if (g > chunk)
@@ -33,22 +45,22 @@ bl_status bl_evaluate(bl_net *net, const bl_dataset *d, const bl_recipe *recipe,
         chunk -= chunk % g;
     }
     if (d->n < 1) return bl_fail(BL_ERR_ARG, "evaluation on an empty split");
+    int unit = bn == BL_BN_BATCH ? g : 1, off, cnt;
+    bl_batch_share((d->n + unit - 1) / unit, rank, world, &off, &cnt);
+    const int lo = off * unit, hi = (off + cnt) * unit < d->n ? (off + cnt) * unit : d->n;
     int *order = malloc(sizeof(int) * d->n);
     float *x = bl_alloc((size_t)chunk * d->h * d->w * sizeof(float));
     uint8_t *y = malloc((size_t)chunk);
-    if (!order || !x || !y) {
-        free(order), bl_free(x), free(y);
-        return bl_fail(BL_ERR_NOMEM, "out of memory for the evaluation batches");
-    }
     bl_status st = BL_OK;
-    if (bn == BL_BN_BATCH) st = bl_eval_order(d, seed, by_class, order);
-    else
+    if (!order || !x || !y) st = bl_fail(BL_ERR_NOMEM, "out of memory for the evaluation batches");
+    if (!st && bn == BL_BN_BATCH) st = bl_eval_order(d, seed, by_class, order);
+    else if (!st)
         for (int i = 0; i < d->n; i++) order[i] = i;
-    double loss = 0;
-    long wrong = 0, wrong_level[BL_LAYER_MAX_IN] = {0};
     const int L = net->n_outputs > 1 ? net->n_outputs : 0;
-    for (int s = 0; s < d->n && !st; s += chunk) {
-        int n = d->n - s < chunk ? d->n - s : chunk;
+    /* [wrong, loss, wrong per level..., failed] */
+    double sums[3 + BL_LAYER_MAX_IN] = {0};
+    for (int s = lo; s < hi && !st; s += chunk) {
+        int n = hi - s < chunk ? hi - s : chunk;
         bl_dataset_batch(d, recipe, order + s, n, NULL, x, y);
         double ls = 0;
         int ok = 0;
@@ -62,20 +74,30 @@ bl_status bl_evaluate(bl_net *net, const bl_dataset *d, const bl_recipe *recipe,
             st = bl_net_infer(net, x, n);
         }
         if (!st) st = bl_net_loss(net, y, 0, &ls, &ok);
-        loss += ls;
-        wrong += n - ok;
+        sums[1] += ls;
+        sums[0] += n - ok;
         if (!st && L) {
             int okl[BL_LAYER_MAX_IN];
             bl_net_output_correct(net, y, okl);
-            for (int k = 0; k < L; k++) wrong_level[k] += n - okl[k];
+            for (int k = 0; k < L; k++) sums[2 + k] += n - okl[k];
         }
     }
     free(order), bl_free(x), free(y);
+    if (world > 1) {
+        char reason[512];
+        snprintf(reason, sizeof reason, "%s", st ? bl_error() : "");
+        sums[2 + BL_LAYER_MAX_IN] = st != BL_OK;
+        bl_status sr = sh->reducer->sum(sh->reducer->ctx, sums, 3 + BL_LAYER_MAX_IN);
+        if (sr) return sr;
+        if (st) return bl_fail(st, "%s", reason);
+        if (sums[2 + BL_LAYER_MAX_IN] > 0)
+            return bl_fail(BL_ERR_STATE, "evaluation failed on another process");
+    }
     if (st) return st;
     r->n = d->n;
-    r->err = 100.0 * (double)wrong / d->n;
-    r->loss = loss / d->n;
+    r->err = 100.0 * sums[0] / d->n;
+    r->loss = sums[1] / d->n;
     r->levels = L;
-    for (int k = 0; k < L; k++) r->err_level[k] = 100.0 * (double)wrong_level[k] / d->n;
+    for (int k = 0; k < L; k++) r->err_level[k] = 100.0 * sums[2 + k] / d->n;
     return BL_OK;
 }

@@ -151,6 +151,13 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     }
     const long N = c->samples;
     const int B = c->batch, npix = d->h * d->w;
+    const int world = c->reducer && c->world > 1 ? c->world : 1, rank = world > 1 ? c->rank : 0;
+    if (world > 1 && (rank < 0 || rank >= world))
+        return bl_fail(BL_ERR_ARG, "precise: rank %d of %d", rank, world);
+    if (c->norm_batch < 0)
+        return bl_fail(BL_ERR_ARG, "precise: norm_batch %d: use 0 (the whole batch) or more",
+                       c->norm_batch);
+    bl_groups groups = {0};
     int *idx = malloc(sizeof(int) * (size_t)d->n);
     float *x = bl_alloc((size_t)B * npix * sizeof(float));
     uint8_t *y = malloc((size_t)B);
@@ -192,8 +199,17 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         for (int k = 0; k < K; k++) ctx.bn[k].mode = k < first ? BL_BN_POPULATION : BL_BN_BATCH;
         for (int k = first; k <= last; k++) bl_bn_precise_reset(bl_net_bn_at(net, k));
         for (long s = 0; s < N && !st; s += B) {
-            const int n = N - s < B ? (int)(N - s) : B;
-            bl_dataset_batch(d, &c->recipe, idx + s, n, c->augment ? &aug : NULL, x, y);
+            int off, n;
+            bl_batch_share(N - s < B ? (int)(N - s) : B, rank, world, &off, &n);
+            if (!n && !c->sync) continue; /* an empty share: nothing here, no collective */
+            bl_dataset_batch(d, &c->recipe, idx + s + off, n, c->augment ? &aug : NULL, x, y);
+            bl_groups_free(&groups);
+            st = c->norm_batch && c->norm_batch < n && !c->sync
+                     ? bl_groups_ghost(&groups, n, c->norm_batch)
+                     : bl_groups_whole(&groups, n);
+            if (st) break;
+            groups.reducer = c->sync ? c->reducer : NULL;
+            for (int k = 0; k < K; k++) ctx.bn[k].groups = &groups;
             if ((st = bl_net_forward_to(net, &ctx, x, n, stop))) break;
             for (int k = first; k <= last && !st; k++) {
                 if ((st = bl_bn_commit(bl_net_bn_at(net, k), BL_EST_PRECISE))) break;
@@ -203,8 +219,13 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         }
         for (int k = first; k <= last && !st; k++) {
             bl_bn *bn = bl_net_bn_at(net, k);
-            /* every process pooled its own samples: merge them before they become statistics */
-            if (c->reducer && (st = c->reducer->merge_moments(c->reducer->ctx, &bn->pooled)))
+            /* every process pooled its own samples: merge them before they become statistics
+             * (under sync every process pooled the merged moments already) */
+            if (world > 1 && !c->sync &&
+                (st = c->reducer->merge_moments(c->reducer->ctx, &bn->pooled)))
+                break;
+            if (world > 1 && ((st = c->reducer->sum(c->reducer->ctx, s1 + (size_t)k * maxc, maxc)) ||
+                              (st = c->reducer->sum(c->reducer->ctx, s2 + (size_t)k * maxc, maxc))))
                 break;
             if ((st = bl_bn_precise_apply(bn))) break;
             r->max_se[k] = max_se(bn, s1 + (size_t)k * maxc, s2 + (size_t)k * maxc, N);
@@ -212,6 +233,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         r->forwards += (double)(stop + 1) / net->n_layers;
     }
     free(lfirst);
+    bl_groups_free(&groups);
     if (st) bl_pop_restore(net, &saved);
     bl_pop_free(&saved);
     free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);

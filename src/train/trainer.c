@@ -73,13 +73,13 @@ static void config_json(const bl_train_cfg *c, char *out, size_t len)
              "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
              "\"precise_bn_every\":%d,\"final_precise_bn\":%d,\"precise_samples\":%ld,"
              "\"precise_batch\":%d,\"keep_every\":%d,\"frozen_bn_epochs\":%d,"
-             "\"frozen_bn_reestimate\":%d,\"data_dir\":\"%s\"",
+             "\"frozen_bn_reestimate\":%d,\"sync_bn\":%d,\"data_dir\":\"%s\"",
              c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
              c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
              c->lr_scaling ? "linear" : "none", (unsigned long long)c->seed, c->threads,
              c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->precise_bn_every,
              c->final_precise_bn, c->precise_samples, c->precise_batch, c->keep_every,
-             c->frozen_bn_epochs, c->frozen_bn_reestimate, c->data_dir);
+             c->frozen_bn_epochs, c->frozen_bn_reestimate, c->sync_bn, c->data_dir);
     size_t o = strlen(out);
     int depth, ml = 0;
     if (!bl_model_parse(c->model, &depth, &ml) && ml && o + 2 < len) {
@@ -111,6 +111,7 @@ struct bl_trainer {
     int final_precise;       /* resolved from auto */
     long psamples, spe, T, W;
     int share_off, share_n;  /* this rank's share of each global batch */
+    bl_shard shard;          /* evaluation spread over the processes */
     /* the epoch in progress */
     int ep, in_epoch, frozen;
     long s;                  /* next step of the epoch */
@@ -200,6 +201,27 @@ static bl_status setup(bl_trainer *t)
     if (t->h.world < 1) t->h.world = 1;
     if (t->h.rank < 0 || t->h.rank >= t->h.world)
         return bl_fail(BL_ERR_ARG, "hooks: rank %d of %d", t->h.rank, t->h.world);
+    if (t->h.world > 1 && !t->h.reducer)
+        return bl_fail(BL_ERR_ARG, "hooks: %d processes need a reducer", t->h.world);
+    int depth_, ml_ = 0;
+    if (c->sync_bn && !bl_model_parse(c->model, &depth_, &ml_) && ml_ &&
+        c->head.norm == BL_HEAD_BN && !c->head.sgd_level)
+        return bl_fail(BL_ERR_ARG, "cfg.sync_bn: the head's statistics merged over the levels are "
+                       "not synchronized across processes yet: use per-level statistics "
+                       "(cfg.head_sgd level) with SyncBN");
+    if (c->sync_bn && t->g < c->batch)
+        return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.norm_batch %d: SyncBN normalizes over the "
+                       "whole global batch of %d; drop one of the two", t->g, c->batch);
+    if (t->h.world > 1) {
+        int off, last;
+        bl_batch_share(c->batch, t->h.world - 1, t->h.world, &off, &last);
+        if (last < 1)
+            return bl_fail(BL_ERR_ARG, "cfg.batch %d over %d processes leaves the last one no "
+                           "sample (shares of ceil(%d/%d) = %d): use a batch of at least %d, or "
+                           "fewer processes", c->batch, t->h.world, c->batch, t->h.world,
+                           (c->batch + t->h.world - 1) / t->h.world,
+                           ((c->batch + t->h.world - 1) / t->h.world) * (t->h.world - 1) + 1);
+    }
     if (c->out[0] && !t->h.not_writer && mkdir(c->out, 0755) && errno != EEXIST)
         return bl_fail(BL_ERR_IO, "cannot create cfg.out %s: %s", c->out, strerror(errno));
     bl_threads_set(c->threads);
@@ -273,15 +295,18 @@ static bl_status setup(bl_trainer *t)
     }
     /* real groups for every step, whole batch included, so a reducer can ride on them; a rank
      * normalizes its share: per-rank BN is ghost BN of ceil(B/W) */
-    if ((st = t->g < c->batch ? bl_groups_ghost(&t->groups, t->share_n, t->g)
-                              : bl_groups_whole(&t->groups, t->share_n)))
+    if ((st = t->g < t->share_n ? bl_groups_ghost(&t->groups, t->share_n, t->g)
+                                : bl_groups_whole(&t->groups, t->share_n)))
         return st;
+    if (c->sync_bn) t->groups.reducer = t->h.reducer; /* NULL in one process: the same thing */
+    t->shard = (bl_shard){t->h.rank, t->h.world, t->h.reducer};
     t->sgd = (bl_sgd){c->momentum, c->wd, c->nesterov, c->wd_bn};
     t->aug = (bl_augment){seed, 0};
     bl_precise_defaults(&t->pcfg);
     t->pcfg.samples = t->psamples, t->pcfg.batch = c->precise_batch, t->pcfg.seed = seed;
     t->pcfg.recipe = t->c.recipe;
-    t->pcfg.reducer = t->h.precise;
+    t->pcfg.reducer = t->h.reducer;
+    t->pcfg.rank = t->h.rank, t->pcfg.world = t->h.world, t->pcfg.sync = c->sync_bn;
     if (c->out[0]) snprintf(t->cpath, sizeof t->cpath, "%s/last.safetensors", c->out);
     t->ep = t->info.epoch;
     t->done = t->ep >= c->epochs;
@@ -303,6 +328,9 @@ bl_status bl_trainer_init(bl_trainer **out, const bl_train_cfg *c, const bl_trai
     if (cb) t->cb = *cb;
     if (h) t->h = *h;
     bl_status st = setup(t);
+    /* a process that failed (an unwritable cfg.out on the writer) takes the others down with its
+     * reason, instead of leaving them waiting in the first collective */
+    if (t->h.agree_error) st = t->h.agree_error(t->h.ctx, st);
     if (st) {
         bl_trainer_free(t);
         return st;
@@ -372,18 +400,9 @@ static bl_status sgd_step(bl_trainer *t)
     double ls;
     int ok;
     bl_status st = bl_net_forward(net, &ctx, t->x, t->share_n);
-    if (!st) st = bl_net_loss(net, t->y, 1, &ls, &ok);
+    /* the loss of the global batch: the processes' gradients add up to one process's */
+    if (!st) st = bl_net_loss_over(net, t->y, c->batch, &ls, &ok);
     if (!st) st = bl_net_backward(net, &ctx);
-    /* every process learns of a failure before the first collective of the step (the gradient
-     * sum), so none waits there for one that has stopped */
-    int flags[1] = {st != BL_OK};
-    if (t->h.agree) {
-        bl_status sa = t->h.agree(t->h.ctx, flags, 1);
-        if (sa) return sa;
-    }
-    if (flags[0] && !st)
-        return bl_fail(BL_ERR_STATE, "step %ld (epoch %d): another process failed; this one stops "
-                       "too (the last good checkpoint is kept)", t->info.step + 1, t->ep + 1);
     if (st) {
         const char *where = bl_net_first_nonfinite(net);
         bl_fail_ctx(st, "step %ld (epoch %d)", t->info.step + 1, t->ep + 1);
@@ -391,16 +410,24 @@ static bl_status sgd_step(bl_trainer *t)
         bl_error_append(": the run stops; the last good checkpoint is kept (try a lower cfg.lr, "
                         "or cfg.resume it)");
         if (t->cb.diverged) t->cb.diverged(t->cb.user, t->info.step + 1, t->ep + 1, where);
-        return st;
     }
+    /* every process learns of a failure before the first collective of the step (the gradient
+     * sum), so none waits there for one that has stopped */
+    if (t->h.agree_error) st = t->h.agree_error(t->h.ctx, st);
+    if (st) return st;
     if (t->h.grads && (st = t->h.grads(t->h.ctx, net))) return st;
     bl_sgd_step(net, &t->sgd, t->lr);
     if (!t->frozen) {
-        if (t->h.bn_moments && (st = t->h.bn_moments(t->h.ctx, net))) return st;
+        /* per-process BN: every process's groups feed every process's EMA (the ghost rule), so
+         * all store the same statistics; SyncBN merged them in the forward already */
+        for (int k = 0; k < bl_net_bn_count(net) && t->h.world > 1 && !c->sync_bn; k++)
+            if ((st = bl_bn_gather_pending(bl_net_bn_at(net, k), t->h.reducer))) return st;
         if ((st = bl_net_bn_commit(net, BL_EST_EMA))) return st;
     }
-    t->loss_sum += ls;
-    t->wrong += t->share_n - ok;
+    double counts[2] = {ls, t->share_n - ok};
+    if (t->h.world > 1 && (st = t->h.reducer->sum(t->h.reducer->ctx, counts, 2))) return st;
+    t->loss_sum += counts[0];
+    t->wrong += (long)counts[1];
     t->seen += c->batch;
     t->fresh += c->batch;
     t->info.step++;
@@ -430,7 +457,9 @@ bl_status bl_trainer_step(bl_trainer *t, bl_train_event *ev)
         /* a stop inside an epoch: save exactly where we are, no evaluation */
         t->info.ep_loss = t->loss_sum, t->info.ep_wrong = t->wrong, t->info.ep_seen = t->seen;
         t->stopped = 1;
-        if (writes(t) && (st = save(t, t->cpath))) return st;
+        st = writes(t) ? save(t, t->cpath) : BL_OK;
+        if (t->h.agree_error) st = t->h.agree_error(t->h.ctx, st);
+        if (st) return st;
         if (t->cb.stopped)
             t->cb.stopped(t->cb.user, t->info.step, t->ep + 1, t->seen / c->batch, t->spe,
                           c->out[0] ? t->cpath : "");
@@ -442,7 +471,16 @@ bl_status bl_trainer_step(bl_trainer *t, bl_train_event *ev)
     return BL_OK;
 }
 
+static bl_status epoch_end(bl_trainer *t);
+
 bl_status bl_trainer_epoch_end(bl_trainer *t)
+{
+    bl_status st = epoch_end(t);
+    /* a failed checkpoint or metrics line on the writer ends every process with its reason */
+    return t->h.agree_error ? t->h.agree_error(t->h.ctx, st) : st;
+}
+
+static bl_status epoch_end(bl_trainer *t)
 {
     const bl_train_cfg *c = &t->c;
     bl_net *net = &t->net;
@@ -456,11 +494,14 @@ bl_status bl_trainer_epoch_end(bl_trainer *t)
     const int last = t->ep + 1 == c->epochs;
     bl_status st;
     if (c->eval_every > 0 && ((t->ep + 1) % c->eval_every == 0 || last)) {
-        if ((st = bl_evaluate(net, &t->test, rc, BL_BN_POPULATION, 0, 0, 0, &pop))) return st;
+        if ((st = bl_evaluate_shard(net, &t->test, rc, BL_BN_POPULATION, 0, 0, 0, &t->shard, &pop)))
+            return st;
         t->final_src = bl_estimator_name(bl_net_bn_at(net, 0)->pop_source);
         if (c->eval_minibatch &&
-            ((st = bl_evaluate(net, &t->test, rc, BL_BN_BATCH, t->g, t->info.seed, 0, &mb)) ||
-             (st = bl_evaluate(net, &t->train_sub, rc, BL_BN_BATCH, t->g, t->info.seed, 0, &tmb))))
+            ((st = bl_evaluate_shard(net, &t->test, rc, BL_BN_BATCH, t->g, t->info.seed, 0,
+                                     &t->shard, &mb)) ||
+             (st = bl_evaluate_shard(net, &t->train_sub, rc, BL_BN_BATCH, t->g, t->info.seed, 0,
+                                     &t->shard, &tmb))))
             return st;
     }
     const int keep_precise = last && t->final_precise;
@@ -472,7 +513,7 @@ bl_status bl_trainer_epoch_end(bl_trainer *t)
         bl_precise_report rep;
         if ((st = bl_pop_save(net, &ema))) return st;
         st = bl_precise(net, &t->train, &t->pcfg, &rep);
-        if (!st) st = bl_evaluate(net, &t->test, rc, BL_BN_POPULATION, 0, 0, 0, &pre);
+        if (!st) st = bl_evaluate_shard(net, &t->test, rc, BL_BN_POPULATION, 0, 0, 0, &t->shard, &pre);
         if (st || !keep_precise) bl_pop_restore(net, &ema);
         bl_pop_free(&ema);
         if (st) return st;
@@ -519,7 +560,8 @@ bl_status bl_trainer_summary(bl_trainer *t, bl_train_summary *s)
     bl_eval_result pop = t->final;
     if (t->done && t->final_epoch != t->info.epoch && t->final_pre.err < 0) {
         t->final_src = bl_estimator_name(bl_net_bn_at(&t->net, 0)->pop_source);
-        bl_status st = bl_evaluate(&t->net, &t->test, &t->c.recipe, BL_BN_POPULATION, 0, 0, 0, &pop);
+        bl_status st = bl_evaluate_shard(&t->net, &t->test, &t->c.recipe, BL_BN_POPULATION, 0, 0,
+                                         0, &t->shard, &pop);
         if (st) return st;
     }
     s->epochs = t->info.epoch;
