@@ -8,6 +8,7 @@
  *      the run without it;  4. every process empty: no NaN, statistics unchanged, no hang;
  *   5. dgamma/dbeta summed once (not W times);  6. mean 1e4, unit variance: within 1e-3 of double;
  *   7. NCHW and NHWC, C = 3, 17, 100: identical;  8. population statistics: no collective call;
+ *   per-process BN: every process's EMA fed all processes' moments by the ghost rule;
  *   9. PreciseBN across processes: the same bits on every process, 1e-6 from one process with the
  *      same groups (per-process: ghost groups of the share; SyncBN: the whole batch).
  * A failure on any process fails every process (the counts are summed). */
@@ -186,6 +187,56 @@ int main(int argc, char **argv)
         CHECK(bl_pg_sum(pg, mism, 1) == BL_OK && mism[0] >= 1,
               "per-process BN matched SyncBN on every process");
         result_free(&a), result_free(&ref);
+    }
+
+    /* per-process BN: each process normalizes its share, the EMA of every process is fed all
+     * processes' moments (bl_bn_gather_pending) by the ghost rule: the mean over the non-empty
+     * shares of their means and unbiased variances; every process stores the same bits */
+    {
+        const int C = 5, H = 2, Wd = 2, P = H * Wd;
+        int N = 0, off = 0;
+        for (int r = 0; r < W; r++) N += counts[r], off += r < R ? counts[r] : 0;
+        float *x = malloc(sizeof(float) * (size_t)N * C * P + 4), *y = malloc(sizeof(float) * (size_t)N * C * P + 4);
+        rng_state = 777;
+        for (int i = 0; i < N * C * P; i++) x[i] = (float)(3 + 2 * nrand());
+        bl_bn bn;
+        bl_bn_config cfg = bl_bn_config_default(C);
+        bl_bn_init(&bn, &cfg);
+        bl_groups g;
+        bl_groups_whole(&g, counts[R]);
+        CHECK(bl_bn_forward(&bn, BL_BN_BATCH, &g, (bl_shape){counts[R], C, H, Wd, BL_NCHW},
+                            x + (size_t)off * C * P, y) == BL_OK &&
+                  bl_bn_gather_pending(&bn, &red) == BL_OK && bl_bn_commit(&bn, BL_EST_EMA) == BL_OK,
+              "per-process EMA: %s", bl_error());
+        double worst = 0;
+        for (int c = 0; c < C; c++) {
+            double sm = 0, sv = 0;
+            int k = 0;
+            for (int r = 0, o = 0; r < W; o += counts[r], r++) {
+                if (!counts[r]) continue;
+                double m = 0, v = 0, n = (double)counts[r] * P;
+                for (int i = o; i < o + counts[r]; i++)
+                    for (int p = 0; p < P; p++) m += x[((size_t)i * C + c) * P + p];
+                m /= n;
+                for (int i = o; i < o + counts[r]; i++)
+                    for (int p = 0; p < P; p++) {
+                        double d = x[((size_t)i * C + c) * P + p] - m;
+                        v += d * d;
+                    }
+                sm += m, sv += v / (n - 1), k++;
+            }
+            worst = fmax(worst, fabs(bn.pop_mean[c] - 0.1 * sm / k) / fmax(1, fabs(0.1 * sm / k)));
+            worst = fmax(worst, fabs(bn.pop_var[c] - (0.9 + 0.1 * sv / k)) / (0.9 + 0.1 * sv / k));
+        }
+        CHECK(worst <= 1e-6, "per-process EMA off the ghost rule by %.3g", worst);
+        double mine[10], all[640];
+        for (int c = 0; c < C; c++) mine[c] = bn.pop_mean[c], mine[C + c] = bn.pop_var[c];
+        CHECK(bl_pg_allgather(pg, mine, 10, all) == BL_OK, "gather");
+        for (int r = 1; r < W; r++)
+            CHECK(!memcmp(all, all + 10 * r, 10 * sizeof(double)), "rank %d stores other statistics", r);
+        bl_groups_free(&g);
+        bl_bn_free(&bn);
+        free(x), free(y);
     }
 
     /* 2: the same two samples as 0+2 and 1+1 (the other processes empty) */

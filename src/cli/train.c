@@ -361,6 +361,9 @@ static int train_main(cli_dist *d, int argc, char **argv)
     if (!st && ev == BL_TRAIN_DONE && !(st = bl_trainer_summary(t, &sum)))
         print_summary(&c, &sum, view.mpath);
     bl_trainer_free(t);
+    /* training is over: a SIGTERM from mpirun (ending the job after some process failed) must
+     * end this process now, not set a flag nobody reads */
+    signal(SIGINT, SIG_DFL), signal(SIGTERM, SIG_DFL);
     if (st) {
         fflush(stdout);
         clear_bar(&view);
