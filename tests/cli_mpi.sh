@@ -7,7 +7,8 @@
 #   - SIGINT to mpirun: every process stops at one step, one checkpoint;
 #   - a non-finite loss on rank 1 and an unwritable --out on rank 0 end every process with that
 #     rank's message and a non-zero status, within seconds;
-#   - a batch that leaves a process no sample, and --sync-bn with --norm-batch, are refused.
+#   - a batch that leaves a process no sample, --sync-bn with --norm-batch, and other commands
+#     under mpirun are refused.
 # The comparisons use --lr 0.001 on the whole training split: at lr 0.1 (and at some smaller
 # rates and data orders) the first steps amplify rounding differences, so that one process with 1
 # and with 2 threads already differs by 1e-4 to 1e-2 after 20 steps (docs/processes.md); here it
@@ -54,16 +55,20 @@ grep -q "2 processes (mpirun), global batch 128: shares of 64, BN per process" "
 
 # evaluation sharded over the processes: from one checkpoint, the epoch's last step (15 of a
 # 2000-image split) by one process and by two, then the validation error of each
-ev=(--model resnet8 --width 8 --batch 128 --lr 0.001 --val 58000 --norm-batch 64
+ev=(--model resnet8 --width 8 --batch 128 --lr 0.001 --val 58000 --eval-minibatch on
     --precise-bn-every 0 --final-precise-bn off)
-run ev0 "$bnlab" train "${ev[@]}" --max-steps 14 --out "$dir/ev1"
+run ev0 "$bnlab" train "${ev[@]}" --norm-batch 64 --max-steps 14 --out "$dir/ev1"
 mkdir -p "$dir/ev2" && cp "$dir/ev1/last.safetensors" "$dir/ev2/"
-run ev1 "$bnlab" train "${ev[@]}" --max-steps 15 --out "$dir/ev1" --resume "$dir/ev1/last.safetensors"
+run ev1 "$bnlab" train "${ev[@]}" --norm-batch 64 --max-steps 15 --out "$dir/ev1" \
+  --resume "$dir/ev1/last.safetensors"
 run ev2 "${mpirun[@]}" -np 2 "$bnlab" train "${ev[@]}" --max-steps 15 --threads 1 --out "$dir/ev2" \
   --resume "$dir/ev2/last.safetensors"
-e1=$(grep -o '"test_err_population":[0-9.]*' "$dir/ev1/metrics.jsonl")
-e2=$(grep -o '"test_err_population":[0-9.]*' "$dir/ev2/metrics.jsonl")
-echo "validation error, one process: $e1; 2 processes: $e2"
+# population statistics, and mini-batch statistics in groups of the share (64) on the validation
+# and the training images
+errs() { grep -o '"t[a-z]*_err_[a-z]*":[0-9.]*' "$1" | tr '\n' ' '; }
+e1=$(errs "$dir/ev1/metrics.jsonl")
+e2=$(errs "$dir/ev2/metrics.jsonl")
+echo "validation errors, one process: $e1; 2 processes: $e2"
 [ -n "$e1" ] && [ "$e1" = "$e2" ] || fail "sharded evaluation: $e1 vs $e2"
 
 # resume with the same process count: bit for bit
@@ -113,6 +118,10 @@ grep -q "leaves the last one no sample" "$dir/empty.log" || fail "empty share: m
 "${mpirun[@]}" -np 2 "$bnlab" train --model resnet8 --width 8 --sync-bn --norm-batch 32 \
   --max-steps 1 --threads 1 >"$dir/ghost.log" 2>&1 && fail "--sync-bn --norm-batch: status 0"
 grep -q "sync-bn with --norm-batch 32" "$dir/ghost.log" || fail "--sync-bn --norm-batch: message"
+
+# commands other than train run in one process
+"${mpirun[@]}" -np 2 "$bnlab" eval "$(ck mpi_rank)" >"$dir/eval.log" 2>&1 && fail "eval under mpirun: status 0"
+grep -q "under mpirun only train uses the processes" "$dir/eval.log" || fail "eval under mpirun: message"
 
 [ $failed = 0 ] && echo "cli_mpi: all passed"
 exit $failed

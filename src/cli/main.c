@@ -69,6 +69,15 @@ int main(int argc, char **argv)
         );
         return 0;
     }
+    /* only train spreads over processes: W copies of another command would each do all of it
+     * and write the same files */
+    const char *ws = getenv("OMPI_COMM_WORLD_SIZE"), *wr = getenv("OMPI_COMM_WORLD_RANK");
+    if (strcmp(argv[1], "train") && ws && atoi(ws) > 1) {
+        if (!wr || atoi(wr) == 0)
+            fprintf(stderr, "bnlab %s: runs in one process; under mpirun only train uses the "
+                    "processes: run it without mpirun\n", argv[1]);
+        return 2;
+    }
     if (!strcmp(argv[1], "demo")) return cmd_demo(argc - 1, argv + 1);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 1, argv + 1);

@@ -212,6 +212,18 @@ static bl_status setup(bl_trainer *t)
     if (c->sync_bn && t->g < c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.norm_batch %d: SyncBN normalizes over the "
                        "whole global batch of %d; drop one of the two", t->g, c->batch);
+    if (t->h.world > 1 && !c->sync_bn) {
+        /* per-process BN normalizes each share: ghost groups of ceil(B/W) at most, which is
+         * also the normalization batch of mini-batch evaluation */
+        const int share = (c->batch + t->h.world - 1) / t->h.world;
+        if (t->g > share) t->g = share;
+        int d_, ml2 = 0;
+        if (!bl_model_parse(c->model, &d_, &ml2) && ml2 && c->head.norm == BL_HEAD_BN &&
+            !c->head.sgd_level)
+            return bl_fail(BL_ERR_ARG, "the head's statistics merged over the levels need the "
+                           "whole batch in one group, and %d processes each normalize a share: "
+                           "use per-level statistics (cfg.head_sgd level)", t->h.world);
+    }
     if (t->h.world > 1) {
         int off, last;
         bl_batch_share(c->batch, t->h.world - 1, t->h.world, &off, &last);
