@@ -27,6 +27,16 @@ static int launched_by_mpirun(void)
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
 }
 
+#ifndef BL_HAVE_MPI
+/* The number of processes the launcher started (1 when unknown). */
+static int launched_size(void)
+{
+    const char *s = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!s) s = getenv("PMI_SIZE");
+    return s && atoi(s) > 1 ? atoi(s) : 1;
+}
+#endif
+
 bl_status bl_pg_single(bl_pg **out)
 {
     bl_pg *pg = calloc(1, sizeof *pg);
@@ -76,6 +86,14 @@ bl_status bl_pg_init(bl_pg **out, int *argc, char ***argv)
     MPI_Comm_size(pg->comm, &pg->size);
 #else
     (void)argc, (void)argv;
+    /* W copies of one process would each train on everything and write the same files */
+    if (launched_by_mpirun() && launched_size() > 1) {
+        int w = launched_size();
+        free(*out), *out = NULL;
+        return bl_fail(BL_ERR_ARG, "started by mpirun as one of %d processes, but bnlab was built "
+                       "without MPI: install libopenmpi-dev (scripts/install-deps.sh) and rebuild, "
+                       "or run one process", w);
+    }
 #endif
     return BL_OK;
 }
