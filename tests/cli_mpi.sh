@@ -98,9 +98,19 @@ t0=$(date +%s)
 "${mpirun[@]}" -np 2 -x BNLAB_TEST_POISON=1:3 "$bnlab" train "${common[@]}" --threads 1 \
   --out "$dir/nan" >"$dir/nan.log" 2>&1 && fail "non-finite loss on rank 1: status 0"
 secs=$(( $(date +%s) - t0 ))
-echo "non-finite loss on rank 1: $(grep -m1 'bnlab train: rank' "$dir/nan.log" | cut -c1-150)... ($secs s)"
+echo "non-finite loss on rank 1: $(tr '\r' '\n' < "$dir/nan.log" | grep -m1 'bnlab train: rank' | cut -c1-150)... ($secs s)"
 grep -q "bnlab train: rank 1: step 4 (epoch 1).*non-finite" "$dir/nan.log" || fail "non-finite: message"
 [ $secs -lt 60 ] || fail "non-finite: took $secs s"
+
+# the same under SyncBN: the NaN reaches every process through the merged moments
+t0=$(date +%s)
+"${mpirun[@]}" -np 2 -x BNLAB_TEST_POISON=1:3 "$bnlab" train "${common[@]}" --sync-bn --threads 1 \
+  >"$dir/nan_sync.log" 2>&1 && fail "non-finite under SyncBN: status 0"
+secs=$(( $(date +%s) - t0 ))
+echo "non-finite under SyncBN: $(tr '\r' '\n' < "$dir/nan_sync.log" | grep -m1 'bnlab train: rank' | cut -c1-100)... ($secs s)"
+grep -q "bnlab train: rank [01]: step 4 (epoch 1).*non-finite" "$dir/nan_sync.log" &&
+  ! grep -q "rank [01]: rank" "$dir/nan_sync.log" || fail "SyncBN non-finite: message"
+[ $secs -lt 60 ] || fail "SyncBN non-finite: took $secs s"
 
 # an unwritable --out on rank 0
 t0=$(date +%s)

@@ -51,8 +51,10 @@ bl_status bl_pg_or(bl_pg *pg, int *flags, int n);
 bl_status bl_pg_alltoallv(bl_pg *pg, const float *send, const int *send_counts, float *recv,
                           const int *recv_counts);
 /* Agreement on an error: every process passes its status; all OK -> OK. Otherwise every process
- * returns the status of the lowest failing rank with that rank's reason ("rank r: ..."). */
-bl_status bl_pg_agree_error(bl_pg *pg, bl_status st);
+ * returns the status of the lowest failing rank with that rank's reason ("rank r: ..."), and
+ * *agreed (may be NULL) is set: every process knows. A failure of the agreement itself returns
+ * its own error with *agreed 0. */
+bl_status bl_pg_agree_error(bl_pg *pg, bl_status st, int *agreed);
 
 /* The BN core's reducer over this group: merge_moments (exact merge in rank order), sum (rank
  * order), gather (concatenation in rank order). Valid while pg lives. */

@@ -23,8 +23,9 @@ static bl_status hook_agree(void *ctx, int *flags, int n)
 static bl_status hook_agree_error(void *ctx, bl_status st)
 {
     cli_dist *d = ctx;
-    bl_status a = bl_pg_agree_error(d->pg, st);
-    if (a) d->agreed = 1; /* every process returns this error: rank 0 alone reports it */
+    int agreed;
+    bl_status a = bl_pg_agree_error(d->pg, st, &agreed);
+    d->agreed = agreed; /* every process returns this error: rank 0 alone reports it */
     return a;
 }
 

@@ -270,9 +270,14 @@ bl_status bl_pg_alltoallv(bl_pg *pg, const float *send, const int *send_counts, 
     return BL_OK;
 }
 
-bl_status bl_pg_agree_error(bl_pg *pg, bl_status st)
+bl_status bl_pg_agree_error(bl_pg *pg, bl_status st, int *agreed)
 {
-    if (!pg->mpi) return pg->calls++, st;
+    if (agreed) *agreed = 0;
+    if (!pg->mpi) {
+        pg->calls++;
+        if (agreed) *agreed = st != BL_OK;
+        return st;
+    }
     /* the lowest failing rank (size when none), then its status and reason */
     double mine = st ? pg->rank : pg->size, *all = malloc(sizeof(double) * pg->size);
     if (!all) return bl_fail(BL_ERR_NOMEM, "pg: out of memory");
@@ -290,6 +295,7 @@ bl_status bl_pg_agree_error(bl_pg *pg, bl_status st)
         (s2 = bl_pg_bcast(pg, reason, sizeof reason, first)))
         return s2;
     reason[sizeof reason - 1] = 0;
+    if (agreed) *agreed = 1;
     return bl_fail((bl_status)code[0], "rank %d: %s", first, reason);
 }
 

@@ -217,6 +217,15 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
             }
             if (c->progress) c->progress(c->progress_ctx, (long)pass * N + s + n, total);
         }
+        if (world > 1 && !c->sync) {
+            /* a process that failed in its batches tells the others before the merges below,
+             * so none waits in one for it */
+            double failed[1] = {st != BL_OK};
+            bl_status sr = c->reducer->sum(c->reducer->ctx, failed, 1);
+            if (!st && sr) st = sr;
+            else if (!st && failed[0] > 0)
+                st = bl_fail(BL_ERR_STATE, "PreciseBN failed on another process");
+        }
         for (int k = first; k <= last && !st; k++) {
             bl_bn *bn = bl_net_bn_at(net, k);
             /* every process pooled its own samples: merge them before they become statistics

@@ -399,6 +399,19 @@ static bl_status begin_epoch(bl_trainer *t)
     return BL_OK;
 }
 
+/* The reason of a failed forward, loss or backward, with the step and the first non-finite
+ * layer. */
+static bl_status step_failed(bl_trainer *t, bl_status st)
+{
+    const char *where = bl_net_first_nonfinite(&t->net);
+    bl_fail_ctx(st, "step %ld (epoch %d)", t->info.step + 1, t->ep + 1);
+    if (where) bl_error_append("; first non-finite output: layer %s", where);
+    bl_error_append(": the run stops; the last good checkpoint is kept (try a lower cfg.lr, "
+                    "or cfg.resume it)");
+    if (t->cb.diverged) t->cb.diverged(t->cb.user, t->info.step + 1, t->ep + 1, where);
+    return st;
+}
+
 /* One SGD step on this rank's share of global batch t->s. */
 static bl_status sgd_step(bl_trainer *t)
 {
@@ -414,15 +427,12 @@ static bl_status sgd_step(bl_trainer *t)
     bl_status st = bl_net_forward(net, &ctx, t->x, t->share_n);
     /* the loss of the global batch: the processes' gradients add up to one process's */
     if (!st) st = bl_net_loss_over(net, t->y, c->batch, &ls, &ok);
-    if (!st) st = bl_net_backward(net, &ctx);
-    if (st) {
-        const char *where = bl_net_first_nonfinite(net);
-        bl_fail_ctx(st, "step %ld (epoch %d)", t->info.step + 1, t->ep + 1);
-        if (where) bl_error_append("; first non-finite output: layer %s", where);
-        bl_error_append(": the run stops; the last good checkpoint is kept (try a lower cfg.lr, "
-                        "or cfg.resume it)");
-        if (t->cb.diverged) t->cb.diverged(t->cb.user, t->info.step + 1, t->ep + 1, where);
-    }
+    if (st) step_failed(t, st);
+    /* SyncBN's backward sums across processes: a process whose loss failed alone (its logits
+     * went non-finite) must not leave the others waiting there */
+    if (t->h.agree_error && c->sync_bn && !t->frozen && (st = t->h.agree_error(t->h.ctx, st)))
+        return st;
+    if (!st && (st = bl_net_backward(net, &ctx))) step_failed(t, st);
     /* every process learns of a failure before the first collective of the step (the gradient
      * sum), so none waits there for one that has stopped */
     if (t->h.agree_error) st = t->h.agree_error(t->h.ctx, st);
