@@ -64,7 +64,8 @@ static const char *sched_name(bl_schedule s)
     return s == BL_SCHED_STEP ? "step" : s == BL_SCHED_CONST ? "const" : "cosine";
 }
 
-static void config_json(const bl_train_cfg *c, char *out, size_t len)
+/* world: the processes the run is spread over (recorded: per-process BN depends on it) */
+static void config_json(const bl_train_cfg *c, int world, char *out, size_t len)
 {
     snprintf(out, len,
              "{\"model\":\"%s\",\"width\":%d,\"epochs\":%d,\"batch\":%d,\"norm_batch\":%d,"
@@ -73,13 +74,13 @@ static void config_json(const bl_train_cfg *c, char *out, size_t len)
              "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
              "\"precise_bn_every\":%d,\"final_precise_bn\":%d,\"precise_samples\":%ld,"
              "\"precise_batch\":%d,\"keep_every\":%d,\"frozen_bn_epochs\":%d,"
-             "\"frozen_bn_reestimate\":%d,\"sync_bn\":%d,\"data_dir\":\"%s\"",
+             "\"frozen_bn_reestimate\":%d,\"sync_bn\":%d,\"processes\":%d,\"data_dir\":\"%s\"",
              c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
              c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
              c->lr_scaling ? "linear" : "none", (unsigned long long)c->seed, c->threads,
              c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->precise_bn_every,
              c->final_precise_bn, c->precise_samples, c->precise_batch, c->keep_every,
-             c->frozen_bn_epochs, c->frozen_bn_reestimate, c->sync_bn, c->data_dir);
+             c->frozen_bn_epochs, c->frozen_bn_reestimate, c->sync_bn, world, c->data_dir);
     size_t o = strlen(out);
     int depth, ml = 0;
     if (!bl_model_parse(c->model, &depth, &ml) && ml && o + 2 < len) {
@@ -270,10 +271,10 @@ static bl_status setup(bl_trainer *t)
     bl_net_init_params(&t->net, c->seed);
     t->info.seed = c->seed;
     t->info.recipe = c->recipe;
-    config_json(c, t->info.config, sizeof t->info.config);
+    config_json(c, t->h.world, t->info.config, sizeof t->info.config);
     if (c->resume[0]) {
         if ((st = bl_checkpoint_load(&t->net, c->resume, 1, &t->info))) return st;
-        config_json(c, t->info.config, sizeof t->info.config);
+        config_json(c, t->h.world, t->info.config, sizeof t->info.config);
         /* training goes on with EMA statistics, unless it resumes inside a FrozenBN phase */
         if (!(c->frozen_bn_epochs > 0 && t->info.epoch >= c->epochs - c->frozen_bn_epochs))
             t->info.precise[0] = 0;
