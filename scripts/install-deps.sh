@@ -3,7 +3,7 @@
 # usage: scripts/install-deps.sh [build|bench]   (build: build, test and demo; bench: also the peers)
 set -euo pipefail
 want="build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev libcjson-dev libjpeg-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist gnuplot-nox jq"
-if [ "${1:-build}" = bench ]; then want="$want libdnnl-dev python3-torch"; fi
+if [ "${1:-build}" = bench ]; then want="$want libdnnl-dev python3-torch python3-torchvision"; fi
 missing=""
 for p in $want; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

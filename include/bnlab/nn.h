@@ -68,6 +68,20 @@ const char *bl_head_norm_name(bl_head_norm n);
 /* "bn", "gn", "none" */
 bl_status bl_head_norm_parse(const char *s, bl_head_norm *n);
 
+/* ---- RoIAlign (roi_align.c): crops of a feature map, the crop head's sampling ----------------------
+ * torchvision.ops.roi_align(aligned=True, sampling_ratio=1) semantics: box corners in map pixels
+ * (the map spans [0, W] x [0, H]), out x out bins, each the bilinear sample at the bin's centre;
+ * samples beyond a pixel outside the map are 0. x: (n, h, w, c) NHWC; box k crops image
+ * box_image[k]; y: (K, out, out, c). The backward adds into dx (zero it first); boxes get no
+ * gradient. */
+typedef struct {
+    float x0, y0, x1, y1;
+} bl_box;
+bl_status bl_roi_align_forward(const float *x, int n, int h, int w, int c, const bl_box *boxes,
+                               const int *box_image, int K, int out, float *y);
+bl_status bl_roi_align_backward(const float *dy, int n, int h, int w, int c, const bl_box *boxes,
+                                const int *box_image, int K, int out, float *dx);
+
 /* ---- the forward context ------------------------------------------------------------------------
  * How every BN layer normalizes in one forward and its backward: per BN layer (network order, see
  * bl_net_bn_at) a mode and the groups, NULL meaning the whole batch. It belongs to the call, not to
