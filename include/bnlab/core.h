@@ -80,6 +80,8 @@ double bl_rng_uniform(bl_rng *r);          /* [0, 1) */
 double bl_rng_normal(bl_rng *r);           /* standard normal (Box-Muller, one value per call) */
 uint32_t bl_rng_below(bl_rng *r, uint32_t n); /* uniform in [0, n), unbiased */
 void bl_rng_shuffle(bl_rng *r, int *a, int n);
+/* A key for bl_rng_seed from two values (a seed and a stream, an epoch, a sample index...). */
+uint64_t bl_rng_mix(uint64_t a, uint64_t b);
 
 /* ---- threads ------------------------------------------------------------------------------- */
 int bl_threads_get(void);       /* threads our loops (and BLAS) will use */

@@ -81,6 +81,16 @@ bl_status bl_roi_align_forward(const float *x, int n, int h, int w, int c, const
                                const int *box_image, int K, int out, float *y);
 bl_status bl_roi_align_backward(const float *dy, int n, int h, int w, int c, const bl_box *boxes,
                                 const int *box_image, int K, int out, float *dx);
+/* K square boxes per image inside an h x w map (crops.c): side uniform in [lo, hi] map pixels,
+ * placed uniformly inside; a function of (seed, stream, sample_ids[i]) alone (training: stream =
+ * epoch; evaluation: one fixed stream). Image i's boxes are i*K .. i*K + K - 1 (box_image = i).
+ * Refused: K < 1, sides that do not fit the map. */
+bl_status bl_crop_boxes(int n, const int *sample_ids, int K, int h, int w, double lo, double hi,
+                        uint64_t seed, int stream, bl_box *boxes, int *box_image);
+/* The shuffle of step `step`: a permutation of total items from the seed alone, the same on every
+ * process; slot s of the shuffled order takes item perm[s] (items and slots numbered globally in
+ * rank order). */
+bl_status bl_shuffle_perm(uint64_t seed, long step, int total, int *perm);
 
 /* ---- the forward context ------------------------------------------------------------------------
  * How every BN layer normalizes in one forward and its backward: per BN layer (network order, see

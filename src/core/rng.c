@@ -64,3 +64,11 @@ void bl_rng_shuffle(bl_rng *r, int *a, int n)
         a[j] = t;
     }
 }
+
+uint64_t bl_rng_mix(uint64_t a, uint64_t b)
+{
+    uint64_t z = a ^ (b + 0x9e3779b97f4a7c15ull + (a << 6) + (a >> 2));
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}

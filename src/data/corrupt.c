@@ -50,14 +50,6 @@ int bl_corruption_monotone(bl_corruption c)
     return c != BL_CORRUPT_ELASTIC && c != BL_CORRUPT_GLASS_BLUR;
 }
 
-static uint64_t mix(uint64_t a, uint64_t b)
-{
-    uint64_t z = a ^ (b + 0x9e3779b97f4a7c15ull + (a << 6) + (a >> 2));
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static double uniform(bl_rng *r, double lo, double hi) { return lo + (hi - lo) * bl_rng_uniform(r); }
 
 /* Poisson(lam): Knuth's product method for small means; for large ones the normal approximation
@@ -411,7 +403,7 @@ bl_status bl_corrupt_image(bl_corruption c, int severity, uint64_t seed, long in
     double *buf = malloc(sizeof(double) * n * 5);
     if (!buf) return bl_fail(BL_ERR_NOMEM, "corrupt: out of memory");
     bl_rng r;
-    bl_rng_seed(&r, mix(mix(mix(seed, 0xc0de0000u + (uint64_t)c), (uint64_t)severity),
+    bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(bl_rng_mix(seed, 0xc0de0000u + (uint64_t)c), (uint64_t)severity),
                         (uint64_t)index));
     img m = {h, w, buf, buf + n, buf + 2 * n, buf + 3 * n, buf + 4 * n, &r};
     for (int i = 0; i < n; i++) m.x[i] = in[i] / 255.0;
