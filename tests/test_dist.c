@@ -9,7 +9,7 @@
  *   5. dgamma/dbeta summed once (not W times);  6. mean 1e4, unit variance: within 1e-3 of double;
  *   7. NCHW and NHWC, C = 3, 17, 100: identical;  8. population statistics: no collective call;
  *   per-process BN: every process's EMA fed all processes' moments by the ghost rule;
- *   the all-to-all with counts;
+ *   the all-to-all with counts; routing rows by a global permutation (the shuffle) and back;
  *   9. PreciseBN across processes: the same bits on every process, 1e-6 from one process with the
  *      same groups (per-process: ghost groups of the share; SyncBN: the whole batch).
  * A failure on any process fails every process (the counts are summed). */
@@ -383,6 +383,43 @@ int main(int argc, char **argv)
             for (int i = 0; i < rc[q]; i++) ok &= rcv[o + i] == (float)(1000 * q + 100 * R + i);
         CHECK(ok, "alltoallv: wrong values received");
         free(snd), free(rcv);
+    }
+
+    /* routing rows by a global permutation (the shuffle): uneven counts with an empty process,
+     * the rows every process gets, the way back (identity), and the gradient with a different dy
+     * on every process against the one-process computation */
+    {
+        int cnt[64], T = 0, mine = 0;
+        const int d = 3;
+        for (int r = 0; r < W; r++) cnt[r] = (r * 3 + 2) % 5, T += cnt[r], mine += r < R ? cnt[r] : 0;
+        int *perm = malloc(sizeof(int) * (T + 1)), *inv = malloc(sizeof(int) * (T + 1));
+        CHECK(bl_shuffle_perm(5, 9, T, perm) == BL_OK, "perm");
+        for (int s2 = 0; s2 < T; s2++) inv[perm[s2]] = s2;
+        const int n = cnt[R];
+        float *in = malloc(sizeof(float) * (n * d + 1)), *out = malloc(sizeof(float) * (n * d + 1));
+        float *back = malloc(sizeof(float) * (n * d + 1)), *dy = malloc(sizeof(float) * (n * d + 1));
+        float *din = malloc(sizeof(float) * (n * d + 1));
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) in[i * d + j] = (float)(1000 * (mine + i) + j);
+        CHECK(bl_pg_route(pg, cnt, perm, 1, d, in, out) == BL_OK &&
+                  bl_pg_route(pg, cnt, perm, -1, d, out, back) == BL_OK, "route: %s", bl_error());
+        int ok_out = 1, ok_back = 1;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) {
+                ok_out &= out[i * d + j] == (float)(1000 * perm[mine + i] + j);
+                ok_back &= back[i * d + j] == in[i * d + j];
+            }
+        CHECK(ok_out, "route: slot s did not get item perm[s]");
+        CHECK(ok_back, "route there and back is not the identity");
+        /* L = sum over slots of dy[s] . out[s], dy different everywhere: dL/din[item i] = dy[inv[i]] */
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) dy[i * d + j] = (float)(7 * (mine + i) + 3 * j + 1);
+        CHECK(bl_pg_route(pg, cnt, perm, -1, d, dy, din) == BL_OK, "route back: %s", bl_error());
+        int ok_grad = 1;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) ok_grad &= din[i * d + j] == (float)(7 * inv[mine + i] + 3 * j + 1);
+        CHECK(ok_grad, "route: the gradient of item i is not dy of its slot");
+        free(perm), free(inv), free(in), free(out), free(back), free(dy), free(din);
     }
 
     /* 9: PreciseBN across processes on a small ResNet and synthetic images */

@@ -50,6 +50,13 @@ bl_status bl_pg_or(bl_pg *pg, int *flags, int n);
  * in rank order). Counts in floats. */
 bl_status bl_pg_alltoallv(bl_pg *pg, const float *send, const int *send_counts, float *recv,
                           const int *recv_counts);
+/* Rows of d floats moved by one global permutation (the crop head's shuffle across processes):
+ * items and slots numbered globally in rank order, process r holding counts[r] of each, so every
+ * process gets as many rows as it gave. dir 1: slot s takes item perm[s]; dir -1 the inverse
+ * (item perm[s] takes slot s); each is the other's gradient. in, out: this process's
+ * counts[rank] rows. Collective (an empty process too); one process: a plain gather. */
+bl_status bl_pg_route(bl_pg *pg, const int *counts, const int *perm, int dir, int d,
+                      const float *in, float *out);
 /* Agreement on an error: every process passes its status; all OK -> OK. Otherwise every process
  * returns the status of the lowest failing rank with that rank's reason ("rank r: ..."), and
  * *agreed (may be NULL) is set: every process knows. A failure of the agreement itself returns
