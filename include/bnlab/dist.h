@@ -20,6 +20,9 @@ typedef struct bl_pg bl_pg;
 /* Joins the processes mpirun started (MPI_Init), or makes a group of one when the program was not
  * launched by mpirun or bnlab has no MPI. argc/argv may be NULL. */
 bl_status bl_pg_init(bl_pg **pg, int *argc, char ***argv);
+/* Without joining anything: how many processes the launcher (mpirun) started, 1 when none, and
+ * this one's rank (may be NULL). */
+int bl_pg_launched(int *rank);
 /* A group of one process, whatever the environment (tests, library users). */
 bl_status bl_pg_single(bl_pg **pg);
 /* Leaves the group (MPI_Finalize for the group that called MPI_Init). */

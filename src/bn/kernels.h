@@ -78,6 +78,8 @@ extern const bl_bn_kernels bl_bn_kernels_ref, bl_bn_kernels_fast;
 bl_status bl_bn_resolve_groups(bl_bn *bn, const bl_groups *g, int n, const bl_groups **out);
 bl_bn_kargs bl_bn_kargs_of(bl_bn *bn, bl_shape s, const bl_groups *g);
 const bl_bn_kernels *bl_bn_kernels_of(const bl_bn *bn);
+/* Room for G groups' pending batch statistics (bn->batch and batch_group_domain). */
+bl_status bl_bn_batch_room(bl_bn *bn, int G);
 /* Refuses non-finite population statistics or var + eps <= 0, naming the layer and channel. */
 bl_status bl_bn_check_population(const bl_bn *bn);
 

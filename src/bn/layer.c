@@ -155,6 +155,26 @@ bl_status bl_bn_pop_affine(const bl_bn *bn, float *mu, float *scale, float *shif
     return BL_OK;
 }
 
+bl_status bl_bn_batch_room(bl_bn *bn, int G)
+{
+    const int C = bn->cfg.channels;
+    if (bn->batch.k != G * C) {
+        bl_moments_free(&bn->batch);
+        bl_status st = bl_moments_init(&bn->batch, G * C);
+        if (st) return st;
+    }
+    if (G > bn->batch_cap) {
+        bl_free(bn->batch_group_domain);
+        if (!(bn->batch_group_domain = bl_alloc((size_t)G * sizeof(int)))) {
+            bn->batch_cap = 0;
+            return bl_fail(BL_ERR_NOMEM, "bn '%s': out of memory for the statistics of %d groups",
+                           bn->name, G);
+        }
+        bn->batch_cap = G;
+    }
+    return BL_OK;
+}
+
 bl_status bl_bn_forward(bl_bn *bn, bl_bn_mode mode, const bl_groups *g, bl_shape s,
                         const float *x, float *y)
 {
@@ -169,17 +189,8 @@ bl_status bl_bn_forward(bl_bn *bn, bl_bn_mode mode, const bl_groups *g, bl_shape
     bn->last_shape.c = 0; /* no valid forward until this one succeeds */
     if (mode == BL_BN_BATCH) {
         bn->pending = 0;
-        int G = g->n_groups, C = s.c;
-        if (bn->batch.k != G * C) {
-            bl_moments_free(&bn->batch);
-            if ((st = bl_moments_init(&bn->batch, G * C))) return st;
-        }
-        if (G > bn->batch_cap) {
-            bl_free(bn->batch_group_domain);
-            bn->batch_group_domain = bl_alloc((size_t)G * sizeof(int));
-            if (!bn->batch_group_domain) return bn->batch_cap = 0, BL_ERR_NOMEM;
-            bn->batch_cap = G;
-        }
+        const int G = g->n_groups;
+        if ((st = bl_bn_batch_room(bn, G))) return st;
         if ((st = bl_bn_kernels_of(bn)->fwd_batch(&a, x, bn->gamma, bn->beta, y, &bn->batch))) return st;
         memcpy(bn->batch_group_domain, g->group_domain, (size_t)G * sizeof(int));
         bn->batch_groups = G;
@@ -266,19 +277,7 @@ bl_status bl_bn_gather_pending(bl_bn *bn, const bl_reducer *r)
     if (st) return bl_fail_ctx(st, "bn '%s': gathering the batch statistics", bn->name);
     const int GA = (int)(n_all / row);
     bn->pending = 0;
-    if (bn->batch.k != GA * C) {
-        bl_moments_free(&bn->batch);
-        if ((st = bl_moments_init(&bn->batch, GA ? GA * C : C))) return bl_free(all), st;
-    }
-    if (GA > bn->batch_cap) {
-        bl_free(bn->batch_group_domain);
-        if (!(bn->batch_group_domain = bl_alloc((size_t)GA * sizeof(int)))) {
-            bn->batch_cap = 0;
-            bl_free(all);
-            return bl_fail(BL_ERR_NOMEM, "bn '%s': out of memory gathering statistics", bn->name);
-        }
-        bn->batch_cap = GA;
-    }
+    if ((st = bl_bn_batch_room(bn, GA))) return bl_free(all), st;
     for (int j = 0; j < GA; j++) {
         const double *o = all + j * row;
         bn->batch_group_domain[j] = (int)o[0];

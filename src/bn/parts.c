@@ -47,12 +47,8 @@ void bl_bn_parts_free(bl_bn_parts *p)
 /* Makes m the core's pending batch statistics (one group), as its own batch forward would. */
 static bl_status set_pending(bl_bn *bn, const bl_moments *m, bl_shape s)
 {
-    bl_status st;
-    if (bn->batch.k != m->k && (st = bl_moments_copy(&bn->batch, m))) return st;
-    if (bn->batch_cap < 1) {
-        if (!(bn->batch_group_domain = bl_alloc(sizeof(int)))) return BL_ERR_NOMEM;
-        bn->batch_cap = 1;
-    }
+    bl_status st = bl_bn_batch_room(bn, 1);
+    if (st) return st;
     memcpy(bn->batch.n, m->n, sizeof(double) * (size_t)m->k);
     memcpy(bn->batch.mean, m->mean, sizeof(double) * (size_t)m->k);
     memcpy(bn->batch.m2, m->m2, sizeof(double) * (size_t)m->k);

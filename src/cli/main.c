@@ -2,7 +2,6 @@
 #include "cli/cli.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 static void usage(FILE *f)
@@ -71,10 +70,9 @@ int main(int argc, char **argv)
     }
     /* only train spreads over processes: W copies of another command would each do all of it
      * and write the same files */
-    const char *ws = getenv("OMPI_COMM_WORLD_SIZE"), *wr = getenv("OMPI_COMM_WORLD_RANK");
-    if (!ws) ws = getenv("PMI_SIZE"), wr = getenv("PMI_RANK"); /* MPICH's launcher */
-    if (strcmp(argv[1], "train") && ws && atoi(ws) > 1) {
-        if (!wr || atoi(wr) == 0)
+    int rank;
+    if (strcmp(argv[1], "train") && bl_pg_launched(&rank) > 1) {
+        if (rank == 0)
             fprintf(stderr, "bnlab %s: runs in one process; under mpirun only train uses the "
                     "processes: run it without mpirun\n", argv[1]);
         return 2;

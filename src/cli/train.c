@@ -31,14 +31,12 @@ typedef struct {
     char mpath[1100];
     cli_dist *d;
     bl_trainer *t;
-    long step;         /* steps done in all */
 } train_view;
 
 static void on_resumed(void *u, const char *path, int epoch, long step, uint64_t seed)
 {
     train_view *v = u;
     v->resumed_epoch = epoch;
-    v->step = step;
     printf("resumed from %s at epoch %d, step %ld\n", path, epoch, step);
     if (seed != v->c->seed)
         printf("note: the data order and augmentation follow the checkpoint's seed %llu, not "
@@ -54,7 +52,7 @@ static void header(void)
 static void on_progress(void *u, int epoch, long done, long steps, double ips)
 {
     train_view *v = u;
-    cli_dist_step(v->d, bl_trainer_net(v->t), ++v->step);
+    cli_dist_step(v->d, bl_trainer_net(v->t), (long)(epoch - 1) * steps + done);
     if (!v->tty || (done % 10 && done != steps)) return;
     const long batch = v->c->batch;
     int bar = (int)(30 * done / steps);
@@ -333,7 +331,7 @@ static int train_main(cli_dist *d, int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     c.stop = &stop_flag;
-    train_view view = {&c, isatty(1) && d->rank == 0, -1, "", d, NULL, 0};
+    train_view view = {&c, isatty(1) && d->rank == 0, -1, "", d, NULL};
     bl_train_hooks hooks;
     cli_dist_hooks(d, &hooks);
     const bl_train_callbacks cb = {&view,       on_resumed, NULL, on_progress, on_frozen,

@@ -21,21 +21,21 @@ struct bl_pg {
 #endif
 };
 
+#ifdef BL_HAVE_MPI
 /* Open MPI's and MPICH's launchers set these in every process they start. */
 static int launched_by_mpirun(void)
 {
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
 }
+#endif
 
-#ifndef BL_HAVE_MPI
-/* The number of processes the launcher started (1 when unknown). */
-static int launched_size(void)
+int bl_pg_launched(int *rank)
 {
-    const char *s = getenv("OMPI_COMM_WORLD_SIZE");
-    if (!s) s = getenv("PMI_SIZE");
+    const char *s = getenv("OMPI_COMM_WORLD_SIZE"), *r = getenv("OMPI_COMM_WORLD_RANK");
+    if (!s) s = getenv("PMI_SIZE"), r = getenv("PMI_RANK");
+    if (rank) *rank = r ? atoi(r) : 0;
     return s && atoi(s) > 1 ? atoi(s) : 1;
 }
-#endif
 
 bl_status bl_pg_single(bl_pg **out)
 {
@@ -87,8 +87,8 @@ bl_status bl_pg_init(bl_pg **out, int *argc, char ***argv)
 #else
     (void)argc, (void)argv;
     /* W copies of one process would each train on everything and write the same files */
-    if (launched_by_mpirun() && launched_size() > 1) {
-        int w = launched_size();
+    const int w = bl_pg_launched(NULL);
+    if (w > 1) {
         free(*out), *out = NULL;
         return bl_fail(BL_ERR_ARG, "started by mpirun as one of %d processes, but bnlab was built "
                        "without MPI: install libopenmpi-dev (scripts/install-deps.sh) and rebuild, "

@@ -19,68 +19,69 @@ static int owner(const long *off, int W, long i)
     return lo;
 }
 
+typedef enum { COUNT, PACK, UNPACK } walk_mode;
+
+/* Walks the slots in order, each moving one row from process `from` to process `to`. COUNT:
+ * sent[to]++ for this process's rows leaving, got[from]++ for those arriving. PACK: this process's
+ * leaving rows into buf at sent[to]++ (the positions of each destination's block). UNPACK:
+ * buf's row at got[from]++ to each arriving row's place. Both sides go in slot order, so the rows
+ * of a pair of processes line up without indices. */
+static void walk(walk_mode m, const long *off, int W, int R, const int *perm, int dir, int d,
+                 long *sent, long *got, const float *in, float *buf, float *out)
+{
+    const long T = off[W], mine = off[R];
+    for (long s = 0; s < T; s++) {
+        /* dir 1: slot s takes item perm[s]; dir -1: item perm[s] takes slot s */
+        const long src = dir == 1 ? perm[s] : s, dst = dir == 1 ? s : perm[s];
+        const int from = owner(off, W, src), to = owner(off, W, dst);
+        if (from == R && m != UNPACK) {
+            if (m == PACK)
+                memcpy(buf + (size_t)sent[to] * d, in + (size_t)(src - mine) * d, sizeof(float) * d);
+            sent[to]++;
+        }
+        if (to == R && m != PACK) {
+            if (m == UNPACK)
+                memcpy(out + (size_t)(dst - mine) * d, buf + (size_t)got[from] * d, sizeof(float) * d);
+            got[from]++;
+        }
+    }
+}
+
 bl_status bl_pg_route(bl_pg *pg, const int *counts, const int *perm, int dir, int d,
                       const float *in, float *out)
 {
     const int W = bl_pg_size(pg), R = bl_pg_rank(pg);
     if (dir != 1 && dir != -1) return bl_fail(BL_ERR_ARG, "route: direction %d: use 1 or -1", dir);
     if (d < 1) return bl_fail(BL_ERR_ARG, "route: rows of %d values", d);
-    long *off = malloc(sizeof(long) * (W + 1));
-    int *sc = calloc((size_t)W, sizeof(int)), *rc = calloc((size_t)W, sizeof(int));
-    if (!off || !sc || !rc) {
-        free(off), free(sc), free(rc);
-        return bl_fail(BL_ERR_NOMEM, "route: out of memory");
-    }
-    off[0] = 0;
-    for (int r = 0; r < W; r++) off[r + 1] = off[r] + (counts[r] > 0 ? counts[r] : 0);
-    const long T = off[W], mine = off[R];
-    bl_status st = BL_OK;
-    for (long s = 0; s < T && !st; s++)
-        if (perm[s] < 0 || perm[s] >= T) st = bl_fail(BL_ERR_ARG, "route: perm[%ld] = %d of %ld", s, perm[s], T);
-    /* dir 1: slot s takes item perm[s] (from owner(perm[s]) to owner(s));
-     * dir -1: item perm[s] takes slot s (from owner(s) to owner(perm[s])) */
-    for (long s = 0; s < T && !st; s++) {
-        const int from = owner(off, W, dir == 1 ? perm[s] : s), to = owner(off, W, dir == 1 ? s : perm[s]);
-        if (from == R) sc[to]++;
-        if (to == R) rc[from]++;
-    }
+    long *off = malloc(sizeof(long) * (W + 1)), *sent = calloc((size_t)W, sizeof(long));
+    long *got = calloc((size_t)W, sizeof(long));
+    int *sc = malloc(sizeof(int) * W), *rc = malloc(sizeof(int) * W);
     float *sbuf = NULL, *rbuf = NULL;
+    bl_status st = off && sent && got && sc && rc ? BL_OK : bl_fail(BL_ERR_NOMEM, "route: out of memory");
+    if (!st) {
+        off[0] = 0;
+        for (int r = 0; r < W; r++) off[r + 1] = off[r] + (counts[r] > 0 ? counts[r] : 0);
+        for (long s = 0; s < off[W] && !st; s++)
+            if (perm[s] < 0 || perm[s] >= off[W])
+                st = bl_fail(BL_ERR_ARG, "route: perm[%ld] = %d of %ld", s, perm[s], off[W]);
+    }
     long ns = 0, nr = 0;
-    for (int q = 0; q < W; q++) ns += sc[q], nr += rc[q];
-    if (!st && (!(sbuf = malloc(sizeof(float) * (size_t)(ns * d + 1))) ||
-                !(rbuf = malloc(sizeof(float) * (size_t)(nr * d + 1)))))
-        st = bl_fail(BL_ERR_NOMEM, "route: out of memory for %ld + %ld rows", ns, nr);
     if (!st) {
-        /* send: for each destination in rank order, the rows in slot order */
-        long *pos = calloc((size_t)W + 1, sizeof(long));
-        if (!pos) st = bl_fail(BL_ERR_NOMEM, "route: out of memory");
-        for (int q = 1; pos && q <= W; q++) pos[q] = pos[q - 1] + sc[q - 1];
-        for (long s = 0; s < T && pos; s++) {
-            const long src = dir == 1 ? perm[s] : s, dst = dir == 1 ? s : perm[s];
-            if (owner(off, W, src) != R) continue;
-            memcpy(sbuf + (size_t)pos[owner(off, W, dst)]++ * d, in + (size_t)(src - mine) * d,
-                   sizeof(float) * d);
+        walk(COUNT, off, W, R, perm, dir, d, sent, got, NULL, NULL, NULL);
+        /* the alltoallv's counts in floats; sent/got become each block's first row */
+        for (int q = 0; q < W; q++) {
+            sc[q] = (int)(sent[q] * d), rc[q] = (int)(got[q] * d);
+            const long a = sent[q], b = got[q];
+            sent[q] = ns, got[q] = nr, ns += a, nr += b;
         }
-        free(pos);
+        if (!(sbuf = malloc(sizeof(float) * (size_t)(ns * d + 1))) ||
+            !(rbuf = malloc(sizeof(float) * (size_t)(nr * d + 1))))
+            st = bl_fail(BL_ERR_NOMEM, "route: out of memory for %ld + %ld rows", ns, nr);
     }
-    int *scd = malloc(sizeof(int) * W), *rcd = malloc(sizeof(int) * W);
-    if (!st && (!scd || !rcd)) st = bl_fail(BL_ERR_NOMEM, "route: out of memory");
-    for (int q = 0; !st && q < W; q++) scd[q] = sc[q] * d, rcd[q] = rc[q] * d;
+    if (!st) walk(PACK, off, W, R, perm, dir, d, sent, got, in, sbuf, NULL);
     /* every process joins the exchange, an empty one too */
-    if (!st) st = bl_pg_alltoallv(pg, sbuf, scd, rbuf, rcd);
-    if (!st) {
-        /* receive: from each source in rank order, the rows in slot order */
-        long *pos = calloc((size_t)W + 1, sizeof(long));
-        if (!pos) st = bl_fail(BL_ERR_NOMEM, "route: out of memory");
-        for (int q = 1; pos && q <= W; q++) pos[q] = pos[q - 1] + rc[q - 1];
-        for (long s = 0; s < T && pos; s++) {
-            const long src = dir == 1 ? perm[s] : s, dst = dir == 1 ? s : perm[s];
-            if (owner(off, W, dst) != R) continue;
-            memcpy(out + (size_t)(dst - mine) * d, rbuf + (size_t)pos[owner(off, W, src)]++ * d,
-                   sizeof(float) * d);
-        }
-        free(pos);
-    }
-    free(off), free(sc), free(rc), free(sbuf), free(rbuf), free(scd), free(rcd);
+    if (!st) st = bl_pg_alltoallv(pg, sbuf, sc, rbuf, rc);
+    if (!st) walk(UNPACK, off, W, R, perm, dir, d, sent, got, NULL, rbuf, out);
+    free(off), free(sent), free(got), free(sc), free(rc), free(sbuf), free(rbuf);
     return st;
 }

@@ -26,6 +26,13 @@ static int taps(int h, int w, double y, double x, int idx[4], float wt[4])
     return 1;
 }
 
+/* The taps of bin (py, px) of box b: its centre, shifted by half a pixel into index space. */
+static int bin_taps(const bl_box *b, int h, int w, int out, int py, int px, int idx[4], float wt[4])
+{
+    const double bh = ((double)b->y1 - b->y0) / out, bw = ((double)b->x1 - b->x0) / out;
+    return taps(h, w, b->y0 - 0.5 + (py + 0.5) * bh, b->x0 - 0.5 + (px + 0.5) * bw, idx, wt);
+}
+
 static bl_status check(int n, int h, int w, int c, const bl_box *boxes, const int *box_image,
                        int K, int out, const char *what)
 {
@@ -51,16 +58,13 @@ bl_status bl_roi_align_forward(const float *x, int n, int h, int w, int c, const
     bl_status st = check(n, h, w, c, boxes, box_image, K, out, "roi_align");
     if (st) return st;
     for (int k = 0; k < K; k++) {
-        const bl_box *b = &boxes[k];
         const float *xi = x + (size_t)box_image[k] * h * w * c;
-        const double bh = ((double)b->y1 - b->y0) / out, bw = ((double)b->x1 - b->x0) / out;
         for (int py = 0; py < out; py++)
             for (int px = 0; px < out; px++) {
                 float *o = y + (((size_t)k * out + py) * out + px) * c;
                 int idx[4];
                 float wt[4];
-                if (!taps(h, w, b->y0 - 0.5 + (py + 0.5) * bh, b->x0 - 0.5 + (px + 0.5) * bw,
-                          idx, wt)) {
+                if (!bin_taps(&boxes[k], h, w, out, py, px, idx, wt)) {
                     for (int ch = 0; ch < c; ch++) o[ch] = 0;
                     continue;
                 }
@@ -79,17 +83,13 @@ bl_status bl_roi_align_backward(const float *dy, int n, int h, int w, int c, con
     bl_status st = check(n, h, w, c, boxes, box_image, K, out, "roi_align backward");
     if (st) return st;
     for (int k = 0; k < K; k++) {
-        const bl_box *b = &boxes[k];
         float *di = dx + (size_t)box_image[k] * h * w * c;
-        const double bh = ((double)b->y1 - b->y0) / out, bw = ((double)b->x1 - b->x0) / out;
         for (int py = 0; py < out; py++)
             for (int px = 0; px < out; px++) {
                 const float *g = dy + (((size_t)k * out + py) * out + px) * c;
                 int idx[4];
                 float wt[4];
-                if (!taps(h, w, b->y0 - 0.5 + (py + 0.5) * bh, b->x0 - 0.5 + (px + 0.5) * bw,
-                          idx, wt))
-                    continue;
+                if (!bin_taps(&boxes[k], h, w, out, py, px, idx, wt)) continue;
                 for (int t = 0; t < 4; t++) {
                     float *d = di + (size_t)idx[t] * c;
                     for (int ch = 0; ch < c; ch++) d[ch] += wt[t] * g[ch];

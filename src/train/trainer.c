@@ -164,6 +164,15 @@ static bl_status load_data(bl_trainer *t)
     return st;
 }
 
+/* The multi-level head's BN statistics merged over the levels: they need the whole batch in one
+ * group (no ghost groups, no per-process shares, no SyncBN yet). */
+static int merged_head(const bl_train_cfg *c)
+{
+    int depth, ml = 0;
+    return !bl_model_parse(c->model, &depth, &ml) && ml && c->head.norm == BL_HEAD_BN &&
+           !c->head.sgd_level;
+}
+
 static bl_status check_cfg(const bl_train_cfg *c)
 {
     if (c->batch < 2) return bl_fail(BL_ERR_ARG, "cfg.batch %d: must be >= 2", c->batch);
@@ -176,9 +185,7 @@ static bl_status check_cfg(const bl_train_cfg *c)
                        c->frozen_bn_epochs, c->epochs);
     if (c->checkpoint_every < 1)
         return bl_fail(BL_ERR_ARG, "cfg.checkpoint_every %d: must be >= 1", c->checkpoint_every);
-    int depth, ml = 0;
-    if (!bl_model_parse(c->model, &depth, &ml) && ml && c->head.norm == BL_HEAD_BN &&
-        !c->head.sgd_level && g < c->batch)
+    if (merged_head(c) && g < c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.norm_batch %d: the head's statistics merged over the "
                        "levels need the whole batch: use per-level statistics (cfg.head_sgd level) with "
                        "ghost groups",
@@ -204,9 +211,7 @@ static bl_status setup(bl_trainer *t)
         return bl_fail(BL_ERR_ARG, "hooks: rank %d of %d", t->h.rank, t->h.world);
     if (t->h.world > 1 && !t->h.reducer)
         return bl_fail(BL_ERR_ARG, "hooks: %d processes need a reducer", t->h.world);
-    int depth_, ml_ = 0;
-    if (c->sync_bn && !bl_model_parse(c->model, &depth_, &ml_) && ml_ &&
-        c->head.norm == BL_HEAD_BN && !c->head.sgd_level)
+    if (c->sync_bn && merged_head(c))
         return bl_fail(BL_ERR_ARG, "cfg.sync_bn: the head's statistics merged over the levels are "
                        "not synchronized across processes yet: use per-level statistics "
                        "(cfg.head_sgd level) with SyncBN");
@@ -218,9 +223,7 @@ static bl_status setup(bl_trainer *t)
          * also the normalization batch of mini-batch evaluation */
         const int share = (c->batch + t->h.world - 1) / t->h.world;
         if (t->g > share) t->g = share;
-        int d_, ml2 = 0;
-        if (!bl_model_parse(c->model, &d_, &ml2) && ml2 && c->head.norm == BL_HEAD_BN &&
-            !c->head.sgd_level)
+        if (merged_head(c))
             return bl_fail(BL_ERR_ARG, "the head's statistics merged over the levels need the "
                            "whole batch in one group, and %d processes each normalize a share: "
                            "use per-level statistics (cfg.head_sgd level)", t->h.world);
