@@ -1,5 +1,5 @@
 /* ckpt_close A B TOL [PREFIX]: the float tensors of two checkpoints (optionally only names
- * starting with PREFIX) within TOL relative, as ||a - b|| / ||a|| over all of them (a bias that
+ * starting with PREFIX, or with !PREFIX all but those) within TOL relative, as ||a - b|| / ||a|| over all of them (a bias that
  * starts at 0 makes a per-tensor max-relative measure report rounding as large); prints that, the
  * worst tensor by max |a - b| / max |a|, and whether they are bit-identical. Exit 0 when close, 1
  * when not, 2 on error. */
@@ -23,12 +23,14 @@ int main(int argc, char **argv)
     }
     const double tol = atof(argv[3]);
     const char *prefix = argc > 4 ? argv[4] : "";
+    const int exclude = prefix[0] == '!';
+    if (exclude) prefix++;
     double worst = 0, d2 = 0, a2 = 0;
     int compared = 0, identical = 1;
     char worst_name[128] = "";
     for (int i = 0; i < a.n; i++) {
         const bl_st_entry *ea = &a.e[i], *eb = bl_st_find(&b, ea->name);
-        if (strncmp(ea->name, prefix, strlen(prefix)) || ea->dtype != BL_F32) continue;
+        if ((strncmp(ea->name, prefix, strlen(prefix)) == 0) == exclude || ea->dtype != BL_F32) continue;
         size_t n = bl_st_numel(ea);
         if (!eb || bl_st_numel(eb) != n) {
             fprintf(stderr, "ckpt_close: %s: missing or of another size in %s\n", ea->name, argv[2]);

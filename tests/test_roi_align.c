@@ -4,20 +4,7 @@
  * and the adjoint identity <dy, F(x)> = <B(dy), x> (the op is linear in x). Bad boxes refused. */
 #include "bnlab/bnlab.h"
 #include "check.h"
-
-static float *get(const bl_safetensors *st, const char *name, size_t n)
-{
-    float *v = malloc(n * sizeof(float) + 4);
-    CHECK(v && bl_st_get_f32(st, name, v, n) == BL_OK, "fixture %s: %s", name, bl_error());
-    return v;
-}
-
-static double worst_rel(const float *a, const float *b, size_t n)
-{
-    double d = 0, m = 0;
-    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i])), m = fmax(m, fabs((double)b[i]));
-    return m > 0 ? d / m : d;
-}
+#include "st_fixture.h"
 
 int main(int argc, char **argv)
 {
@@ -34,8 +21,8 @@ int main(int argc, char **argv)
     const int K = (int)eb->shape[0], n = (int)ex->shape[0], h = (int)ex->shape[1];
     const int w = (int)ex->shape[2], c = (int)ex->shape[3], out = 4;
     const size_t nx = (size_t)n * h * w * c, ny = (size_t)K * out * out * c;
-    float *x = get(&st, "x", nx), *yref = get(&st, "y", ny), *dy = get(&st, "dy", ny);
-    float *dxref = get(&st, "dx", nx), *b5 = get(&st, "boxes", (size_t)K * 5);
+    float *x = st_get(&st, "x", nx), *yref = st_get(&st, "y", ny), *dy = st_get(&st, "dy", ny);
+    float *dxref = st_get(&st, "dx", nx), *b5 = st_get(&st, "boxes", (size_t)K * 5);
     bl_box *boxes = malloc(sizeof(bl_box) * K);
     int *img = malloc(sizeof(int) * K);
     for (int k = 0; k < K; k++) {

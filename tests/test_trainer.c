@@ -89,7 +89,7 @@ static bl_status start(bl_trainer **t, const bl_train_cfg *c, counts *k, int not
 {
     const bl_train_callbacks cb = {k, on_resumed, NULL, on_progress, NULL, on_checkpoint,
                                    on_epoch_end, on_stopped, NULL};
-    const bl_train_hooks hooks = {k, 0, 1, not_writer, h_grads, NULL, h_agree, h_agree_error};
+    const bl_train_hooks hooks = {k, 0, 1, not_writer, h_grads, NULL, h_agree, h_agree_error, NULL};
     return bl_trainer_init(t, c, &cb, &hooks);
 }
 

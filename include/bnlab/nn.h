@@ -56,14 +56,22 @@ typedef struct bl_layer bl_layer;
  * shared weights (conv3x3 - norm - ReLU - conv3x3 - norm - ReLU - conv1x1 to the classes - global
  * average pool) gives one logit vector per level. */
 typedef enum { BL_HEAD_BN = 0, BL_HEAD_GN = 1, BL_HEAD_NONE = 2 } bl_head_norm;
+/* The heads a model name asks for: resnetN, resnetN-ml, resnetN-crops. */
+typedef enum { BL_MODEL_PLAIN = 0, BL_MODEL_ML = 1, BL_MODEL_CROPS = 2 } bl_model_head;
 typedef struct {
     bl_head_norm norm;
-    int sgd_level;    /* BN: batch statistics per level (1) or merged over the levels (0) */
-    int pop_level;    /* BN: inference with population statistics per level (1) or pooled (0) */
-    int affine_level; /* BN, GN: gamma and beta per level (1) or shared (0) */
-    int width;        /* head channels (default 32); GN: groups of 4 channels */
+    int sgd_level;    /* ml, BN: batch statistics per level (1) or merged over the levels (0) */
+    int pop_level;    /* ml, BN: inference with population statistics per level (1) or pooled (0) */
+    int affine_level; /* ml, BN, GN: gamma and beta per level (1) or shared (0) */
+    int width;        /* head channels; 0: the model's default (ml 32, crops 256); GN: groups of
+                       * 4 channels (ml), 32 groups (crops) */
+    /* the crop head (docs/crop-head.md): crops per image, their sides in map pixels */
+    int crops;        /* default 16 */
+    double crop_min, crop_max; /* default 4, 10 */
 } bl_head_cfg;
-void bl_head_defaults(bl_head_cfg *h); /* BN, all shared, width 32 */
+void bl_head_defaults(bl_head_cfg *h); /* BN, all shared, width 0, 16 crops of sides 4..10 */
+/* Width 0 -> the default of the head kind (bl_model_head). */
+void bl_head_resolve(bl_head_cfg *h, int kind);
 const char *bl_head_norm_name(bl_head_norm n);
 /* "bn", "gn", "none" */
 bl_status bl_head_norm_parse(const char *s, bl_head_norm *n);
@@ -92,6 +100,30 @@ bl_status bl_crop_boxes(int n, const int *sample_ids, int K, int h, int w, doubl
  * rank order). */
 bl_status bl_shuffle_perm(uint64_t seed, long step, int total, int *perm);
 
+/* ---- the crop head (crop_head.c; docs/crop-head.md) ---------------------------------------------
+ * Its tensors hold K rows per image: per-sample shape (K, 1, C), so a BN layer over them normalizes
+ * the rows (crops) of its groups' images, and groups of images are groups of crops. */
+#define BL_CROP_OUT 4           /* RoIAlign output side */
+#define BL_CROP_TEST_SEED 0x7e57u /* evaluation crops: the same for every model (per sample index) */
+#define BL_CROP_TEST_STREAM (-1)
+/* Where a forward's crops come from: boxes given (n * K, image i's at i*K..), or drawn by
+ * bl_crop_boxes from (seed, stream, ids[i]) (ids NULL: 0..n-1). A context without one uses the
+ * evaluation crops (BL_CROP_TEST_SEED, BL_CROP_TEST_STREAM) of ids 0..n-1. */
+typedef struct {
+    uint64_t seed;
+    int stream;
+    const int *ids;
+    const bl_box *boxes;
+} bl_crop_src;
+/* The shuffle of a head's rows across processes (--bn-shuffle): slot s takes row perm[s], rows and
+ * slots numbered globally in rank order. route moves this process's rows (dir 1: shuffle; -1:
+ * back) and is collective; NULL: one process holding every row. */
+typedef struct {
+    const int *perm;
+    void *ctx;
+    bl_status (*route)(void *ctx, const int *perm, int dir, int d, const float *in, float *out);
+} bl_shuffle;
+
 /* ---- the forward context ------------------------------------------------------------------------
  * How every BN layer normalizes in one forward and its backward: per BN layer (network order, see
  * bl_net_bn_at) a mode and the groups, NULL meaning the whole batch. It belongs to the call, not to
@@ -107,17 +139,21 @@ typedef struct {
     int n_bn;       /* entries in bn: the net's BN layer count; 0 when bn is NULL */
     bl_bn_use *bn;  /* (n_bn) per layer, or NULL: `all` applies to every BN layer */
     bl_bn_use all;
+    const bl_crop_src *crops;  /* a crop head's boxes (NULL: the evaluation crops) */
+    const bl_shuffle *shuffle; /* a crop head's shuffle (NULL: none) */
 } bl_ctx;
 
 /* Every BN layer alike, nothing allocated (training, evaluation). */
 static inline bl_ctx bl_ctx_all(bl_bn_mode mode, const bl_groups *groups)
 {
-    bl_ctx c = {0, (bl_bn_use *)0, {mode, groups}};
+    bl_ctx c = {0, (bl_bn_use *)0, {mode, groups}, (const bl_crop_src *)0, (const bl_shuffle *)0};
     return c;
 }
 /* A per-layer context for net, every entry (mode, groups) to start with; bl_ctx_free after. */
 bl_status bl_ctx_init(bl_ctx *c, const bl_net *net, bl_bn_mode mode, const bl_groups *groups);
 void bl_ctx_free(bl_ctx *c);
+/* A crop head's BN layers (from net->head_bn on) normalize as `head` (c must be per layer). */
+void bl_ctx_set_head(bl_ctx *c, const bl_net *net, bl_bn_use head);
 /* How BN layer i normalizes under c. */
 static inline const bl_bn_use *bl_ctx_use(const bl_ctx *c, int i)
 {
@@ -133,7 +169,9 @@ typedef enum {
     BL_LAYER_GAP,
     BL_LAYER_LINEAR,
     BL_LAYER_GN,
-    BL_LAYER_BN_PARTS /* one BN over several inputs (bl_net_bn_levels) */
+    BL_LAYER_BN_PARTS, /* one BN over several inputs (bl_net_bn_levels) */
+    BL_LAYER_ROI,      /* a crop head's RoIAlign */
+    BL_LAYER_SHUFFLE   /* a crop head's shuffle of rows */
 } bl_layer_kind;
 
 typedef struct {
@@ -186,8 +224,10 @@ struct bl_net {
     int n_classes;
     char arch[64];           /* e.g. "resnet20", "resnet20-ml" */
     int width;
-    bl_head_cfg head;        /* the multi-level head's choices (levels > 0) */
+    bl_head_cfg head;        /* the head's choices (levels > 0 or crops > 0) */
     int levels;              /* feature levels of a multi-level head, 0 for the plain ResNet */
+    int crops;               /* crops per image of a crop head, 0 without */
+    int head_bn;             /* the crop head's first BN core (n_bn without one) */
     bl_scratch ws;           /* im2col and friends, shared by all layers */
     int finalized;
 };
@@ -210,6 +250,20 @@ bl_status bl_net_relu(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out);
 bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out);
+/* A linear layer on every position (row) of the input: (h, w, c) -> (h, w, cout), weight
+ * name.weight (cout, c), and name.bias when bias. */
+bl_status bl_net_linear_rows(bl_net *net, const char *name, int in, int cout, int bias, int *out);
+/* GroupNorm of each position (row) on its own: a crop head's GN normalizes each crop. */
+bl_status bl_net_gn_rows(bl_net *net, const char *name, int in, int groups, int *out);
+/* A crop head's RoIAlign: the (h, w, c) map -> (K, 1, BL_CROP_OUT^2 * c) per image, K crops of
+ * sides in [lo, hi] from the context's crop source (bl_crop_src). */
+bl_status bl_net_roi(bl_net *net, const char *name, int in, int K, double lo, double hi, int *out);
+/* The rows of the input permuted by the context's shuffle (dir 1) or back (-1); the identity
+ * without one. */
+bl_status bl_net_shuffle(bl_net *net, const char *name, int in, int dir, int *out);
+/* The crop head on map tensor `in`: RoIAlign - fc - shuffle - norm - ReLU - fc - norm - ReLU -
+ * fc (classes, with bias) - unshuffle; *out: the logits (K, 1, classes) per image. */
+bl_status bl_crop_head(bl_net *net, int in, const bl_head_cfg *hd, int classes, int *out);
 /* GroupNorm over `groups` groups of the input's channels (eps 1e-5), parameters name.weight and
  * name.bias (trained like BN's gamma and beta); no batch statistics, so no context entry. */
 bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out);
@@ -244,8 +298,9 @@ void bl_conv_set_winograd(int on);
  * + add + ReLU in one pass), so only the output, the last tensor, is written for sure and no
  * backward may follow. Bit-identical to bl_net_forward with every layer in BL_BN_POPULATION. */
 bl_status bl_net_infer(bl_net *net, const float *x, int n);
-/* Softmax cross-entropy against labels (mean over the batch; with several outputs, the mean over
- * them of each one's cross-entropy); writes the gradient of the logits when grad is set. Returns
+/* Softmax cross-entropy against labels (mean over the batch; with several outputs, or an output of
+ * several rows per sample (a crop head's), the mean over them of each one's cross-entropy and the
+ * prediction from their mean logits); writes the gradient of the logits when grad is set. Returns
  * the summed loss and the count of correct argmax of the (mean) logits. */
 bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss_sum, int *correct);
 /* The same with the gradient of (summed loss) / mean_over (0: no gradient): data parallelism
@@ -307,8 +362,9 @@ bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int
 void bl_net_init_params(bl_net *net, uint64_t seed);
 /* Parses "resnet20" etc. into a depth. */
 bl_status bl_resnet_depth(const char *model, int *depth);
-/* Parses a model name: "resnetN" or "resnetN-ml" (the multi-level head; *ml = 1). */
-bl_status bl_model_parse(const char *model, int *depth, int *ml);
+/* Parses a model name: "resnetN", "resnetN-ml" (the multi-level head) or "resnetN-crops" (the crop
+ * head); *head: bl_model_head. */
+bl_status bl_model_parse(const char *model, int *depth, int *head);
 /* Builds the named model (head: NULL for the defaults; ignored by the plain ResNet). */
 bl_status bl_model_build(bl_net *net, const char *model, int width, int n_classes,
                          const bl_head_cfg *head, int h, int w, int c, int max_batch);

@@ -187,6 +187,8 @@ typedef struct {
      * share): one process with norm_batch = ceil(batch / W) does what W processes without sync
      * do */
     int norm_batch;
+    /* a crop head's BN layers: groups of head_norm_batch images (0: like the others) */
+    int head_norm_batch;
     void (*progress)(void *ctx, long done, long total); /* optional, samples processed */
     void *progress_ctx;
 } bl_precise_cfg;
@@ -321,6 +323,13 @@ typedef struct {
     /* SyncBN across processes (hooks.reducer): every BN layer normalizes over the global batch;
      * 0: each process normalizes its share (per-process BN, ghost groups of ceil(batch / W)) */
     int sync_bn;
+    /* the crop head (models resnetN-crops, docs/crop-head.md; its backbone always normalizes the
+     * whole global batch): its BN layers normalize the crops of groups of head_bn_images images
+     * of a process's share (0: the whole share; one process emulates W processes with groups of
+     * batch / W), or of the global batch under sync_bn; bn_shuffle: the head's rows permuted
+     * across the processes (one process: across the groups) before its first BN, and back after
+     * it */
+    int head_bn_images, bn_shuffle;
     /* set (e.g. by a SIGINT/SIGTERM handler) to stop after the current step with a checkpoint */
     const volatile sig_atomic_t *stop;
 } bl_train_cfg;
@@ -415,6 +424,10 @@ typedef struct {
     /* every process's status: all OK -> OK, else on every process the lowest failing rank's
      * status and reason (after setup, after each step's backward, at each epoch's end) */
     bl_status (*agree_error)(void *ctx, bl_status st);
+    /* the crop head's shuffle across processes (cfg.bn_shuffle): rows of d floats moved by one
+     * global permutation, process r holding counts[r] (bl_pg_route's contract) */
+    bl_status (*route)(void *ctx, const int *counts, const int *perm, int dir, int d,
+                       const float *in, float *out);
 } bl_train_hooks;
 
 bl_status bl_trainer_init(bl_trainer **t, const bl_train_cfg *c, const bl_train_callbacks *cb,

@@ -40,6 +40,12 @@ static void poison_check(cli_dist *d, bl_net *net, long step)
         for (size_t i = 0; i < net->n_param_floats; i++) net->param_block[i] = 0.0f / 0.0f;
 }
 
+static bl_status hook_route(void *ctx, const int *counts, const int *perm, int dir, int d,
+                            const float *in, float *out)
+{
+    return bl_pg_route(((cli_dist *)ctx)->pg, counts, perm, dir, d, in, out);
+}
+
 int cli_dist_init(cli_dist *d, const char *cmd)
 {
     memset(d, 0, sizeof *d);
@@ -69,6 +75,7 @@ void cli_dist_hooks(cli_dist *d, bl_train_hooks *h)
         h->reducer = &d->red;
         h->agree = hook_agree;
         h->agree_error = hook_agree_error;
+        h->route = hook_route;
     }
 }
 

@@ -35,6 +35,9 @@ int cmd_precise(int argc, char **argv)
         {"--sequential", OPT_ONOFF, &c.sequential, 0, 0, 0, NULL,
          "exact mode: layer by layer, earlier layers already on their new statistics (no "
          "small-batch error, independent of --batch; about K/2 forwards for K BN layers)"},
+        {"--head-norm-batch", OPT_INT, &c.head_norm_batch, 0, 0, 60000, NULL,
+         "a crop head (resnetN-crops): its BN layers normalize the crops of groups of N images "
+         "(e.g. its training's --head-bn-images; 0: the whole --batch)"},
         {"--eval", OPT_ONOFF, &evaluate, 0, 0, 0, NULL, "test error before and after"},
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
@@ -65,6 +68,12 @@ int cmd_precise(int argc, char **argv)
                                   &fo, opts, n, &net, &info)))
         return rc;
     c.recipe = info.recipe;
+    if (c.head_norm_batch && !net.crops) {
+        fprintf(stderr, "bnlab precise: --head-norm-batch applies to a crop head; %s is a %s\n",
+                pos[0], net.arch);
+        bl_net_free(&net);
+        return 2;
+    }
     /* keep the optimizer state too when there is one, so the output can still be trained on */
     if (bl_checkpoint_load(&net, pos[0], 1, NULL)) bl_error_clear();
     bl_dataset train, test = {0};

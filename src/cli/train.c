@@ -216,10 +216,12 @@ static int train_main(cli_dist *d, int argc, char **argv)
     int head_norm = 0, head_sgd = 0, head_pop = 0, head_affine = 0;
     const cli_opt opts[] = {
         {"--model", OPT_STR, c.model, sizeof c.model, 0, 0, NULL,
-         "resnet8|14|20|32|56 (6n+2); resnetN-ml: with the multi-level head (docs/multi-level.md)"},
+         "resnet8|14|20|32|56 (6n+2); resnetN-ml: with the multi-level head (docs/multi-level.md); "
+         "resnetN-crops: with the crop head (docs/crop-head.md)"},
         {"--width", OPT_INT, &c.width, 0, 1, 1024, NULL, "channels of the first stage"},
         {"--head-norm", OPT_CHOICE, &head_norm, 0, 0, 0, "bn|gn|none",
-         "resnetN-ml: the head's normalization (gn: groups of 4 channels)"},
+         "resnetN-ml, -crops: the head's normalization (gn: ml groups of 4 channels, crops 32 "
+         "groups per crop)"},
         {"--head-sgd", OPT_CHOICE, &head_sgd, 0, 0, 0, "shared|level",
          "resnetN-ml, bn: training statistics pooled over the levels' pixels, or per level"},
         {"--head-pop", OPT_CHOICE, &head_pop, 0, 0, 0, "shared|level",
@@ -227,7 +229,21 @@ static int train_main(cli_dist *d, int argc, char **argv)
         {"--head-affine", OPT_CHOICE, &head_affine, 0, 0, 0, "shared|level",
          "resnetN-ml: gamma and beta shared by the levels, or per level"},
         {"--head-width", OPT_INT, &c.head.width, 0, 4, 4096, NULL,
-         "resnetN-ml: the laterals' and the head's channels (a multiple of 4)"},
+         "resnetN-ml: the laterals' and the head's channels (a multiple of 4; default 32); "
+         "resnetN-crops: the fc layers' width (default 256)"},
+        {"--crops", OPT_INT, &c.head.crops, 0, 1, 4096, NULL,
+         "resnetN-crops: crops per image (square, placed uniformly inside the 14x14 map)"},
+        {"--crop-min", OPT_DOUBLE, &c.head.crop_min, 0, 0.01, 1e4, NULL,
+         "resnetN-crops: the smallest crop side, in map pixels"},
+        {"--crop-max", OPT_DOUBLE, &c.head.crop_max, 0, 0.01, 1e4, NULL,
+         "resnetN-crops: the largest crop side, in map pixels (at most the map's 14)"},
+        {"--head-bn-images", OPT_INT, &c.head_bn_images, 0, 0, 65536, NULL,
+         "resnetN-crops, bn: the head normalizes the crops of groups of N images (0: of the whole "
+         "batch, or of each process's share under mpirun); one process emulates W processes with "
+         "N = batch/W"},
+        {"--bn-shuffle", OPT_ONOFF, &c.bn_shuffle, 0, 0, 0, NULL,
+         "resnetN-crops, bn: the head's crops permuted across the processes (or the groups of "
+         "--head-bn-images) before its first BN, and back after the head"},
         {"--epochs", OPT_INT, &c.epochs, 0, 1, 100000, NULL, "epochs"},
         {"--batch", OPT_INT, &c.batch, 0, 2, 65536, NULL, "SGD batch"},
         {"--norm-batch", OPT_INT, &c.norm_batch, 0, 0, 65536, NULL,
@@ -290,16 +306,26 @@ static int train_main(cli_dist *d, int argc, char **argv)
     c.head.norm = (bl_head_norm)head_norm, c.head.sgd_level = head_sgd;
     c.head.pop_level = head_pop, c.head.affine_level = head_affine;
     {
+        /* which head each option belongs to: 1 ml, 2 crops, 3 both */
         static const char *head_opts[] = {"--head-norm", "--head-sgd", "--head-pop", "--head-affine",
-                                          "--head-width"};
-        int depth, ml = 0, any = 0;
-        const int known = !bl_model_parse(c.model, &depth, &ml);
-        for (int k = 0; k < 5; k++) {
+                                          "--head-width", "--crops", "--crop-min", "--crop-max"};
+        static const int head_of[] = {3, 1, 1, 1, 3, 2, 2, 2};
+        int depth, kind = 0, any = 0;
+        const int known = !bl_model_parse(c.model, &depth, &kind);
+        for (int k = 0; k < 8; k++) {
             if (!cli_given(head_opts[k])) continue;
             any = 1;
-            if (known && !ml) {
-                fprintf(stderr, "bnlab train: %s applies to models with the multi-level head "
-                        "(--model %s-ml), not %s\n", head_opts[k], c.model, c.model);
+            if (known && !(head_of[k] & (kind == BL_MODEL_ML ? 1 : kind == BL_MODEL_CROPS ? 2 : 0))) {
+                const int base = (int)strcspn(c.model, "-");
+                if (head_of[k] == 3)
+                    fprintf(stderr, "bnlab train: %s applies to models with a head (--model "
+                            "%.*s-ml or %.*s-crops), not %s\n", head_opts[k], base, c.model,
+                            base, c.model, c.model);
+                else
+                    fprintf(stderr, "bnlab train: %s applies to models with the %s (--model "
+                            "%.*s-%s), not %s\n", head_opts[k],
+                            head_of[k] == 1 ? "multi-level head" : "crop head", base, c.model,
+                            head_of[k] == 1 ? "ml" : "crops", c.model);
                 return 2;
             }
             if (c.head.norm != BL_HEAD_BN && (k == 1 || k == 2)) {
@@ -315,12 +341,13 @@ static int train_main(cli_dist *d, int argc, char **argv)
         }
         /* a resumed run keeps its checkpoint's head unless told otherwise (then it must match) */
         bl_ckpt_info ck;
-        if (ml && !any && c.resume[0] && !bl_checkpoint_read_info(c.resume, &ck)) {
+        if (kind != BL_MODEL_PLAIN && !any && c.resume[0] && !bl_checkpoint_read_info(c.resume, &ck)) {
             c.head = ck.head; /* and the table, so the printed configuration says so */
             head_norm = (int)c.head.norm, head_sgd = c.head.sgd_level;
             head_pop = c.head.pop_level, head_affine = c.head.affine_level;
         }
         bl_error_clear();
+        if (known) bl_head_resolve(&c.head, kind); /* the printed width is the one used */
     }
     c.lr_scaling = scaling;
     c.final_precise_bn = final_precise == 0 ? -1 : final_precise == 1;

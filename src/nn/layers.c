@@ -562,19 +562,23 @@ bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out)
     return plain_layer(net, &gap_ops, name, &in, 1, 1, 1, net->t[in].c, out);
 }
 
-/* ---- linear ------------------------------------------------------------------------------------ */
+/* ---- linear ------------------------------------------------------------------------------------
+ * On the flattened sample (the classifier), or on every position (row) of it (a crop head's fc:
+ * rows = h * w positions of c values each). */
 typedef struct {
-    int cin, cout, w, b;
+    int cin, cout, w, b, rows; /* b < 0: no bias; rows: positions per sample (1: flattened) */
 } linear_state;
 
 static bl_status linear_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const linear_state *s = l->state;
     float *y = net->t[l->out].data;
-    const float *b = pdata(net, s->b);
-    bl_gemm(0, 1, net->batch, s->cout, s->cin, 1.0f, net->t[l->in[0]].data, s->cin, pdata(net, s->w),
+    const int m = net->batch * s->rows;
+    bl_gemm(0, 1, m, s->cout, s->cin, 1.0f, net->t[l->in[0]].data, s->cin, pdata(net, s->w),
             s->cin, 0.0f, y, s->cout);
-    for (int i = 0; i < net->batch; i++)
+    if (s->b < 0) return BL_OK;
+    const float *b = pdata(net, s->b);
+    for (int i = 0; i < m; i++)
         for (int k = 0; k < s->cout; k++) y[(size_t)i * s->cout + k] += b[k];
     return BL_OK;
 }
@@ -583,13 +587,16 @@ static bl_status linear_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     const linear_state *s = l->state;
     const float *dy = net->t[l->out].grad;
-    float *db = pgrad(net, s->b);
-    bl_gemm(1, 0, s->cout, s->cin, net->batch, 1.0f, dy, s->cout, net->t[l->in[0]].data, s->cin,
+    const int m = net->batch * s->rows;
+    bl_gemm(1, 0, s->cout, s->cin, m, 1.0f, dy, s->cout, net->t[l->in[0]].data, s->cin,
             1.0f, pgrad(net, s->w), s->cin);
-    for (int i = 0; i < net->batch; i++)
-        for (int k = 0; k < s->cout; k++) db[k] += dy[(size_t)i * s->cout + k];
+    if (s->b >= 0) {
+        float *db = pgrad(net, s->b);
+        for (int i = 0; i < m; i++)
+            for (int k = 0; k < s->cout; k++) db[k] += dy[(size_t)i * s->cout + k];
+    }
     if (l->need_dx)
-        bl_gemm(0, 0, net->batch, s->cin, s->cout, 1.0f, dy, s->cout, pdata(net, s->w), s->cin,
+        bl_gemm(0, 0, m, s->cin, s->cout, 1.0f, dy, s->cout, pdata(net, s->w), s->cin,
                 l->acc[0] ? 1.0f : 0.0f, net->t[l->in[0]].grad, s->cin);
     return BL_OK;
 }
@@ -597,23 +604,29 @@ static bl_status linear_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 static const bl_layer_ops linear_ops = {BL_LAYER_LINEAR, "linear",   NULL,     linear_forward,
                                         linear_backward, free_state, NULL, NULL};
 
-bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out)
+static bl_status linear_make(bl_net *net, const char *name, int in, int cout, int bias, int rows,
+                             int *out)
 {
     if (in < 0 || in >= net->n_tensors || cout < 1)
         return bl_fail(BL_ERR_ARG, "linear '%s': bad arguments (input %d, %d outputs)", name, in,
                        cout);
     linear_state *s = calloc(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "linear '%s': out of memory", name);
-    s->cin = (int)bl_tsize(&net->t[in]);
+    const bl_tensor *x = &net->t[in];
+    s->rows = rows ? x->h * x->w : 1;
+    s->cin = rows ? x->c : (int)bl_tsize(x);
     s->cout = cout;
+    s->b = -1;
     char pn[96];
     int ws[2] = {cout, s->cin};
     snprintf(pn, sizeof pn, "%s.weight", name);
     bl_layer *l;
     bl_status st = bl_net_declare(net, pn, BL_P_WEIGHT, 2, ws, 0, &s->w);
     snprintf(pn, sizeof pn, "%s.bias", name);
-    if (!st) st = bl_net_declare(net, pn, BL_P_BIAS, 1, &cout, 0, &s->b);
-    if (!st) st = bl_net_layer(net, &linear_ops, name, &in, 1, 1, 1, cout, s, &l);
+    if (!st && bias) st = bl_net_declare(net, pn, BL_P_BIAS, 1, &cout, 0, &s->b);
+    if (!st)
+        st = bl_net_layer(net, &linear_ops, name, &in, 1, rows ? x->h : 1, rows ? x->w : 1, cout,
+                          s, &l);
     if (st) {
         free(s);
         return st;
@@ -622,18 +635,39 @@ bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *ou
     return BL_OK;
 }
 
+bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out)
+{
+    return linear_make(net, name, in, cout, 1, 0, out);
+}
+
+bl_status bl_net_linear_rows(bl_net *net, const char *name, int in, int cout, int bias, int *out)
+{
+    return linear_make(net, name, in, cout, bias, 1, out);
+}
+
 /* ---- GroupNorm ----------------------------------------------------------------------------------- */
 typedef struct {
-    int groups, gamma, beta;
-    double *mean, *rstd; /* (max_batch * groups): forward's, for backward */
+    int groups, gamma, beta, rows; /* rows: each position normalized on its own (a crop's) */
+    double *mean, *rstd; /* (max_batch * positions * groups): forward's, for backward */
 } gn_state;
+
+/* The GN shape: samples, or every position of every sample as a 1x1 sample of its own. */
+static bl_shape gn_shape(const bl_layer *l, const bl_net *net)
+{
+    const gn_state *s = l->state;
+    const bl_tensor *x = &net->t[l->in[0]];
+    if (s->rows) return (bl_shape){net->batch * x->h * x->w, x->c, 1, 1, BL_NHWC};
+    return (bl_shape){net->batch, x->c, x->h, x->w, BL_NHWC};
+}
 
 static bl_status gn_bind(bl_layer *l, bl_net *net)
 {
     gn_state *s = l->state;
-    s->mean = malloc(sizeof(double) * (size_t)net->max_batch * s->groups * 2);
+    const bl_tensor *x = &net->t[l->in[0]];
+    const size_t n = (size_t)net->max_batch * (s->rows ? x->h * x->w : 1) * s->groups;
+    s->mean = malloc(sizeof(double) * n * 2);
     if (!s->mean) return bl_fail(BL_ERR_NOMEM, "gn '%s': out of memory", l->name);
-    s->rstd = s->mean + (size_t)net->max_batch * s->groups;
+    s->rstd = s->mean + n;
     return BL_OK;
 }
 
@@ -641,7 +675,7 @@ static bl_status gn_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     gn_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]];
-    bl_status st = bl_gn_forward(bn_shape(net, x), s->groups, 1e-5, x->data, pdata(net, s->gamma),
+    bl_status st = bl_gn_forward(gn_shape(l, net), s->groups, 1e-5, x->data, pdata(net, s->gamma),
                                  pdata(net, s->beta), net->t[l->out].data, s->mean, s->rstd);
     return st ? bl_fail_ctx(st, "layer '%s'", l->name) : BL_OK;
 }
@@ -654,7 +688,7 @@ static bl_status gn_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     float *dx = x->grad;
     if (!l->need_dx || l->acc[0]) /* the input gradient goes to scratch: added, or dropped */
         if (!(dx = bl_scratch_get(&net->ws, n * sizeof(float)))) return BL_ERR_NOMEM;
-    bl_status st = bl_gn_backward(bn_shape(net, x), s->groups, x->data, net->t[l->out].grad,
+    bl_status st = bl_gn_backward(gn_shape(l, net), s->groups, x->data, net->t[l->out].grad,
                                   pdata(net, s->gamma), s->mean, s->rstd, dx,
                                   pgrad(net, s->gamma), pgrad(net, s->beta));
     if (!st && l->need_dx && l->acc[0]) put(x->grad, dx, n, 1);
@@ -676,8 +710,8 @@ bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out)
     return bl_net_gn_param(net, name, name, in, groups, out);
 }
 
-bl_status bl_net_gn_param(bl_net *net, const char *name, const char *prefix, int in, int groups,
-                          int *out)
+static bl_status gn_make(bl_net *net, const char *name, const char *prefix, int in, int groups,
+                         int rows, int *out)
 {
     if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "gn '%s': bad input", name);
     const bl_tensor *x = &net->t[in];
@@ -687,6 +721,7 @@ bl_status bl_net_gn_param(bl_net *net, const char *name, const char *prefix, int
     gn_state *s = calloc(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "gn '%s': out of memory", name);
     s->groups = groups;
+    s->rows = rows;
     char pn[96];
     int c = x->c;
     bl_layer *l;
@@ -701,4 +736,15 @@ bl_status bl_net_gn_param(bl_net *net, const char *name, const char *prefix, int
     }
     *out = l->out;
     return BL_OK;
+}
+
+bl_status bl_net_gn_param(bl_net *net, const char *name, const char *prefix, int in, int groups,
+                          int *out)
+{
+    return gn_make(net, name, prefix, in, groups, 0, out);
+}
+
+bl_status bl_net_gn_rows(bl_net *net, const char *name, int in, int groups, int *out)
+{
+    return gn_make(net, name, name, in, groups, 1, out);
 }

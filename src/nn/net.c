@@ -164,6 +164,12 @@ bl_status bl_net_finalize(bl_net *net)
         for (int j = 0; j < k; j++) net->bn_layer[net->n_bn++] = li;
     }
     if (!net->n_outputs) net->outputs[0] = net->n_tensors - 1, net->n_outputs = 1;
+    /* a crop head starts at its RoIAlign: its BN cores normalize crops, the others images */
+    int roi = net->n_layers;
+    for (int li = 0; li < net->n_layers && roi == net->n_layers; li++)
+        if (net->layers[li].ops->kind == BL_LAYER_ROI) roi = li;
+    net->head_bn = net->n_bn;
+    for (int k = net->n_bn - 1; k >= 0 && net->bn_layer[k] > roi; k--) net->head_bn = k;
     net->finalized = 1;
     for (int li = 0; li < net->n_layers; li++) {
         bl_layer *l = &net->layers[li];
@@ -183,6 +189,11 @@ bl_status bl_ctx_init(bl_ctx *c, const bl_net *net, bl_bn_mode mode, const bl_gr
     c->n_bn = net->n_bn;
     for (int i = 0; i < c->n_bn; i++) c->bn[i] = c->all;
     return BL_OK;
+}
+
+void bl_ctx_set_head(bl_ctx *c, const bl_net *net, bl_bn_use head)
+{
+    for (int i = net->head_bn; i < c->n_bn && c->bn; i++) c->bn[i] = head;
 }
 
 void bl_ctx_free(bl_ctx *c)
@@ -221,7 +232,7 @@ void bl_net_free(bl_net *net)
 }
 
 /* ctx NULL: every BN layer with batch statistics over the whole batch */
-static const bl_ctx whole_batch_ctx = {0, NULL, {BL_BN_BATCH, NULL}};
+static const bl_ctx whole_batch_ctx = {0, NULL, {BL_BN_BATCH, NULL}, NULL, NULL};
 
 static bl_status check_ctx(const bl_net *net, const bl_ctx **ctx)
 {
@@ -327,34 +338,42 @@ bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss
 bl_status bl_net_loss_over(bl_net *net, const uint8_t *labels, long mean_over, double *loss_sum,
                            int *correct)
 {
-    const int L = net->n_outputs, n = net->batch;
+    /* every output row of a sample (L outputs of R rows: levels, crops) is one prediction of its
+     * label: the loss is the mean of their cross-entropies, the prediction their mean logits */
+    const bl_tensor *t0 = &net->t[net->outputs[0]];
+    const int L = net->n_outputs, n = net->batch, k = t0->c, R = t0->h * t0->w, LR = L * R;
     const int grad = mean_over > 0;
-    const int k = (int)bl_tsize(&net->t[net->outputs[0]]);
+    if (LR > 1 && k > BL_MAX_MEAN_LOGITS)
+        return bl_fail(BL_ERR_ARG, "loss: %d predictions per sample of %d classes (at most %d)",
+                       LR, k, BL_MAX_MEAN_LOGITS);
     double total = 0;
     int ok = 0;
     for (int i = 0; i < n; i++) {
         if (labels[i] >= k)
             return bl_fail(BL_ERR_ARG, "loss: label %d of sample %d is outside the %d classes",
                            labels[i], i, k);
-        float zm[BL_MAX_MEAN_LOGITS]; /* the mean logits of several outputs (the prediction) */
+        float zm[BL_MAX_MEAN_LOGITS]; /* the mean logits (the prediction) */
         for (int j = 0; j < k && j < BL_MAX_MEAN_LOGITS; j++) zm[j] = 0;
-        for (int o = 0; o < L; o++) {
-            const bl_tensor *t = &net->t[net->outputs[o]];
-            const float *z = t->data + (size_t)i * k;
-            float *g = t->grad + (size_t)i * k;
-            double mx = z[argmax(z, k)];
-            if (!isfinite(mx))
-                return bl_fail(BL_ERR_NUMERIC, "loss: the logits of sample %d are not finite", i);
-            double se = 0;
-            for (int j = 0; j < k; j++) se += exp(z[j] - mx);
-            total += (log(se) + mx - z[labels[i]]) / L;
-            for (int j = 0; j < k && j < BL_MAX_MEAN_LOGITS; j++) zm[j] += z[j] / L;
-            if (grad)
-                for (int j = 0; j < k; j++)
-                    g[j] = (float)((exp(z[j] - mx) / se - (j == labels[i])) / ((double)mean_over * L));
-        }
-        ok += (L == 1 ? argmax(net->t[net->outputs[0]].data + (size_t)i * k, k)
-                      : argmax(zm, k)) == labels[i];
+        for (int o = 0; o < L; o++)
+            for (int r = 0; r < R; r++) {
+                const bl_tensor *t = &net->t[net->outputs[o]];
+                const size_t at = ((size_t)i * R + r) * k;
+                const float *z = t->data + at;
+                float *g = t->grad + at;
+                double mx = z[argmax(z, k)];
+                if (!isfinite(mx))
+                    return bl_fail(BL_ERR_NUMERIC, "loss: the logits of sample %d are not finite",
+                                   i);
+                double se = 0;
+                for (int j = 0; j < k; j++) se += exp(z[j] - mx);
+                total += (log(se) + mx - z[labels[i]]) / LR;
+                for (int j = 0; j < k && j < BL_MAX_MEAN_LOGITS; j++) zm[j] += z[j] / LR;
+                if (grad)
+                    for (int j = 0; j < k; j++)
+                        g[j] = (float)((exp(z[j] - mx) / se - (j == labels[i])) /
+                                       ((double)mean_over * LR));
+            }
+        ok += (LR == 1 ? argmax(t0->data + (size_t)i * k, k) : argmax(zm, k)) == labels[i];
     }
     *loss_sum = total;
     *correct = ok;
@@ -363,11 +382,18 @@ bl_status bl_net_loss_over(bl_net *net, const uint8_t *labels, long mean_over, d
 
 void bl_net_output_correct(const bl_net *net, const uint8_t *labels, int *correct)
 {
-    const int k = (int)bl_tsize(&net->t[net->outputs[0]]);
+    const bl_tensor *t0 = &net->t[net->outputs[0]];
+    const int k = t0->c, R = t0->h * t0->w;
     for (int o = 0; o < net->n_outputs; o++) {
         const float *z = net->t[net->outputs[o]].data;
         correct[o] = 0;
-        for (int i = 0; i < net->batch; i++) correct[o] += argmax(z + (size_t)i * k, k) == labels[i];
+        for (int i = 0; i < net->batch; i++) {
+            float zm[BL_MAX_MEAN_LOGITS] = {0};
+            for (int r = 0; r < R; r++)
+                for (int j = 0; j < k && j < BL_MAX_MEAN_LOGITS; j++)
+                    zm[j] += z[((size_t)i * R + r) * k + j] / R;
+            correct[o] += (R == 1 ? argmax(z + (size_t)i * k, k) : argmax(zm, k)) == labels[i];
+        }
     }
 }
 

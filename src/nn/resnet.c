@@ -26,7 +26,13 @@ void bl_head_defaults(bl_head_cfg *h)
 {
     memset(h, 0, sizeof *h);
     h->norm = BL_HEAD_BN;
-    h->width = 32;
+    h->crops = 16;
+    h->crop_min = 4, h->crop_max = 10;
+}
+
+void bl_head_resolve(bl_head_cfg *h, int kind)
+{
+    if (!h->width) h->width = kind == BL_MODEL_CROPS ? 256 : 32;
 }
 
 const char *bl_head_norm_name(bl_head_norm n)
@@ -41,18 +47,20 @@ bl_status bl_head_norm_parse(const char *s, bl_head_norm *n)
     return bl_fail(BL_ERR_ARG, "head norm '%s': use bn, gn or none", s ? s : "(null)");
 }
 
-bl_status bl_model_parse(const char *model, int *depth, int *ml)
+bl_status bl_model_parse(const char *model, int *depth, int *head)
 {
     char base[32];
     const char *dash = model ? strchr(model, '-') : NULL;
-    *ml = 0;
+    *head = BL_MODEL_PLAIN;
     if (dash) {
-        if (strcmp(dash, "-ml") || (size_t)(dash - model) >= sizeof base)
+        const int kind = !strcmp(dash, "-ml") ? BL_MODEL_ML : !strcmp(dash, "-crops") ? BL_MODEL_CROPS : -1;
+        if (kind < 0 || (size_t)(dash - model) >= sizeof base)
             return bl_fail(BL_ERR_ARG, "unknown model '%s': use resnetN (N = 6n+2: 8, 14, 20, 32, "
-                           "56) or resnetN-ml (with the multi-level head)", model);
+                           "56), resnetN-ml (with the multi-level head) or resnetN-crops (with the "
+                           "crop head)", model);
         memcpy(base, model, (size_t)(dash - model));
         base[dash - model] = 0;
-        *ml = 1;
+        *head = kind;
         return bl_resnet_depth(base, depth);
     }
     return bl_resnet_depth(model, depth);
@@ -63,15 +71,15 @@ bl_status bl_model_parse(const char *model, int *depth, int *ml)
         if ((st = (expr))) return st;                                                              \
     } while (0)
 
-/* The backbone: stem and three stages; stage[s] receives stage s's output tensor. */
-static bl_status backbone(bl_net *net, int depth, int width, int *stage_out)
+/* The backbone: stem and `stages` stages; stage[s] receives stage s's output tensor. */
+static bl_status backbone(bl_net *net, int depth, int width, int stages, int *stage_out)
 {
     bl_status st;
     int n = (depth - 2) / 6, t, in_planes = width;
     TRY(bl_net_conv(net, "conv1", 0, width, 3, 1, 1, &t));
     TRY(bl_net_bn(net, "bn1", t, &t));
     TRY(bl_net_relu(net, "relu", t, &t));
-    for (int stage = 1; stage <= 3; stage++) {
+    for (int stage = 1; stage <= stages; stage++) {
         int planes = width << (stage - 1);
         for (int j = 0; j < n; j++) {
             int stride = stage > 1 && j == 0 ? 2 : 1, x = t, sc = t;
@@ -128,9 +136,12 @@ static bl_status head_stage(bl_net *net, const bl_head_cfg *hd, int stage, int *
     return BL_OK;
 }
 
-static bl_status build(bl_net *net, int depth, int width, int n_classes, const bl_head_cfg *hd,
-                       int h, int w, int c, int max_batch)
+static bl_status build(bl_net *net, int depth, int width, int n_classes, int kind,
+                       const bl_head_cfg *head, int h, int w, int c, int max_batch)
 {
+    bl_head_cfg res = *head;
+    bl_head_resolve(&res, kind);
+    const bl_head_cfg *hd = kind == BL_MODEL_ML ? &res : NULL;
     memset(net, 0, sizeof *net);
     if (depth < 8 || (depth - 2) % 6)
         return bl_fail(BL_ERR_ARG, "resnet depth %d: must be 6n+2 with n >= 1", depth);
@@ -142,11 +153,17 @@ static bl_status build(bl_net *net, int depth, int width, int n_classes, const b
                        "of 4 channels)", hd->width);
     bl_status st = bl_net_init(net, h, w, c, max_batch);
     if (st) return st;
-    snprintf(net->arch, sizeof net->arch, "resnet%d%s", depth, hd ? "-ml" : "");
+    snprintf(net->arch, sizeof net->arch, "resnet%d%s", depth,
+             kind == BL_MODEL_ML ? "-ml" : kind == BL_MODEL_CROPS ? "-crops" : "");
     net->width = width;
     net->n_classes = n_classes;
     int stage[3], t;
-    TRY(backbone(net, depth, width, stage));
+    if (kind == BL_MODEL_CROPS) { /* stages 1-2 (a 14x14 map from 28x28), then the crop head */
+        TRY(backbone(net, depth, width, 2, stage));
+        TRY(bl_crop_head(net, stage[1], &res, n_classes, &t));
+        return bl_net_finalize(net);
+    }
+    TRY(backbone(net, depth, width, 3, stage));
     if (!hd) {
         TRY(bl_net_gap(net, "avgpool", stage[2], &t));
         TRY(bl_net_linear(net, "fc", t, n_classes, &t));
@@ -179,7 +196,9 @@ static bl_status build(bl_net *net, int depth, int width, int n_classes, const b
 bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
                     int max_batch)
 {
-    bl_status st = build(net, depth, width, n_classes, NULL, h, w, c, max_batch);
+    bl_head_cfg def;
+    bl_head_defaults(&def);
+    bl_status st = build(net, depth, width, n_classes, BL_MODEL_PLAIN, &def, h, w, c, max_batch);
     if (st) bl_net_free(net);
     return st;
 }
@@ -187,12 +206,12 @@ bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int
 bl_status bl_model_build(bl_net *net, const char *model, int width, int n_classes,
                          const bl_head_cfg *head, int h, int w, int c, int max_batch)
 {
-    int depth, ml;
-    bl_status st = bl_model_parse(model, &depth, &ml);
+    int depth, kind;
+    bl_status st = bl_model_parse(model, &depth, &kind);
     if (st) return st;
     bl_head_cfg def;
     bl_head_defaults(&def);
-    st = build(net, depth, width, n_classes, ml ? (head ? head : &def) : NULL, h, w, c, max_batch);
+    st = build(net, depth, width, n_classes, kind, head ? head : &def, h, w, c, max_batch);
     if (st) bl_net_free(net);
     return st;
 }

@@ -30,8 +30,10 @@ static const char *estimator(const bl_net *net)
 void bl_head_json(const bl_head_cfg *h, char *buf, size_t len)
 {
     snprintf(buf, len, "{\"norm\":\"%s\",\"sgd\":\"%s\",\"pop\":\"%s\",\"affine\":\"%s\","
-             "\"width\":%d}", bl_head_norm_name(h->norm), h->sgd_level ? "level" : "shared",
-             h->pop_level ? "level" : "shared", h->affine_level ? "level" : "shared", h->width);
+             "\"width\":%d,\"crops\":%d,\"crop_min\":%g,\"crop_max\":%g}",
+             bl_head_norm_name(h->norm), h->sgd_level ? "level" : "shared",
+             h->pop_level ? "level" : "shared", h->affine_level ? "level" : "shared", h->width,
+             h->crops, h->crop_min, h->crop_max);
 }
 
 /* "shared" -> 0, "level" -> 1, else -1 */
@@ -57,6 +59,17 @@ bl_status bl_head_from_json(const char *json, bl_head_cfg *h)
     else
         h->sgd_level = sgd, h->pop_level = pop, h->affine_level = aff,
         h->width = (int)width->valuedouble;
+    /* the crop head's (absent before it existed: the defaults) */
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "crops"),
+                *lo = cJSON_GetObjectItemCaseSensitive(j, "crop_min"),
+                *hi = cJSON_GetObjectItemCaseSensitive(j, "crop_max");
+    if (!st && ((k && !(cJSON_IsNumber(k) && k->valuedouble >= 1 && k->valuedouble <= 4096)) ||
+                (lo && !(cJSON_IsNumber(lo) && lo->valuedouble > 0 && lo->valuedouble <= 1e4)) ||
+                (hi && !(cJSON_IsNumber(hi) && hi->valuedouble > 0 && hi->valuedouble <= 1e4))))
+        st = bl_fail(BL_ERR_FORMAT, "the 'head' metadata's crops are malformed: %.200s", json);
+    if (!st && k) h->crops = (int)k->valuedouble;
+    if (!st && lo) h->crop_min = lo->valuedouble;
+    if (!st && hi) h->crop_max = hi->valuedouble;
     cJSON_Delete(j);
     return st;
 }
@@ -111,7 +124,7 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     snprintf(v, sizeof v, "%.4f", rc.std[0]), bl_st_set_meta(&w, "data_std", v);
     bl_st_set_meta(&w, "recipe", rj);
     bl_st_set_meta(&w, "estimator", estimator(net));
-    if (net->levels) {
+    if (net->levels || net->crops) {
         char hj[256];
         bl_head_json(&net->head, hj, sizeof hj);
         bl_st_set_meta(&w, "head", hj);

@@ -51,8 +51,13 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
     int *order = malloc(sizeof(int) * d->n);
     float *x = bl_alloc((size_t)chunk * d->h * d->w * sizeof(float));
     uint8_t *y = malloc((size_t)chunk);
-    bl_status st = BL_OK;
-    if (!order || !x || !y) st = bl_fail(BL_ERR_NOMEM, "out of memory for the evaluation batches");
+    /* a crop head under mini-batch statistics: the backbone with population statistics, the head
+     * with its groups' (the paper's test batch: one image's crops) */
+    bl_ctx hctx = {0};
+    bl_status st = net->crops && bn == BL_BN_BATCH ? bl_ctx_init(&hctx, net, BL_BN_POPULATION, NULL)
+                                                  : BL_OK;
+    if (!st && (!order || !x || !y))
+        st = bl_fail(BL_ERR_NOMEM, "out of memory for the evaluation batches");
     if (!st && bn == BL_BN_BATCH) st = bl_eval_order(d, seed, by_class, order);
     else if (!st)
         for (int i = 0; i < d->n; i++) order[i] = i;
@@ -64,12 +69,23 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
         bl_dataset_batch(d, recipe, order + s, n, NULL, x, y);
         double ls = 0;
         int ok = 0;
+        /* a crop head's crops: fixed per sample index */
+        const bl_crop_src crops = {BL_CROP_TEST_SEED, BL_CROP_TEST_STREAM, order + s, NULL};
         if (bn == BL_BN_BATCH) {
             bl_groups groups;
             if ((st = bl_groups_ghost(&groups, n, g))) break;
-            const bl_ctx ctx = bl_ctx_all(BL_BN_BATCH, &groups);
+            bl_ctx ctx = bl_ctx_all(BL_BN_BATCH, &groups);
+            if (net->crops) {
+                bl_ctx_set_head(&hctx, net, (bl_bn_use){BL_BN_BATCH, &groups});
+                ctx = hctx;
+            }
+            ctx.crops = &crops;
             st = bl_net_forward(net, &ctx, x, n);
             bl_groups_free(&groups);
+        } else if (net->crops) {
+            bl_ctx ctx = bl_ctx_all(BL_BN_POPULATION, NULL);
+            ctx.crops = &crops;
+            st = bl_net_forward(net, &ctx, x, n);
         } else {
             st = bl_net_infer(net, x, n);
         }
@@ -83,6 +99,7 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
         }
     }
     free(order), bl_free(x), free(y);
+    bl_ctx_free(&hctx);
     if (world > 1) {
         char reason[512];
         snprintf(reason, sizeof reason, "%s", st ? bl_error() : "");

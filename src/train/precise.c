@@ -157,7 +157,10 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     if (c->norm_batch < 0)
         return bl_fail(BL_ERR_ARG, "precise: norm_batch %d: use 0 (the whole batch) or more",
                        c->norm_batch);
-    bl_groups groups = {0};
+    bl_groups groups = {0}, hgroups = {0};
+    if (c->head_norm_batch < 0)
+        return bl_fail(BL_ERR_ARG, "precise: head_norm_batch %d: use 0 (like the other layers) or "
+                       "more", c->head_norm_batch);
     int *idx = malloc(sizeof(int) * (size_t)d->n);
     float *x = bl_alloc((size_t)B * npix * sizeof(float));
     uint8_t *y = malloc((size_t)B);
@@ -210,6 +213,14 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
             if (st) break;
             groups.reducer = c->sync ? c->reducer : NULL;
             for (int k = 0; k < K; k++) ctx.bn[k].groups = &groups;
+            /* a crop head: its own groups of images, and the crops of these samples */
+            const bl_crop_src crops = {c->seed, BL_PRECISE_STREAM, idx + s + off, NULL};
+            ctx.crops = &crops;
+            if (c->head_norm_batch && c->head_norm_batch < n && !c->sync) {
+                bl_groups_free(&hgroups);
+                if ((st = bl_groups_ghost(&hgroups, n, c->head_norm_batch))) break;
+                for (int k = net->head_bn; k < K; k++) ctx.bn[k].groups = &hgroups;
+            }
             if ((st = bl_net_forward_to(net, &ctx, x, n, stop))) break;
             for (int k = first; k <= last && !st; k++) {
                 if ((st = bl_bn_commit(bl_net_bn_at(net, k), BL_EST_PRECISE))) break;
@@ -243,6 +254,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     }
     free(lfirst);
     bl_groups_free(&groups);
+    bl_groups_free(&hgroups);
     if (st) bl_pop_restore(net, &saved);
     bl_pop_free(&saved);
     free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);
@@ -259,10 +271,13 @@ void bl_precise_record(char *buf, size_t len, const bl_precise_cfg *c, const bl_
                        bl_net *net)
 {
     int o = snprintf(buf, len, "{\"estimator\":\"%s\",\"samples\":%ld,\"batch\":%d,"
-                     "\"augment\":%s,\"seed\":%llu,\"forwards\":%.3f,\"worst_se\":%.6g,"
-                     "\"max_se\":{", c->sequential ? "precise-sequential" : "precise", c->samples,
-                     c->batch, c->augment ? "true" : "false", (unsigned long long)c->seed,
-                     r->forwards, r->worst_se);
+                     "\"augment\":%s,\"seed\":%llu,\"forwards\":%.3f,\"worst_se\":%.6g,",
+                     c->sequential ? "precise-sequential" : "precise", c->samples, c->batch,
+                     c->augment ? "true" : "false", (unsigned long long)c->seed, r->forwards,
+                     r->worst_se);
+    if (net->crops && o > 0 && (size_t)o < len)
+        o += snprintf(buf + o, len - o, "\"head_norm_batch\":%d,", c->head_norm_batch);
+    if (o > 0 && (size_t)o < len) o += snprintf(buf + o, len - o, "\"max_se\":{");
     for (int k = 0; k < r->layers && o > 0 && (size_t)o < len; k++)
         o += snprintf(buf + o, len - o, "%s\"%s\":%.6g", k ? "," : "", bl_net_bn_at(net, k)->name,
                       r->max_se[k]);

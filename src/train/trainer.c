@@ -74,16 +74,18 @@ static void config_json(const bl_train_cfg *c, int world, char *out, size_t len)
              "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
              "\"precise_bn_every\":%d,\"final_precise_bn\":%d,\"precise_samples\":%ld,"
              "\"precise_batch\":%d,\"keep_every\":%d,\"frozen_bn_epochs\":%d,"
-             "\"frozen_bn_reestimate\":%d,\"sync_bn\":%d,\"processes\":%d,\"data_dir\":\"%s\"",
+             "\"frozen_bn_reestimate\":%d,\"sync_bn\":%d,\"processes\":%d,\"head_bn_images\":%d,"
+             "\"bn_shuffle\":%d,\"data_dir\":\"%s\"",
              c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
              c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
              c->lr_scaling ? "linear" : "none", (unsigned long long)c->seed, c->threads,
              c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->precise_bn_every,
              c->final_precise_bn, c->precise_samples, c->precise_batch, c->keep_every,
-             c->frozen_bn_epochs, c->frozen_bn_reestimate, c->sync_bn, world, c->data_dir);
+             c->frozen_bn_epochs, c->frozen_bn_reestimate, c->sync_bn, world, c->head_bn_images,
+             c->bn_shuffle, c->data_dir);
     size_t o = strlen(out);
-    int depth, ml = 0;
-    if (!bl_model_parse(c->model, &depth, &ml) && ml && o + 2 < len) {
+    int depth, kind = 0;
+    if (!bl_model_parse(c->model, &depth, &kind) && kind != BL_MODEL_PLAIN && o + 2 < len) {
         char hj[256];
         bl_head_json(&c->head, hj, sizeof hj);
         snprintf(out + o, len - o, ",\"head\":%s", hj);
@@ -101,6 +103,11 @@ struct bl_trainer {
     int have_net;
     bl_ckpt_info info;
     bl_groups groups;        /* the step's normalization groups: whole batch or ghost */
+    bl_groups head_groups;   /* a crop head's: of head_bn_images images, or the share */
+    bl_ctx ctx;              /* per BN layer: the backbone's groups, then a crop head's */
+    int crops;               /* crops per image of a crop head (0: none) */
+    int *perm, *counts;      /* the shuffle's global permutation, rows per process */
+    bl_shuffle shuffle;
     bl_sgd sgd;
     bl_augment aug;
     bl_precise_cfg pcfg;
@@ -168,9 +175,41 @@ static bl_status load_data(bl_trainer *t)
  * group (no ghost groups, no per-process shares, no SyncBN yet). */
 static int merged_head(const bl_train_cfg *c)
 {
-    int depth, ml = 0;
-    return !bl_model_parse(c->model, &depth, &ml) && ml && c->head.norm == BL_HEAD_BN &&
-           !c->head.sgd_level;
+    int depth, kind = 0;
+    return !bl_model_parse(c->model, &depth, &kind) && kind == BL_MODEL_ML &&
+           c->head.norm == BL_HEAD_BN && !c->head.sgd_level;
+}
+
+/* The crop head's choices against the model, the batch and the processes. */
+static bl_status check_crops(const bl_train_cfg *c, int kind, int world, int share)
+{
+    if (kind != BL_MODEL_CROPS) {
+        if (c->head_bn_images || c->bn_shuffle)
+            return bl_fail(BL_ERR_ARG, "cfg.%s applies to the crop head (cfg.model %s-crops), not "
+                           "%s", c->bn_shuffle ? "bn_shuffle" : "head_bn_images", c->model,
+                           c->model);
+        return BL_OK;
+    }
+    if (c->norm_batch && c->norm_batch < c->batch)
+        return bl_fail(BL_ERR_ARG, "cfg.norm_batch %d: the crop head's backbone normalizes the "
+                       "whole batch; the head's groups are cfg.head_bn_images", c->norm_batch);
+    if (c->head.norm != BL_HEAD_BN && (c->head_bn_images || c->bn_shuffle))
+        return bl_fail(BL_ERR_ARG, "cfg.%s: the head's norm is %s, which has no batch statistics",
+                       c->bn_shuffle ? "bn_shuffle" : "head_bn_images",
+                       bl_head_norm_name(c->head.norm));
+    if (c->sync_bn && (c->head_bn_images || c->bn_shuffle))
+        return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.%s: SyncBN normalizes the head over the "
+                       "global batch; drop one of the two",
+                       c->bn_shuffle ? "bn_shuffle" : "head_bn_images");
+    if (c->head_bn_images < 0 || c->head_bn_images > share)
+        return bl_fail(BL_ERR_ARG, "cfg.head_bn_images %d: use 0 (the whole share) to %d, the "
+                       "images %s", c->head_bn_images, share,
+                       world > 1 ? "of a process's share" : "of the batch");
+    const int pre = c->precise_bn_every > 0 || c->final_precise_bn == 1 || c->frozen_bn_epochs > 0;
+    if (world > 1 && pre)
+        return bl_fail(BL_ERR_ARG, "PreciseBN or FrozenBN of a crop head across processes is not "
+                       "supported: run it after training in one process (bnlab precise)");
+    return BL_OK;
 }
 
 static bl_status check_cfg(const bl_train_cfg *c)
@@ -198,13 +237,49 @@ static bl_status check_cfg(const bl_train_cfg *c)
     return BL_OK;
 }
 
+/* Through the hooks: the rows of this process move by the step's permutation. */
+static bl_status route_rows(void *ctx, const int *perm, int dir, int d, const float *in,
+                            float *out)
+{
+    bl_trainer *t = ctx;
+    return t->h.route(t->h.ctx, t->counts, perm, dir, d, in, out);
+}
+
+/* The crop head's groups, its shuffle, and the normalization batch of its mini-batch evaluation:
+ * one image's crops (the paper's test batch). */
+static bl_status setup_crops(bl_trainer *t)
+{
+    const bl_train_cfg *c = &t->c;
+    const int W = t->h.world, hg = c->head_bn_images ? c->head_bn_images : t->share_n;
+    bl_status st = hg < t->share_n ? bl_groups_ghost(&t->head_groups, t->share_n, hg)
+                                   : bl_groups_whole(&t->head_groups, t->share_n);
+    if (st) return st;
+    if (c->sync_bn) t->head_groups.reducer = t->h.reducer;
+    bl_ctx_set_head(&t->ctx, &t->net, (bl_bn_use){BL_BN_BATCH, &t->head_groups});
+    t->g = 1;
+    if (!c->bn_shuffle) return BL_OK;
+    if (W > 1 && !t->h.route)
+        return bl_fail(BL_ERR_ARG, "hooks: the shuffle across %d processes needs a route", W);
+    t->perm = malloc(sizeof(int) * (size_t)c->batch * t->crops);
+    t->counts = malloc(sizeof(int) * (size_t)W);
+    if (!t->perm || !t->counts) return bl_fail(BL_ERR_NOMEM, "out of memory for the shuffle");
+    for (int r = 0; r < W; r++) {
+        int off, n;
+        bl_batch_share(c->batch, r, W, &off, &n);
+        t->counts[r] = n * t->crops;
+    }
+    t->shuffle = (bl_shuffle){t->perm, t, W > 1 ? route_rows : NULL};
+    return BL_OK;
+}
+
 static bl_status setup(bl_trainer *t)
 {
     const bl_train_cfg *c = &t->c;
-    int depth, ml;
-    bl_status st = bl_model_parse(c->model, &depth, &ml);
+    int depth, kind;
+    bl_status st = bl_model_parse(c->model, &depth, &kind);
     if (st) return bl_fail_ctx(st, "cfg.model");
     if ((st = check_cfg(c))) return st;
+    bl_head_resolve(&t->c.head, kind);
     t->g = c->norm_batch ? c->norm_batch : c->batch;
     if (t->h.world < 1) t->h.world = 1;
     if (t->h.rank < 0 || t->h.rank >= t->h.world)
@@ -218,7 +293,10 @@ static bl_status setup(bl_trainer *t)
     if (c->sync_bn && t->g < c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.norm_batch %d: SyncBN normalizes over the "
                        "whole global batch of %d; drop one of the two", t->g, c->batch);
-    if (t->h.world > 1 && !c->sync_bn) {
+    if ((st = check_crops(c, kind, t->h.world > 1 ? t->h.world : 1,
+                          (c->batch + t->h.world - 1) / t->h.world)))
+        return st;
+    if (t->h.world > 1 && !c->sync_bn && kind != BL_MODEL_CROPS) {
         /* per-process BN normalizes each share: ghost groups of ceil(B/W) at most, which is
          * also the normalization batch of mini-batch evaluation */
         const int share = (c->batch + t->h.world - 1) / t->h.world;
@@ -245,7 +323,10 @@ static bl_status setup(bl_trainer *t)
     if (t->train.n < c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.batch %d exceeds the %d training samples", c->batch,
                        t->train.n);
-    t->final_precise = c->final_precise_bn < 0 ? c->frozen_bn_epochs == 0 : c->final_precise_bn;
+    /* auto: on, but with FrozenBN, and for a crop head (its EMA statistics are the paper's
+     * population statistics; docs/crop-head.md) */
+    t->final_precise = c->final_precise_bn < 0 ? c->frozen_bn_epochs == 0 && kind != BL_MODEL_CROPS
+                                               : c->final_precise_bn;
     const int use_precise = c->precise_bn_every > 0 || t->final_precise || c->frozen_bn_epochs > 0;
     t->psamples = c->precise_samples ? c->precise_samples
                                      : (t->train.n < 10000 ? t->train.n : 10000);
@@ -253,24 +334,29 @@ static bl_status setup(bl_trainer *t)
         return bl_fail(BL_ERR_ARG, "PreciseBN with %ld samples in batches of %d: use "
                        "cfg.precise_samples in 1..%d and cfg.precise_batch >= 1", t->psamples,
                        c->precise_batch, t->train.n);
-    if (ml && c->resume[0]) { /* a head unlike the checkpoint's would load wrongly or not at all */
+    if (kind != BL_MODEL_PLAIN && c->resume[0]) {
+        /* a head unlike the checkpoint's would load wrongly or not at all */
         bl_ckpt_info ck;
         if ((st = bl_checkpoint_read_info(c->resume, &ck))) return st;
-        const bl_head_cfg *a = &c->head, *b = &ck.head;
+        const bl_head_cfg *a = &t->c.head, *b = &ck.head;
         if (a->norm != b->norm || a->sgd_level != b->sgd_level ||
-            a->affine_level != b->affine_level || a->width != b->width)
+            a->affine_level != b->affine_level || a->width != b->width ||
+            (kind == BL_MODEL_CROPS && (a->crops != b->crops || a->crop_min != b->crop_min ||
+                                        a->crop_max != b->crop_max)))
             return bl_fail(BL_ERR_ARG, "%s: its head was trained with norm %s, sgd %s, affine %s, "
-                           "width %d, the run asks for another: resume with the same head",
-                           c->resume, bl_head_norm_name(b->norm), b->sgd_level ? "level" : "shared",
-                           b->affine_level ? "level" : "shared", b->width);
+                           "width %d, %d crops of sides %g..%g; the run asks for another: resume "
+                           "with the same head", c->resume, bl_head_norm_name(b->norm),
+                           b->sgd_level ? "level" : "shared", b->affine_level ? "level" : "shared",
+                           b->width, b->crops, b->crop_min, b->crop_max);
     }
     bl_batch_share(c->batch, t->h.rank, t->h.world, &t->share_off, &t->share_n);
     /* room for PreciseBN's batches too (the activations are sized by the largest batch) */
     const int max_batch = use_precise && c->precise_batch > c->batch ? c->precise_batch : c->batch;
-    if ((st = bl_model_build(&t->net, c->model, c->width, c->recipe.classes, &c->head,
+    if ((st = bl_model_build(&t->net, c->model, c->width, c->recipe.classes, &t->c.head,
                              t->train.h, t->train.w, c->recipe.channels, max_batch)))
         return st;
     t->have_net = 1;
+    t->crops = t->net.crops;
     bl_net_init_params(&t->net, c->seed);
     t->info.seed = c->seed;
     t->info.recipe = c->recipe;
@@ -314,7 +400,10 @@ static bl_status setup(bl_trainer *t)
     if ((st = t->g < t->share_n ? bl_groups_ghost(&t->groups, t->share_n, t->g)
                                 : bl_groups_whole(&t->groups, t->share_n)))
         return st;
-    if (c->sync_bn) t->groups.reducer = t->h.reducer; /* NULL in one process: the same thing */
+    /* a crop head's backbone normalizes the global batch (only the head's groups vary) */
+    if (c->sync_bn || t->crops) t->groups.reducer = t->h.reducer; /* NULL in one process */
+    if ((st = bl_ctx_init(&t->ctx, &t->net, BL_BN_BATCH, &t->groups))) return st;
+    if (t->crops && (st = setup_crops(t))) return st;
     t->shard = (bl_shard){t->h.rank, t->h.world, t->h.reducer};
     t->sgd = (bl_sgd){c->momentum, c->wd, c->nesterov, c->wd_bn};
     t->aug = (bl_augment){seed, 0};
@@ -323,6 +412,7 @@ static bl_status setup(bl_trainer *t)
     t->pcfg.recipe = t->c.recipe;
     t->pcfg.reducer = t->h.reducer;
     t->pcfg.rank = t->h.rank, t->pcfg.world = t->h.world, t->pcfg.sync = c->sync_bn;
+    if (t->crops) t->pcfg.head_norm_batch = c->head_bn_images;
     if (c->out[0]) snprintf(t->cpath, sizeof t->cpath, "%s/last.safetensors", c->out);
     t->ep = t->info.epoch;
     t->done = t->ep >= c->epochs;
@@ -359,6 +449,9 @@ void bl_trainer_free(bl_trainer *t)
 {
     if (!t) return;
     bl_groups_free(&t->groups);
+    bl_groups_free(&t->head_groups);
+    bl_ctx_free(&t->ctx);
+    free(t->perm), free(t->counts);
     free(t->order), bl_free(t->x), free(t->y);
     if (t->have_net) bl_net_free(&t->net);
     bl_dataset_free(&t->train_sub);
@@ -422,19 +515,29 @@ static bl_status sgd_step(bl_trainer *t)
     const bl_train_cfg *c = &t->c;
     bl_net *net = &t->net;
     t->lr = bl_lr_at(c, t->info.step, t->T, t->W);
-    bl_dataset_batch(&t->train, &t->c.recipe, t->order + t->s * c->batch + t->share_off,
-                     t->share_n, &t->aug, t->x, t->y);
-    const bl_ctx ctx = bl_ctx_all(t->frozen ? BL_BN_POPULATION : BL_BN_BATCH, &t->groups);
+    const int *ids = t->order + t->s * c->batch + t->share_off;
+    bl_dataset_batch(&t->train, &t->c.recipe, ids, t->share_n, &t->aug, t->x, t->y);
+    bl_ctx ctx = t->ctx;
+    for (int k = 0; k < ctx.n_bn; k++) ctx.bn[k].mode = t->frozen ? BL_BN_POPULATION : BL_BN_BATCH;
+    const bl_crop_src crops = {t->info.seed, t->ep, ids, NULL};
+    ctx.crops = &crops;
+    bl_status st = BL_OK;
+    if (t->perm && !t->frozen) { /* one permutation of the global batch's crops per step */
+        st = bl_shuffle_perm(t->info.seed, t->info.step, c->batch * t->crops, t->perm);
+        ctx.shuffle = &t->shuffle;
+    }
     bl_net_zero_grad(net);
     double ls;
     int ok;
-    bl_status st = bl_net_forward(net, &ctx, t->x, t->share_n);
+    if (!st) st = bl_net_forward(net, &ctx, t->x, t->share_n);
     /* the loss of the global batch: the processes' gradients add up to one process's */
     if (!st) st = bl_net_loss_over(net, t->y, c->batch, &ls, &ok);
     if (st) step_failed(t, st);
-    /* SyncBN's backward sums across processes: a process whose loss failed alone (its logits
-     * went non-finite) must not leave the others waiting there */
-    if (t->h.agree_error && c->sync_bn && !t->frozen && (st = t->h.agree_error(t->h.ctx, st)))
+    /* SyncBN's backward (a crop head's backbone's too) and the shuffle's sum or move across
+     * processes: a process whose loss failed alone (its logits went non-finite) must not leave
+     * the others waiting there */
+    if (t->h.agree_error && (c->sync_bn || t->crops) && !t->frozen &&
+        (st = t->h.agree_error(t->h.ctx, st)))
         return st;
     if (!st && (st = bl_net_backward(net, &ctx))) step_failed(t, st);
     /* every process learns of a failure before the first collective of the step (the gradient
@@ -446,8 +549,10 @@ static bl_status sgd_step(bl_trainer *t)
     if (!t->frozen) {
         /* per-process BN: every process's groups feed every process's EMA (the ghost rule), so
          * all store the same statistics; SyncBN merged them in the forward already */
-        for (int k = 0; k < bl_net_bn_count(net) && t->h.world > 1 && !c->sync_bn; k++)
-            if ((st = bl_bn_gather_pending(bl_net_bn_at(net, k), t->h.reducer))) return st;
+        for (int k = 0; k < bl_net_bn_count(net) && t->h.world > 1; k++)
+            if (!ctx.bn[k].groups->reducer &&
+                (st = bl_bn_gather_pending(bl_net_bn_at(net, k), t->h.reducer)))
+                return st;
         if ((st = bl_net_bn_commit(net, BL_EST_EMA))) return st;
     }
     double counts[2] = {ls, t->share_n - ok};
