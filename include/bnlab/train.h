@@ -371,7 +371,10 @@ typedef struct {
 typedef struct {
     int epochs;
     long steps;
-    int norm_batch;
+    int norm_batch;       /* of training and of mini-batch evaluation (a crop head: its
+                           * evaluation's, one image) */
+    int head_group;       /* a crop head: the images its BN normalized together in training
+                           * (0: none; the global batch under SyncBN) */
     double test_err;      /* population statistics at the end, -1 if not measured */
     const char *estimator;
     double test_err_precise, test_err_minibatch; /* the last measured, -1 if never */

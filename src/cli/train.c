@@ -147,7 +147,11 @@ static void print_summary(const bl_train_cfg *c, const bl_train_summary *s, cons
     printf("\nsummary\n");
     printf("  %-24s %s w=%d\n", "model", c->model, c->width);
     printf("  %-24s %d / %ld\n", "epochs / steps", s->epochs, s->steps);
-    printf("  %-24s %d / %d\n", "batch / norm batch", c->batch, s->norm_batch);
+    if (s->head_group)
+        printf("  %-24s %d / %d image%s%s\n", "batch / head BN group", c->batch, s->head_group,
+               s->head_group > 1 ? "s" : "", c->bn_shuffle ? "' crops, shuffled" : "' crops");
+    else
+        printf("  %-24s %d / %d\n", "batch / norm batch", c->batch, s->norm_batch);
     const char *err = s->validation ? "validation error" : "test error";
     if (s->test_err >= 0)
         printf("  %-24s %.2f%% (population statistics, %s)\n", err, s->test_err, s->estimator);

@@ -194,13 +194,21 @@ bl_status bl_crop_head(bl_net *net, int in, const bl_head_cfg *hd, int classes, 
     if (W < 1 || (hd->norm == BL_HEAD_GN && (W % 32 || W < 64)))
         return bl_fail(BL_ERR_ARG, "crop head: width %d: use a positive width (GN: a multiple of "
                        "32 of at least 64, for 32 groups of 2 or more channels)", W);
+    const bl_tensor *map = &net->t[in];
+    const int side = map->h < map->w ? map->h : map->w;
+    if (hd->crops < 1 || !(hd->crop_min > 0 && hd->crop_min <= hd->crop_max) || hd->crop_max > side)
+        return bl_fail(BL_ERR_ARG, "crop head: %d crops of sides %g..%g: use at least 1 crop and "
+                       "0 < crop_min <= crop_max <= %d (crops larger than that do not fit the "
+                       "%dx%d feature map)", hd->crops, hd->crop_min, hd->crop_max, side, map->h,
+                       map->w);
     int t;
     TRY(bl_net_roi(net, "head.roi", in, hd->crops, hd->crop_min, hd->crop_max, &t));
-    TRY(bl_net_linear_rows(net, "head.fc1", t, W, 0, &t));
+    const int bias = hd->norm == BL_HEAD_NONE; /* a norm's beta replaces the fc's bias */
+    TRY(bl_net_linear_rows(net, "head.fc1", t, W, bias, &t));
     /* the shuffle goes before the first norm (fc1 works row by row: the same as before it) */
     TRY(bl_net_shuffle(net, "head.shuffle", t, 1, &t));
     TRY(norm(net, hd, 1, &t));
-    TRY(bl_net_linear_rows(net, "head.fc2", t, W, 0, &t));
+    TRY(bl_net_linear_rows(net, "head.fc2", t, W, bias, &t));
     TRY(norm(net, hd, 2, &t));
     TRY(bl_net_linear_rows(net, "head.cls", t, classes, 1, &t));
     TRY(bl_net_shuffle(net, "head.unshuffle", t, -1, &t));

@@ -261,7 +261,15 @@ static bl_status forward(bl_net *net, const bl_ctx *ctx, const float *x, int n, 
         bl_layer *l = &net->layers[i];
         int used = 1;
         st = infer && l->ops->infer ? l->ops->infer(l, net, &used) : l->ops->forward(l, net, ctx);
-        if (st) return st;
+        if (st) {
+            /* the other processes wait in the exchanges of a shuffle across processes: join the
+             * ones left (with whatever rows) so every process makes the same collective calls,
+             * then report the failure (the trainer agrees on errors before the backward) */
+            for (int j = i + 1; j <= last && ctx->shuffle && ctx->shuffle->route; j++)
+                if (net->layers[j].ops->kind == BL_LAYER_SHUFFLE)
+                    net->layers[j].ops->forward(&net->layers[j], net, ctx);
+            return st;
+        }
         i += used;
     }
     return BL_OK;
@@ -384,6 +392,10 @@ void bl_net_output_correct(const bl_net *net, const uint8_t *labels, int *correc
 {
     const bl_tensor *t0 = &net->t[net->outputs[0]];
     const int k = t0->c, R = t0->h * t0->w;
+    if (R > 1 && k > BL_MAX_MEAN_LOGITS) { /* refused by the loss already */
+        for (int o = 0; o < net->n_outputs; o++) correct[o] = 0;
+        return;
+    }
     for (int o = 0; o < net->n_outputs; o++) {
         const float *z = net->t[net->outputs[o]].data;
         correct[o] = 0;

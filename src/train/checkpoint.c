@@ -30,7 +30,7 @@ static const char *estimator(const bl_net *net)
 void bl_head_json(const bl_head_cfg *h, char *buf, size_t len)
 {
     snprintf(buf, len, "{\"norm\":\"%s\",\"sgd\":\"%s\",\"pop\":\"%s\",\"affine\":\"%s\","
-             "\"width\":%d,\"crops\":%d,\"crop_min\":%g,\"crop_max\":%g}",
+             "\"width\":%d,\"crops\":%d,\"crop_min\":%.17g,\"crop_max\":%.17g}",
              bl_head_norm_name(h->norm), h->sgd_level ? "level" : "shared",
              h->pop_level ? "level" : "shared", h->affine_level ? "level" : "shared", h->width,
              h->crops, h->crop_min, h->crop_max);

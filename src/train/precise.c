@@ -183,6 +183,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         return st;
     }
     const bl_augment aug = {c->seed, BL_PRECISE_STREAM};
+    bl_crop_src crops = {c->seed, BL_PRECISE_STREAM, NULL, NULL};
     memset(r, 0, sizeof *r);
     r->layers = K;
     r->samples = N;
@@ -214,7 +215,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
             groups.reducer = c->sync ? c->reducer : NULL;
             for (int k = 0; k < K; k++) ctx.bn[k].groups = &groups;
             /* a crop head: its own groups of images, and the crops of these samples */
-            const bl_crop_src crops = {c->seed, BL_PRECISE_STREAM, idx + s + off, NULL};
+            crops.ids = idx + s + off;
             ctx.crops = &crops;
             if (c->head_norm_batch && c->head_norm_batch < n && !c->sync) {
                 bl_groups_free(&hgroups);

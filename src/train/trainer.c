@@ -185,9 +185,9 @@ static bl_status check_crops(const bl_train_cfg *c, int kind, int world, int sha
 {
     if (kind != BL_MODEL_CROPS) {
         if (c->head_bn_images || c->bn_shuffle)
-            return bl_fail(BL_ERR_ARG, "cfg.%s applies to the crop head (cfg.model %s-crops), not "
-                           "%s", c->bn_shuffle ? "bn_shuffle" : "head_bn_images", c->model,
-                           c->model);
+            return bl_fail(BL_ERR_ARG, "cfg.%s applies to the crop head (cfg.model %.*s-crops), "
+                           "not %s", c->bn_shuffle ? "bn_shuffle" : "head_bn_images",
+                           (int)strcspn(c->model, "-"), c->model, c->model);
         return BL_OK;
     }
     if (c->norm_batch && c->norm_batch < c->batch)
@@ -201,6 +201,18 @@ static bl_status check_crops(const bl_train_cfg *c, int kind, int world, int sha
         return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.%s: SyncBN normalizes the head over the "
                        "global batch; drop one of the two",
                        c->bn_shuffle ? "bn_shuffle" : "head_bn_images");
+    const bl_head_cfg *h = &c->head;
+    if (h->crops < 1)
+        return bl_fail(BL_ERR_ARG, "cfg.crops %d: use at least 1 crop per image", h->crops);
+    if (!(h->crop_min > 0 && h->crop_min <= h->crop_max))
+        return bl_fail(BL_ERR_ARG, "cfg.crop_min %g and cfg.crop_max %g: need 0 < min <= max",
+                       h->crop_min, h->crop_max);
+    if (h->norm == BL_HEAD_BN && h->crops < 2 && c->eval_minibatch)
+        return bl_fail(BL_ERR_ARG, "cfg.eval_minibatch with cfg.crops 1: one image's crops give "
+                       "one value per channel; use 2 or more crops");
+    if (c->bn_shuffle && world == 1 && (!c->head_bn_images || c->head_bn_images >= c->batch))
+        return bl_fail(BL_ERR_ARG, "cfg.bn_shuffle with the whole batch in one group changes "
+                       "nothing: emulate W processes with cfg.head_bn_images %d/W", c->batch);
     if (c->head_bn_images < 0 || c->head_bn_images > share)
         return bl_fail(BL_ERR_ARG, "cfg.head_bn_images %d: use 0 (the whole share) to %d, the "
                        "images %s", c->head_bn_images, share,
@@ -412,7 +424,9 @@ static bl_status setup(bl_trainer *t)
     t->pcfg.recipe = t->c.recipe;
     t->pcfg.reducer = t->h.reducer;
     t->pcfg.rank = t->h.rank, t->pcfg.world = t->h.world, t->pcfg.sync = c->sync_bn;
-    if (t->crops) t->pcfg.head_norm_batch = c->head_bn_images;
+    /* PreciseBN of the head: the groups training normalized (shuffled ones mix the whole batch's
+     * crops: then the whole PreciseBN batch) */
+    if (t->crops) t->pcfg.head_norm_batch = c->bn_shuffle ? 0 : c->head_bn_images;
     if (c->out[0]) snprintf(t->cpath, sizeof t->cpath, "%s/last.safetensors", c->out);
     t->ep = t->info.epoch;
     t->done = t->ep >= c->epochs;
@@ -698,6 +712,9 @@ bl_status bl_trainer_summary(bl_trainer *t, bl_train_summary *s)
     s->epochs = t->info.epoch;
     s->steps = t->info.step;
     s->norm_batch = t->g;
+    if (t->crops)
+        s->head_group = t->c.sync_bn || !t->c.head_bn_images ? (t->c.sync_bn ? t->c.batch : t->share_n)
+                                                             : t->c.head_bn_images;
     s->test_err = pop.err;
     s->estimator = t->final_src;
     s->test_err_precise = t->final_pre.err;
