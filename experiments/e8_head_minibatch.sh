@@ -21,6 +21,15 @@ for arm in $ARMS; do
     exp_step "$OUT/raw/${arm}_minibatch$g.json" "$BNLAB" eval "$MODEL_DIR/last.safetensors" \
       --stats minibatch --norm-batch $g --json on
   done
+  # why population statistics fail: PreciseBN's in place of the EMA's, with the head normalizing
+  # the crops of one or two images (the training's groups: within-image statistics, which the EMA
+  # also averages) or of whole batches of 200 images (between-image spread included)
+  for h in 1 2 0; do
+    [ -s "$OUT/raw/${arm}_precise$h.json" ] && continue
+    "$BNLAB" precise "$MODEL_DIR/last.safetensors" -o "$MODEL_DIR/precise$h.safetensors" \
+      --samples $CROPS_PRECISE --head-norm-batch $h --json on > /dev/null
+    exp_step "$OUT/raw/${arm}_precise$h.json" "$BNLAB" eval "$MODEL_DIR/precise$h.safetensors" --json on
+  done
 done
 
 name() { case $1 in img1) echo "1 image";; img2) echo "2 images";; sync) echo "whole batch (16 images)";; esac; }
@@ -32,12 +41,22 @@ name() { case $1 in img1) echo "1 image";; img2) echo "2 images";; sync) echo "w
   echo "training; at inference it uses the EMA population statistics, or the statistics of one (two)"
   echo "test image's crops (the backbone uses its population statistics throughout)."
   echo
-  echo "| head BN in training over | population | mini-batch: 1 image | mini-batch: 2 images | train err (mini-batch, 1 image) |"
+  echo "| head BN in training over | population (EMA) | mini-batch: 1 image | mini-batch: 2 images | train err (mini-batch, 1 image) |"
   echo "|---|---:|---:|---:|---:|"
   for arm in $ARMS; do
     echo "| $(name $arm) | $(exp_pct "$OUT/raw/${arm}_population.json" err) |" \
       "$(exp_pct "$OUT/raw/${arm}_minibatch1.json" err) | $(exp_pct "$OUT/raw/${arm}_minibatch2.json" err) |" \
       "$(jq -s 'last.train_err_minibatch' "$OUT/raw/${arm}_metrics.jsonl" | awk '{printf "%.2f", $1}') |"
+  done
+  echo
+  echo "Population statistics from PreciseBN ($CROPS_PRECISE training images) instead of the EMA, the"
+  echo "head's BN normalizing the crops of groups of 1 or 2 images, or of whole batches of 200:"
+  echo
+  echo "| head BN in training over | PreciseBN, 1-image groups | 2-image groups | 200-image batches |"
+  echo "|---|---:|---:|---:|"
+  for arm in $ARMS; do
+    echo "| $(name $arm) | $(exp_pct "$OUT/raw/${arm}_precise1.json" err) |" \
+      "$(exp_pct "$OUT/raw/${arm}_precise2.json" err) | $(exp_pct "$OUT/raw/${arm}_precise0.json" err) |"
   done
 } > "$OUT/table.md"
 for arm in img1 img2; do

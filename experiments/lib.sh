@@ -134,9 +134,9 @@ exp_crops_model() {
     *) echo "exp_crops_model: unknown arm $arm" >&2; return 1 ;;
   esac
   if [ $QUICK = 1 ]; then
-    CROPS_ARCH="--model resnet8-crops --width 4 --head-width 64 --crops 8"; CROPS_EPOCHS=1; CROPS_TAG=r8cw4
+    CROPS_ARCH="--model resnet8-crops --width 4 --head-width 64 --crops 8"; CROPS_EPOCHS=1; CROPS_TAG=r8cw4; CROPS_PRECISE=1000
   else
-    CROPS_ARCH="--model resnet8-crops --width 16 --head-width 256 --crops 16"; CROPS_EPOCHS=5; CROPS_TAG=r8cw16
+    CROPS_ARCH="--model resnet8-crops --width 16 --head-width 256 --crops 16"; CROPS_EPOCHS=5; CROPS_TAG=r8cw16; CROPS_PRECISE=10000
   fi
   # shellcheck disable=SC2086 # lists of arguments
   exp_model "crops-$CROPS_TAG-$arm" $CROPS_EPOCHS $CROPS_ARCH --batch 16 --eval-minibatch on $args
