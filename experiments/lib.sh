@@ -115,15 +115,16 @@ exp_nbs_model() {
     --keep-every $NBS_KEEP --precise-bn-every 1 --precise-samples $NBS_PRECISE
 }
 
-# exp_crops_model ARM: the crop-head runs E8 and E9 share (docs/crop-head.md): resnet8-crops, 16
+# exp_crops_model ARM [SEED]: the crop-head runs E8 and E9 share (docs/crop-head.md): resnet8-crops, 16
 # images per step, 16 crops per image, the head's norm by ARM - img1/img2: BN over the crops of
 # each image / pair (one process emulating 16 / 8 processes of 1 / 2 images), shuf1/shuf2: the
 # same after the shuffle of the crops across those processes, sync: BN over the whole batch's
 # crops (SyncBN), gn: GN of each crop. Test (and 10^4 training images') error with population and
 # one image's mini-batch statistics after every epoch. Full: width 16, head 256, 5 epochs (about
-# 8 minutes each on 2 cores); quick: width 4, head 64, 8 crops, 1 epoch. Sets MODEL_DIR.
+# 8 minutes each on 2 cores); quick: width 4, head 64, 8 crops, 1 epoch. SEED (default 1): the
+# run's seed (weights, order, crops). Sets MODEL_DIR.
 exp_crops_model() {
-  local arm=$1 args
+  local arm=$1 seed=${2:-1} args sfx=""
   case $arm in
     img1) args="--head-bn-images 1" ;;
     img2) args="--head-bn-images 2" ;;
@@ -138,6 +139,8 @@ exp_crops_model() {
   else
     CROPS_ARCH="--model resnet8-crops --width 16 --head-width 256 --crops 16"; CROPS_EPOCHS=5; CROPS_TAG=r8cw16; CROPS_PRECISE=10000
   fi
+  [ "$seed" = 1 ] || sfx=-s$seed
   # shellcheck disable=SC2086 # lists of arguments
-  exp_model "crops-$CROPS_TAG-$arm" $CROPS_EPOCHS $CROPS_ARCH --batch 16 --eval-minibatch on $args
+  exp_model "crops-$CROPS_TAG-$arm$sfx" $CROPS_EPOCHS $CROPS_ARCH --batch 16 --eval-minibatch on \
+    --seed "$seed" $args
 }

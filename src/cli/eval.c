@@ -56,7 +56,9 @@ int cmd_eval(int argc, char **argv)
         {"--stats", OPT_CHOICE, &stats, 0, 0, 0, "population|minibatch",
          "population: the checkpoint's stored statistics; minibatch: each group's own"},
         {"--norm-batch", OPT_INT, &norm_batch, 0, 1, 65536, NULL,
-         "mini-batch statistics: samples per normalization group"},
+         "mini-batch statistics: samples per normalization group (a crop head: the images whose "
+         "crops its BN normalizes together, the backbone on population statistics; the paper's "
+         "test batch is 1)"},
         {"--composition", OPT_CHOICE, &compose, 0, 0, 0, "random|class",
          "mini-batch statistics: groups of random samples (seeded), or of one class each"},
         {"--split", OPT_CHOICE, &split, 0, 0, 0, "test|train", "which Fashion-MNIST split"},
