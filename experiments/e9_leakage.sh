@@ -6,15 +6,15 @@
 # real MPI shuffle uses), SyncBN (the whole batch's crops; one run serves both), and GN (no batch
 # statistics), evaluated with population statistics (GN: none needed). The paper: 30.7 AP with
 # per-GPU BN, 41.7 with shuffle or SyncBN. Six trainings in all with E8's (exp_crops_model), and
-# the per-process arms and the shuffled one of 1 image again with a second seed (weights, data
-# order, crops), to see how much of the differences is the run; full: about 90 minutes on 2 cores
-# when E8 has not run; quick: a few minutes.
+# every BN arm again with a second seed (weights, data order, crops), to see how much of the
+# differences is the run; full: about 100 minutes on 2 cores when E8 has not run; quick: a few
+# minutes.
 EXP_USAGE="  writes results/e9-leakage/{raw/*.json,table.md,NOTES.md,e9.png,e9.svg}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 exp_init e9-leakage "$@"
 
 ARMS="img1 img2 shuf1 shuf2 sync gn"
-SEEDED="img1 img2 shuf1" # also with seed 2
+SEEDED="img1 img2 shuf1 shuf2 sync" # also with seed 2
 for arm in $ARMS; do
   exp_crops_model "$arm"
   cp "$MODEL_DIR/metrics.jsonl" "$OUT/raw/${arm}_metrics.jsonl"
