@@ -101,6 +101,30 @@ int main(int argc, char **argv)
     CHECK(bl_checkpoint_load(&b, "/nonexistent/x.safetensors", 1, NULL) == BL_ERR_IO,
           "missing file: %s", bl_error());
 
+    /* forged headers: numbers outside int64's range (converted only after the range check:
+     * UBSan flagged the old order), a shape whose product wraps around to the span's 0 bytes
+     * (it passed the size check), offsets before the data */
+    static const char *forged[][2] = {
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1e30],\"data_offsets\":[0,4]}}", "bad shape"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,0]}}",
+         "overflows"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-1e300,4]}}", "outside the file"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,1e300]}}", "outside the file"},
+    };
+    for (size_t k = 0; k < sizeof forged / sizeof *forged; k++) {
+        char buf[256];
+        const size_t hl = strlen(forged[k][0]);
+        for (int i = 0; i < 8; i++) buf[i] = (char)((uint64_t)hl >> (8 * i));
+        memcpy(buf + 8, forged[k][0], hl);
+        memset(buf + 8 + hl, 0, 4); /* 4 data bytes */
+        write_bytes(bad, buf, 8 + hl + 4);
+        bl_safetensors fs;
+        bl_status st = bl_st_read(bad, &fs);
+        CHECK(st == BL_ERR_FORMAT && strstr(bl_error(), forged[k][1]), "forged header %zu: %d '%s'",
+              k, st, bl_error());
+        if (!st) bl_st_free(&fs);
+    }
+
     /* foreign: a safetensors file without bnlab metadata (the PyTorch fixture) */
     char fx[1024];
     snprintf(fx, sizeof fx, "%s/resnet8_w4.safetensors", argc > 1 ? argv[1] : "tests/fixtures");

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -23,6 +24,41 @@ static bl_status read_all(gzFile f, const char *path, void *buf, size_t len)
         got += (size_t)r;
     }
     return BL_OK;
+}
+
+/* The payload of len bytes, read in growing pieces: memory follows what the file (or the gzip
+ * stream) really holds, so a short file whose header claims gigabytes fails as truncated after
+ * reading what it has, instead of first asking for all of it. */
+static bl_status read_payload(gzFile f, const char *path, size_t len, uint8_t **data)
+{
+    size_t cap = len < ((size_t)1 << 20) ? len : ((size_t)1 << 20), got = 0;
+    uint8_t *buf = malloc(cap);
+    if (!buf) return bl_fail(BL_ERR_NOMEM, "%s: out of memory reading the data", path);
+    bl_status st = BL_OK;
+    while (!st && got < len) {
+        if (got == cap) {
+            const size_t nc = cap > len / 2 ? len : cap * 2;
+            uint8_t *nb = realloc(buf, nc);
+            if (!nb) {
+                st = bl_fail(BL_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, len);
+                break;
+            }
+            buf = nb, cap = nc;
+        }
+        const unsigned chunk = (unsigned)(cap - got > (1u << 30) ? (1u << 30) : cap - got);
+        const int r = gzread(f, buf + got, chunk);
+        if (r <= 0)
+            st = bl_fail(BL_ERR_FORMAT, "%s: truncated or corrupt (read %zu of %zu bytes): "
+                         "reinstall the dataset (apt-get install --reinstall "
+                         "dataset-fashion-mnist)", path, got, len);
+        else got += (size_t)r;
+    }
+    /* the data set's arrays are aligned (bl_alloc): one copy once all of it is here */
+    if (!st && !(*data = bl_alloc(len)))
+        st = bl_fail(BL_ERR_NOMEM, "%s: out of memory for %zu bytes", path, len);
+    if (!st) memcpy(*data, buf, len);
+    free(buf);
+    return st;
 }
 
 static uint32_t be32(const uint8_t *b)
@@ -53,8 +89,7 @@ static bl_status idx_read(const char *path, uint32_t magic, int dims, uint32_t *
             st = bl_fail(BL_ERR_FORMAT, "%s: implausible size (dimensions multiply past 16 GiB)",
                          path);
     }
-    if (!st && !(*data = bl_alloc(len))) st = BL_ERR_NOMEM;
-    if (!st) st = read_all(f, path, *data, len);
+    if (!st) st = read_payload(f, path, len, data);
     if (!st) {
         uint8_t extra;
         if (gzread(f, &extra, 1) != 0)

@@ -23,6 +23,16 @@ size_t bl_st_numel(const bl_st_entry *e)
     return n;
 }
 
+/* The entry's bytes, or SIZE_MAX when its shape's product overflows (a forged shape whose product
+ * wraps around could otherwise match a small span). */
+static size_t entry_bytes(const bl_st_entry *e)
+{
+    size_t n = dtype_size[e->dtype];
+    for (int d = 0; d < e->ndim; d++)
+        if (__builtin_mul_overflow(n, (size_t)e->shape[d], &n)) return SIZE_MAX;
+    return n;
+}
+
 void bl_st_free(bl_safetensors *st)
 {
     free(st->e);
@@ -86,21 +96,32 @@ static bl_status parse_header(const char *path, const char *hdr, bl_safetensors 
         }
         e->dtype = (bl_dtype)k;
         e->ndim = cJSON_GetArraySize(sh);
-        for (int d = 0; d < e->ndim; d++) {
+        /* range first, then convert: a double outside int64's range converts undefined */
+        for (int d = 0; d < e->ndim && !rc; d++) {
             double v = cJSON_GetArrayItem(sh, d)->valuedouble;
-            if (!(v >= 0 && v < 1e12)) rc = bl_fail(BL_ERR_FORMAT, "%s: bad shape of '%s'", path, e->name);
-            e->shape[d] = (int64_t)v;
+            if (!(v >= 0 && v < 1e12))
+                rc = bl_fail(BL_ERR_FORMAT, "%s: bad shape of '%s' (entry %d: %g)", path, e->name,
+                             d, v);
+            else e->shape[d] = (int64_t)v;
         }
+        if (rc) break;
         double b = cJSON_GetArrayItem(of, 0)->valuedouble, en = cJSON_GetArrayItem(of, 1)->valuedouble;
-        if (!rc && !(b >= 0 && en >= b && en <= (double)st->data_len))
+        if (!(b >= 0 && en >= b && en <= (double)st->data_len)) {
             rc = bl_fail(BL_ERR_FORMAT, "%s: tensor '%s' lies outside the file (offsets %.0f..%.0f, "
                          "%zu data bytes): truncated or corrupt", path, e->name, b, en, st->data_len);
+            break;
+        }
         e->begin = (size_t)b;
         e->end = (size_t)en;
-        if (!rc && bl_st_numel(e) * dtype_size[e->dtype] != e->end - e->begin)
-            rc = bl_fail(BL_ERR_FORMAT, "%s: tensor '%s' has %zu bytes for its shape but offsets "
-                         "span %zu", path, e->name, bl_st_numel(e) * dtype_size[e->dtype],
-                         e->end - e->begin);
+        const size_t need = entry_bytes(e);
+        if (need != e->end - e->begin) {
+            if (need == SIZE_MAX)
+                rc = bl_fail(BL_ERR_FORMAT, "%s: tensor '%s': its shape's size overflows: corrupt "
+                             "or forged", path, e->name);
+            else
+                rc = bl_fail(BL_ERR_FORMAT, "%s: tensor '%s' has %zu bytes for its shape but "
+                             "offsets span %zu", path, e->name, need, e->end - e->begin);
+        }
         st->n++;
     }
     cJSON_Delete(root);
@@ -306,11 +327,14 @@ bl_status bl_st_write(const bl_st_writer *w, const char *path)
               write_all(fd, "        ", padded - hl);
     for (int i = 0; i < w->n && !bad; i++) bad = write_all(fd, w->items[i].data, w->items[i].bytes);
     free(hdr);
-    if (bad || fsync(fd) || close(fd)) {
-        int e = errno;
+    /* the descriptor is closed whatever failed */
+    if (!bad) bad = fsync(fd) != 0;
+    int err = bad ? errno : 0;
+    if (close(fd) && !bad) bad = 1, err = errno;
+    if (bad) {
         unlink(tmp);
         return bl_fail(BL_ERR_IO, "%s: write failed: %s (disk full?); the previous checkpoint is "
-                       "untouched", path, strerror(e));
+                       "untouched", path, strerror(err));
     }
     if (rename(tmp, path)) {
         int e = errno;
