@@ -6,6 +6,18 @@
 
 #include "bnlab/bnlab.h"
 
+/* Reads DIR/file into st, DIR being argv[1] or tests/fixtures; on failure prints why (as `test`)
+ * and returns non-zero. */
+static inline int st_fixture_open(int argc, char **argv, const char *file, const char *test,
+                                  bl_safetensors *st)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", argc > 1 ? argv[1] : "tests/fixtures", file);
+    if (!bl_st_read(path, st)) return 0;
+    fprintf(stderr, "%s: %s\n", test, bl_error());
+    return 1;
+}
+
 /* The n floats of tensor `name` (a failed check when absent or of another size); free() after. */
 static inline float *st_get(const bl_safetensors *st, const char *name, size_t n)
 {

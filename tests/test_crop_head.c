@@ -234,13 +234,8 @@ static void model(void)
 
 int main(int argc, char **argv)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/crop_head.safetensors", argc > 1 ? argv[1] : "tests/fixtures");
     bl_safetensors st;
-    if (bl_st_read(path, &st)) {
-        fprintf(stderr, "test_crop_head: %s\n", bl_error());
-        return 1;
-    }
+    if (st_fixture_open(argc, argv, "crop_head.safetensors", "test_crop_head", &st)) return 1;
     bl_threads_set(1);
     variant(&st, "img1");
     variant(&st, "img2");

@@ -8,13 +8,8 @@
 
 int main(int argc, char **argv)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/roi_align.safetensors", argc > 1 ? argv[1] : "tests/fixtures");
     bl_safetensors st;
-    if (bl_st_read(path, &st)) {
-        fprintf(stderr, "test_roi_align: %s\n", bl_error());
-        return 1;
-    }
+    if (st_fixture_open(argc, argv, "roi_align.safetensors", "test_roi_align", &st)) return 1;
     const bl_st_entry *eb = bl_st_find(&st, "boxes"), *ex = bl_st_find(&st, "x");
     CHECK(eb && ex && eb->ndim == 2 && eb->shape[1] == 5 && ex->ndim == 4, "fixture shapes");
     if (!eb || !ex) return check_done("test_roi_align");

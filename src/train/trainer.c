@@ -105,7 +105,6 @@ struct bl_trainer {
     bl_groups groups;        /* the step's normalization groups: whole batch or ghost */
     bl_groups head_groups;   /* a crop head's: of head_bn_images images, or the share */
     bl_ctx ctx;              /* per BN layer: the backbone's groups, then a crop head's */
-    int crops;               /* crops per image of a crop head (0: none) */
     int *perm, *counts;      /* the shuffle's global permutation, rows per process */
     bl_shuffle shuffle;
     bl_sgd sgd;
@@ -201,13 +200,8 @@ static bl_status check_crops(const bl_train_cfg *c, int kind, int world, int sha
         return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.%s: SyncBN normalizes the head over the "
                        "global batch; drop one of the two",
                        c->bn_shuffle ? "bn_shuffle" : "head_bn_images");
-    const bl_head_cfg *h = &c->head;
-    if (h->crops < 1)
-        return bl_fail(BL_ERR_ARG, "cfg.crops %d: use at least 1 crop per image", h->crops);
-    if (!(h->crop_min > 0 && h->crop_min <= h->crop_max))
-        return bl_fail(BL_ERR_ARG, "cfg.crop_min %g and cfg.crop_max %g: need 0 < min <= max",
-                       h->crop_min, h->crop_max);
-    if (h->norm == BL_HEAD_BN && h->crops < 2 && c->eval_minibatch)
+    /* the crops' count and sides: bl_crop_head checks them against the map */
+    if (c->head.norm == BL_HEAD_BN && c->head.crops < 2 && c->eval_minibatch)
         return bl_fail(BL_ERR_ARG, "cfg.eval_minibatch with cfg.crops 1: one image's crops give "
                        "one value per channel; use 2 or more crops");
     if (c->bn_shuffle && world == 1 && (!c->head_bn_images || c->head_bn_images >= c->batch))
@@ -272,13 +266,13 @@ static bl_status setup_crops(bl_trainer *t)
     if (!c->bn_shuffle) return BL_OK;
     if (W > 1 && !t->h.route)
         return bl_fail(BL_ERR_ARG, "hooks: the shuffle across %d processes needs a route", W);
-    t->perm = malloc(sizeof(int) * (size_t)c->batch * t->crops);
+    t->perm = malloc(sizeof(int) * (size_t)c->batch * t->net.crops);
     t->counts = malloc(sizeof(int) * (size_t)W);
     if (!t->perm || !t->counts) return bl_fail(BL_ERR_NOMEM, "out of memory for the shuffle");
     for (int r = 0; r < W; r++) {
         int off, n;
         bl_batch_share(c->batch, r, W, &off, &n);
-        t->counts[r] = n * t->crops;
+        t->counts[r] = n * t->net.crops;
     }
     t->shuffle = (bl_shuffle){t->perm, t, W > 1 ? route_rows : NULL};
     return BL_OK;
@@ -368,7 +362,6 @@ static bl_status setup(bl_trainer *t)
                              t->train.h, t->train.w, c->recipe.channels, max_batch)))
         return st;
     t->have_net = 1;
-    t->crops = t->net.crops;
     bl_net_init_params(&t->net, c->seed);
     t->info.seed = c->seed;
     t->info.recipe = c->recipe;
@@ -413,9 +406,9 @@ static bl_status setup(bl_trainer *t)
                                 : bl_groups_whole(&t->groups, t->share_n)))
         return st;
     /* a crop head's backbone normalizes the global batch (only the head's groups vary) */
-    if (c->sync_bn || t->crops) t->groups.reducer = t->h.reducer; /* NULL in one process */
+    if (c->sync_bn || t->net.crops) t->groups.reducer = t->h.reducer; /* NULL in one process */
     if ((st = bl_ctx_init(&t->ctx, &t->net, BL_BN_BATCH, &t->groups))) return st;
-    if (t->crops && (st = setup_crops(t))) return st;
+    if (t->net.crops && (st = setup_crops(t))) return st;
     t->shard = (bl_shard){t->h.rank, t->h.world, t->h.reducer};
     t->sgd = (bl_sgd){c->momentum, c->wd, c->nesterov, c->wd_bn};
     t->aug = (bl_augment){seed, 0};
@@ -426,7 +419,7 @@ static bl_status setup(bl_trainer *t)
     t->pcfg.rank = t->h.rank, t->pcfg.world = t->h.world, t->pcfg.sync = c->sync_bn;
     /* PreciseBN of the head: the groups training normalized (shuffled ones mix the whole batch's
      * crops: then the whole PreciseBN batch) */
-    if (t->crops) t->pcfg.head_norm_batch = c->bn_shuffle ? 0 : c->head_bn_images;
+    if (t->net.crops) t->pcfg.head_norm_batch = c->bn_shuffle ? 0 : c->head_bn_images;
     if (c->out[0]) snprintf(t->cpath, sizeof t->cpath, "%s/last.safetensors", c->out);
     t->ep = t->info.epoch;
     t->done = t->ep >= c->epochs;
@@ -537,7 +530,7 @@ static bl_status sgd_step(bl_trainer *t)
     ctx.crops = &crops;
     bl_status st = BL_OK;
     if (t->perm && !t->frozen) { /* one permutation of the global batch's crops per step */
-        st = bl_shuffle_perm(t->info.seed, t->info.step, c->batch * t->crops, t->perm);
+        st = bl_shuffle_perm(t->info.seed, t->info.step, c->batch * t->net.crops, t->perm);
         ctx.shuffle = &t->shuffle;
     }
     bl_net_zero_grad(net);
@@ -550,7 +543,7 @@ static bl_status sgd_step(bl_trainer *t)
     /* SyncBN's backward (a crop head's backbone's too) and the shuffle's sum or move across
      * processes: a process whose loss failed alone (its logits went non-finite) must not leave
      * the others waiting there */
-    if (t->h.agree_error && (c->sync_bn || t->crops) && !t->frozen &&
+    if (t->h.agree_error && (c->sync_bn || t->net.crops) && !t->frozen &&
         (st = t->h.agree_error(t->h.ctx, st)))
         return st;
     if (!st && (st = bl_net_backward(net, &ctx))) step_failed(t, st);
@@ -712,7 +705,7 @@ bl_status bl_trainer_summary(bl_trainer *t, bl_train_summary *s)
     s->epochs = t->info.epoch;
     s->steps = t->info.step;
     s->norm_batch = t->g;
-    if (t->crops)
+    if (t->net.crops)
         s->head_group = t->c.sync_bn || !t->c.head_bn_images ? (t->c.sync_bn ? t->c.batch : t->share_n)
                                                              : t->c.head_bn_images;
     s->test_err = pop.err;
