@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS  ?= $(shell nproc)
 DEPS  := scripts/install-deps.sh
 
-.PHONY: all build test test-asan demo bench deps clean repro
+.PHONY: all build test test-asan fuzz demo bench deps clean repro
 
 all: build
 
@@ -24,6 +24,16 @@ test-asan: deps
 	@cmake --build build-asan -j $(JOBS)
 	@cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure
 
+# The libFuzzer targets (tests/fuzz) under ASan + UBSan, each for SECONDS (default 60); a clang
+# build in build-fuzz/, whose corpora grow from run to run.
+SECONDS ?= 60
+fuzz:
+	@$(DEPS) fuzz
+	@test -f build-fuzz/CMakeCache.txt || CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug \
+	  -DBL_FUZZ=ON -DBL_SANITIZE=ON -DBL_BENCH=OFF -DBL_WITH_MPI=OFF -DBL_NATIVE=OFF >/dev/null
+	@cmake --build build-fuzz -j $(JOBS) --target fuzz
+	@tests/fuzz/run.sh build-fuzz $(SECONDS)
+
 demo: deps build
 	@BUILD=$(BUILD) scripts/demo.sh
 
@@ -41,4 +51,4 @@ bench:
 	@$(BUILD)/bench_train
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

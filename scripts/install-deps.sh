@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages bnlab needs that are missing, and nothing else.
-# usage: scripts/install-deps.sh [build|bench]   (build: build, test and demo; bench: also the peers)
+# usage: scripts/install-deps.sh [build|fuzz|bench]   (build: build, test and demo; fuzz: also clang; bench: also the peers)
 set -euo pipefail
 want="build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev libcjson-dev libjpeg-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist gnuplot-nox jq"
+if [ "${1:-build}" = fuzz ]; then want="$want clang"; fi
 if [ "${1:-build}" = bench ]; then want="$want libdnnl-dev python3-torch python3-torchvision"; fi
 missing=""
 for p in $want; do

@@ -4,6 +4,7 @@
 #include "cli/cli.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,7 +77,9 @@ static int set(const char *cmd, const cli_opt *o, const char *v)
     case OPT_DOUBLE: {
         double x = strtod(v, &end);
         int integral = o->type != OPT_DOUBLE;
-        if (errno || end == v || *end || x < o->lo || x > o->hi || (integral && x != (long long)x)) {
+        /* written so NaN fails every test (it compares false), and checked before any
+         * conversion to an integer (out of range that is undefined) */
+        if (errno || end == v || *end || !(x >= o->lo && x <= o->hi) || (integral && x != floor(x))) {
             fprintf(stderr, "bnlab %s: %s wants %s in [%g, %g], got '%s'\n", cmd, o->name,
                     integral ? "an integer" : "a number", o->lo, o->hi, v);
             return 2;
