@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS  ?= $(shell nproc)
 DEPS  := scripts/install-deps.sh
 
-.PHONY: all build test test-asan fuzz demo bench deps clean repro
+.PHONY: all build test test-asan fuzz install demo bench deps clean repro
 
 all: build
 
@@ -11,7 +11,7 @@ deps:
 	@$(DEPS) build
 
 build:
-	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DBL_NATIVE=ON
 	@cmake --build $(BUILD) -j $(JOBS)
 
 # The README's test command: installs what is missing, builds, runs every test.
@@ -20,7 +20,7 @@ test: deps build
 
 # The unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: deps
-	@test -f build-asan/CMakeCache.txt || cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DBL_SANITIZE=ON -DBL_BENCH=OFF
+	@test -f build-asan/CMakeCache.txt || cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DBL_SANITIZE=ON -DBL_BENCH=OFF -DBL_NATIVE=ON
 	@cmake --build build-asan -j $(JOBS)
 	@cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure
 
@@ -34,6 +34,15 @@ fuzz:
 	@cmake --build build-fuzz -j $(JOBS) --target fuzz
 	@tests/fuzz/run.sh build-fuzz $(SECONDS)
 
+# The library, its headers, pkg-config file and CMake package, and the command, into PREFIX: a
+# portable build of its own (build-install/, any x86-64; NATIVE=1 for -march=native).
+PREFIX ?= /usr/local
+install: deps
+	@cmake -S . -B build-install -DCMAKE_BUILD_TYPE=Release -DBL_TESTS=OFF -DBL_BENCH=OFF \
+	  -DBL_NATIVE=$(if $(NATIVE),ON,OFF) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@cmake --build build-install -j $(JOBS)
+	@cmake --install build-install
+
 demo: deps build
 	@BUILD=$(BUILD) scripts/demo.sh
 
@@ -45,10 +54,10 @@ repro: deps build
 # Reconfigures after installing the peers so a build dir made before libdnnl existed finds it.
 bench:
 	@$(DEPS) bench
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DBL_NATIVE=ON >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 	@$(BUILD)/bench_bn $(BENCH_ARGS)
 	@$(BUILD)/bench_train
 
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz
+	rm -rf $(BUILD) build-asan build-fuzz build-install

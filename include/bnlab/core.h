@@ -57,7 +57,54 @@ bl_status bl_layout_parse(const char *s, bl_layout *out);
 /* 64-byte aligned allocation (cache line, AVX-512). NULL on failure with a reason set. */
 void *bl_alloc(size_t bytes);
 void *bl_calloc(size_t bytes);
+/* Every other allocation of the library goes through these (malloc, calloc(n, size) with its
+ * product checked, realloc, strdup; cJSON's too): one place where a failure can be injected
+ * (bl_fault_set). NULL on failure with a reason set. bl_free frees any of them. */
+void *bl_malloc(size_t bytes);
+void *bl_callocn(size_t n, size_t size);
+void *bl_realloc(void *p, size_t bytes);
+char *bl_strdup(const char *s);
 void bl_free(void *p);
+
+/* ---- files ---------------------------------------------------------------------------------
+ * Every file the library writes is written whole or not at all: bl_afile writes path.tmp and
+ * renames it over path only after a flush to disk, so the old file stays intact and loadable
+ * whatever fails. Its errors name the file and the step (create, write, fsync, rename). */
+typedef struct {
+    int fd;
+    int failed;        /* a write failed: commit refuses, the temporary is removed */
+    int done;          /* published or removed */
+    char path[1024];
+    char tmp[1040];
+} bl_afile;
+bl_status bl_afile_open(bl_afile *f, const char *path);
+bl_status bl_afile_write(bl_afile *f, const void *data, size_t len);
+bl_status bl_afile_commit(bl_afile *f); /* finish, then publish */
+/* The two halves of commit, for files that belong together (an IDX pair): finish each (fsync,
+ * close), then publish each (rename, fsync of the directory), so a failed write changes none. */
+bl_status bl_afile_finish(bl_afile *f);
+bl_status bl_afile_publish(bl_afile *f);
+void bl_afile_abort(bl_afile *f);      /* closes and removes the temporary */
+/* Appends a whole line to a log (metrics.jsonl): on any failure the file is cut back to its old
+ * length, so it never holds part of a line. */
+bl_status bl_append_line(const char *path, const char *line);
+
+/* ---- fault injection (tests) ----------------------------------------------------------------
+ * Makes the nth call (0-based, counted from this bl_fault_set) of one operation fail as the
+ * system would: an allocation returns NULL, write fails with ENOSPC, fsync and rename with EIO.
+ * nth < 0 disarms it. bl_fault_calls: the calls of that operation since its last bl_fault_set,
+ * so a test counts a run's calls once and then fails each in turn. The command line arms these
+ * from BNLAB_FAULT="alloc:N" (or write:N, fsync:N, rename:N; several with commas) and prints a
+ * count at exit for BNLAB_FAULT_COUNT=write (or alloc, fsync, rename). */
+typedef enum { BL_FAULT_ALLOC, BL_FAULT_WRITE, BL_FAULT_FSYNC, BL_FAULT_RENAME, BL_FAULT_N } bl_fault;
+void bl_fault_set(bl_fault f, long nth);
+long bl_fault_calls(bl_fault f);
+/* 1 if this call of f is the one to fail (counts the call); for the wrappers in core. */
+int bl_fault_hit(bl_fault f);
+/* "write:3" arms write's 4th call; "write" only restarts its count; op (may be NULL) gets which.
+ * BL_ERR_ARG for anything else. */
+bl_status bl_fault_parse(const char *spec, bl_fault *op);
+const char *bl_fault_name(bl_fault f); /* "alloc", "write", "fsync", "rename" */
 
 /* A grow-only scratch buffer: kernels take their temporaries from it so a training loop does not
  * allocate per step. Not shared between threads. */

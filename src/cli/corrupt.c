@@ -24,7 +24,7 @@ static bl_status preview(const bl_dataset *d, bl_corruption c, uint64_t seed, co
             }
     for (int i = 0; np < PREVIEW_N && i < d->n; i++) pick[np++] = i;
     const int h = d->h, w = d->w, W = np * (w + GAP) + GAP, H = 6 * (h + GAP) + GAP;
-    uint8_t *canvas = malloc((size_t)W * H), *img = malloc((size_t)h * w);
+    uint8_t *canvas = bl_malloc((size_t)W * H), *img = bl_malloc((size_t)h * w);
     if (!canvas || !img) {
         free(canvas), free(img);
         return bl_fail(BL_ERR_NOMEM, "preview: out of memory");

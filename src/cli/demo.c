@@ -94,7 +94,8 @@ int cmd_demo(int argc, char **argv)
     bl_rng_seed(&rng, seed);
     float w[9 * FC];
     for (int k = 0; k < 9 * FC; k++) w[k] = (float)(bl_rng_normal(&rng) / 3.0);
-    int *perm = malloc(sizeof(int) * d.n);
+    int *perm = bl_malloc(sizeof(int) * d.n);
+    if (!perm) return fail("the sample order");
     for (int i = 0; i < d.n; i++) perm[i] = i;
     bl_rng_shuffle(&rng, perm, d.n);
 
@@ -103,8 +104,9 @@ int cmd_demo(int argc, char **argv)
     float *f = bl_alloc((size_t)chunk * hw * FC * sizeof(float));
     float *y = bl_alloc((size_t)chunk * hw * FC * sizeof(float));
     float *y2 = bl_alloc((size_t)chunk * hw * FC * sizeof(float));
+    if (!f || !y || !y2) return fail("the feature buffers");
     bl_moments pop;
-    bl_moments_init(&pop, FC);
+    if (bl_moments_init(&pop, FC)) return fail("the population moments");
     for (long s = 0; s < pop_n; s += chunk) {
         int n = (int)(pop_n - s < chunk ? pop_n - s : chunk);
         features(&d, perm + s, n, w, f);

@@ -1,7 +1,9 @@
 /* bnlab: the command-line lab. Dispatches to one function per command. */
+#define _POSIX_C_SOURCE 200809L
 #include "cli/cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void usage(FILE *f)
@@ -31,8 +33,34 @@ static void usage(FILE *f)
             BNLAB_VERSION);
 }
 
+static bl_fault counted = BL_FAULT_N;
+static void print_fault_count(void)
+{
+    fprintf(stderr, "bnlab: %s calls: %ld\n", bl_fault_name(counted), bl_fault_calls(counted));
+}
+
 int main(int argc, char **argv)
 {
+    /* test hooks (docs/robustness.md): BNLAB_FAULT="write:N" makes the Nth write (0-based)
+     * fail as a full disk would (alloc, fsync and rename likewise; several with commas);
+     * BNLAB_FAULT_COUNT=write prints at exit how many such calls the command made */
+    const char *count = getenv("BNLAB_FAULT_COUNT"), *fault = getenv("BNLAB_FAULT");
+    if (count && *count) {
+        if (bl_fault_parse(count, &counted) || strchr(count, ':')) {
+            fprintf(stderr, "bnlab: BNLAB_FAULT_COUNT=%s: use alloc, write, fsync or rename\n", count);
+            return 2;
+        }
+        atexit(print_fault_count);
+    }
+    if (fault && *fault) {
+        char spec[256];
+        snprintf(spec, sizeof spec, "%s", fault);
+        for (char *save = NULL, *t = strtok_r(spec, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            if (bl_fault_parse(t, NULL)) {
+                fprintf(stderr, "bnlab: BNLAB_FAULT: %s\n", bl_error());
+                return 2;
+            }
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         usage(stdout);

@@ -74,22 +74,6 @@ static void on_frozen(void *u, int epoch, long samples)
            "training\n", epoch, samples);
 }
 
-/* The whole line, appended with one write and flushed to disk: never half a line. */
-static bl_status append_line(const char *path, const char *line)
-{
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
-    if (fd < 0) return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-    size_t n = strlen(line);
-    ssize_t w = write(fd, line, n);
-    int err = w < 0 ? errno : 0;
-    if ((size_t)w != n || fsync(fd)) {
-        close(fd);
-        return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, err ? strerror(err) : "short write");
-    }
-    if (close(fd)) return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-    return BL_OK;
-}
-
 static bl_status on_epoch_end(void *u, const bl_epoch_metrics *m)
 {
     train_view *v = u;
@@ -126,7 +110,7 @@ static bl_status on_epoch_end(void *u, const bl_epoch_metrics *m)
                       m->img_per_s, m->seconds);
     if (o <= 0 || (size_t)o >= sizeof line)
         return bl_fail(BL_ERR_STATE, "the metrics line of epoch %d does not fit", m->epoch);
-    return append_line(v->mpath, line);
+    return bl_append_line(v->mpath, line);
 }
 
 static void on_stopped(void *u, long step, int epoch, long done, long steps, const char *ckpt)
@@ -174,37 +158,34 @@ static void print_summary(const bl_train_cfg *c, const bl_train_summary *s, cons
  * on), so every epoch has one line. */
 static bl_status start_metrics(const char *path, int resumed_epoch)
 {
-    if (resumed_epoch < 0) {
-        FILE *f = fopen(path, "w");
-        if (!f || fclose(f)) return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-        return BL_OK;
-    }
+    bl_afile o;
+    bl_status st;
+    if (resumed_epoch < 0) /* an empty file, through the same atomic path as every other */
+        return (st = bl_afile_open(&o, path)) ? st : bl_afile_commit(&o);
     FILE *f = fopen(path, "r");
     if (!f) return BL_OK; /* nothing yet */
-    char tmp[1200], line[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *o = fopen(tmp, "w");
-    if (!o) {
+    if ((st = bl_afile_open(&o, path))) {
         fclose(f);
-        return bl_fail(BL_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+        return st;
     }
+    char line[4096];
     int dropped = 0, last = 0;
-    while (fgets(line, sizeof line, f)) {
-        int ep;
-        if (sscanf(line, "{\"epoch\":%d", &ep) == 1 && ep > resumed_epoch) dropped++;
-        else fputs(line, o), last = sscanf(line, "{\"epoch\":%d", &ep) == 1 ? ep : last;
+    while (!st && fgets(line, sizeof line, f)) {
+        int ep, has = sscanf(line, "{\"epoch\":%d", &ep) == 1;
+        if (has && ep > resumed_epoch) {
+            dropped++;
+            continue;
+        }
+        st = bl_afile_write(&o, line, strlen(line));
+        if (has) last = ep;
     }
+    fclose(f);
     /* the line comes after its checkpoint: a run killed between the two has none */
-    if (last < resumed_epoch)
+    if (!st && last < resumed_epoch)
         printf("note: %s has no line for epoch %d (the run ended between that epoch's checkpoint "
                "and its line)\n", path, resumed_epoch);
-    fclose(f);
-    if (fflush(o) || fsync(fileno(o)) || fclose(o)) {
-        remove(tmp);
-        return bl_fail(BL_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-    }
-    if (!dropped) return remove(tmp), BL_OK;
-    if (rename(tmp, path)) return bl_fail(BL_ERR_IO, "cannot replace %s: %s", path, strerror(errno));
+    if (st || !dropped) return bl_afile_abort(&o), st;
+    if ((st = bl_afile_commit(&o))) return st;
     printf("note: %d line%s of %s after epoch %d dropped (the checkpoint is from epoch %d)\n",
            dropped, dropped > 1 ? "s" : "", path, resumed_epoch, resumed_epoch);
     return BL_OK;

@@ -8,13 +8,48 @@
 #include <omp.h>
 #endif
 
+static void *nomem(size_t bytes)
+{
+    bl_fail(BL_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+    return NULL;
+}
+
 void *bl_alloc(size_t bytes)
 {
-    void *p = NULL;
     size_t n = (bytes + 63) & ~(size_t)63; /* aligned_alloc wants a multiple of the alignment */
     if (n == 0) n = 64;
-    p = aligned_alloc(64, n);
-    if (!p) bl_fail(BL_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+    if (n < bytes || bl_fault_hit(BL_FAULT_ALLOC)) return nomem(bytes);
+    void *p = aligned_alloc(64, n);
+    return p ? p : nomem(bytes);
+}
+
+void *bl_malloc(size_t bytes)
+{
+    if (bl_fault_hit(BL_FAULT_ALLOC)) return nomem(bytes);
+    void *p = malloc(bytes ? bytes : 1);
+    return p ? p : nomem(bytes);
+}
+
+void *bl_callocn(size_t n, size_t size)
+{
+    if (size && n > (size_t)-1 / size) return nomem((size_t)-1);
+    if (bl_fault_hit(BL_FAULT_ALLOC)) return nomem(n * size);
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    return p ? p : nomem(n * size);
+}
+
+void *bl_realloc(void *q, size_t bytes)
+{
+    if (bl_fault_hit(BL_FAULT_ALLOC)) return nomem(bytes);
+    void *p = realloc(q, bytes ? bytes : 1);
+    return p ? p : nomem(bytes);
+}
+
+char *bl_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = bl_malloc(n);
+    if (p) memcpy(p, s, n);
     return p;
 }
 

@@ -231,7 +231,7 @@ static void jpeg_fail(j_common_ptr cinfo)
 /* Encodes the 8-bit image with libjpeg at the quality and decodes it back; 0 on success. */
 static int jpeg_roundtrip(uint8_t *px, int h, int w, int quality)
 {
-    struct jerr *je = calloc(1, sizeof *je);
+    struct jerr *je = bl_callocn(1, sizeof *je);
     if (!je) return -1;
     struct jpeg_compress_struct *ci = &je->ci;
     struct jpeg_decompress_struct *di = &je->di;
@@ -400,7 +400,7 @@ bl_status bl_corrupt_image(bl_corruption c, int severity, uint64_t seed, long in
         return bl_fail(BL_ERR_STATE, "jpeg_compression: built without libjpeg: install "
                        "libjpeg-dev and rebuild");
 #endif
-    double *buf = malloc(sizeof(double) * n * 5);
+    double *buf = bl_malloc(sizeof(double) * n * 5);
     if (!buf) return bl_fail(BL_ERR_NOMEM, "corrupt: out of memory");
     bl_rng r;
     bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(bl_rng_mix(seed, 0xc0de0000u + (uint64_t)c), (uint64_t)severity),

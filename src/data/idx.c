@@ -32,13 +32,13 @@ static bl_status read_all(gzFile f, const char *path, void *buf, size_t len)
 static bl_status read_payload(gzFile f, const char *path, size_t len, uint8_t **data)
 {
     size_t cap = len < ((size_t)1 << 20) ? len : ((size_t)1 << 20), got = 0;
-    uint8_t *buf = malloc(cap);
+    uint8_t *buf = bl_malloc(cap);
     if (!buf) return bl_fail(BL_ERR_NOMEM, "%s: out of memory reading the data", path);
     bl_status st = BL_OK;
     while (!st && got < len) {
         if (got == cap) {
             const size_t nc = cap > len / 2 ? len : cap * 2;
-            uint8_t *nb = realloc(buf, nc);
+            uint8_t *nb = bl_realloc(buf, nc);
             if (!nb) {
                 st = bl_fail(BL_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, len);
                 break;
@@ -150,43 +150,44 @@ void bl_dataset_free(bl_dataset *d)
     memset(d, 0, sizeof *d);
 }
 
-/* One gzip IDX file, atomically: path.tmp, fsync, rename. */
-static bl_status idx_write(const char *path, uint32_t magic, int dims, const uint32_t *shape,
-                           const uint8_t *data, size_t len)
+/* One gzip IDX file into f's temporary, finished (on disk, not yet in place): deflate in
+ * pieces. */
+static bl_status idx_write(bl_afile *f, const char *path, uint32_t magic, int dims,
+                           const uint32_t *shape, const uint8_t *data, size_t len)
 {
-    char tmp[1100];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
-        return bl_fail(BL_ERR_ARG, "%s: path too long", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return bl_fail(BL_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-    int keep = dup(fd); /* gzclose closes fd; this one stays for the fsync */
-    gzFile f = keep < 0 ? NULL : gzdopen(fd, "wb9");
-    if (!f) {
-        close(fd);
-        if (keep >= 0) close(keep);
-        remove(tmp);
-        return bl_fail(BL_ERR_NOMEM, "cannot start a gzip stream for %s", path);
-    }
     uint8_t hdr[16];
     uint32_t words[4] = {magic, 0, 0, 0};
     for (int d = 0; d < dims; d++) words[1 + d] = shape[d];
     for (int k = 0; k <= dims; k++)
         for (int b = 0; b < 4; b++) hdr[4 * k + b] = (uint8_t)(words[k] >> (24 - 8 * b));
-    int ok = gzwrite(f, hdr, (unsigned)(4 * (dims + 1))) == 4 * (dims + 1);
-    for (size_t at = 0; ok && at < len;) {
-        unsigned chunk = (unsigned)(len - at > (1u << 30) ? (1u << 30) : len - at);
-        ok = gzwrite(f, data + at, chunk) == (int)chunk;
-        at += chunk;
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    /* windowBits 15 + 16: a gzip stream, what gzopen reads */
+    if (deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return bl_fail(BL_ERR_NOMEM, "cannot start a gzip stream for %s", path);
+    uint8_t *out = bl_malloc(1 << 16);
+    bl_status st = out ? bl_afile_open(f, path) : BL_ERR_NOMEM;
+    const uint8_t *parts[2] = {hdr, data};
+    const size_t lens[2] = {4 * (size_t)(dims + 1), len};
+    for (int p = 0; p < 2 && !st; p++) {
+        for (size_t at = 0; !st && (at < lens[p] || p == 1);) {
+            const size_t chunk = lens[p] - at > (1u << 30) ? (1u << 30) : lens[p] - at;
+            z.next_in = (uint8_t *)parts[p] + at, z.avail_in = (uInt)chunk;
+            at += chunk;
+            const int flush = p == 1 && at == lens[p] ? Z_FINISH : Z_NO_FLUSH;
+            int zr;
+            do {
+                z.next_out = out, z.avail_out = 1 << 16;
+                zr = deflate(&z, flush);
+                if (zr == Z_STREAM_ERROR) st = bl_fail(BL_ERR_NOMEM, "%s: gzip error", path);
+                else st = bl_afile_write(f, out, (1 << 16) - z.avail_out);
+            } while (!st && (z.avail_out == 0 || (flush == Z_FINISH && zr != Z_STREAM_END)));
+            if (flush == Z_FINISH) break;
+        }
     }
-    ok &= gzclose(f) == Z_OK;
-    ok &= fsync(keep) == 0;
-    ok &= close(keep) == 0;
-    if (!ok || rename(tmp, path)) {
-        int e = errno;
-        remove(tmp);
-        return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, e ? strerror(e) : "gzip error");
-    }
-    return BL_OK;
+    deflateEnd(&z);
+    bl_free(out);
+    return st ? st : bl_afile_finish(f);
 }
 
 bl_status bl_idx_save(const bl_dataset *d, const char *images_path, const char *labels_path)
@@ -194,8 +195,14 @@ bl_status bl_idx_save(const bl_dataset *d, const char *images_path, const char *
     if (d->n < 1 || d->h < 1 || d->w < 1 || !d->pixels || !d->labels)
         return bl_fail(BL_ERR_ARG, "idx: nothing to write (%d images of %dx%d)", d->n, d->h, d->w);
     const uint32_t is[3] = {(uint32_t)d->n, (uint32_t)d->h, (uint32_t)d->w}, ls[1] = {(uint32_t)d->n};
-    bl_status st = idx_write(images_path, 0x00000803, 3, is, d->pixels,
+    /* both written and on disk before either replaces its old file: a failed write (a full
+     * disk) leaves the old pair as it was */
+    bl_afile fi = {.fd = -1, .done = 1}, fl = {.fd = -1, .done = 1};
+    bl_status st = idx_write(&fi, images_path, 0x00000803, 3, is, d->pixels,
                              (size_t)d->n * d->h * d->w);
-    if (!st) st = idx_write(labels_path, 0x00000801, 1, ls, d->labels, (size_t)d->n);
+    if (!st) st = idx_write(&fl, labels_path, 0x00000801, 1, ls, d->labels, (size_t)d->n);
+    if (!st) st = bl_afile_publish(&fi);
+    if (!st) st = bl_afile_publish(&fl);
+    bl_afile_abort(&fi), bl_afile_abort(&fl);
     return st;
 }

@@ -15,16 +15,17 @@ static void be32(uint8_t *b, uint32_t v)
     b[0] = (uint8_t)(v >> 24), b[1] = (uint8_t)(v >> 16), b[2] = (uint8_t)(v >> 8), b[3] = (uint8_t)v;
 }
 
-static int chunk(FILE *f, const char *type, const uint8_t *data, uint32_t len)
+static bl_status chunk(bl_afile *f, const char *type, const uint8_t *data, uint32_t len)
 {
     uint8_t b[4];
     be32(b, len);
     uLong crc = crc32(0, (const Bytef *)type, 4);
     if (len) crc = crc32(crc, data, len);
-    int ok = fwrite(b, 1, 4, f) == 4 && fwrite(type, 1, 4, f) == 4 &&
-             (!len || fwrite(data, 1, len, f) == len);
+    bl_status st = bl_afile_write(f, b, 4);
+    if (!st) st = bl_afile_write(f, type, 4);
+    if (!st && len) st = bl_afile_write(f, data, len);
     be32(b, (uint32_t)crc);
-    return ok && fwrite(b, 1, 4, f) == 4;
+    return st ? st : bl_afile_write(f, b, 4);
 }
 
 bl_status bl_png_save_gray(const char *path, int w, int h, const uint8_t *pixels)
@@ -34,7 +35,7 @@ bl_status bl_png_save_gray(const char *path, int w, int h, const uint8_t *pixels
     /* each row starts with its filter type, 0 (none) */
     const size_t raw_len = (size_t)h * (w + 1);
     uLongf z_len = compressBound((uLong)raw_len);
-    uint8_t *raw = malloc(raw_len), *z = malloc(z_len);
+    uint8_t *raw = bl_malloc(raw_len), *z = bl_malloc(z_len);
     if (!raw || !z) {
         free(raw), free(z);
         return bl_fail(BL_ERR_NOMEM, "png: out of memory for %dx%d", w, h);
@@ -49,28 +50,16 @@ bl_status bl_png_save_gray(const char *path, int w, int h, const uint8_t *pixels
         free(z);
         return bl_fail(BL_ERR_NOMEM, "png: zlib failed (%d)", zr);
     }
-    char tmp[1100];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
-        free(z);
-        return bl_fail(BL_ERR_ARG, "%s: path too long", path);
-    }
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        free(z);
-        return bl_fail(BL_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-    }
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     uint8_t ihdr[13];
     be32(ihdr, (uint32_t)w), be32(ihdr + 4, (uint32_t)h);
     ihdr[8] = 8, ihdr[9] = 0, ihdr[10] = 0, ihdr[11] = 0, ihdr[12] = 0; /* 8-bit gray */
-    int ok = fwrite(sig, 1, 8, f) == 8 && chunk(f, "IHDR", ihdr, 13) &&
-             chunk(f, "IDAT", z, (uint32_t)z_len) && chunk(f, "IEND", NULL, 0);
+    bl_afile f;
+    bl_status st = bl_afile_open(&f, path);
+    if (!st) st = bl_afile_write(&f, sig, 8);
+    if (!st) st = chunk(&f, "IHDR", ihdr, 13);
+    if (!st) st = chunk(&f, "IDAT", z, (uint32_t)z_len);
+    if (!st) st = chunk(&f, "IEND", NULL, 0);
     free(z);
-    ok &= fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path)) {
-        remove(tmp);
-        return bl_fail(BL_ERR_IO, "cannot write %s", path);
-    }
-    return BL_OK;
+    return st ? (bl_afile_abort(&f), st) : bl_afile_commit(&f);
 }

@@ -39,7 +39,7 @@ int bl_pg_launched(int *rank)
 
 bl_status bl_pg_single(bl_pg **out)
 {
-    bl_pg *pg = calloc(1, sizeof *pg);
+    bl_pg *pg = bl_callocn(1, sizeof *pg);
     if (!pg) return bl_fail(BL_ERR_NOMEM, "out of memory for the process group");
     pg->size = 1;
     *out = pg;
@@ -151,8 +151,8 @@ bl_status bl_pg_allgatherv(bl_pg *pg, const double *in, size_t n, double **out, 
     }
 #ifdef BL_HAVE_MPI
     const int W = pg->size;
-    double cn = (double)n, *all_n = malloc(sizeof(double) * W);
-    int *cnt = malloc(sizeof(int) * W), *off = malloc(sizeof(int) * W);
+    double cn = (double)n, *all_n = bl_malloc(sizeof(double) * W);
+    int *cnt = bl_malloc(sizeof(int) * W), *off = bl_malloc(sizeof(int) * W);
     bl_status st = all_n && cnt && off ? BL_OK : bl_fail(BL_ERR_NOMEM, "pg: out of memory");
     if (!st) st = bl_pg_allgather(pg, &cn, 1, all_n);
     size_t total = 0;
@@ -256,7 +256,7 @@ bl_status bl_pg_alltoallv(bl_pg *pg, const float *send, const int *send_counts, 
     }
 #ifdef BL_HAVE_MPI
     const int W = pg->size;
-    int *so = malloc(sizeof(int) * W), *ro = malloc(sizeof(int) * W);
+    int *so = bl_malloc(sizeof(int) * W), *ro = bl_malloc(sizeof(int) * W);
     if (!so || !ro) {
         free(so), free(ro);
         return bl_fail(BL_ERR_NOMEM, "pg: out of memory");
@@ -279,7 +279,7 @@ bl_status bl_pg_agree_error(bl_pg *pg, bl_status st, int *agreed)
         return st;
     }
     /* the lowest failing rank (size when none), then its status and reason */
-    double mine = st ? pg->rank : pg->size, *all = malloc(sizeof(double) * pg->size);
+    double mine = st ? pg->rank : pg->size, *all = bl_malloc(sizeof(double) * pg->size);
     if (!all) return bl_fail(BL_ERR_NOMEM, "pg: out of memory");
     char reason[1024];
     snprintf(reason, sizeof reason, "%s", st ? bl_error() : "");

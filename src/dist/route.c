@@ -53,9 +53,9 @@ bl_status bl_pg_route(bl_pg *pg, const int *counts, const int *perm, int dir, in
     const int W = bl_pg_size(pg), R = bl_pg_rank(pg);
     if (dir != 1 && dir != -1) return bl_fail(BL_ERR_ARG, "route: direction %d: use 1 or -1", dir);
     if (d < 1) return bl_fail(BL_ERR_ARG, "route: rows of %d values", d);
-    long *off = malloc(sizeof(long) * (W + 1)), *sent = calloc((size_t)W, sizeof(long));
-    long *got = calloc((size_t)W, sizeof(long));
-    int *sc = malloc(sizeof(int) * W), *rc = malloc(sizeof(int) * W);
+    long *off = bl_malloc(sizeof(long) * (W + 1)), *sent = bl_callocn((size_t)W, sizeof(long));
+    long *got = bl_callocn((size_t)W, sizeof(long));
+    int *sc = bl_malloc(sizeof(int) * W), *rc = bl_malloc(sizeof(int) * W);
     float *sbuf = NULL, *rbuf = NULL;
     bl_status st = off && sent && got && sc && rc ? BL_OK : bl_fail(BL_ERR_NOMEM, "route: out of memory");
     if (!st) {
@@ -74,8 +74,8 @@ bl_status bl_pg_route(bl_pg *pg, const int *counts, const int *perm, int dir, in
             const long a = sent[q], b = got[q];
             sent[q] = ns, got[q] = nr, ns += a, nr += b;
         }
-        if (!(sbuf = malloc(sizeof(float) * (size_t)(ns * d + 1))) ||
-            !(rbuf = malloc(sizeof(float) * (size_t)(nr * d + 1))))
+        if (!(sbuf = bl_malloc(sizeof(float) * (size_t)(ns * d + 1))) ||
+            !(rbuf = bl_malloc(sizeof(float) * (size_t)(nr * d + 1))))
             st = bl_fail(BL_ERR_NOMEM, "route: out of memory for %ld + %ld rows", ns, nr);
     }
     if (!st) walk(PACK, off, W, R, perm, dir, d, sent, got, in, sbuf, NULL);

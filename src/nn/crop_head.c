@@ -20,9 +20,9 @@ static bl_status roi_bind(bl_layer *l, bl_net *net)
 {
     roi_state *s = l->state;
     const size_t n = (size_t)net->max_batch * s->K;
-    s->boxes = malloc(sizeof(bl_box) * n);
-    s->box_image = malloc(sizeof(int) * n);
-    s->ids = malloc(sizeof(int) * (size_t)net->max_batch);
+    s->boxes = bl_malloc(sizeof(bl_box) * n);
+    s->box_image = bl_malloc(sizeof(int) * n);
+    s->ids = bl_malloc(sizeof(int) * (size_t)net->max_batch);
     if (!s->boxes || !s->box_image || !s->ids)
         return bl_fail(BL_ERR_NOMEM, "roi '%s': out of memory", l->name);
     for (int i = 0; i < net->max_batch; i++) s->ids[i] = i;
@@ -82,7 +82,7 @@ bl_status bl_net_roi(bl_net *net, const char *name, int in, int K, double lo, do
     if (hi > side)
         return bl_fail(BL_ERR_ARG, "roi '%s': crops of sides up to %g do not fit the %dx%d "
                        "feature map: use sides of at most %d", name, hi, x->h, x->w, side);
-    roi_state *s = calloc(1, sizeof *s);
+    roi_state *s = bl_callocn(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "roi '%s': out of memory", name);
     s->K = K, s->lo = lo, s->hi = hi;
     bl_layer *l;
@@ -153,7 +153,7 @@ bl_status bl_net_shuffle(bl_net *net, const char *name, int in, int dir, int *ou
     if (in < 0 || in >= net->n_tensors || (dir != 1 && dir != -1))
         return bl_fail(BL_ERR_ARG, "shuffle '%s': bad arguments (input %d, direction %d)", name,
                        in, dir);
-    shuffle_state *s = malloc(sizeof *s);
+    shuffle_state *s = bl_malloc(sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "shuffle '%s': out of memory", name);
     s->dir = dir;
     const bl_tensor *x = &net->t[in];

@@ -315,8 +315,8 @@ bl_status bl_net_conv_param(bl_net *net, const char *name, const char *weight, i
     if (ho < 1 || wo < 1)
         return bl_fail(BL_ERR_ARG, "conv '%s': kernel %d larger than the padded input %dx%d", name,
                        k, x->h, x->w);
-    conv_state *s = calloc(1, sizeof *s);
-    float *coef = malloc(3 * sizeof(float) * cout);
+    conv_state *s = bl_callocn(1, sizeof *s);
+    float *coef = bl_malloc(3 * sizeof(float) * cout);
     if (!s || !coef) {
         free(s), free(coef);
         return bl_fail(BL_ERR_NOMEM, "conv '%s': out of memory", name);
@@ -417,7 +417,7 @@ bl_status bl_net_bn(bl_net *net, const char *name, int in, int *out)
 {
     if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "bn '%s': bad input", name);
     const bl_tensor *x = &net->t[in];
-    bn_state *s = calloc(1, sizeof *s);
+    bn_state *s = bl_callocn(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "bn '%s': out of memory", name);
     char pn[96];
     int c = x->c;
@@ -610,7 +610,7 @@ static bl_status linear_make(bl_net *net, const char *name, int in, int cout, in
     if (in < 0 || in >= net->n_tensors || cout < 1)
         return bl_fail(BL_ERR_ARG, "linear '%s': bad arguments (input %d, %d outputs)", name, in,
                        cout);
-    linear_state *s = calloc(1, sizeof *s);
+    linear_state *s = bl_callocn(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "linear '%s': out of memory", name);
     const bl_tensor *x = &net->t[in];
     s->rows = rows ? x->h * x->w : 1;
@@ -665,7 +665,7 @@ static bl_status gn_bind(bl_layer *l, bl_net *net)
     gn_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]];
     const size_t n = (size_t)net->max_batch * (s->rows ? x->h * x->w : 1) * s->groups;
-    s->mean = malloc(sizeof(double) * n * 2);
+    s->mean = bl_malloc(sizeof(double) * n * 2);
     if (!s->mean) return bl_fail(BL_ERR_NOMEM, "gn '%s': out of memory", l->name);
     s->rstd = s->mean + n;
     return BL_OK;
@@ -718,7 +718,7 @@ static bl_status gn_make(bl_net *net, const char *name, const char *prefix, int 
     if (groups < 1 || x->c % groups)
         return bl_fail(BL_ERR_ARG, "gn '%s': %d groups do not divide %d channels", name, groups,
                        x->c);
-    gn_state *s = calloc(1, sizeof *s);
+    gn_state *s = bl_callocn(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "gn '%s': out of memory", name);
     s->groups = groups;
     s->rows = rows;

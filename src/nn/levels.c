@@ -175,7 +175,7 @@ bl_status bl_net_bn_levels(bl_net *net, const char *name, const int *in, int n, 
                            name, k, x->c, net->t[in[0]].c);
         hwc[3 * k] = x->h, hwc[3 * k + 1] = x->w, hwc[3 * k + 2] = x->c;
     }
-    levels_state *s = calloc(1, sizeof *s);
+    levels_state *s = bl_callocn(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "bn-levels '%s': out of memory", name);
     s->n = n;
     s->merged_sgd = merged_sgd;

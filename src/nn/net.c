@@ -12,7 +12,7 @@ static bl_status grow(void **p, int *cap, int need, size_t elem)
     if (need <= *cap) return BL_OK;
     int nc = *cap ? *cap * 2 : 16;
     while (nc < need) nc *= 2;
-    void *q = realloc(*p, (size_t)nc * elem);
+    void *q = bl_realloc(*p, (size_t)nc * elem);
     if (!q) return bl_fail(BL_ERR_NOMEM, "net: out of memory growing a network table");
     memset((char *)q + (size_t)*cap * elem, 0, (size_t)(nc - *cap) * elem);
     *p = q;
@@ -135,7 +135,7 @@ bl_status bl_net_finalize(bl_net *net)
     /* backward order: the first layer to reach a tensor writes its gradient, later ones add */
     for (int li = 0; li < net->n_layers; li++)
         for (int k = 0; k < net->layers[li].n_in; k++) net->t[net->layers[li].in[k]].users++;
-    char *written = calloc((size_t)net->n_tensors, 1);
+    char *written = bl_callocn((size_t)net->n_tensors, 1);
     if (!written) return bl_fail(BL_ERR_NOMEM, "net: out of memory at finalize");
     for (int li = net->n_layers - 1; li >= 0; li--) {
         bl_layer *l = &net->layers[li];
@@ -151,9 +151,9 @@ bl_status bl_net_finalize(bl_net *net)
     int kb = 0;
     for (int li = 0; li < net->n_layers; li++)
         if (net->layers[li].ops->cores) kb += net->layers[li].ops->cores(&net->layers[li], NULL, NULL);
-    net->bn_layer = malloc(sizeof(int) * (size_t)(kb ? kb : 1));
-    net->bn_in = malloc(sizeof(unsigned) * (size_t)(kb ? kb : 1));
-    net->bn = malloc(sizeof(bl_bn *) * (size_t)(kb ? kb : 1));
+    net->bn_layer = bl_malloc(sizeof(int) * (size_t)(kb ? kb : 1));
+    net->bn_in = bl_malloc(sizeof(unsigned) * (size_t)(kb ? kb : 1));
+    net->bn = bl_malloc(sizeof(bl_bn *) * (size_t)(kb ? kb : 1));
     if (!net->bn_layer || !net->bn_in || !net->bn)
         return bl_fail(BL_ERR_NOMEM, "net: out of memory listing the BN layers");
     for (int li = 0; li < net->n_layers; li++) {
@@ -184,7 +184,7 @@ bl_status bl_net_finalize(bl_net *net)
 bl_status bl_ctx_init(bl_ctx *c, const bl_net *net, bl_bn_mode mode, const bl_groups *groups)
 {
     *c = bl_ctx_all(mode, groups);
-    c->bn = malloc(sizeof(bl_bn_use) * (size_t)(net->n_bn ? net->n_bn : 1));
+    c->bn = bl_malloc(sizeof(bl_bn_use) * (size_t)(net->n_bn ? net->n_bn : 1));
     if (!c->bn) return bl_fail(BL_ERR_NOMEM, "out of memory for a forward context");
     c->n_bn = net->n_bn;
     for (int i = 0; i < c->n_bn; i++) c->bn[i] = c->all;

@@ -38,7 +38,7 @@ bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c,
                        "of the target split) has %d images", c->samples, pool_n);
     if (c->draws < 1 || c->draws > BL_ADAPT_MAX_DRAWS)
         return bl_fail(BL_ERR_ARG, "adapt: cfg.draws %d: use 1..%d", c->draws, BL_ADAPT_MAX_DRAWS);
-    int *idx = malloc(sizeof(int) * (size_t)target->n);
+    int *idx = bl_malloc(sizeof(int) * (size_t)target->n);
     if (!idx) return bl_fail(BL_ERR_NOMEM, "adapt: out of memory");
     for (int i = 0; i < target->n; i++) idx[i] = i;
     bl_dataset pool = {0}, eval = {0};

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/json.h"
+
 #define FORMAT "bnlab-checkpoint-1"
 
 static void shape64(const bl_param *p, int64_t *s)
@@ -47,7 +49,9 @@ static int level_flag(const cJSON *j, const char *key)
 bl_status bl_head_from_json(const char *json, bl_head_cfg *h)
 {
     bl_head_defaults(h);
-    cJSON *j = cJSON_Parse(json);
+    int oom;
+    cJSON *j = bl_json_parse(json, &oom);
+    if (oom) return cJSON_Delete(j), bl_fail(BL_ERR_NOMEM, "out of memory parsing the 'head' metadata");
     const cJSON *norm = cJSON_GetObjectItemCaseSensitive(j, "norm"),
                 *width = cJSON_GetObjectItemCaseSensitive(j, "width");
     const int sgd = level_flag(j, "sgd"), pop = level_flag(j, "pop"), aff = level_flag(j, "affine");
@@ -74,6 +78,13 @@ bl_status bl_head_from_json(const char *json, bl_head_cfg *h)
     return st;
 }
 
+/* one metadata entry, once everything before it went well (a failed one must fail the save:
+ * a checkpoint without its metadata is not one) */
+static void meta(bl_st_writer *w, bl_status *st, const char *key, const char *value)
+{
+    if (!*st) *st = bl_st_set_meta(w, key, value);
+}
+
 bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_info *info)
 {
     bl_st_writer w = {0};
@@ -81,8 +92,8 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     size_t maxc = 1;
     for (int i = 0; i < net->n_params; i++)
         if (net->params[i].count > maxc) maxc = net->params[i].count;
-    float *t = malloc(maxc * sizeof(float));
-    if (!t) return bl_fail(BL_ERR_NOMEM, "out of memory");
+    float *t = bl_malloc(maxc * sizeof(float));
+    if (!t) return BL_ERR_NOMEM; /* the reason is the allocation's */
     for (int i = 0; i < net->n_params && !st; i++) {
         const bl_param *p = &net->params[i];
         int64_t s[4];
@@ -107,11 +118,11 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     free(t);
     char v[64];
     const bl_tensor *in = &net->t[0];
-    bl_st_set_meta(&w, "format", FORMAT);
-    bl_st_set_meta(&w, "arch", net->arch);
-    snprintf(v, sizeof v, "%d", net->width), bl_st_set_meta(&w, "width", v);
-    snprintf(v, sizeof v, "%d", net->n_classes), bl_st_set_meta(&w, "classes", v);
-    snprintf(v, sizeof v, "%d,%d,%d", in->h, in->w, in->c), bl_st_set_meta(&w, "input", v);
+    meta(&w, &st, "format", FORMAT);
+    meta(&w, &st, "arch", net->arch);
+    snprintf(v, sizeof v, "%d", net->width), meta(&w, &st, "width", v);
+    snprintf(v, sizeof v, "%d", net->n_classes), meta(&w, &st, "classes", v);
+    snprintf(v, sizeof v, "%d,%d,%d", in->h, in->w, in->c), meta(&w, &st, "input", v);
     /* an info whose recipe was never set (all zero) records the Fashion-MNIST one */
     const bl_recipe rc = info && info->recipe.channels ? info->recipe : bl_recipe_fmnist();
     if (bl_recipe_check(&rc)) {
@@ -120,26 +131,26 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     }
     char rj[512];
     bl_recipe_json(&rc, rj, sizeof rj);
-    snprintf(v, sizeof v, "%.4f", rc.mean[0]), bl_st_set_meta(&w, "data_mean", v);
-    snprintf(v, sizeof v, "%.4f", rc.std[0]), bl_st_set_meta(&w, "data_std", v);
-    bl_st_set_meta(&w, "recipe", rj);
-    bl_st_set_meta(&w, "estimator", estimator(net));
+    snprintf(v, sizeof v, "%.4f", rc.mean[0]), meta(&w, &st, "data_mean", v);
+    snprintf(v, sizeof v, "%.4f", rc.std[0]), meta(&w, &st, "data_std", v);
+    meta(&w, &st, "recipe", rj);
+    meta(&w, &st, "estimator", estimator(net));
     if (net->levels || net->crops) {
         char hj[256];
         bl_head_json(&net->head, hj, sizeof hj);
-        bl_st_set_meta(&w, "head", hj);
+        meta(&w, &st, "head", hj);
     }
     if (info) {
-        snprintf(v, sizeof v, "%d", info->epoch), bl_st_set_meta(&w, "epoch", v);
-        snprintf(v, sizeof v, "%ld", info->step), bl_st_set_meta(&w, "step", v);
-        snprintf(v, sizeof v, "%llu", (unsigned long long)info->seed), bl_st_set_meta(&w, "seed", v);
+        snprintf(v, sizeof v, "%d", info->epoch), meta(&w, &st, "epoch", v);
+        snprintf(v, sizeof v, "%ld", info->step), meta(&w, &st, "step", v);
+        snprintf(v, sizeof v, "%llu", (unsigned long long)info->seed), meta(&w, &st, "seed", v);
         snprintf(v, sizeof v, "%.17g,%ld,%ld", info->ep_loss, info->ep_wrong, info->ep_seen);
-        bl_st_set_meta(&w, "epoch_progress", v);
-        bl_st_set_meta(&w, "rng", "derived: one global order from (seed, epoch), each rank "
+        meta(&w, &st, "epoch_progress", v);
+        meta(&w, &st, "rng", "derived: one global order from (seed, epoch), each rank "
                                   "taking its share; augmentation from (seed, epoch, sample)");
-        bl_st_set_meta(&w, "config", info->config);
-        if (info->precise[0]) bl_st_set_meta(&w, "precise", info->precise);
-        if (info->adapt[0]) bl_st_set_meta(&w, "adapt", info->adapt);
+        meta(&w, &st, "config", info->config);
+        if (info->precise[0]) meta(&w, &st, "precise", info->precise);
+        if (info->adapt[0]) meta(&w, &st, "adapt", info->adapt);
     }
     if (!st) st = bl_st_write(&w, path);
     bl_st_writer_free(&w);
@@ -190,8 +201,8 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     size_t maxc = 1;
     for (int i = 0; i < net->n_params; i++)
         if (net->params[i].count > maxc) maxc = net->params[i].count;
-    float *t = malloc(maxc * sizeof(float));
-    if (!t) return bl_fail(BL_ERR_NOMEM, "out of memory");
+    float *t = bl_malloc(maxc * sizeof(float));
+    if (!t) return BL_ERR_NOMEM; /* the reason is the allocation's */
     bl_status rc = BL_OK;
     /* first check that every tensor is there with the right size, so a bad file changes nothing */
     for (int i = 0; i < net->n_params && !rc; i++) {
@@ -246,7 +257,10 @@ static bl_status read_recipe(const bl_safetensors *st, const char *path, bl_reci
     *r = bl_recipe_fmnist();
     const char *v = bl_st_meta(st, "recipe");
     if (!v) return BL_OK;
-    cJSON *j = cJSON_Parse(v);
+    int oom;
+    cJSON *j = bl_json_parse(v, &oom);
+    if (oom)
+        return cJSON_Delete(j), bl_fail(BL_ERR_NOMEM, "%s: out of memory parsing the 'recipe' metadata", path);
     bl_status rc = BL_OK;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name"),
                 *ch = cJSON_GetObjectItemCaseSensitive(j, "channels"),

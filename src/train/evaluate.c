@@ -12,7 +12,7 @@ bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *o
     if (!by_class) return BL_OK;
     /* a stable counting sort of the shuffled order by label: consecutive groups share a class */
     int count[257] = {0};
-    int *tmp = malloc(sizeof(int) * (size_t)d->n);
+    int *tmp = bl_malloc(sizeof(int) * (size_t)d->n);
     if (!tmp) return bl_fail(BL_ERR_NOMEM, "out of memory for the by-class evaluation order");
     for (int i = 0; i < d->n; i++) count[d->labels[order[i]] + 1]++;
     for (int k = 1; k < 257; k++) count[k] += count[k - 1];
@@ -48,9 +48,9 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
     int unit = bn == BL_BN_BATCH ? g : 1, off, cnt;
     bl_batch_share((d->n + unit - 1) / unit, rank, world, &off, &cnt);
     const int lo = off * unit, hi = (off + cnt) * unit < d->n ? (off + cnt) * unit : d->n;
-    int *order = malloc(sizeof(int) * d->n);
+    int *order = bl_malloc(sizeof(int) * d->n);
     float *x = bl_alloc((size_t)chunk * d->h * d->w * sizeof(float));
-    uint8_t *y = malloc((size_t)chunk);
+    uint8_t *y = bl_malloc((size_t)chunk);
     /* a crop head under mini-batch statistics: the backbone with population statistics, the head
      * with its groups' (the paper's test batch: one image's crops) */
     bl_ctx hctx = {0};

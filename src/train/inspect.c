@@ -55,11 +55,11 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
     bl_status st = bl_pop_save(net, &stored);
     if (st) return st;
     const size_t kc = (size_t)K * maxc;
-    double *smu = malloc(sizeof(double) * kc * 2), *svar = smu ? smu + kc : NULL;
-    double *bm = malloc(sizeof(double) * kc * c->batches), *tmp = malloc(sizeof(double) * c->batches);
-    int *idx = malloc(sizeof(int) * (size_t)d->n);
+    double *smu = bl_malloc(sizeof(double) * kc * 2), *svar = smu ? smu + kc : NULL;
+    double *bm = bl_malloc(sizeof(double) * kc * c->batches), *tmp = bl_malloc(sizeof(double) * c->batches);
+    int *idx = bl_malloc(sizeof(int) * (size_t)d->n);
     float *x = bl_alloc((size_t)c->batch * d->h * d->w * sizeof(float));
-    uint8_t *y = malloc((size_t)c->batch);
+    uint8_t *y = bl_malloc((size_t)c->batch);
     if (!smu || !bm || !tmp || !idx || !x || !y) {
         st = bl_fail(BL_ERR_NOMEM, "inspect: out of memory");
         goto out;

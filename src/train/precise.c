@@ -29,8 +29,8 @@ bl_status bl_pop_save(bl_net *net, bl_pop_snapshot *p)
     memset(p, 0, sizeof *p);
     p->layers = K;
     p->stats = bl_alloc((net->n_buffer_floats ? net->n_buffer_floats : 1) * sizeof(float));
-    p->src = malloc(sizeof(bl_estimator) * (size_t)(K ? K : 1));
-    p->tracked = malloc(sizeof(int64_t) * (size_t)(K ? K : 1));
+    p->src = bl_malloc(sizeof(bl_estimator) * (size_t)(K ? K : 1));
+    p->tracked = bl_malloc(sizeof(int64_t) * (size_t)(K ? K : 1));
     if (!p->stats || !p->src || !p->tracked) {
         bl_pop_free(p);
         return bl_fail(BL_ERR_NOMEM, "out of memory saving the population statistics");
@@ -74,7 +74,7 @@ bl_status bl_precise_samples(int n, long samples, uint64_t seed, int *idx)
 {
     if (samples < 0 || samples > n)
         return bl_fail(BL_ERR_ARG, "precise: %ld samples of a split of %d", samples, n);
-    int *order = malloc(sizeof(int) * (size_t)(n ? n : 1));
+    int *order = bl_malloc(sizeof(int) * (size_t)(n ? n : 1));
     if (!order) return bl_fail(BL_ERR_NOMEM, "precise: out of memory for the sample order");
     bl_epoch_order(n, seed, BL_PRECISE_STREAM, order);
     memcpy(idx, order, sizeof(int) * (size_t)samples);
@@ -90,7 +90,7 @@ static bl_status sample_mean_sums(const bl_net *net, int k, int n, double *s1, d
     const bl_layer *l = &net->layers[bl_net_bn_layer(net, k)];
     const unsigned mask = net->bn_in[k];
     const int C = net->t[l->in[0]].c;
-    double *m = calloc((size_t)n * C, sizeof(double));
+    double *m = bl_callocn((size_t)n * C, sizeof(double));
     if (!m) return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
     size_t pixels = 0;
     for (int j = 0; j < l->n_in; j++)
@@ -161,14 +161,14 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     if (c->head_norm_batch < 0)
         return bl_fail(BL_ERR_ARG, "precise: head_norm_batch %d: use 0 (like the other layers) or "
                        "more", c->head_norm_batch);
-    int *idx = malloc(sizeof(int) * (size_t)d->n);
+    int *idx = bl_malloc(sizeof(int) * (size_t)d->n);
     float *x = bl_alloc((size_t)B * npix * sizeof(float));
-    uint8_t *y = malloc((size_t)B);
+    uint8_t *y = bl_malloc((size_t)B);
     bl_ctx ctx = {0};
     int maxc = 0;
     for (int k = 0; k < K; k++)
         if (bl_net_bn_at(net, k)->cfg.channels > maxc) maxc = bl_net_bn_at(net, k)->cfg.channels;
-    double *s1 = calloc((size_t)K * maxc, sizeof(double)), *s2 = calloc((size_t)K * maxc, sizeof(double));
+    double *s1 = bl_callocn((size_t)K * maxc, sizeof(double)), *s2 = bl_callocn((size_t)K * maxc, sizeof(double));
     /* per layer: batch statistics (whole batch), or population for the layers already done */
     bl_status st = bl_ctx_init(&ctx, net, BL_BN_BATCH, NULL);
     if (st || !idx || !x || !y || !s1 || !s2) {
@@ -189,7 +189,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     r->samples = N;
     /* regular: one pass estimating every layer; sequential: pass p estimates the p-th BN layer's
      * cores only (several for a multi-level layer: lfirst[p] .. lfirst[p + 1] - 1) */
-    int *lfirst = malloc(sizeof(int) * (size_t)(K + 1)), nl = 0;
+    int *lfirst = bl_malloc(sizeof(int) * (size_t)(K + 1)), nl = 0;
     if (!lfirst) st = bl_fail(BL_ERR_NOMEM, "precise: out of memory");
     for (int k = 0; k < K && lfirst; k++)
         if (!k || bl_net_bn_layer(net, k) != bl_net_bn_layer(net, k - 1)) lfirst[nl++] = k;

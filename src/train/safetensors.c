@@ -8,10 +8,41 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "train/json.h"
+
+static _Thread_local int json_oom;
+static void *json_malloc(size_t n)
+{
+    void *p = bl_malloc(n);
+    if (!p) json_oom = 1;
+    return p;
+}
+static void json_hooks(void)
+{
+    cJSON_Hooks h = {json_malloc, bl_free};
+    cJSON_InitHooks(&h);
+}
+
+void bl_json_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, json_hooks);
+}
+
+cJSON *bl_json_parse(const char *text, int *oom)
+{
+    bl_json_init();
+    json_oom = 0;
+    cJSON *j = cJSON_Parse(text);
+    *oom = json_oom;
+    return j;
+}
 
 static const char *dtype_name[] = {"F32", "F64", "I64", "U8"};
 static const size_t dtype_size[] = {4, 8, 8, 1};
@@ -51,17 +82,19 @@ static int cmp_entry(const void *a, const void *b)
 
 static bl_status parse_header(const char *path, const char *hdr, bl_safetensors *st)
 {
-    cJSON *root = cJSON_Parse(hdr);
+    int oom;
+    cJSON *root = bl_json_parse(hdr, &oom);
+    if (oom) return cJSON_Delete(root), bl_fail(BL_ERR_NOMEM, "%s: out of memory parsing the header", path);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return bl_fail(BL_ERR_FORMAT, "%s: the header is not a JSON object: not a safetensors "
                        "file, or corrupt", path);
     }
     int count = cJSON_GetArraySize(root);
-    st->e = calloc((size_t)count + 1, sizeof *st->e);
-    st->meta_key = calloc((size_t)count + 64, sizeof *st->meta_key);
-    st->meta_val = calloc((size_t)count + 64, sizeof *st->meta_val);
-    bl_status rc = BL_OK;
+    st->e = bl_callocn((size_t)count + 1, sizeof *st->e);
+    st->meta_key = bl_callocn((size_t)count + 64, sizeof *st->meta_key);
+    st->meta_val = bl_callocn((size_t)count + 64, sizeof *st->meta_val);
+    bl_status rc = st->e && st->meta_key && st->meta_val ? BL_OK : bl_fail_ctx(BL_ERR_NOMEM, "%s", path);
     for (cJSON *it = root->child; it && !rc; it = it->next) {
         if (!strcmp(it->string, "__metadata__")) {
             for (cJSON *m = it->child; m; m = m->next) {
@@ -71,7 +104,10 @@ static bl_status parse_header(const char *path, const char *hdr, bl_safetensors 
                     break;
                 }
                 snprintf(st->meta_key[st->n_meta], 64, "%s", m->string);
-                st->meta_val[st->n_meta++] = strdup(m->valuestring);
+                if (!(st->meta_val[st->n_meta++] = bl_strdup(m->valuestring))) {
+                    rc = bl_fail_ctx(BL_ERR_NOMEM, "%s", path);
+                    break;
+                }
             }
             continue;
         }
@@ -127,7 +163,8 @@ static bl_status parse_header(const char *path, const char *hdr, bl_safetensors 
     cJSON_Delete(root);
     if (rc) return rc;
     /* non-overlapping */
-    bl_st_entry *sorted = malloc(sizeof *sorted * ((size_t)st->n + 1));
+    bl_st_entry *sorted = bl_malloc(sizeof *sorted * ((size_t)st->n + 1));
+    if (!sorted) return bl_fail_ctx(BL_ERR_NOMEM, "%s", path);
     memcpy(sorted, st->e, sizeof *sorted * st->n);
     qsort(sorted, st->n, sizeof *sorted, cmp_entry);
     for (int i = 1; i < st->n && !rc; i++)
@@ -160,11 +197,14 @@ bl_status bl_st_read(const char *path, bl_safetensors *st)
                      "truncated, or not a safetensors file", path, (unsigned long long)hl, size);
         goto out;
     }
-    hdr = malloc(hl + 1);
+    hdr = bl_malloc(hl + 1);
     st->data_len = (size_t)size - 8 - hl;
-    st->data = malloc(st->data_len + 1);
-    if (!hdr || !st->data || fread(hdr, 1, hl, f) != hl ||
-        fread(st->data, 1, st->data_len, f) != st->data_len) {
+    st->data = bl_malloc(st->data_len + 1);
+    if (!hdr || !st->data) {
+        rc = bl_fail_ctx(BL_ERR_NOMEM, "%s", path);
+        goto out;
+    }
+    if (fread(hdr, 1, hl, f) != hl || fread(st->data, 1, st->data_len, f) != st->data_len) {
         rc = bl_fail(BL_ERR_IO, "%s: read failed", path);
         goto out;
     }
@@ -224,8 +264,8 @@ bl_status bl_st_add(bl_st_writer *w, const char *name, bl_dtype dtype, int ndim,
         return bl_fail(BL_ERR_ARG, "safetensors: bad tensor '%s'", name);
     if (w->n == w->cap) {
         int nc = w->cap ? 2 * w->cap : 64;
-        void *p = realloc(w->items, sizeof *w->items * nc);
-        if (!p) return bl_fail(BL_ERR_NOMEM, "out of memory");
+        void *p = bl_realloc(w->items, sizeof *w->items * nc);
+        if (!p) return BL_ERR_NOMEM; /* the reason is the allocation's */
         w->items = p;
         w->cap = nc;
     }
@@ -237,8 +277,8 @@ bl_status bl_st_add(bl_st_writer *w, const char *name, bl_dtype dtype, int ndim,
     size_t n = 1;
     for (int d = 0; d < ndim; d++) it->shape[d] = shape[d], n *= (size_t)shape[d];
     it->bytes = n * dtype_size[dtype];
-    it->owned = malloc(it->bytes ? it->bytes : 1);
-    if (!it->owned) return bl_fail(BL_ERR_NOMEM, "out of memory");
+    it->owned = bl_malloc(it->bytes ? it->bytes : 1);
+    if (!it->owned) return BL_ERR_NOMEM;
     memcpy(it->owned, data, it->bytes);
     it->data = it->owned;
     w->n++;
@@ -247,24 +287,26 @@ bl_status bl_st_add(bl_st_writer *w, const char *name, bl_dtype dtype, int ndim,
 
 bl_status bl_st_set_meta(bl_st_writer *w, const char *key, const char *value)
 {
+    char *dup = bl_strdup(value);
+    if (!dup) return BL_ERR_NOMEM; /* the reason is the allocation's */
     for (int i = 0; i < w->n_meta; i++)
         if (!strcmp(w->meta_key[i], key)) {
             free(w->meta_val[i]);
-            w->meta_val[i] = strdup(value);
+            w->meta_val[i] = dup;
             return BL_OK;
         }
     if (w->n_meta == w->cap_meta) {
         int nc = w->cap_meta ? 2 * w->cap_meta : 32;
-        void *k = realloc(w->meta_key, sizeof *w->meta_key * nc);
-        if (!k) return bl_fail(BL_ERR_NOMEM, "out of memory");
+        void *k = bl_realloc(w->meta_key, sizeof *w->meta_key * nc);
+        if (!k) return free(dup), BL_ERR_NOMEM;
         w->meta_key = k;
-        void *v = realloc(w->meta_val, sizeof *w->meta_val * nc);
-        if (!v) return bl_fail(BL_ERR_NOMEM, "out of memory");
+        void *v = bl_realloc(w->meta_val, sizeof *w->meta_val * nc);
+        if (!v) return free(dup), BL_ERR_NOMEM;
         w->meta_val = v;
         w->cap_meta = nc;
     }
     snprintf(w->meta_key[w->n_meta], 64, "%s", key);
-    w->meta_val[w->n_meta++] = strdup(value);
+    w->meta_val[w->n_meta++] = dup;
     return BL_OK;
 }
 
@@ -278,76 +320,44 @@ void bl_st_writer_free(bl_st_writer *w)
     memset(w, 0, sizeof *w);
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        c += k, n -= (size_t)k;
-    }
-    return 0;
-}
-
 bl_status bl_st_write(const bl_st_writer *w, const char *path)
 {
+    /* every piece of the header checked: a node cJSON could not allocate would otherwise drop
+     * silently out of a header that still prints */
+    bl_json_init();
     cJSON *root = cJSON_CreateObject();
-    if (w->n_meta) {
+    int ok = root != NULL;
+    if (ok && w->n_meta) {
         cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
-        for (int i = 0; i < w->n_meta; i++) cJSON_AddStringToObject(m, w->meta_key[i], w->meta_val[i]);
+        ok = m != NULL;
+        for (int i = 0; ok && i < w->n_meta; i++)
+            ok = cJSON_AddStringToObject(m, w->meta_key[i], w->meta_val[i]) != NULL;
     }
     size_t off = 0;
-    for (int i = 0; i < w->n; i++) {
+    for (int i = 0; ok && i < w->n; i++) {
         const struct bl_st_item *it = &w->items[i];
-        cJSON *t = cJSON_AddObjectToObject(root, it->name);
-        cJSON_AddStringToObject(t, "dtype", dtype_name[it->dtype]);
-        cJSON *sh = cJSON_AddArrayToObject(t, "shape");
-        for (int d = 0; d < it->ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)it->shape[d]));
-        cJSON *of = cJSON_AddArrayToObject(t, "data_offsets");
-        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
-        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + it->bytes)));
+        cJSON *t = cJSON_AddObjectToObject(root, it->name), *sh = NULL, *of = NULL;
+        ok = t && cJSON_AddStringToObject(t, "dtype", dtype_name[it->dtype]) &&
+             (sh = cJSON_AddArrayToObject(t, "shape")) &&
+             (of = cJSON_AddArrayToObject(t, "data_offsets"));
+        for (int d = 0; ok && d < it->ndim; d++)
+            ok = cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)it->shape[d]));
+        ok = ok && cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off)) &&
+             cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + it->bytes)));
         off += it->bytes;
     }
-    char *hdr = cJSON_PrintUnformatted(root);
+    char *hdr = ok ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
-    if (!hdr) return bl_fail(BL_ERR_NOMEM, "safetensors: cannot print the header");
+    if (!hdr) return bl_fail(BL_ERR_NOMEM, "%s: out of memory building the header", path);
     size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7; /* data starts 8-byte aligned */
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        free(hdr);
-        return bl_fail(BL_ERR_IO, "%s: cannot create: %s (does the directory exist?)", tmp,
-                       strerror(errno));
-    }
+    bl_afile f;
+    bl_status st = bl_afile_open(&f, path);
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    int bad = write_all(fd, len8, 8) || write_all(fd, hdr, hl) ||
-              write_all(fd, "        ", padded - hl);
-    for (int i = 0; i < w->n && !bad; i++) bad = write_all(fd, w->items[i].data, w->items[i].bytes);
+    if (!st) st = bl_afile_write(&f, len8, 8);
+    if (!st) st = bl_afile_write(&f, hdr, hl);
+    if (!st) st = bl_afile_write(&f, "        ", padded - hl);
+    for (int i = 0; i < w->n && !st; i++) st = bl_afile_write(&f, w->items[i].data, w->items[i].bytes);
     free(hdr);
-    /* the descriptor is closed whatever failed */
-    if (!bad) bad = fsync(fd) != 0;
-    int err = bad ? errno : 0;
-    if (close(fd) && !bad) bad = 1, err = errno;
-    if (bad) {
-        unlink(tmp);
-        return bl_fail(BL_ERR_IO, "%s: write failed: %s (disk full?); the previous checkpoint is "
-                       "untouched", path, strerror(err));
-    }
-    if (rename(tmp, path)) {
-        int e = errno;
-        unlink(tmp);
-        return bl_fail(BL_ERR_IO, "%s: rename failed: %s", path, strerror(e));
-    }
-    /* the rename itself reaches the disk only with the directory */
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return BL_OK;
+    return st ? (bl_afile_abort(&f), st) : bl_afile_commit(&f);
 }

@@ -156,7 +156,7 @@ static bl_status load_data(bl_trainer *t)
                        c->val, full.n);
     }
     /* validation = the first `val` samples of a fixed permutation; it replaces the test set */
-    int *order = malloc(sizeof(int) * full.n);
+    int *order = bl_malloc(sizeof(int) * full.n);
     if (!order) {
         bl_dataset_free(&full);
         return bl_fail(BL_ERR_NOMEM, "out of memory for the validation split");
@@ -266,8 +266,8 @@ static bl_status setup_crops(bl_trainer *t)
     if (!c->bn_shuffle) return BL_OK;
     if (W > 1 && !t->h.route)
         return bl_fail(BL_ERR_ARG, "hooks: the shuffle across %d processes needs a route", W);
-    t->perm = malloc(sizeof(int) * (size_t)c->batch * t->net.crops);
-    t->counts = malloc(sizeof(int) * (size_t)W);
+    t->perm = bl_malloc(sizeof(int) * (size_t)c->batch * t->net.crops);
+    t->counts = bl_malloc(sizeof(int) * (size_t)W);
     if (!t->perm || !t->counts) return bl_fail(BL_ERR_NOMEM, "out of memory for the shuffle");
     for (int r = 0; r < W; r++) {
         int off, n;
@@ -388,9 +388,9 @@ static bl_status setup(bl_trainer *t)
         return bl_fail(BL_ERR_FORMAT, "%s: step %ld does not fit epoch %d of %ld steps with batch "
                        "%d (was it written with another cfg.batch or data split?)", c->resume,
                        t->info.step, t->info.epoch, t->spe, c->batch);
-    t->order = malloc(sizeof(int) * t->train.n);
+    t->order = bl_malloc(sizeof(int) * t->train.n);
     t->x = bl_alloc((size_t)c->batch * t->train.h * t->train.w * sizeof(float));
-    t->y = malloc((size_t)c->batch);
+    t->y = bl_malloc((size_t)c->batch);
     if (!t->order || !t->x || !t->y) return bl_fail(BL_ERR_NOMEM, "out of memory for the batches");
     if (c->eval_minibatch) {
         /* the train-split curve of the three (train and test error with mini-batch statistics,
@@ -435,7 +435,7 @@ bl_status bl_trainer_init(bl_trainer **out, const bl_train_cfg *c, const bl_trai
                           const bl_train_hooks *h)
 {
     *out = NULL;
-    bl_trainer *t = calloc(1, sizeof *t);
+    bl_trainer *t = bl_callocn(1, sizeof *t);
     if (!t) return bl_fail(BL_ERR_NOMEM, "out of memory for the trainer");
     t->c = *c;
     if (cb) t->cb = *cb;
