@@ -125,6 +125,37 @@ int main(int argc, char **argv)
         if (!st) bl_st_free(&fs);
     }
 
+    /* malformed metadata in an otherwise good checkpoint: the recipe, the head, the architecture */
+    static const char *meta_bad[][3] = {
+        {"recipe", "{\"name\":\"x\",\"channels\":0}", "the 'recipe' metadata is malformed"},
+        {"recipe", "not json", "the 'recipe' metadata is malformed"},
+        {"head", "{\"norm\":\"xx\",\"width\":32}", "the 'head' metadata is malformed"},
+        /* an architecture the tensors do not hold: refused before it is built (a forged width or
+         * depth would otherwise allocate that network first) */
+        {"width", "100000", "do not match its conv1.weight"},
+        {"arch", "resnet20000", "needs a tensor layer1.3332.conv1.weight"},
+        {"input", "100000,28,1", "at most 1024x1024"},
+    };
+    for (size_t k = 0; k < sizeof meta_bad / sizeof *meta_bad; k++) {
+        bl_safetensors src;
+        bl_st_writer w = {0};
+        CHECK(bl_st_read(path, &src) == BL_OK, "%s", bl_error());
+        for (int i = 0; i < src.n; i++)
+            bl_st_add(&w, src.e[i].name, src.e[i].dtype, src.e[i].ndim, src.e[i].shape,
+                      src.data + src.e[i].begin);
+        for (int i = 0; i < src.n_meta; i++) bl_st_set_meta(&w, src.meta_key[i], src.meta_val[i]);
+        bl_st_set_meta(&w, meta_bad[k][0], meta_bad[k][1]);
+        CHECK(bl_st_write(&w, bad) == BL_OK, "%s", bl_error());
+        bl_st_writer_free(&w);
+        bl_st_free(&src);
+        bl_net o;
+        bl_ckpt_info oi;
+        bl_status st = bl_checkpoint_open(bad, 2, NULL, &o, &oi);
+        CHECK(st == BL_ERR_FORMAT && strstr(bl_error(), meta_bad[k][2]), "malformed %s '%s': %d '%s'",
+              meta_bad[k][0], meta_bad[k][1], st, bl_error());
+        if (!st) bl_net_free(&o);
+    }
+
     /* foreign: a safetensors file without bnlab metadata (the PyTorch fixture) */
     char fx[1024];
     snprintf(fx, sizeof fx, "%s/resnet8_w4.safetensors", argc > 1 ? argv[1] : "tests/fixtures");

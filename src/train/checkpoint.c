@@ -347,6 +347,26 @@ void bl_model_spec_defaults(bl_model_spec *m)
     m->recipe = bl_recipe_fmnist();
 }
 
+/* The architecture a bnlab file's metadata claims, held against the tensors it has, before any
+ * of it is built: a forged "resnet20000" or "width 100000" would otherwise allocate that network
+ * (docs/robustness.md). The tensors bound what can be claimed: the stem's weight is [width, channels, 3, 3], and the first stage's last block exists. */
+static bl_status arch_plausible(const bl_safetensors *st, int depth, int width, int h, int w, int c)
+{
+    const bl_st_entry *e = bl_st_find(st, "conv1.weight");
+    if (!e || e->ndim != 4 || e->shape[0] != width || e->shape[1] != c)
+        return bl_fail(BL_ERR_FORMAT, "the metadata's width %d and %d input channels do not match "
+                       "its conv1.weight: corrupt or forged", width, c);
+    char name[64];
+    snprintf(name, sizeof name, "layer1.%d.conv1.weight", (depth - 2) / 6 - 1);
+    if (!bl_st_find(st, name))
+        return bl_fail(BL_ERR_FORMAT, "the metadata's depth %d needs a tensor %s it does not "
+                       "have: corrupt or forged", depth, name);
+    if (h < 1 || w < 1 || h > 1024 || w > 1024)
+        return bl_fail(BL_ERR_FORMAT, "input %dx%d in its metadata: corrupt (at most 1024x1024)",
+                       h, w);
+    return BL_OK;
+}
+
 bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spec *foreign,
                              bl_net *net, bl_ckpt_info *info)
 {
@@ -375,6 +395,7 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
         }
         wd = atoi(width), k = atoi(classes);
         rc = bl_model_parse(arch, &depth, &ml);
+        if (!rc) rc = arch_plausible(&st, depth, wd, h, w, c);
         if (!rc) rc = read_info(&st, path, &tmp);
     } else if (use_spec) {
         /* a PyTorch state_dict: the model named by the caller, fed by its recipe */
