@@ -133,8 +133,10 @@ int main(int argc, char **argv)
         /* an architecture the tensors do not hold: refused before it is built (a forged width or
          * depth would otherwise allocate that network first) */
         {"width", "100000", "do not match its conv1.weight"},
-        {"arch", "resnet20000", "needs a tensor layer1.3332.conv1.weight"},
-        {"input", "100000,28,1", "at most 1024x1024"},
+        {"arch", "resnet20000", "at most 1202"},
+        {"arch", "resnet14", "needs a float tensor layer1.1.conv1.weight"},
+        {"classes", "200000000", "classes do not match its classifier"},
+        {"input", "100000,28,1", "at most 256x256"},
     };
     for (size_t k = 0; k < sizeof meta_bad / sizeof *meta_bad; k++) {
         bl_safetensors src;

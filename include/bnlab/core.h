@@ -74,8 +74,8 @@ typedef struct {
     int fd;
     int failed;        /* a write failed: commit refuses, the temporary is removed */
     int done;          /* published or removed */
-    char path[1024];
-    char tmp[1040];
+    char path[4096];
+    char tmp[4112];
 } bl_afile;
 bl_status bl_afile_open(bl_afile *f, const char *path);
 bl_status bl_afile_write(bl_afile *f, const void *data, size_t len);

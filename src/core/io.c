@@ -45,9 +45,12 @@ bl_status bl_afile_open(bl_afile *f, const char *path)
         return bl_fail(BL_ERR_ARG, "%.100s...: path too long", path);
     snprintf(f->tmp, sizeof f->tmp, "%s.tmp", path);
     f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (f->fd < 0)
-        return bl_fail(BL_ERR_IO, "%s: cannot create: %s (does the directory exist?)", f->tmp,
-                       strerror(errno));
+    if (f->fd < 0) {
+        bl_fail(BL_ERR_IO, "%s: cannot create: %s (does the directory exist?)", f->tmp,
+                strerror(errno));
+        f->done = 1; /* not ours: abort leaves whatever is there */
+        return BL_ERR_IO;
+    }
     return BL_OK;
 }
 
@@ -118,8 +121,8 @@ bl_status bl_append_line(const char *path, const char *line)
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
     if (fd < 0) return bl_fail(BL_ERR_IO, "cannot write %s: %s", path, strerror(errno));
     struct stat s;
-    const char *step = "write";
     const int sized = fstat(fd, &s) == 0;
+    const char *step = sized ? "write" : "fstat";
     int bad = !sized;
     if (!bad && !(bad = io_write(fd, line, strlen(line)) != 0))
         step = "fsync", bad = io_fsync(fd) != 0;

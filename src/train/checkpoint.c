@@ -347,23 +347,42 @@ void bl_model_spec_defaults(bl_model_spec *m)
     m->recipe = bl_recipe_fmnist();
 }
 
-/* The architecture a bnlab file's metadata claims, held against the tensors it has, before any
- * of it is built: a forged "resnet20000" or "width 100000" would otherwise allocate that network
- * (docs/robustness.md). The tensors bound what can be claimed: the stem's weight is [width, channels, 3, 3], and the first stage's last block exists. */
-static bl_status arch_plausible(const bl_safetensors *st, int depth, int width, int h, int w, int c)
+/* A float tensor `name` whose first dimension is n (and second n2 unless n2 < 0). */
+static int has_rows(const bl_safetensors *st, const char *name, int64_t n, int64_t n2)
 {
-    const bl_st_entry *e = bl_st_find(st, "conv1.weight");
-    if (!e || e->ndim != 4 || e->shape[0] != width || e->shape[1] != c)
+    const bl_st_entry *e = bl_st_find(st, name);
+    return e && (e->dtype == BL_F32 || e->dtype == BL_F64) && e->ndim >= 2 && e->shape[0] == n &&
+           (n2 < 0 || e->shape[1] == n2);
+}
+
+/* The architecture a bnlab file's metadata claims, held against the tensors it has, before any
+ * of it is built: a forged depth, width, class count or input size would otherwise allocate that
+ * network first (docs/robustness.md). Every claimed size is backed by float tensors of that size
+ * in the file: the stem [width, channels, ...], every block's first convolution, the classifier
+ * [classes, ...]; the input, which no tensor shows, is bounded (the lab's images are 28x28). */
+static bl_status arch_plausible(const bl_safetensors *st, int depth, int kind, int width,
+                                int classes, int h, int w, int c)
+{
+    if (!has_rows(st, "conv1.weight", width, c))
         return bl_fail(BL_ERR_FORMAT, "the metadata's width %d and %d input channels do not match "
                        "its conv1.weight: corrupt or forged", width, c);
-    char name[64];
-    snprintf(name, sizeof name, "layer1.%d.conv1.weight", (depth - 2) / 6 - 1);
-    if (!bl_st_find(st, name))
-        return bl_fail(BL_ERR_FORMAT, "the metadata's depth %d needs a tensor %s it does not "
-                       "have: corrupt or forged", depth, name);
-    if (h < 1 || w < 1 || h > 1024 || w > 1024)
-        return bl_fail(BL_ERR_FORMAT, "input %dx%d in its metadata: corrupt (at most 1024x1024)",
-                       h, w);
+    if (depth > 1202)
+        return bl_fail(BL_ERR_FORMAT, "depth %d in its metadata: corrupt (at most 1202)", depth);
+    const int blocks = (depth - 2) / 6, stages = kind == BL_MODEL_CROPS ? 2 : 3;
+    for (int s = 0; s < stages; s++)
+        for (int b = 0; b < blocks; b++) {
+            char name[64];
+            snprintf(name, sizeof name, "layer%d.%d.conv1.weight", s + 1, b);
+            if (!has_rows(st, name, (int64_t)width << s, -1))
+                return bl_fail(BL_ERR_FORMAT, "the metadata's resnet%d w=%d needs a float tensor "
+                               "%s of %lld rows: corrupt or forged", depth, width, name,
+                               (long long)width << s);
+        }
+    if (!has_rows(st, kind == BL_MODEL_PLAIN ? "fc.weight" : "head.cls.weight", classes, -1))
+        return bl_fail(BL_ERR_FORMAT, "the metadata's %d classes do not match its classifier's "
+                       "weight: corrupt or forged", classes);
+    if (h < 1 || w < 1 || h > 256 || w > 256)
+        return bl_fail(BL_ERR_FORMAT, "input %dx%d in its metadata: corrupt (at most 256x256)", h, w);
     return BL_OK;
 }
 
@@ -395,7 +414,7 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
         }
         wd = atoi(width), k = atoi(classes);
         rc = bl_model_parse(arch, &depth, &ml);
-        if (!rc) rc = arch_plausible(&st, depth, wd, h, w, c);
+        if (!rc) rc = arch_plausible(&st, depth, ml, wd, k, h, w, c);
         if (!rc) rc = read_info(&st, path, &tmp);
     } else if (use_spec) {
         /* a PyTorch state_dict: the model named by the caller, fed by its recipe */
