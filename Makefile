@@ -14,25 +14,29 @@ build:
 	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DBL_NATIVE=ON
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# The README's test command: installs what is missing, builds, runs every test.
+# The README's test command: installs what is missing, builds, runs every test, CTEST_JOBS at a
+# time (default: the cores; the tests' OpenMP threads wait passively so they do not spin against
+# each other).
+CTEST_JOBS ?= $(JOBS)
 test: deps build
-	@cd $(BUILD) && ctest --output-on-failure
+	@cd $(BUILD) && OMP_WAIT_POLICY=passive ctest --output-on-failure -j $(CTEST_JOBS)
 
 # The unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: deps
 	@test -f build-asan/CMakeCache.txt || cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DBL_SANITIZE=ON -DBL_BENCH=OFF -DBL_NATIVE=ON
 	@cmake --build build-asan -j $(JOBS)
-	@cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure
+	@cd build-asan && OMP_WAIT_POLICY=passive ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --output-on-failure -j $(CTEST_JOBS)
 
-# The libFuzzer targets (tests/fuzz) under ASan + UBSan, each for SECONDS (default 60); a clang
-# build in build-fuzz/, whose corpora grow from run to run.
+# The libFuzzer targets (tests/fuzz) under ASan + UBSan, each for SECONDS (default 60; PARALLEL=1:
+# all at once); a clang build in build-fuzz/, whose corpora grow from run to run.
 SECONDS ?= 60
 fuzz:
 	@$(DEPS) fuzz
 	@test -f build-fuzz/CMakeCache.txt || CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug \
 	  -DBL_FUZZ=ON -DBL_SANITIZE=ON -DBL_BENCH=OFF -DBL_WITH_MPI=OFF -DBL_NATIVE=OFF >/dev/null
 	@cmake --build build-fuzz -j $(JOBS) --target fuzz
-	@tests/fuzz/run.sh build-fuzz $(SECONDS)
+	@FUZZ_PARALLEL=$(if $(PARALLEL),1,0) tests/fuzz/run.sh build-fuzz $(SECONDS)
 
 # The library, its headers, pkg-config file and CMake package, and the command, into PREFIX: a
 # portable build of its own (build-install/, any x86-64; NATIVE=1 for -march=native).
