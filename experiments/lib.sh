@@ -40,14 +40,18 @@ exp_init() {
   echo "== $name ($( [ $QUICK = 1 ] && echo quick || echo full ) profile) -> $OUT"
 }
 
-# exp_step FILE CMD...: CMD's stdout becomes FILE, atomically; skipped when FILE exists.
+# exp_step FILE CMD...: CMD's stdout becomes FILE, atomically (a failing CMD, or a full disk,
+# leaves no FILE and no temporary, so a rerun redoes the step); skipped when FILE exists.
 exp_step() {
   local file=$1
   shift
   if [ -s "$file" ]; then echo "   have $file"; return 0; fi
   echo "   run  $file"
-  "$@" > "$file.tmp"
-  mv "$file.tmp" "$file"
+  if ! { "$@" > "$file.tmp" && mv "$file.tmp" "$file"; }; then
+    rm -f "$file.tmp"
+    echo "   FAILED $file: $*" >&2
+    return 1
+  fi
 }
 
 # exp_pct FILE FIELD: FIELD of the JSON in FILE with two decimals (5.70, not jq's 5.7), or NaN
