@@ -1,6 +1,6 @@
 /* libFuzzer target: opening a checkpoint. The first byte picks the entry point, the rest is the
  * file: 0 bl_checkpoint_open of a bnlab checkpoint (safetensors header, JSON metadata, the
- * architecture it describes, the tensors), 1 the same with a foreign spec (a PyTorch state_dict
+ * architecture it describes, the tensors) and inference with what it loaded, 1 the same with a foreign spec (a PyTorch state_dict
  * opened as resnet8 w=4), 2 bl_checkpoint_read_info, 3 bl_st_read and every tensor converted. */
 #include "bnlab/bnlab.h"
 #include "fuzz_util.h"
@@ -21,7 +21,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         bl_model_spec spec;
         bl_model_spec_defaults(&spec);
         if (mode == 1) snprintf(spec.model, sizeof spec.model, "resnet8"), spec.width = 4;
-        if (!bl_checkpoint_open(path, 2, mode ? &spec : NULL, &net, &info)) bl_net_free(&net);
+        if (!bl_checkpoint_open(path, 2, mode ? &spec : NULL, &net, &info)) {
+            /* what was loaded is used: inference of two images (the statistics and weights as
+             * the file has them: an error for unusable ones, never a crash) */
+            static float x[2 * 28 * 28];
+            const bl_tensor *in = &net.t[0];
+            if (!net.levels && !net.crops && in->h * in->w * in->c <= 28 * 28)
+                bl_net_infer(&net, x, 2);
+            bl_net_free(&net);
+        }
     } else if (mode == 2) {
         bl_checkpoint_read_info(path, &info);
     } else {
