@@ -164,6 +164,21 @@ static bl_status sc_eval(void *arg)
     return st;
 }
 
+/* every corruption of a few images, on two threads (a failure on a worker reports its reason) */
+static bl_status sc_corrupt(void *arg)
+{
+    const bl_dataset *d = arg;
+    bl_threads_set(2);
+    bl_status st = BL_OK;
+    for (int c = 0; c < BL_CORRUPT_COUNT && !st; c++) {
+        bl_dataset out;
+        st = bl_corrupt_dataset(d, (bl_corruption)c, 3, 1, &out);
+        if (!st) bl_dataset_free(&out);
+    }
+    bl_threads_set(1);
+    return st;
+}
+
 /* ---- files ---- */
 static size_t slurp(const char *path, char **buf)
 {
@@ -321,6 +336,10 @@ int main(void)
     sweep_alloc("PreciseBN (pooled, then sequential)", sc_precise, &pa);
     pa.ckpt = ckpt[3];
     sweep_alloc("evaluation (resnet8-crops)", sc_eval, &pa);
+    bl_dataset few;
+    CHECK(!bl_dataset_subset(&pa.data, (int[]){0, 1, 2, 3, 4, 5, 6, 7}, 8, &few), "%s", bl_error());
+    sweep_alloc("Fashion-MNIST-C (12 corruptions, 2 threads)", sc_corrupt, &few);
+    bl_dataset_free(&few);
     bl_dataset_free(&pa.data);
 
     /* file faults */

@@ -228,11 +228,12 @@ static void jpeg_fail(j_common_ptr cinfo)
     longjmp(((struct jerr *)cinfo->err)->jump, 1);
 }
 
-/* Encodes the 8-bit image with libjpeg at the quality and decodes it back; 0 on success. */
+/* Encodes the 8-bit image with libjpeg at the quality and decodes it back; 0 on success, -2
+ * when its state could not be allocated (the reason set), -1 when libjpeg failed. */
 static int jpeg_roundtrip(uint8_t *px, int h, int w, int quality)
 {
     struct jerr *je = bl_callocn(1, sizeof *je);
-    if (!je) return -1;
+    if (!je) return -2;
     struct jpeg_compress_struct *ci = &je->ci;
     struct jpeg_decompress_struct *di = &je->di;
     ci->err = jpeg_std_error(&je->pub);
@@ -391,8 +392,9 @@ bl_status bl_corrupt_image(bl_corruption c, int severity, uint64_t seed, long in
     if (c == BL_CORRUPT_JPEG) {
         static const int q[5] = {80, 65, 58, 50, 40};
         memcpy(out, in, (size_t)n);
-        if (jpeg_roundtrip(out, h, w, q[s]))
-            return bl_fail(BL_ERR_STATE, "jpeg_compression: libjpeg failed on image %ld", index);
+        const int r = jpeg_roundtrip(out, h, w, q[s]);
+        if (r == -2) return bl_fail_ctx(BL_ERR_NOMEM, "jpeg_compression: image %ld", index);
+        if (r) return bl_fail(BL_ERR_STATE, "jpeg_compression: libjpeg failed on image %ld", index);
         return BL_OK;
     }
 #else
@@ -432,24 +434,28 @@ bl_status bl_corrupt_dataset(const bl_dataset *src, bl_corruption c, int severit
     }
     out->n = src->n, out->h = src->h, out->w = src->w;
     memcpy(out->labels, src->labels, (size_t)src->n);
-    /* the reason of a failure is per thread: note the first failing image, and ask again on this
-     * thread for the message */
+    /* the reason of a failure is per thread: the first failing image's status and reason are
+     * copied out of the worker that had it */
     int bad = -1;
+    bl_status why_st = BL_OK;
+    char why[512] = "";
 #pragma omp parallel for schedule(dynamic, 64)
     for (int i = 0; i < src->n; i++) {
         int seen;
 #pragma omp atomic read
         seen = bad;
         if (seen >= 0) continue;
-        if (bl_corrupt_image(c, severity, seed, i, src->h, src->w, src->pixels + px * i,
-                             out->pixels + px * i)) {
+        const bl_status st = bl_corrupt_image(c, severity, seed, i, src->h, src->w,
+                                              src->pixels + px * i, out->pixels + px * i);
+        if (st) {
 #pragma omp critical
-            if (bad < 0 || i < bad) bad = i;
+            if (bad < 0 || i < bad) {
+                bad = i, why_st = st;
+                snprintf(why, sizeof why, "%s", bl_error());
+            }
         }
     }
     if (bad < 0) return BL_OK;
-    bl_status st = bl_corrupt_image(c, severity, seed, bad, src->h, src->w, src->pixels + px * bad,
-                                    out->pixels + px * bad);
     bl_dataset_free(out);
-    return st ? st : bl_fail(BL_ERR_STATE, "corrupt: image %d failed on a worker thread", bad);
+    return bl_fail(why_st, "corrupt: image %d: %s", bad, why);
 }
