@@ -2,8 +2,6 @@
 /* bnlab train: a ResNet on Fashion-MNIST with every batch choice explicit. */
 #include "cli/cli.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>

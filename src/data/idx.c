@@ -3,12 +3,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/data.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <zlib.h>
 
 static bl_status read_all(gzFile f, const char *path, void *buf, size_t len)
@@ -150,8 +147,28 @@ void bl_dataset_free(bl_dataset *d)
     memset(d, 0, sizeof *d);
 }
 
-/* One gzip IDX file into f's temporary, finished (on disk, not yet in place): deflate in
- * pieces. */
+/* len bytes of in through the gzip stream into f, in chunks deflate takes; finish ends it. */
+static bl_status deflate_into(z_stream *z, bl_afile *f, uint8_t *out, const uint8_t *in, size_t len,
+                              int finish, const char *path)
+{
+    bl_status st = BL_OK;
+    do {
+        const size_t chunk = len > (1u << 30) ? (1u << 30) : len;
+        z->next_in = (uint8_t *)in, z->avail_in = (uInt)chunk;
+        in += chunk, len -= chunk;
+        const int flush = finish && !len ? Z_FINISH : Z_NO_FLUSH;
+        int zr;
+        do { /* until deflate has taken the chunk (and, finishing, written the end) */
+            z->next_out = out, z->avail_out = 1 << 16;
+            zr = deflate(z, flush);
+            st = zr == Z_STREAM_ERROR ? bl_fail(BL_ERR_NOMEM, "%s: gzip error", path)
+                                      : bl_afile_write(f, out, (1 << 16) - z->avail_out);
+        } while (!st && (z->avail_out == 0 || (flush == Z_FINISH && zr != Z_STREAM_END)));
+    } while (!st && len);
+    return st;
+}
+
+/* One gzip IDX file into f's temporary, finished (on disk, not yet in place). */
 static bl_status idx_write(bl_afile *f, const char *path, uint32_t magic, int dims,
                            const uint32_t *shape, const uint8_t *data, size_t len)
 {
@@ -167,24 +184,8 @@ static bl_status idx_write(bl_afile *f, const char *path, uint32_t magic, int di
         return bl_fail(BL_ERR_NOMEM, "cannot start a gzip stream for %s", path);
     uint8_t *out = bl_malloc(1 << 16);
     bl_status st = out ? bl_afile_open(f, path) : BL_ERR_NOMEM;
-    const uint8_t *parts[2] = {hdr, data};
-    const size_t lens[2] = {4 * (size_t)(dims + 1), len};
-    for (int p = 0; p < 2 && !st; p++) {
-        for (size_t at = 0; !st && (at < lens[p] || p == 1);) {
-            const size_t chunk = lens[p] - at > (1u << 30) ? (1u << 30) : lens[p] - at;
-            z.next_in = (uint8_t *)parts[p] + at, z.avail_in = (uInt)chunk;
-            at += chunk;
-            const int flush = p == 1 && at == lens[p] ? Z_FINISH : Z_NO_FLUSH;
-            int zr;
-            do {
-                z.next_out = out, z.avail_out = 1 << 16;
-                zr = deflate(&z, flush);
-                if (zr == Z_STREAM_ERROR) st = bl_fail(BL_ERR_NOMEM, "%s: gzip error", path);
-                else st = bl_afile_write(f, out, (1 << 16) - z.avail_out);
-            } while (!st && (z.avail_out == 0 || (flush == Z_FINISH && zr != Z_STREAM_END)));
-            if (flush == Z_FINISH) break;
-        }
-    }
+    if (!st) st = deflate_into(&z, f, out, hdr, 4 * (size_t)(dims + 1), 0, path);
+    if (!st) st = deflate_into(&z, f, out, data, len, 1, path);
     deflateEnd(&z);
     bl_free(out);
     return st ? st : bl_afile_finish(f);

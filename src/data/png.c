@@ -3,11 +3,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/data.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <zlib.h>
 
 static void be32(uint8_t *b, uint32_t v)
