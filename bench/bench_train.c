@@ -38,15 +38,19 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    int depth;
-    if (bl_resnet_depth(model, &depth) || width < 1 || batch < 2 || threads < 1 || steps < 1 ||
+    bl_model m;
+    if (bl_model_init(&m, model) || width < 1 || batch < 2 || threads < 1 || steps < 1 ||
         steps > 1000) {
         fprintf(stderr, "bench_train: bad arguments: %s\n", bl_error());
         return 2;
     }
     bl_threads_set(threads);
+    /* any model: the peer exists for the plain ResNet */
+    const int depth = ((const bl_resnet_opts *)bl_model_opts_c(&m))->depth;
+    if (m.family != &bl_family_resnet) use_torch = 0;
+    m.width = width;
     bl_net net;
-    if (bl_resnet(&net, depth, width, 10, 28, 28, 1, batch)) {
+    if (bl_model_build(&net, &m, 10, 28, 28, 1, batch)) {
         fprintf(stderr, "bench_train: %s\n", bl_error());
         return 1;
     }
@@ -61,15 +65,16 @@ int main(int argc, char **argv)
     double *t = malloc(sizeof(double) * (steps + 3)), loss;
     int ok, failed = 0;
     const int do_train = !only || !strcmp(only, "train"), do_infer = !only || !strcmp(only, "infer");
-    /* the step as the trainer takes it: real whole-batch groups in the forward context */
-    bl_groups whole;
-    failed |= bl_groups_whole(&whole, batch) != BL_OK;
-    const bl_ctx ctx = bl_ctx_all(BL_BN_BATCH, &whole);
+    /* the step as the trainer takes it: its pass (whole-batch groups) made every step */
     for (int i = 0; i < (do_train ? steps + 3 : 1); i++) {
         double t0 = bench_now();
+        const bl_pass_spec spec = {.mode = BL_BN_BATCH, .n = batch, .seed = 1, .stream = 0};
+        bl_pass p;
+        failed |= bl_pass_make(&p, &net, NULL, &spec) != BL_OK;
         bl_net_zero_grad(&net);
-        failed |= bl_net_forward(&net, &ctx, x, batch) || bl_net_loss(&net, y, 1, &loss, &ok) ||
-                  bl_net_backward(&net, &ctx);
+        failed |= bl_net_forward(&net, &p.ctx, x, batch) || bl_net_loss(&net, y, 1, &loss, &ok) ||
+                  bl_net_backward(&net, &p.ctx);
+        bl_pass_free(&p);
         bl_sgd_step(&net, &sgd, 0.01);
         failed |= bl_net_bn_commit(&net, BL_EST_EMA) != BL_OK;
         if (i >= 3) t[i - 3] = bench_now() - t0;
@@ -77,7 +82,12 @@ int main(int argc, char **argv)
     double train = do_train ? batch / bench_median(t, steps) : 0;
     for (int i = 0; i < (do_infer ? steps + 3 : 0); i++) {
         double t0 = bench_now();
-        failed |= bl_net_infer(&net, x, batch) != BL_OK;
+        const bl_pass_spec spec = {.mode = BL_BN_POPULATION, .n = batch,
+                                   .seed = BL_SEED_EVAL_CROPS, .stream = BL_STREAM_EVAL};
+        bl_pass p;
+        failed |= bl_pass_make(&p, &net, NULL, &spec) != BL_OK;
+        failed |= bl_net_infer_ctx(&net, &p.ctx, x, batch) != BL_OK;
+        bl_pass_free(&p);
         if (i >= 3) t[i - 3] = bench_now() - t0;
     }
     double infer = do_infer ? batch / bench_median(t, steps) : 0;
@@ -113,7 +123,6 @@ int main(int argc, char **argv)
         printf("  %-10s %12.0f %14.0f %7.2fx\n", "inference", infer, ti, ti > 0 ? infer / ti : 0);
     }
     free(t), free(y), bl_free(x);
-    bl_groups_free(&whole);
     bl_net_free(&net);
     return failed;
 }

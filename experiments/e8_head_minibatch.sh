@@ -27,7 +27,7 @@ for arm in $ARMS; do
   for h in 1 2 0; do
     [ -s "$OUT/raw/${arm}_precise$h.json" ] && continue
     "$BNLAB" precise "$MODEL_DIR/last.safetensors" -o "$MODEL_DIR/precise$h.safetensors" \
-      --samples $CROPS_PRECISE --head-norm-batch $h --json on > /dev/null
+      --samples $CROPS_PRECISE --head-bn-images $h --json on > /dev/null
     exp_step "$OUT/raw/${arm}_precise$h.json" "$BNLAB" eval "$MODEL_DIR/precise$h.safetensors" --json on
   done
 done

@@ -71,8 +71,8 @@ fi
 
 # bad input
 bad=(--width 4 --batch 16 --max-steps 2 --threads 1)
-expect 1 "bn-shuffle applies to the crop head" "$bnlab" train --model resnet8 "${bad[@]}" --bn-shuffle
-expect 2 "applies to models with the crop head" "$bnlab" train --model resnet8 "${bad[@]}" --crops 4
+expect 1 "bn-shuffle applies to models whose head normalizes its own groups (resnetN-crops" "$bnlab" train --model resnet8 "${bad[@]}" --bn-shuffle
+expect 2 "crops applies to resnetN-crops (with the crop head), not resnet8" "$bnlab" train --model resnet8 "${bad[@]}" --crops 4
 expect 2 "\-\-crops" "$bnlab" train --model resnet8-crops "${bad[@]}" --crops 0
 expect 1 "do not fit the 14x14 feature map" "$bnlab" train --model resnet8-crops "${bad[@]}" --crop-max 20
 expect 1 "single value per channel" "$bnlab" train --model resnet8-crops "${bad[@]}" --crops 1 --head-bn-images 1

@@ -129,7 +129,11 @@ int main(int argc, char **argv)
     static const char *meta_bad[][3] = {
         {"recipe", "{\"name\":\"x\",\"channels\":0}", "the 'recipe' metadata is malformed"},
         {"recipe", "not json", "the 'recipe' metadata is malformed"},
-        {"head", "{\"norm\":\"xx\",\"width\":32}", "the 'head' metadata is malformed"},
+        /* (the head's options: test_levels, on a model that has them) */
+        {"plan", "{\"norm_batch\":-3}", "the 'plan' metadata's norm_batch is malformed"},
+        {"plan", "[1]", "the 'plan' metadata is malformed"},
+        {"epoch", "12x", "the 'epoch' metadata '12x' is not an integer"},
+        {"epoch_progress", "1.5,3", "the 'epoch_progress' metadata '1.5,3' is malformed"},
         /* an architecture the tensors do not hold: refused before it is built (a forged width or
          * depth would otherwise allocate that network first) */
         {"width", "100000", "do not match its conv1.weight"},

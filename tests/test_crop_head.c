@@ -18,10 +18,9 @@ static const char *pnames[] = {"head.fc1.weight",   "head.fc2.weight",   "head.c
 /* One variant: "img1", "img2", "shuf2" (BN) or "gn". */
 static void variant(const bl_safetensors *st, const char *v)
 {
-    bl_head_cfg hd;
-    bl_head_defaults(&hd);
-    hd.width = WIDTH, hd.crops = K, hd.crop_min = 1, hd.crop_max = 6;
-    hd.norm = strcmp(v, "gn") ? BL_HEAD_BN : BL_HEAD_GN;
+    bl_resnet_crops_opts hd = {0};
+    hd.head_width = WIDTH, hd.crops = K, hd.crop_min = 1, hd.crop_max = 6;
+    hd.head_norm = strcmp(v, "gn") ? BL_HEAD_BN : BL_HEAD_GN;
     bl_net net;
     int out;
     bl_status s = bl_net_init(&net, H, W, C, N);
@@ -29,14 +28,14 @@ static void variant(const bl_safetensors *st, const char *v)
     if (!s) s = bl_net_finalize(&net);
     CHECK(s == BL_OK, "%s: build: %s", v, bl_error());
     if (s) return;
-    CHECK(net.crops == K && net.head_bn == 0 && bl_net_bn_count(&net) == (hd.norm == BL_HEAD_BN ? 2 : 0),
-          "%s: crops %d, head from BN %d of %d", v, net.crops, net.head_bn, bl_net_bn_count(&net));
+    CHECK(bl_net_shuffle_rows(&net) == K && bl_net_bn_count(&net) == (hd.head_norm == BL_HEAD_BN ? 2 : 0),
+          "%s: %d rows per image, %d BN layers", v, bl_net_shuffle_rows(&net), bl_net_bn_count(&net));
     /* the map is the net's input here: its gradient is the RoIAlign layer's to write */
     for (int i = 0; i < net.n_layers; i++)
         if (net.layers[i].ops->kind == BL_LAYER_ROI) net.layers[i].need_dx = 1;
     for (size_t k = 0; k < sizeof pnames / sizeof *pnames; k++) {
         const bl_param *p = bl_net_param(&net, pnames[k]);
-        if (!p && hd.norm != BL_HEAD_BN && strstr(pnames[k], "norm")) p = NULL;
+        if (!p && hd.head_norm != BL_HEAD_BN && strstr(pnames[k], "norm")) p = NULL;
         CHECK(p != NULL, "%s: parameter %s", v, pnames[k]);
         if (!p) return;
         float *val = st_get(st, pnames[k], p->count);
@@ -55,12 +54,12 @@ static void variant(const bl_safetensors *st, const char *v)
     for (int i = 0; i < N; i++) labels[i] = (uint8_t)lab[i];
     bl_groups g;
     CHECK(bl_groups_ghost(&g, N, strcmp(v, "img1") ? 2 : 1) == BL_OK, "groups");
+    /* the head alone: every BN layer is the head's */
     bl_ctx ctx;
-    CHECK(bl_ctx_init(&ctx, &net, BL_BN_BATCH, NULL) == BL_OK, "ctx");
-    bl_ctx_set_head(&ctx, &net, (bl_bn_use){BL_BN_BATCH, &g});
-    const bl_crop_src src = {0, 0, NULL, boxes};
+    CHECK(bl_ctx_init(&ctx, &net, BL_BN_BATCH, &g) == BL_OK, "ctx");
+    const bl_draw src = {0, 0, NULL, boxes};
     const bl_shuffle sh = {perm, NULL, NULL};
-    ctx.crops = &src;
+    ctx.draw = &src;
     if (!strcmp(v, "shuf2")) ctx.shuffle = &sh;
     double loss;
     int ok;
@@ -82,7 +81,7 @@ static void variant(const bl_safetensors *st, const char *v)
           loss / N, ref[0]);
     free(ref);
     /* GN of 2 channels per group cancels more than BN over 5 or 10 crops: a looser bound */
-    const double gtol = hd.norm == BL_HEAD_GN ? 2e-4 : 5e-5;
+    const double gtol = hd.head_norm == BL_HEAD_GN ? 2e-4 : 5e-5;
     snprintf(name, sizeof name, "%s.dx", v);
     ref = st_get(st, name, (size_t)N * H * W * C);
     CHECK(worst_rel(net.t[0].grad, ref, (size_t)N * H * W * C) <= gtol, "%s: map gradient %.3g", v,
@@ -141,19 +140,42 @@ static void shuffle_layers(void)
 /* The whole model: shapes, the shuffle and its inverse, evaluation crops, bad input. */
 static void model(void)
 {
-    bl_head_cfg hd;
-    bl_head_defaults(&hd);
-    hd.width = 32, hd.crops = 3;
+    bl_model m;
+    CHECK(bl_model_init(&m, "resnet8-crops") == BL_OK && m.family == &bl_family_resnet_crops,
+          "resnet8-crops: %s", bl_error());
+    m.width = 4;
+    bl_resnet_crops_opts *hd = bl_model_opts(&m);
+    hd->head_width = 32, hd->crops = 3;
     bl_net net;
-    bl_status s = bl_model_build(&net, "resnet8-crops", 4, 10, &hd, 28, 28, 1, 4);
+    bl_status s = bl_model_build(&net, &m, 10, 28, 28, 1, 4);
     CHECK(s == BL_OK, "resnet8-crops: %s", bl_error());
     if (s) return;
     const bl_tensor *o = &net.t[net.outputs[0]];
     CHECK(!strcmp(net.arch, "resnet8-crops") && o->h == 3 && o->w == 1 && o->c == 10,
           "arch %s, output (%d, %d, %d)", net.arch, o->h, o->w, o->c);
     /* backbone: stem + stages 1-2 of resnet8 = 1 + 2 + 3 BN layers, then the head's 2 */
-    CHECK(bl_net_bn_count(&net) == 8 && net.head_bn == 6, "BN %d, head from %d",
-          bl_net_bn_count(&net), net.head_bn);
+    CHECK(bl_net_bn_count(&net) == 8, "BN %d", bl_net_bn_count(&net));
+    /* mini-batch evaluation: the backbone on population statistics, the head's 2 on the groups
+     * of its plan (one image each); training: all on batch statistics, the head on its groups */
+    {
+        const bl_plan plan = {.norm_batch = 1, .head_bn_images = 1};
+        const bl_pass_spec ev = {.mode = BL_BN_BATCH, .n = 4, .stream = BL_STREAM_EVAL};
+        bl_pass p;
+        CHECK(bl_pass_make(&p, &net, &plan, &ev) == BL_OK, "pass: %s", bl_error());
+        int pop = 0, head = 0;
+        for (int k = 0; k < 8; k++) pop += p.use[k].mode == BL_BN_POPULATION;
+        for (int k = 6; k < 8; k++) head += p.use[k].groups->n_groups == 4;
+        CHECK(pop == 6 && head == 2, "evaluation pass: %d backbone layers on population "
+              "statistics, %d head layers on one image's crops", pop, head);
+        bl_pass_free(&p);
+        const bl_plan tp = {.head_bn_images = 2};
+        const bl_pass_spec tr = {.mode = BL_BN_BATCH, .n = 4, .stream = 0};
+        CHECK(bl_pass_make(&p, &net, &tp, &tr) == BL_OK, "pass: %s", bl_error());
+        CHECK(p.use[5].groups->n_groups == 1 && p.use[6].groups->n_groups == 2 &&
+              p.use[0].mode == BL_BN_BATCH, "training pass: backbone %d groups, head %d",
+              p.use[5].groups->n_groups, p.use[6].groups->n_groups);
+        bl_pass_free(&p);
+    }
     bl_net_init_params(&net, 3);
     float x[4 * 28 * 28];
     bl_rng r;
@@ -176,9 +198,9 @@ static void model(void)
           worst_rel(z1, z0, 120));
     /* the evaluation crops are a function of the sample index: ids given = ids implied */
     int ids[4] = {0, 1, 2, 3};
-    const bl_crop_src src = {BL_CROP_TEST_SEED, BL_CROP_TEST_STREAM, ids, NULL};
+    const bl_draw src = {BL_SEED_EVAL_CROPS, BL_STREAM_EVAL, ids, NULL};
     c1 = c0;
-    c1.crops = &src;
+    c1.draw = &src;
     CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK && !memcmp(z0, net.t[net.outputs[0]].data, sizeof z0),
           "the evaluation crops of ids 0..3 differ from the default ones");
     ids[0] = 7; /* another sample index: other crops */
@@ -196,17 +218,17 @@ static void model(void)
     bl_net_free(&net);
 
     /* bad input */
-    hd.crop_max = 20;
-    s = bl_model_build(&net, "resnet8-crops", 4, 10, &hd, 28, 28, 1, 4);
+    hd->crop_max = 20;
+    s = bl_model_build(&net, &m, 10, 28, 28, 1, 4);
     CHECK(s == BL_ERR_ARG && strstr(bl_error(), "do not fit the 14x14 feature map") &&
           strstr(bl_error(), "crop_max <= 14"), "crops larger than the map: %s", bl_error());
-    hd.crop_max = 10, hd.crops = 0;
-    s = bl_model_build(&net, "resnet8-crops", 4, 10, &hd, 28, 28, 1, 4);
-    CHECK(s == BL_ERR_ARG && strstr(bl_error(), "0 crops of sides") &&
-          strstr(bl_error(), "at least 1 crop"), "no crops: %s", bl_error());
+    hd->crop_max = 10, hd->crops = 0;
+    s = bl_model_build(&net, &m, 10, 28, 28, 1, 4);
+    CHECK(s == BL_ERR_ARG && strstr(bl_error(), "cfg.crops 0: use 1..4096"), "no crops: %s",
+          bl_error());
     /* one crop per image, mini-batch statistics over one image: one value per channel */
-    hd.crops = 1;
-    s = bl_model_build(&net, "resnet8-crops", 4, 10, &hd, 28, 28, 1, 4);
+    hd->crops = 1;
+    s = bl_model_build(&net, &m, 10, 28, 28, 1, 4);
     CHECK(s == BL_OK, "one crop: %s", bl_error());
     if (!s) {
         bl_net_init_params(&net, 3);
@@ -226,10 +248,10 @@ static void model(void)
         free(d.pixels);
         bl_net_free(&net);
     }
-    int depth, kind;
-    CHECK(bl_model_parse("resnet20-crops", &depth, &kind) == BL_OK && depth == 20 &&
-          kind == BL_MODEL_CROPS, "parse resnet20-crops");
-    CHECK(bl_model_parse("resnet20-crop", &depth, &kind) != BL_OK, "resnet20-crop accepted");
+    CHECK(bl_model_init(&m, "resnet20-crops") == BL_OK &&
+              ((bl_resnet_crops_opts *)bl_model_opts(&m))->depth == 20, "parse resnet20-crops");
+    CHECK(bl_model_init(&m, "resnet20-crop") != BL_OK && strstr(bl_error(), "resnetN-crops"),
+          "resnet20-crop accepted: %s", bl_error());
 }
 
 int main(int argc, char **argv)

@@ -19,11 +19,14 @@ static state train(const char *model, int threads, uint64_t seed, double lr, int
 {
     bl_train_cfg c;
     bl_train_defaults(&c);
-    snprintf(c.model, sizeof c.model, "%s", model);
-    c.width = 4, c.batch = 32, c.val = 59000, c.max_steps = steps, c.lr = lr, c.seed = seed;
+    bl_model_rename(&c.model, model);
+    c.model.width = 4, c.batch = 32, c.val = 59000, c.max_steps = steps, c.lr = lr, c.seed = seed;
     c.threads = threads, c.eval_every = 0, c.final_precise_bn = 0;
-    if (strstr(model, "-ml")) c.head.width = 8;
-    if (strstr(model, "-crops")) c.head.width = 16, c.head.crops = 4, c.head_bn_images = 4, c.bn_shuffle = 1;
+    if (strstr(model, "-ml")) bl_model_option(&c.model, "head_width", 8);
+    if (strstr(model, "-crops")) {
+        bl_model_option(&c.model, "head_width", 16), bl_model_option(&c.model, "crops", 4);
+        c.plan.head_bn_images = 4, c.plan.bn_shuffle = 1;
+    }
     state s = {0};
     bl_trainer *t;
     bl_status st = bl_trainer_init(&t, &c, NULL, NULL);

@@ -429,20 +429,17 @@ int main(int argc, char **argv)
         rng_state = 99;
         for (int i = 0; i < 300 * 784; i++) d.pixels[i] = (uint8_t)(urand() * 256);
         for (int i = 0; i < 300; i++) d.labels[i] = (uint8_t)(i % 10);
-        bl_head_cfg head;
-        bl_head_defaults(&head);
         for (int sync = 0; sync < 2; sync++) {
             bl_net a, b;
-            CHECK(!bl_model_build(&a, "resnet8", 4, 10, &head, 28, 28, 1, 100) &&
-                      !bl_model_build(&b, "resnet8", 4, 10, &head, 28, 28, 1, 100),
+            CHECK(!bl_resnet(&a, 8, 4, 10, 28, 28, 1, 100) && !bl_resnet(&b, 8, 4, 10, 28, 28, 1, 100),
                   "build: %s", bl_error());
             bl_net_init_params(&a, 3), bl_net_init_params(&b, 3);
             bl_precise_cfg pc;
             bl_precise_defaults(&pc);
             pc.samples = 300, pc.batch = 100; /* whole batches: shares = ghost groups */
             bl_precise_cfg one = pc;
-            pc.reducer = &red, pc.rank = R, pc.world = W, pc.sync = sync;
-            one.norm_batch = sync ? 0 : (100 + W - 1) / W;
+            pc.reducer = &red, pc.rank = R, pc.world = W, pc.plan.sync_bn = sync;
+            one.plan.norm_batch = sync ? 0 : (100 + W - 1) / W;
             bl_precise_report ra, rb;
             CHECK(bl_precise(&a, &d, &pc, &ra) == BL_OK, "precise across processes: %s", bl_error());
             CHECK(bl_precise(&b, &d, &one, &rb) == BL_OK, "precise alone: %s", bl_error());

@@ -91,12 +91,15 @@ typedef struct {
 static void train_config(bl_train_cfg *c, const train_arg *a)
 {
     bl_train_defaults(c);
-    snprintf(c->model, sizeof c->model, "%s", a->model);
-    c->width = 2, c->batch = 16, c->epochs = 1, c->eval_every = 1, c->threads = 1, c->val = 32;
+    bl_model_rename(&c->model, a->model);
+    c->model.width = 2, c->batch = 16, c->epochs = 1, c->eval_every = 1, c->threads = 1, c->val = 32;
     c->final_precise_bn = 1, c->precise_samples = 32, c->precise_batch = 16;
-    if (strstr(a->model, "-ml")) c->head.width = 4;
-    if (strstr(a->model, "-crops")) c->head.width = 8, c->head.crops = 2, c->head_bn_images = 2;
-    c->bn_shuffle = a->shuffle;
+    if (strstr(a->model, "-ml")) bl_model_option(&c->model, "head_width", 4);
+    if (strstr(a->model, "-crops")) {
+        bl_model_option(&c->model, "head_width", 8), bl_model_option(&c->model, "crops", 2);
+        c->plan.head_bn_images = 2;
+    }
+    c->plan.bn_shuffle = a->shuffle;
     snprintf(c->data_dir, sizeof c->data_dir, "%s", dir);
     snprintf(c->out, sizeof c->out, "%s", a->out);
 }
@@ -269,7 +272,6 @@ static bl_status w_ckpt(void *arg)
     memset(&info, 0, sizeof info);
     info.epoch = ++a->version; /* each write differs from the file it replaces */
     info.recipe = bl_recipe_fmnist();
-    bl_head_defaults(&info.head);
     return bl_checkpoint_save(a->net, a->path, &info);
 }
 

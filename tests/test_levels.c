@@ -260,13 +260,14 @@ static void test_shared_weight(void)
  * refused until PreciseBN estimated them. */
 static void test_pooled_only_file(void)
 {
-    bl_head_cfg h;
-    bl_head_defaults(&h);
-    h.width = 8;
+    bl_model m;
+    CHECK(bl_model_init(&m, "resnet8-ml") == BL_OK, "%s", bl_error());
+    m.width = 4;
+    bl_model_option(&m, "head_width", 8);
     bl_net net;
-    CHECK(bl_model_build(&net, "resnet8-ml", 4, 10, &h, 12, 12, 1, 2) == BL_OK, "%s", bl_error());
-    CHECK(net.levels == 3 && net.n_outputs == 3 && bl_net_bn_count(&net) == 9 + 8, "ml net: %d levels, %d BN cores",
-          net.levels, bl_net_bn_count(&net));
+    CHECK(bl_model_build(&net, &m, 10, 12, 12, 1, 2) == BL_OK, "%s", bl_error());
+    CHECK(net.n_outputs == 3 && bl_net_bn_count(&net) == 9 + 8, "ml net: %d outputs, %d BN cores",
+          net.n_outputs, bl_net_bn_count(&net));
     char full[64], pooled[64];
     snprintf(full, sizeof full, "/tmp/bnlab_levels_%d.safetensors", (int)getpid());
     snprintf(pooled, sizeof pooled, "/tmp/bnlab_levels_%d_pooled.safetensors", (int)getpid());
@@ -304,6 +305,24 @@ static void test_pooled_only_file(void)
     CHECK(bl_checkpoint_open(partial, 2, NULL, &bad, NULL) != BL_OK &&
               strstr(bl_error(), "head.norm1.0.running_var"), "a partial level loaded: %s", bl_error());
     remove(partial);
+    /* malformed head metadata: an unknown choice, a width outside its range */
+    static const char *bad_head[][2] = {{"{\"norm\":\"xx\",\"width\":8}", "its 'norm'"},
+                                        {"{\"norm\":\"bn\",\"width\":1e9}", "its 'width'"},
+                                        {"[3]", "the 'head' metadata is malformed"}};
+    for (int k = 0; k < 3; k++) {
+        memset(&w, 0, sizeof w);
+        for (int i = 0; i < st.n; i++)
+            bl_st_add(&w, st.e[i].name, st.e[i].dtype, st.e[i].ndim, st.e[i].shape, st.data + st.e[i].begin);
+        for (int i = 0; i < st.n_meta; i++) bl_st_set_meta(&w, st.meta_key[i], st.meta_val[i]);
+        bl_st_set_meta(&w, "head", bad_head[k][0]);
+        CHECK(bl_st_write(&w, partial) == BL_OK, "%s", bl_error());
+        bl_st_writer_free(&w);
+        const bl_status hs = bl_checkpoint_open(partial, 2, NULL, &bad, NULL);
+        CHECK(hs == BL_ERR_FORMAT && strstr(bl_error(), bad_head[k][1]), "head metadata %s: %d '%s'",
+              bad_head[k][0], hs, bl_error());
+        if (!hs) bl_net_free(&bad);
+        remove(partial);
+    }
     bl_st_free(&st);
     bl_net back;
     memset(&back, 0, sizeof back);
@@ -322,7 +341,9 @@ static void test_pooled_only_file(void)
     }
     CHECK(bl_checkpoint_open(full, 2, NULL, &back, &info) == BL_OK && bl_net_head_pop(&back, 1) == BL_OK,
           "full file, per level: %s", bl_error());
-    CHECK(info.head.width == 8 && back.head.width == 8 && !strcmp(back.arch, "resnet8-ml"), "head restored");
+    CHECK(((bl_resnet_ml_opts *)bl_model_opts(&info.model))->head_width == 8 &&
+              ((bl_resnet_ml_opts *)bl_model_opts(&back.model))->head_width == 8 &&
+              !strcmp(back.arch, "resnet8-ml"), "head restored");
     bl_net_free(&back);
     remove(full), remove(pooled);
     bl_net_free(&net);

@@ -122,12 +122,14 @@ static void run(const char *dir, const char *file)
     CHECK(ce && ce->end - ce->begin == sizeof cfg, "%s: no config", file);
     if (ce) memcpy(cfg, st.data + ce->begin, sizeof cfg);
     const int B = (int)cfg[0], H = (int)cfg[5], W = (int)cfg[6], steps = (int)cfg[7];
-    bl_head_cfg head;
-    bl_head_defaults(&head);
-    head.sgd_level = (int)cfg[1], head.affine_level = (int)cfg[2];
-    head.norm = (bl_head_norm)cfg[3], head.width = (int)cfg[4];
+    bl_model m;
+    bl_model_init(&m, "resnet8-ml");
+    m.width = 4;
+    bl_resnet_ml_opts *head = bl_model_opts(&m);
+    head->head_sgd = (int)cfg[1], head->head_affine = (int)cfg[2];
+    head->head_norm = (int)cfg[3], head->head_width = (int)cfg[4];
     bl_net net;
-    if (B < 1 || B > 64 || bl_model_build(&net, "resnet8-ml", 4, 10, &head, H, W, 1, B)) {
+    if (B < 1 || B > 64 || bl_model_build(&net, &m, 10, H, W, 1, B)) {
         CHECK(0, "%s: build: %s", file, bl_error());
         bl_st_free(&st);
         return;
@@ -170,7 +172,7 @@ static void run(const char *dir, const char *file)
         cmp_params(&net, prefix, 0);
     }
     cmp_params(&net, "final.", 2);
-    if (head.norm == BL_HEAD_BN && get_batch(0, B, H * W, x, y)) {
+    if (head->head_norm == BL_HEAD_BN && get_batch(0, B, H * W, x, y)) {
         /* inference, both kinds of population statistics on the same weights */
         CHECK(bl_net_head_pop(&net, 0) == BL_OK && bl_net_infer(&net, x, B) == BL_OK, "%s", bl_error());
         cmp_logits(&net, "eval_shared.logits", B, NULL, 0);

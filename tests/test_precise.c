@@ -44,7 +44,7 @@ static void direct_stats(bl_net *net, const bl_dataset *d, long N, uint64_t seed
     float *x = malloc(sizeof(float) * N * 784);
     uint8_t y[NS];
     CHECK(bl_precise_samples(d->n, N, seed, idx) == BL_OK, "samples: %s", bl_error());
-    const bl_augment aug = {seed, BL_PRECISE_STREAM};
+    const bl_augment aug = {seed, BL_STREAM_PRECISE};
     const bl_recipe rc = bl_recipe_fmnist();
     bl_dataset_batch(d, &rc, idx, (int)N, &aug, x, y);
     const bl_ctx ctx = bl_ctx_all(mode, NULL);
@@ -237,10 +237,11 @@ int main(void)
      * pooled) in one pass, and gives the exact inference-time statistics of every core with either
      * kind of head statistics in use */
     for (int pop_level = 0; pop_level < 2; pop_level++) {
-        bl_head_cfg h;
-        bl_head_defaults(&h);
-        h.width = 8, h.pop_level = pop_level;
-        CHECK(bl_model_build(&net, "resnet8-ml", 4, 10, &h, 28, 28, 1, MAXB) == BL_OK, "%s", bl_error());
+        bl_model m;
+        bl_model_init(&m, "resnet8-ml");
+        m.width = 4;
+        bl_model_option(&m, "head_width", 8), bl_model_option(&m, "head_pop", pop_level);
+        CHECK(bl_model_build(&net, &m, 10, 28, 28, 1, MAXB) == BL_OK, "%s", bl_error());
         bl_net_init_params(&net, 3);
         const int KM = bl_net_bn_count(&net), mc = 32;
         double *a = calloc((size_t)KM * mc * 4, sizeof(double)), *av = a + KM * mc,

@@ -20,8 +20,8 @@ static bl_status run_cfg(const char *out, long max_steps, const char *resume, in
     /* a barely trained net frozen at lr 0.05 with the momentum of its batch-mode steps diverges
      * (docs/precise.md); this checks the mechanics, at a rate where it trains */
     if (frozen) c.lr = 0.01;
-    snprintf(c.model, sizeof c.model, "resnet8");
-    c.width = 4, c.batch = 32, c.norm_batch = 8, c.epochs = epochs, c.eval_every = 0;
+    bl_model_rename(&c.model, "resnet8");
+    c.model.width = 4, c.batch = 32, c.plan.norm_batch = 8, c.epochs = epochs, c.eval_every = 0;
     c.threads = threads, c.max_steps = max_steps;
     c.val = 58000; /* train on 2000 images: 62 steps per epoch, so a run crosses epochs quickly */
     snprintf(c.out, sizeof c.out, "%s", out);

@@ -78,8 +78,8 @@ static bl_status h_agree_error(void *ctx, bl_status st)
 static void config(bl_train_cfg *c, const char *out)
 {
     bl_train_defaults(c);
-    snprintf(c->model, sizeof c->model, "resnet8");
-    c->width = 4, c->batch = 32, c->epochs = 1, c->eval_every = 0, c->final_precise_bn = 0;
+    bl_model_rename(&c->model, "resnet8");
+    c->model.width = 4, c->batch = 32, c->epochs = 1, c->eval_every = 0, c->final_precise_bn = 0;
     c->val = 59000; /* 1000 training images */
     snprintf(c->out, sizeof c->out, "%s", out);
 }
@@ -192,7 +192,7 @@ int main(void)
 
     /* a bad configuration names the field */
     config(&c, "");
-    c.norm_batch = 64;
+    c.plan.norm_batch = 64;
     CHECK(bl_trainer_init(&t, &c, NULL, NULL) == BL_ERR_ARG && t == NULL &&
               strstr(bl_error(), "cfg.norm_batch"), "bad norm batch: %s", bl_error());
     char cmd[400];

@@ -53,17 +53,17 @@ int main(int argc, char **argv)
     const long steps = atol(argv[1]);
     bl_train_cfg c;
     bl_train_defaults(&c);
-    snprintf(c.model, sizeof c.model, "resnet8");
-    c.width = 8, c.epochs = 1, c.final_precise_bn = 0, c.eval_every = 0;
+    bl_model_rename(&c.model, "resnet8");
+    c.model.width = 8, c.epochs = 1, c.final_precise_bn = 0, c.eval_every = 0;
     snprintf(c.out, sizeof c.out, "%s", argv[2]);
     for (int i = 3; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
-        if (!strcmp(k, "--model")) snprintf(c.model, sizeof c.model, "%s", v);
-        else if (!strcmp(k, "--width")) c.width = atoi(v);
+        if (!strcmp(k, "--model")) bl_model_rename(&c.model, v);
+        else if (!strcmp(k, "--width")) c.model.width = atoi(v);
         else if (!strcmp(k, "--batch")) c.batch = atoi(v);
-        else if (!strcmp(k, "--norm-batch")) c.norm_batch = atoi(v);
+        else if (!strcmp(k, "--norm-batch")) c.plan.norm_batch = atoi(v);
         else if (!strcmp(k, "--lr")) c.lr = atof(v);
-        else if (!strcmp(k, "--head-bn-images")) c.head_bn_images = atoi(v);
+        else if (!strcmp(k, "--head-bn-images")) c.plan.head_bn_images = atoi(v);
         else if (!strcmp(k, "--seed")) c.seed = strtoull(v, NULL, 10);
         else {
             fprintf(stderr, "relu_kinks: unknown option %s\n", k);

@@ -130,6 +130,37 @@ void bl_rng_shuffle(bl_rng *r, int *a, int n);
 /* A key for bl_rng_seed from two values (a seed and a stream, an epoch, a sample index...). */
 uint64_t bl_rng_mix(uint64_t a, uint64_t b);
 
+/* ---- random streams -------------------------------------------------------------------------
+ * Every random draw is a function of (seed, stream, salt, index) alone, so every process and a
+ * resumed run draw the same. The stream says which pass draws (a training epoch is a stream of its
+ * own: 0, 1, ...; the other passes have the negative numbers below), the salt which kind of draw.
+ * This is the one table of both: a new pass takes a free stream here. The values are those every
+ * checkpoint so far was trained with; bit-exact resume depends on them, so they never change.
+ *
+ *   pass                         stream                 seed                   draws (salt)
+ *   training                     the epoch (0, 1, ...)  the run's              order, augment, crops
+ *   a training step's shuffle    (the step)             the run's              shuffle
+ *   validation split             0                      BL_SEED_VAL            order
+ *   train-split curve            BL_STREAM_TRAIN_CURVE  the run's              order
+ *   evaluation                   BL_STREAM_EVAL         --seed; crops:         order, crops
+ *                                                       BL_SEED_EVAL_CROPS
+ *   PreciseBN                    BL_STREAM_PRECISE      its seed               order, augment, crops
+ *   inspect                      BL_STREAM_INSPECT      its seed               order, augment, crops
+ *   Fashion-MNIST-C              (severity)             --seed                 corrupt + corruption */
+typedef enum {
+    BL_STREAM_EVAL = -1,        /* evaluation: the mini-batch order, the crop head's test crops */
+    BL_STREAM_PRECISE = -2,     /* PreciseBN: the sample choice, augmentation, crops */
+    BL_STREAM_INSPECT = -3,     /* inspect: the mini-batches, augmentation, crops */
+    BL_STREAM_TRAIN_CURVE = -4  /* the training images of the train-split curve */
+} bl_stream;
+#define BL_SALT_ORDER 0x5eed0000u   /* bl_epoch_order: + stream */
+#define BL_SALT_AUGMENT 0xa0a0u     /* random crop and flip: + stream, then the sample index */
+#define BL_SALT_CROPS 0xc7090000u   /* a crop head's boxes: + stream, then the sample index */
+#define BL_SALT_SHUFFLE 0x5f0ff1e0u /* the shuffle of a step's rows, then the step */
+#define BL_SALT_CORRUPT 0xc0de0000u /* Fashion-MNIST-C: + corruption, then severity, sample */
+#define BL_SEED_VAL 0x7a1u          /* the validation split carved from training */
+#define BL_SEED_EVAL_CROPS 0x7e57u  /* evaluation crops: the same for every model */
+
 /* ---- threads ------------------------------------------------------------------------------- */
 int bl_threads_get(void);       /* threads our loops (and BLAS) will use */
 void bl_threads_set(int n);     /* n <= 0: leave the OpenMP default */

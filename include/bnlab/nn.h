@@ -10,6 +10,7 @@
 #define BNLAB_NN_H
 
 #include "bnlab/bn.h"
+#include "bnlab/family.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,35 +47,12 @@ typedef struct {
     size_t count, offset;/* floats, and offset in the params block (or buffers block) */
     float *data;         /* bound at finalize (NULL for BL_P_COUNT) */
     int64_t *i64;        /* BL_P_COUNT only */
+    int optional;        /* 0, or a group: a checkpoint may lack the group's parameters, all of them
+                          * (statistics never estimated: a multi-level layer's per-level ones) */
 } bl_param;
 
 typedef struct bl_net bl_net;
 typedef struct bl_layer bl_layer;
-
-/* ---- the multi-level head (the paper's section 5; docs/multi-level.md) --------------------------
- * The backbone's three stage outputs go through 1x1 laterals to `width` channels; one head with
- * shared weights (conv3x3 - norm - ReLU - conv3x3 - norm - ReLU - conv1x1 to the classes - global
- * average pool) gives one logit vector per level. */
-typedef enum { BL_HEAD_BN = 0, BL_HEAD_GN = 1, BL_HEAD_NONE = 2 } bl_head_norm;
-/* The heads a model name asks for: resnetN, resnetN-ml, resnetN-crops. */
-typedef enum { BL_MODEL_PLAIN = 0, BL_MODEL_ML = 1, BL_MODEL_CROPS = 2 } bl_model_head;
-typedef struct {
-    bl_head_norm norm;
-    int sgd_level;    /* ml, BN: batch statistics per level (1) or merged over the levels (0) */
-    int pop_level;    /* ml, BN: inference with population statistics per level (1) or pooled (0) */
-    int affine_level; /* ml, BN, GN: gamma and beta per level (1) or shared (0) */
-    int width;        /* head channels; 0: the model's default (ml 32, crops 256); GN: groups of
-                       * 4 channels (ml), 32 groups (crops) */
-    /* the crop head (docs/crop-head.md): crops per image, their sides in map pixels */
-    int crops;        /* default 16 */
-    double crop_min, crop_max; /* default 4, 10 */
-} bl_head_cfg;
-void bl_head_defaults(bl_head_cfg *h); /* BN, all shared, width 0, 16 crops of sides 4..10 */
-/* Width 0 -> the default of the head kind (bl_model_head). */
-void bl_head_resolve(bl_head_cfg *h, int kind);
-const char *bl_head_norm_name(bl_head_norm n);
-/* "bn", "gn", "none" */
-bl_status bl_head_norm_parse(const char *s, bl_head_norm *n);
 
 /* ---- RoIAlign (roi_align.c): crops of a feature map, the crop head's sampling ----------------------
  * torchvision.ops.roi_align(aligned=True, sampling_ratio=1) semantics: box corners in map pixels
@@ -103,18 +81,7 @@ bl_status bl_shuffle_perm(uint64_t seed, long step, int total, int *perm);
 /* ---- the crop head (crop_head.c; docs/crop-head.md) ---------------------------------------------
  * Its tensors hold K rows per image: per-sample shape (K, 1, C), so a BN layer over them normalizes
  * the rows (crops) of its groups' images, and groups of images are groups of crops. */
-#define BL_CROP_OUT 4           /* RoIAlign output side */
-#define BL_CROP_TEST_SEED 0x7e57u /* evaluation crops: the same for every model (per sample index) */
-#define BL_CROP_TEST_STREAM (-1)
-/* Where a forward's crops come from: boxes given (n * K, image i's at i*K..), or drawn by
- * bl_crop_boxes from (seed, stream, ids[i]) (ids NULL: 0..n-1). A context without one uses the
- * evaluation crops (BL_CROP_TEST_SEED, BL_CROP_TEST_STREAM) of ids 0..n-1. */
-typedef struct {
-    uint64_t seed;
-    int stream;
-    const int *ids;
-    const bl_box *boxes;
-} bl_crop_src;
+#define BL_CROP_OUT 4 /* RoIAlign output side */
 /* The shuffle of a head's rows across processes (--bn-shuffle): slot s takes row perm[s], rows and
  * slots numbered globally in rank order. route moves this process's rows (dir 1: shuffle; -1:
  * back) and is collective; NULL: one process holding every row. */
@@ -135,30 +102,83 @@ typedef struct {
     const bl_groups *groups; /* NULL: the whole batch (no reducer) */
 } bl_bn_use;
 
+/* The per-sample randomness of a pass (a crop head's boxes): sample i's draws are a function of
+ * (seed, stream, ids[i]) alone (ids NULL: 0..n-1; streams: core.h's table). `fixed`: a layer's
+ * draws given instead (a crop head: its n * K boxes, image i's at i*K ..). A context without one
+ * draws as evaluation does (BL_SEED_EVAL_CROPS, BL_STREAM_EVAL, ids 0..n-1). */
+typedef struct {
+    uint64_t seed;
+    int stream;
+    const int *ids;
+    const void *fixed;
+} bl_draw;
+
 typedef struct {
     int n_bn;       /* entries in bn: the net's BN layer count; 0 when bn is NULL */
     bl_bn_use *bn;  /* (n_bn) per layer, or NULL: `all` applies to every BN layer */
     bl_bn_use all;
-    const bl_crop_src *crops;  /* a crop head's boxes (NULL: the evaluation crops) */
-    const bl_shuffle *shuffle; /* a crop head's shuffle (NULL: none) */
+    const bl_draw *draw;       /* the pass's per-sample randomness (NULL: see bl_draw) */
+    const bl_shuffle *shuffle; /* a head's shuffle across processes (NULL: none) */
 } bl_ctx;
 
 /* Every BN layer alike, nothing allocated (training, evaluation). */
 static inline bl_ctx bl_ctx_all(bl_bn_mode mode, const bl_groups *groups)
 {
-    bl_ctx c = {0, (bl_bn_use *)0, {mode, groups}, (const bl_crop_src *)0, (const bl_shuffle *)0};
+    bl_ctx c = {0, (bl_bn_use *)0, {mode, groups}, (const bl_draw *)0, (const bl_shuffle *)0};
     return c;
 }
 /* A per-layer context for net, every entry (mode, groups) to start with; bl_ctx_free after. */
 bl_status bl_ctx_init(bl_ctx *c, const bl_net *net, bl_bn_mode mode, const bl_groups *groups);
 void bl_ctx_free(bl_ctx *c);
-/* A crop head's BN layers (from net->head_bn on) normalize as `head` (c must be per layer). */
-void bl_ctx_set_head(bl_ctx *c, const bl_net *net, bl_bn_use head);
 /* How BN layer i normalizes under c. */
 static inline const bl_bn_use *bl_ctx_use(const bl_ctx *c, int i)
 {
     return c->bn ? &c->bn[i] : &c->all;
 }
+
+/* ---- the normalization plan and the passes ---------------------------------------------------------
+ * Which samples normalize together, resolved once for a run and recorded in its checkpoints
+ * (metadata "plan"): the fields are named after the flags, and so are the keys. */
+typedef struct bl_plan {
+    int norm_batch;     /* ghost groups of this many samples (0: the whole batch, or each
+                         * process's share) */
+    int head_bn_images; /* a head's BN layers (the crop head's): the crops of groups of this many
+                         * images (0: like the backbone) */
+    int sync_bn;        /* SyncBN: every group spans the processes (the pass's reducer) */
+    int bn_shuffle;     /* a head's rows shuffled across the processes (or its groups) */
+} bl_plan;
+
+/* One pass: what bl_pass_make needs to know besides the plan. */
+typedef struct bl_pass_spec {
+    bl_bn_mode mode;   /* batch statistics (training, PreciseBN, mini-batch evaluation) or
+                        * population statistics */
+    int n;             /* samples in the forward */
+    const int *ids;    /* their indices in the split (NULL: 0..n-1) */
+    uint64_t seed;     /* of their per-sample draws */
+    int stream;        /* which pass: a training epoch (>= 0) or a bl_stream */
+    const bl_reducer *reducer; /* the processes' (SyncBN rides on the groups); NULL: one */
+    const bl_shuffle *shuffle; /* a training step's shuffle (with plan->bn_shuffle) */
+    const void *fixed; /* layers' given draws (bl_draw) */
+} bl_pass_spec;
+
+/* A pass's context and everything it points to, owned by the pass (no copy aliases anything
+ * another pass owns). */
+#define BL_PASS_GROUPS 2
+typedef struct bl_pass {
+    bl_ctx ctx;
+    bl_bn_use *use;                  /* (n_bn) */
+    bl_groups groups[BL_PASS_GROUPS]; /* [0]: the plan's groups of the batch; [1]: a family's */
+    bl_draw draw;
+} bl_pass;
+
+/* The only place a forward context is built: every BN core gets s->mode and the plan's groups of
+ * the s->n samples (ghost groups of plan->norm_batch, unless SyncBN; the reducer under SyncBN),
+ * then the net's family adjusts its own layers (a crop head's groups). bl_pass_free after. */
+bl_status bl_pass_make(bl_pass *p, const bl_net *net, const bl_plan *plan, const bl_pass_spec *s);
+void bl_pass_free(bl_pass *p);
+/* Groups of n samples for a family's plan_pass: ghost groups of `size` when 0 < size < n, else
+ * one; into p->groups[slot]. */
+bl_status bl_pass_groups(bl_pass *p, int slot, int n, int size, const bl_reducer *reducer);
 
 /* ---- layers -------------------------------------------------------------------------------------- */
 typedef enum {
@@ -188,6 +208,9 @@ typedef struct {
     /* BN layers: the BN cores the layer holds (with core NULL: how many), in the order the net
      * lists them; in[j] receives the mask of the layer inputs core j normalizes (bit k: in[k]). */
     int (*cores)(bl_layer *l, bl_bn **core, unsigned *in);
+    /* A forward failed at an earlier layer (optional): a layer that makes collective calls joins
+     * them anyway (with whatever data), so every process makes the same calls. */
+    void (*abort)(bl_layer *l, bl_net *net, const bl_ctx *ctx);
 } bl_layer_ops;
 
 #define BL_LAYER_MAX_IN 4
@@ -222,12 +245,9 @@ struct bl_net {
      * cross-entropies, the prediction the mean of their logits; default: the last tensor */
     int n_outputs, outputs[BL_LAYER_MAX_IN];
     int n_classes;
-    char arch[64];           /* e.g. "resnet20", "resnet20-ml" */
+    char arch[64];           /* e.g. "resnet20", "resnet20-ml": model.name */
     int width;
-    bl_head_cfg head;        /* the head's choices (levels > 0 or crops > 0) */
-    int levels;              /* feature levels of a multi-level head, 0 for the plain ResNet */
-    int crops;               /* crops per image of a crop head, 0 without */
-    int head_bn;             /* the crop head's first BN core (n_bn without one) */
+    bl_model model;          /* the model it was built from (family NULL: built by hand) */
     bl_scratch ws;           /* im2col and friends, shared by all layers */
     int finalized;
 };
@@ -256,14 +276,14 @@ bl_status bl_net_linear_rows(bl_net *net, const char *name, int in, int cout, in
 /* GroupNorm of each position (row) on its own: a crop head's GN normalizes each crop. */
 bl_status bl_net_gn_rows(bl_net *net, const char *name, int in, int groups, int *out);
 /* A crop head's RoIAlign: the (h, w, c) map -> (K, 1, BL_CROP_OUT^2 * c) per image, K crops of
- * sides in [lo, hi] from the context's crop source (bl_crop_src). */
+ * sides in [lo, hi] drawn from the context's bl_draw. */
 bl_status bl_net_roi(bl_net *net, const char *name, int in, int K, double lo, double hi, int *out);
 /* The rows of the input permuted by the context's shuffle (dir 1) or back (-1); the identity
  * without one. */
 bl_status bl_net_shuffle(bl_net *net, const char *name, int in, int dir, int *out);
 /* The crop head on map tensor `in`: RoIAlign - fc - shuffle - norm - ReLU - fc - norm - ReLU -
  * fc (classes, with bias) - unshuffle; *out: the logits (K, 1, classes) per image. */
-bl_status bl_crop_head(bl_net *net, int in, const bl_head_cfg *hd, int classes, int *out);
+bl_status bl_crop_head(bl_net *net, int in, const bl_resnet_crops_opts *hd, int classes, int *out);
 /* GroupNorm over `groups` groups of the input's channels (eps 1e-5), parameters name.weight and
  * name.bias (trained like BN's gamma and beta); no batch statistics, so no context entry. */
 bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out);
@@ -353,25 +373,23 @@ bl_status bl_gn_backward(bl_shape s, int groups, const float *x, const float *dy
 void bl_param_export(const bl_param *p, const float *src, float *dst);
 void bl_param_import(const bl_param *p, const float *src, float *dst);
 
-/* The CIFAR ResNet, depth 6n+2 (resnet8/14/20/32/56), option-B shortcuts, width w. On failure
- * the net is freed. */
+/* The CIFAR ResNet, depth 6n+2 (resnet8/14/20/32/56), option-B shortcuts, width w (the family
+ * "resnet": bl_model_build with bl_model_init(m, "resnet20") does the same). On failure the net is
+ * freed. */
 bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,
                     int max_batch);
 /* Initializes the parameters from a seed: conv weights Kaiming normal (fan_in, ReLU gain), linear
  * as PyTorch's default (uniform +-1/sqrt(fan_in)), BN gamma 1 and beta 0. */
 void bl_net_init_params(bl_net *net, uint64_t seed);
-/* Parses "resnet20" etc. into a depth. */
-bl_status bl_resnet_depth(const char *model, int *depth);
-/* Parses a model name: "resnetN", "resnetN-ml" (the multi-level head) or "resnetN-crops" (the crop
- * head); *head: bl_model_head. */
-bl_status bl_model_parse(const char *model, int *depth, int *head);
-/* Builds the named model (head: NULL for the defaults; ignored by the plain ResNet). */
-bl_status bl_model_build(bl_net *net, const char *model, int width, int n_classes,
-                         const bl_head_cfg *head, int h, int w, int c, int max_batch);
-/* Which population statistics the multi-level head's BN layers use at inference (net->head's
- * pop_level): an error when per level is asked and they were never estimated while the pooled
- * ones were (a file without them: run bnlab precise). */
+/* Which population statistics a multi-level head's BN layers use at inference (the model's
+ * head_pop): per level (1) is an error when they were never estimated while the pooled ones were
+ * (a file without them: run bnlab precise). No-op for other models. */
 bl_status bl_net_head_pop(bl_net *net, int pop_level);
+/* Inference as bl_net_infer, with a context for the layers' draws (a crop head's crops); its BN
+ * modes are ignored: population statistics everywhere. */
+bl_status bl_net_infer_ctx(bl_net *net, const bl_ctx *ctx, const float *x, int n);
+/* Rows per sample of the net's shuffle layers (what a shuffle permutes), 0 without any. */
+int bl_net_shuffle_rows(const bl_net *net);
 
 #ifdef __cplusplus
 }

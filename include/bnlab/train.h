@@ -101,12 +101,16 @@ typedef struct {
     char config[2048]; /* the run's resolved configuration, JSON */
     char precise[8192]; /* how PreciseBN produced the statistics (JSON), or "" */
     char adapt[1024];   /* the target domain they were adapted to (JSON, bnlab adapt), or "" */
-    bl_head_cfg head;   /* a multi-level model's head (metadata "head"); defaults otherwise */
+    bl_model model;     /* what it is (metadata "arch", "width", and "head": the family's recorded
+                         * options); read back only */
+    bl_plan plan;       /* the normalization plan it was trained with (metadata "plan"; a file from
+                         * before the plan existed: what its "config" implies, docs/extending.md) */
 } bl_ckpt_info;
 
-/* The multi-level head's choices as JSON (a checkpoint's "head" metadata) and back. */
-void bl_head_json(const bl_head_cfg *h, char *buf, size_t len);
-bl_status bl_head_from_json(const char *json, bl_head_cfg *h);
+/* A model's recorded options (those with a key) as one JSON object, the "head" metadata (malloc'd;
+ * NULL with BL_OK when it has none), and back: keys absent keep their defaults. */
+bl_status bl_model_opts_json(const bl_model *m, char **json);
+bl_status bl_model_opts_from_json(bl_model *m, const char *json);
 
 bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_info *info);
 /* Loads into an existing net; the architecture must match (errors name the tensor). with_optim:
@@ -168,7 +172,6 @@ bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *o
  * layer-by-layer mode (layers before k already use their new statistics; independent of batch).
  * Only the BN statistics change (pop_source becomes precise); on an error nothing changes. */
 #define BL_PRECISE_MAX_LAYERS 256
-#define BL_PRECISE_STREAM (-2) /* the epoch number of its sample-choice and augmentation streams */
 typedef struct {
     long samples;   /* default 10^4 */
     int batch;      /* default 200 */
@@ -182,13 +185,12 @@ typedef struct {
      * groups carry the reducer instead (SyncBN: the whole batch normalizes together). reducer
      * NULL: this process alone. */
     const bl_reducer *reducer;
-    int rank, world, sync;
-    /* normalization groups of at most norm_batch samples of a (share of a) batch (0: the whole
-     * share): one process with norm_batch = ceil(batch / W) does what W processes without sync
-     * do */
-    int norm_batch;
-    /* a crop head's BN layers: groups of head_norm_batch images (0: like the others) */
-    int head_norm_batch;
+    int rank, world;
+    /* how each batch (or share) normalizes: ghost groups of plan.norm_batch (one process with
+     * norm_batch = ceil(batch / W) does what W processes without SyncBN do), a crop head's groups
+     * of plan.head_bn_images images; plan.sync_bn: the share's groups carry the reducer instead
+     * (SyncBN: the whole batch normalizes together) */
+    bl_plan plan;
     void (*progress)(void *ctx, long done, long total); /* optional, samples processed */
     void *progress_ctx;
 } bl_precise_cfg;
@@ -225,7 +227,6 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
 
 /* ---- inspect (inspect.c): stored BN statistics against fresh PreciseBN ones and the spread of
  * mini-batch statistics, per layer; the net is left as it was. docs/inspect.md. */
-#define BL_INSPECT_STREAM (-3)     /* epoch number of its batch-choice and augmentation streams */
 #define BL_INSPECT_KL_MAX 0.05     /* flag: a channel's KL(precise || stored) above this */
 #define BL_INSPECT_OUTSIDE_MAX 0.5 /* flag: more than this fraction of channels outside 5-95% */
 typedef struct {
@@ -293,10 +294,12 @@ typedef enum { BL_SCHED_COSINE, BL_SCHED_STEP, BL_SCHED_CONST } bl_schedule;
 
 /* A run's configuration. Field names are the command line's flags with '_' for '-'. */
 typedef struct {
-    char model[32];
-    int width, epochs, batch, norm_batch; /* norm_batch 0: the SGD batch */
-    double lr, momentum, wd;
-    int nesterov, wd_bn;
+    bl_model model;       /* --model, --width and its family's options (bl_model_init) */
+    bl_plan plan;         /* --norm-batch (0: the SGD batch), --head-bn-images, --sync-bn,
+                           * --bn-shuffle */
+    bl_sgd sgd;           /* --momentum, --wd, --nesterov, --wd-bn */
+    int epochs, batch;
+    double lr;
     bl_schedule schedule;
     double warmup_epochs;
     int lr_scaling;       /* 1: lr x batch / 128 (linear), 0: none */
@@ -319,22 +322,24 @@ typedef struct {
     int precise_batch;    /* B, default 200 */
     bl_recipe recipe;     /* default: Fashion-MNIST's; a resumed run keeps its checkpoint's */
     char out[1024], data_dir[1024], resume[1024];
-    bl_head_cfg head;     /* the multi-level head's choices (models resnetN-ml) */
-    /* SyncBN across processes (hooks.reducer): every BN layer normalizes over the global batch;
-     * 0: each process normalizes its share (per-process BN, ghost groups of ceil(batch / W)) */
-    int sync_bn;
-    /* the crop head (models resnetN-crops, docs/crop-head.md; its backbone always normalizes the
-     * whole global batch): its BN layers normalize the crops of groups of head_bn_images images
-     * of a process's share (0: the whole share; one process emulates W processes with groups of
-     * batch / W), or of the global batch under sync_bn; bn_shuffle: the head's rows permuted
-     * across the processes (one process: across the groups) before its first BN, and back after
-     * it */
-    int head_bn_images, bn_shuffle;
+    /* The plan under processes (hooks.reducer): sync_bn, every BN layer normalizes over the global
+     * batch; 0: each process normalizes its share (per-process BN, ghost groups of
+     * ceil(batch / W)). The crop head (resnetN-crops, docs/crop-head.md; its backbone always
+     * normalizes the whole global batch): its BN layers normalize the crops of groups of
+     * head_bn_images images of a process's share (0: the whole share; one process emulates W
+     * processes with groups of batch / W), or of the global batch under sync_bn; bn_shuffle: the
+     * head's rows permuted across the processes (one process: across the groups) before its first
+     * BN, and back after it. */
     /* set (e.g. by a SIGINT/SIGTERM handler) to stop after the current step with a checkpoint */
     const volatile sig_atomic_t *stop;
 } bl_train_cfg;
 
 void bl_train_defaults(bl_train_cfg *c);
+/* The one resolve step of a configuration, shared by bl_train and the command (which prints the
+ * result): the model's dependent defaults, and on cfg.resume the checkpoint's model options and
+ * plan wherever the configuration leaves one at its default (one set to another value than the
+ * checkpoint's is an error). Idempotent. */
+bl_status bl_train_resolve(bl_train_cfg *c);
 /* Learning rate at step t of T (warmup W steps, then the schedule). */
 double bl_lr_at(const bl_train_cfg *c, long t, long T, long W);
 
@@ -373,8 +378,8 @@ typedef struct {
     long steps;
     int norm_batch;       /* of training and of mini-batch evaluation (a crop head: its
                            * evaluation's, one image) */
-    int head_group;       /* a crop head: the images its BN normalized together in training
-                           * (0: none; the global batch under SyncBN) */
+    int head_bn_images;   /* a head's BN: the images it normalized together in training (0: no
+                           * such head; the global batch under SyncBN) */
     double test_err;      /* population statistics at the end, -1 if not measured */
     const char *estimator;
     double test_err_precise, test_err_minibatch; /* the last measured, -1 if never */

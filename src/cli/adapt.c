@@ -18,7 +18,7 @@ int cmd_adapt(int argc, char **argv)
     cli_foreign fo;
     cli_foreign_init(&fo);
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
-    const cli_opt opts[] = {
+    const cli_opt base[] = {
         {"--target", OPT_STR, target, sizeof target, 0, 0, NULL,
          "NAME[:SEVERITY]: a corruption of the test split (bnlab corrupt's names, severity 1-5, "
          "default 3), or clean: the clean test split"},
@@ -42,7 +42,8 @@ int cmd_adapt(int argc, char **argv)
          "Fashion-MNIST IDX files (the clean split --target corrupts)"},
         CLI_FOREIGN_OPTS(&fo),
     };
-    const int n = sizeof opts / sizeof *opts;
+    cli_opt opts[64];
+    const int n = cli_table(opts, 64, base, sizeof base / sizeof *base, &fo.fam);
     const char *pos[1];
     int np;
     int rc = cli_parse("adapt", "CHECKPOINT --target NAME[:SEVERITY] [options]", argc, argv, opts,

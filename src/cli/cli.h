@@ -35,10 +35,32 @@ void cli_error(const char *cmd, const cli_opt *opts, int n_opts);
 
 /* For eval, precise, inspect: --model/--width open a PyTorch state_dict (no bnlab metadata) as
  * that ResNet; --data-mean/--data-std override the normalization of the recipe. */
+/* The options model families declare, as a command's options: for train the model's own (into
+ * its bl_model) and every other family's (refused when given: "applies to resnetN-ml"); for the
+ * commands that open a checkpoint the families' open options, with a first choice "checkpoint"
+ * (keep the checkpoint's value). */
+#define CLI_MAX_FAMOPTS 48
+typedef struct {
+    cli_opt opt[CLI_MAX_FAMOPTS];
+    int n, n_own;          /* opt[0..n_own): the model's own (train) */
+    const bl_family_opt *fopt[CLI_MAX_FAMOPTS];
+    int value[CLI_MAX_FAMOPTS];
+    char flag[CLI_MAX_FAMOPTS][40], choices[CLI_MAX_FAMOPTS][96], help[CLI_MAX_FAMOPTS][320];
+    bl_model scratch[8];   /* other families' values (never used) */
+} cli_famopts;
+/* train: the options of m's family (writing into m), then the other families'. */
+void cli_famopts_model(cli_famopts *f, bl_model *m);
+/* eval, precise, inspect, adapt: every family's open options. */
+void cli_famopts_open(cli_famopts *f);
+/* After cli_parse: 2 (printed why) when an option of another family than m's was given. */
+int cli_famopts_refuse(const char *cmd, const cli_famopts *f, const bl_model *m);
+/* base + f's options into out (at most max). */
+int cli_table(cli_opt *out, int max, const cli_opt *base, int n_base, const cli_famopts *f);
+
 typedef struct {
     bl_model_spec spec;
     char mean[64], std[64]; /* "" : the checkpoint's (or the Fashion-MNIST) recipe */
-    int head_pop;           /* 0: the checkpoint's choice, 1: pooled, 2: per level */
+    cli_famopts fam;        /* the families' open options (--head-pop) */
     int reestimates;        /* the command replaces the statistics (precise): no check of them */
 } cli_foreign;
 void cli_foreign_init(cli_foreign *f);
@@ -49,10 +71,7 @@ void cli_foreign_init(cli_foreign *f);
     {"--data-mean", OPT_STR, (f)->mean, sizeof (f)->mean, 0, 0, NULL,                              \
      "override the recipe's normalization mean (one per channel)"},                               \
     {"--data-std", OPT_STR, (f)->std, sizeof (f)->std, 0, 0, NULL,                                 \
-     "override the recipe's normalization std (one per channel)"},                                \
-    {"--head-pop", OPT_CHOICE, &(f)->head_pop, 0, 0, 0, "checkpoint|shared|level",                 \
-     "a multi-level head (resnetN-ml): inference with the population statistics pooled over the " \
-     "levels or per level (checkpoint: the choice it was trained with)"}
+     "override the recipe's normalization std (one per channel)"}
 /* Applies --data-mean/--data-std to r (the checkpoint's recipe); prints why and returns 2 on a bad
  * value. */
 int cli_foreign_recipe(const char *cmd, const cli_foreign *f, bl_recipe *r);

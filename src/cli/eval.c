@@ -52,7 +52,7 @@ int cmd_eval(int argc, char **argv)
     cli_foreign_init(&fo);
     char data_dir[1024];
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
-    const cli_opt opts[] = {
+    const cli_opt base[] = {
         {"--stats", OPT_CHOICE, &stats, 0, 0, 0, "population|minibatch",
          "population: the checkpoint's stored statistics; minibatch: each group's own"},
         {"--norm-batch", OPT_INT, &norm_batch, 0, 1, 65536, NULL,
@@ -69,7 +69,8 @@ int cmd_eval(int argc, char **argv)
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
         CLI_FOREIGN_OPTS(&fo),
     };
-    const int n = sizeof opts / sizeof *opts;
+    cli_opt opts[64];
+    const int n = cli_table(opts, 64, base, sizeof base / sizeof *base, &fo.fam);
     const char *pos[1];
     int np;
     int rc = cli_parse("eval", "CHECKPOINT [options]", argc, argv, opts, n, pos, 1, &np);
@@ -88,6 +89,12 @@ int cmd_eval(int argc, char **argv)
         bl_net_free(&net);
         return 1;
     }
+    /* a head's choices, where the model has them (the multi-level head's) */
+    char head_pop[16] = "", head_norm[16] = "";
+    const bl_family_opt *hp = bl_family_opt_find(net.model.family, "head_pop"),
+                        *hn = bl_family_opt_find(net.model.family, "head_norm");
+    if (hp) bl_model_format(&net.model, hp, head_pop, sizeof head_pop);
+    if (hn) bl_model_format(&net.model, hn, head_norm, sizeof head_norm);
     bl_eval_result r;
     rc = bl_evaluate(&net, &d, &info.recipe, stats ? BL_BN_BATCH : BL_BN_POPULATION, norm_batch,
                      seed, compose, &r);
@@ -102,8 +109,7 @@ int cmd_eval(int argc, char **argv)
         printf(",\"split\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d", split ? "train" : "test",
                bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), info.epoch);
         if (r.levels) {
-            printf(",\"arch\":\"%s\",\"head_pop\":\"%s\",\"err_level\":[", net.arch,
-                   net.head.pop_level ? "level" : "shared");
+            printf(",\"arch\":\"%s\",\"head_pop\":\"%s\",\"err_level\":[", net.arch, head_pop);
             for (int k = 0; k < r.levels; k++) printf("%s%.4f", k ? "," : "", r.err_level[k]);
             printf("]");
             level_shift(&net, 1);
@@ -118,8 +124,8 @@ int cmd_eval(int argc, char **argv)
         if (r.levels) {
             printf("  the mean of %d levels' logits; each level alone:", r.levels);
             for (int k = 0; k < r.levels; k++) printf(" %.2f%%", r.err_level[k]);
-            if (net.head.norm == BL_HEAD_BN && !stats)
-                printf(" (head statistics %s)", net.head.pop_level ? "per level" : "pooled");
+            if (!strcmp(head_norm, "bn") && !stats)
+                printf(" (head statistics %s)", !strcmp(head_pop, "level") ? "per level" : "pooled");
             printf("\n");
             level_shift(&net, 0);
         }

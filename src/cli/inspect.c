@@ -15,7 +15,7 @@ int cmd_inspect(int argc, char **argv)
     cli_foreign_init(&fo);
     char data_dir[1024];
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
-    const cli_opt opts[] = {
+    const cli_opt base[] = {
         {"--samples", OPT_LONG, &c.samples, 0, 1, 60000, NULL,
          "training images for the PreciseBN reference"},
         {"--batch", OPT_INT, &c.batch, 0, 2, 60000, NULL,
@@ -27,7 +27,8 @@ int cmd_inspect(int argc, char **argv)
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
         CLI_FOREIGN_OPTS(&fo),
     };
-    const int n = sizeof opts / sizeof *opts;
+    cli_opt opts[64];
+    const int n = cli_table(opts, 64, base, sizeof base / sizeof *base, &fo.fam);
     const char *pos[1];
     int np;
     int rc = cli_parse("inspect", "CHECKPOINT [options]", argc, argv, opts, n, pos, 1, &np);

@@ -222,12 +222,102 @@ void cli_error(const char *cmd, const cli_opt *opts, int n)
     fprintf(stderr, "bnlab %s: %s\n", cmd, out);
 }
 
+/* One family option as a command-line option: --name with '-' for '_'. */
+static cli_opt *add_fopt(cli_famopts *f, const bl_family_opt *o, void *ptr, int open,
+                         const char *owner)
+{
+    const int k = f->n;
+    if (k >= CLI_MAX_FAMOPTS) return NULL;
+    snprintf(f->flag[k], sizeof f->flag[k], "--%s", o->name);
+    for (char *q = f->flag[k] + 2; *q; q++) *q = *q == '_' ? '-' : *q;
+    for (int i = 0; i < k; i++)
+        if (!strcmp(f->flag[i], f->flag[k])) return NULL; /* declared by an earlier family */
+    cli_opt *c = &f->opt[k];
+    f->fopt[k] = o;
+    c->name = f->flag[k];
+    c->type = o->type == BL_FOPT_INT ? OPT_INT : o->type == BL_FOPT_DOUBLE ? OPT_DOUBLE : OPT_CHOICE;
+    c->ptr = ptr;
+    c->lo = o->lo, c->hi = o->hi;
+    c->choices = o->choices;
+    if (open) {
+        snprintf(f->choices[k], sizeof f->choices[k], "checkpoint|%s", o->choices);
+        c->choices = f->choices[k];
+        c->ptr = &f->value[k];
+        f->value[k] = 0;
+    }
+    snprintf(f->help[k], sizeof f->help[k], "%s%s%s%s", owner ? owner : "", owner ? ": " : "",
+             o->help, open ? " (checkpoint: the one it was trained with)" : "");
+    c->help = f->help[k];
+    f->n++;
+    return c;
+}
+
+void cli_famopts_model(cli_famopts *f, bl_model *m)
+{
+    memset(f, 0, sizeof *f);
+    const bl_family *own = m->family;
+    for (int k = 0; own && k < own->n_opts; k++)
+        add_fopt(f, &own->opts[k], m->opts.bytes + own->opts[k].offset, 0, NULL);
+    f->n_own = f->n;
+    for (int i = 0, s = 0; i < bl_family_count() && s < 8; i++) {
+        const bl_family *o = bl_family_at(i);
+        if (o == own) continue;
+        bl_model *sc = &f->scratch[s++];
+        memset(sc, 0, sizeof *sc);
+        sc->family = o;
+        if (o->defaults) o->defaults(sc->opts.bytes);
+        for (int k = 0; k < o->n_opts; k++)
+            add_fopt(f, &o->opts[k], sc->opts.bytes + o->opts[k].offset, 0, o->usage);
+    }
+}
+
+void cli_famopts_open(cli_famopts *f)
+{
+    memset(f, 0, sizeof *f);
+    for (int i = 0; i < bl_family_count(); i++) {
+        const bl_family *o = bl_family_at(i);
+        for (int k = 0; k < o->n_opts; k++)
+            if (o->opts[k].open && o->opts[k].type == BL_FOPT_CHOICE)
+                add_fopt(f, &o->opts[k], NULL, 1, o->usage);
+    }
+}
+
+/* The families that declare an option of this name, for messages. */
+static void owners(const char *name, char *buf, size_t len)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < bl_family_count() && o < len; i++)
+        if (bl_family_opt_find(bl_family_at(i), name))
+            o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "", bl_family_at(i)->usage);
+}
+
+int cli_famopts_refuse(const char *cmd, const cli_famopts *f, const bl_model *m)
+{
+    for (int k = f->n_own; k < f->n; k++) {
+        if (!cli_given(f->opt[k].name)) continue;
+        char who[512];
+        owners(f->fopt[k]->name, who, sizeof who);
+        fprintf(stderr, "bnlab %s: %s applies to %s, not %s\n", cmd, f->opt[k].name, who, m->name);
+        return 2;
+    }
+    return 0;
+}
+
+int cli_table(cli_opt *out, int max, const cli_opt *base, int n_base, const cli_famopts *f)
+{
+    int n = 0;
+    for (int k = 0; k < n_base && n < max; k++) out[n++] = base[k];
+    for (int k = 0; f && k < f->n && n < max; k++) out[n++] = f->opt[k];
+    return n;
+}
+
 #ifdef BL_HAVE_CJSON
 void cli_foreign_init(cli_foreign *f)
 {
     bl_model_spec_defaults(&f->spec);
     f->mean[0] = f->std[0] = 0;
-    f->head_pop = 0;
+    cli_famopts_open(&f->fam);
     f->reestimates = 0;
 }
 
@@ -280,24 +370,25 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
         bl_net_free(net);
         return 2;
     }
-    if (f->head_pop && !net->levels) {
-        fprintf(stderr, "bnlab %s: --head-pop: %s is a %s, without the multi-level head "
-                "(resnetN-ml)\n", cmd, path, net->arch);
-        bl_net_free(net);
-        return 2;
+    /* the families' open options given: the net's family must have them (then it applies them) */
+    bl_model m = net->model;
+    int any = 0;
+    for (int k = 0; k < f->fam.n; k++) {
+        if (!f->fam.value[k]) continue;
+        const bl_family_opt *o = bl_family_opt_find(m.family, f->fam.fopt[k]->name);
+        if (!o) {
+            char who[512];
+            owners(f->fam.fopt[k]->name, who, sizeof who);
+            fprintf(stderr, "bnlab %s: %s applies to %s; %s is a %s\n", cmd, f->fam.opt[k].name,
+                    who, path, net->arch);
+            bl_net_free(net);
+            return 2;
+        }
+        bl_model_set(&m, o, f->fam.value[k] - 1);
+        any = 1;
     }
-    if (f->head_pop && net->head.norm != BL_HEAD_BN) {
-        fprintf(stderr, "bnlab %s: --head-pop: the head of %s has no BN statistics (--head-norm "
-                "%s)\n", cmd, path, bl_head_norm_name(net->head.norm));
-        bl_net_free(net);
-        return 2;
-    }
-    if (f->head_pop && f->reestimates) { /* statistics about to be replaced: no check */
-        net->head.pop_level = f->head_pop == 2;
-        bl_net_set_levels_pop(net, f->head_pop != 2);
-    } else if (f->head_pop && bl_net_head_pop(net, f->head_pop == 2)) {
-        fprintf(stderr, "bnlab %s: --head-pop %s: %s\n", cmd, f->head_pop == 2 ? "level" : "shared",
-                bl_error());
+    if (any && m.family->reopen && m.family->reopen(net, &m, f->reestimates)) {
+        cli_error(cmd, opts, n_opts);
         bl_net_free(net);
         return 2;
     }

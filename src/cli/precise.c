@@ -24,7 +24,7 @@ int cmd_precise(int argc, char **argv)
     cli_foreign_init(&fo);
     fo.reestimates = 1;
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
-    const cli_opt opts[] = {
+    const cli_opt base[] = {
         {"--out|-o", OPT_STR, out, sizeof out, 0, 0, NULL, "the new checkpoint (required)"},
         {"--samples", OPT_LONG, &c.samples, 0, 1, 60000, NULL,
          "training images, drawn without replacement (60000: each once)"},
@@ -35,8 +35,10 @@ int cmd_precise(int argc, char **argv)
         {"--sequential", OPT_ONOFF, &c.sequential, 0, 0, 0, NULL,
          "exact mode: layer by layer, earlier layers already on their new statistics (no "
          "small-batch error, independent of --batch; about K/2 forwards for K BN layers)"},
-        {"--head-norm-batch", OPT_INT, &c.head_norm_batch, 0, 0, 60000, NULL,
-         "a crop head (resnetN-crops): its BN layers normalize the crops of groups of N images "
+        {"--norm-batch", OPT_INT, &c.plan.norm_batch, 0, 0, 60000, NULL,
+         "each BN layer normalizes ghost groups of N images of a batch (0: the whole --batch)"},
+        {"--head-bn-images", OPT_INT, &c.plan.head_bn_images, 0, 0, 60000, NULL,
+         "a head that normalizes its own groups (resnetN-crops): the crops of groups of N images "
          "(e.g. its training's --head-bn-images; 0: the whole --batch)"},
         {"--eval", OPT_ONOFF, &evaluate, 0, 0, 0, NULL, "test error before and after"},
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
@@ -44,7 +46,8 @@ int cmd_precise(int argc, char **argv)
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
         CLI_FOREIGN_OPTS(&fo),
     };
-    const int n = sizeof opts / sizeof *opts;
+    cli_opt opts[64];
+    const int n = cli_table(opts, 64, base, sizeof base / sizeof *base, &fo.fam);
     const char *pos[1];
     int np;
     int rc = cli_parse("precise", "CHECKPOINT -o OUT.safetensors [options]", argc, argv, opts, n,
@@ -68,9 +71,9 @@ int cmd_precise(int argc, char **argv)
                                   &fo, opts, n, &net, &info)))
         return rc;
     c.recipe = info.recipe;
-    if (c.head_norm_batch && !net.crops) {
-        fprintf(stderr, "bnlab precise: --head-norm-batch applies to a crop head; %s is a %s\n",
-                pos[0], net.arch);
+    if (c.plan.head_bn_images && !(net.model.family->plan_uses & BL_PLAN_HEAD_BN_IMAGES)) {
+        fprintf(stderr, "bnlab precise: --head-bn-images applies to a head that normalizes its own "
+                "groups (resnetN-crops); %s is a %s\n", pos[0], net.arch);
         bl_net_free(&net);
         return 2;
     }
@@ -89,7 +92,7 @@ int cmd_precise(int argc, char **argv)
     double t0 = 0, secs = 0;
     if (!json) c.progress = isatty(2) ? progress : NULL;
     rc = evaluate ? bl_evaluate(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &before) : BL_OK;
-    if (rc == BL_ERR_STATE && net.levels && bl_net_levels_check(&net)) {
+    if (rc == BL_ERR_STATE && bl_net_levels_check(&net)) {
         /* the per-level statistics this run estimates are not in the file: no "before" */
         if (!json) printf("note: no error before (%s)\n", bl_error());
         bl_error_clear();

@@ -127,11 +127,11 @@ static void on_diverged(void *u, long step, int epoch, const char *layer)
 static void print_summary(const bl_train_cfg *c, const bl_train_summary *s, const char *mpath)
 {
     printf("\nsummary\n");
-    printf("  %-24s %s w=%d\n", "model", c->model, c->width);
+    printf("  %-24s %s w=%d\n", "model", c->model.name, c->model.width);
     printf("  %-24s %d / %ld\n", "epochs / steps", s->epochs, s->steps);
-    if (s->head_group)
-        printf("  %-24s %d / %d image%s%s\n", "batch / head BN group", c->batch, s->head_group,
-               s->head_group > 1 ? "s" : "", c->bn_shuffle ? "' crops, shuffled" : "' crops");
+    if (s->head_bn_images)
+        printf("  %-24s %d / %d image%s%s\n", "batch / head BN images", c->batch, s->head_bn_images,
+               s->head_bn_images > 1 ? "s" : "", c->plan.bn_shuffle ? "' crops, shuffled" : "' crops");
     else
         printf("  %-24s %d / %d\n", "batch / norm batch", c->batch, s->norm_batch);
     const char *err = s->validation ? "validation error" : "test error";
@@ -191,56 +191,55 @@ static bl_status start_metrics(const char *path, int resumed_epoch)
 #endif
 
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+/* The --model of a command line (before the options are parsed: its family's options join the
+ * table), or NULL. */
+static const char *model_arg(int argc, char **argv)
+{
+    const char *m = NULL;
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--model")) m = argv[i + 1];
+    return m;
+}
+
 static int train_main(cli_dist *d, int argc, char **argv)
 {
     bl_train_cfg c;
     bl_train_defaults(&c);
     int sched = (int)c.schedule, scaling = 0, final_precise = 0; /* auto|on|off */
-    int head_norm = 0, head_sgd = 0, head_pop = 0, head_affine = 0;
-    const cli_opt opts[] = {
-        {"--model", OPT_STR, c.model, sizeof c.model, 0, 0, NULL,
+    char model[32];
+    snprintf(model, sizeof model, "%s", model_arg(argc, argv) ? model_arg(argc, argv) : "resnet20");
+    if (bl_model_init(&c.model, model)) {
+        fprintf(stderr, "bnlab train: --model: %s\n", bl_error());
+        return 2;
+    }
+    cli_famopts fam;
+    cli_famopts_model(&fam, &c.model);
+    const cli_opt base[] = {
+        {"--model", OPT_STR, model, sizeof model, 0, 0, NULL,
          "resnet8|14|20|32|56 (6n+2); resnetN-ml: with the multi-level head (docs/multi-level.md); "
          "resnetN-crops: with the crop head (docs/crop-head.md)"},
-        {"--width", OPT_INT, &c.width, 0, 1, 1024, NULL, "channels of the first stage"},
-        {"--head-norm", OPT_CHOICE, &head_norm, 0, 0, 0, "bn|gn|none",
-         "resnetN-ml, -crops: the head's normalization (gn: ml groups of 4 channels, crops 32 "
-         "groups per crop)"},
-        {"--head-sgd", OPT_CHOICE, &head_sgd, 0, 0, 0, "shared|level",
-         "resnetN-ml, bn: training statistics pooled over the levels' pixels, or per level"},
-        {"--head-pop", OPT_CHOICE, &head_pop, 0, 0, 0, "shared|level",
-         "resnetN-ml, bn: the population statistics inference uses by default (both are kept)"},
-        {"--head-affine", OPT_CHOICE, &head_affine, 0, 0, 0, "shared|level",
-         "resnetN-ml: gamma and beta shared by the levels, or per level"},
-        {"--head-width", OPT_INT, &c.head.width, 0, 4, 4096, NULL,
-         "resnetN-ml: the laterals' and the head's channels (a multiple of 4; default 32); "
-         "resnetN-crops: the fc layers' width (default 256)"},
-        {"--crops", OPT_INT, &c.head.crops, 0, 1, 4096, NULL,
-         "resnetN-crops: crops per image (square, placed uniformly inside the 14x14 map)"},
-        {"--crop-min", OPT_DOUBLE, &c.head.crop_min, 0, 0.01, 1e4, NULL,
-         "resnetN-crops: the smallest crop side, in map pixels"},
-        {"--crop-max", OPT_DOUBLE, &c.head.crop_max, 0, 0.01, 1e4, NULL,
-         "resnetN-crops: the largest crop side, in map pixels (at most the map's 14)"},
-        {"--head-bn-images", OPT_INT, &c.head_bn_images, 0, 0, 65536, NULL,
+        {"--width", OPT_INT, &c.model.width, 0, 1, 1024, NULL, "channels of the first stage"},
+        {"--head-bn-images", OPT_INT, &c.plan.head_bn_images, 0, 0, 65536, NULL,
          "resnetN-crops, bn: the head normalizes the crops of groups of N images (0: of the whole "
          "batch, or of each process's share under mpirun); one process emulates W processes with "
          "N = batch/W"},
-        {"--bn-shuffle", OPT_ONOFF, &c.bn_shuffle, 0, 0, 0, NULL,
+        {"--bn-shuffle", OPT_ONOFF, &c.plan.bn_shuffle, 0, 0, 0, NULL,
          "resnetN-crops, bn: the head's crops permuted across the processes (or the groups of "
          "--head-bn-images) before its first BN, and back after the head"},
         {"--epochs", OPT_INT, &c.epochs, 0, 1, 100000, NULL, "epochs"},
         {"--batch", OPT_INT, &c.batch, 0, 2, 65536, NULL, "SGD batch"},
-        {"--norm-batch", OPT_INT, &c.norm_batch, 0, 0, 65536, NULL,
+        {"--norm-batch", OPT_INT, &c.plan.norm_batch, 0, 0, 65536, NULL,
          "normalization batch: ghost groups of G inside the SGD batch (0 = the SGD batch; under "
          "mpirun -np W: each process's share, ceil(batch/W))"},
-        {"--sync-bn", OPT_ONOFF, &c.sync_bn, 0, 0, 0, NULL,
+        {"--sync-bn", OPT_ONOFF, &c.plan.sync_bn, 0, 0, 0, NULL,
          "under mpirun: SyncBN, every BN layer normalizes over the global batch (off: each "
          "process over its share)"},
         {"--lr", OPT_DOUBLE, &c.lr, 0, 0, 100, NULL, "base learning rate"},
         {"--lr-scaling", OPT_CHOICE, &scaling, 0, 0, 0, "none|linear", "linear: lr x batch/128"},
-        {"--momentum", OPT_DOUBLE, &c.momentum, 0, 0, 1, NULL, "SGD momentum"},
-        {"--nesterov", OPT_ONOFF, &c.nesterov, 0, 0, 0, NULL, "Nesterov momentum"},
-        {"--wd", OPT_DOUBLE, &c.wd, 0, 0, 1, NULL, "weight decay (coupled, as PyTorch's SGD)"},
-        {"--wd-bn", OPT_ONOFF, &c.wd_bn, 0, 0, 0, NULL, "weight decay also on BN and biases"},
+        {"--momentum", OPT_DOUBLE, &c.sgd.momentum, 0, 0, 1, NULL, "SGD momentum"},
+        {"--nesterov", OPT_ONOFF, &c.sgd.nesterov, 0, 0, 0, NULL, "Nesterov momentum"},
+        {"--wd", OPT_DOUBLE, &c.sgd.wd, 0, 0, 1, NULL, "weight decay (coupled, as PyTorch's SGD)"},
+        {"--wd-bn", OPT_ONOFF, &c.sgd.wd_bn, 0, 0, 0, NULL, "weight decay also on BN and biases"},
         {"--schedule", OPT_CHOICE, &sched, 0, 0, 0, "cosine|step|const",
          "per-step schedule (step: x0.1 at 50% and 75%)"},
         {"--warmup-epochs", OPT_DOUBLE, &c.warmup_epochs, 0, 0, 1000, NULL, "linear warmup"},
@@ -280,61 +279,24 @@ static int train_main(cli_dist *d, int argc, char **argv)
          "the checkpoint's epoch"},
         {"--data-dir", OPT_STR, c.data_dir, sizeof c.data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
     };
-    const int n = sizeof opts / sizeof *opts;
+    cli_opt opts[96];
+    const int n_base = sizeof base / sizeof *base;
+    const int n = cli_table(opts, 96, base, n_base, &fam);
     const char *pos[1];
     int np;
     int rc = cli_parse("train", "[options]", argc, argv, opts, n, pos, 0, &np);
     if (rc) return rc == 1 ? 0 : 2;
+    if ((rc = cli_famopts_refuse("train", &fam, &c.model))) return rc;
     c.schedule = (bl_schedule)sched;
-    c.head.norm = (bl_head_norm)head_norm, c.head.sgd_level = head_sgd;
-    c.head.pop_level = head_pop, c.head.affine_level = head_affine;
-    {
-        /* which head each option belongs to: 1 ml, 2 crops, 3 both */
-        static const char *head_opts[] = {"--head-norm", "--head-sgd", "--head-pop", "--head-affine",
-                                          "--head-width", "--crops", "--crop-min", "--crop-max"};
-        static const int head_of[] = {3, 1, 1, 1, 3, 2, 2, 2};
-        int depth, kind = 0, any = 0;
-        const int known = !bl_model_parse(c.model, &depth, &kind);
-        for (int k = 0; k < 8; k++) {
-            if (!cli_given(head_opts[k])) continue;
-            any = 1;
-            if (known && !(head_of[k] & (kind == BL_MODEL_ML ? 1 : kind == BL_MODEL_CROPS ? 2 : 0))) {
-                const int base = (int)strcspn(c.model, "-");
-                if (head_of[k] == 3)
-                    fprintf(stderr, "bnlab train: %s applies to models with a head (--model "
-                            "%.*s-ml or %.*s-crops), not %s\n", head_opts[k], base, c.model,
-                            base, c.model, c.model);
-                else
-                    fprintf(stderr, "bnlab train: %s applies to models with the %s (--model "
-                            "%.*s-%s), not %s\n", head_opts[k],
-                            head_of[k] == 1 ? "multi-level head" : "crop head", base, c.model,
-                            head_of[k] == 1 ? "ml" : "crops", c.model);
-                return 2;
-            }
-            if (c.head.norm != BL_HEAD_BN && (k == 1 || k == 2)) {
-                fprintf(stderr, "bnlab train: %s is a choice of BN's statistics; --head-norm %s "
-                        "has none\n", head_opts[k], bl_head_norm_name(c.head.norm));
-                return 2;
-            }
-            if (c.head.norm == BL_HEAD_NONE && k == 3) {
-                fprintf(stderr, "bnlab train: --head-affine: --head-norm none has no affine "
-                        "parameters\n");
-                return 2;
-            }
-        }
-        /* a resumed run keeps its checkpoint's head unless told otherwise (then it must match) */
-        bl_ckpt_info ck;
-        if (kind != BL_MODEL_PLAIN && !any && c.resume[0] && !bl_checkpoint_read_info(c.resume, &ck)) {
-            c.head = ck.head; /* and the table, so the printed configuration says so */
-            head_norm = (int)c.head.norm, head_sgd = c.head.sgd_level;
-            head_pop = c.head.pop_level, head_affine = c.head.affine_level;
-        }
-        bl_error_clear();
-        if (known) bl_head_resolve(&c.head, kind); /* the printed width is the one used */
+    /* the one resolve step the library shares: a resumed run takes its checkpoint's head and
+     * plan where the command line leaves them at their defaults */
+    if (bl_train_resolve(&c)) {
+        cli_error("train", opts, n);
+        return 2;
     }
     c.lr_scaling = scaling;
     c.final_precise_bn = final_precise == 0 ? -1 : final_precise == 1;
-    cli_print_config(stdout, "train", opts, n);
+    cli_print_config(stdout, "train", opts, n_base + fam.n_own); /* the model's options only */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -355,7 +317,7 @@ static int train_main(cli_dist *d, int argc, char **argv)
     if (d->world > 1)
         printf("%d processes (mpirun), global batch %d: shares of %d, %s\n", d->world, c.batch,
                (c.batch + d->world - 1) / d->world,
-               c.sync_bn ? "SyncBN over the global batch" : "BN per process");
+               c.plan.sync_bn ? "SyncBN over the global batch" : "BN per process");
     if (c.out[0] && d->rank == 0) {
         snprintf(view.mpath, sizeof view.mpath, "%s/metrics.jsonl", c.out);
         st = start_metrics(view.mpath, view.resumed_epoch);

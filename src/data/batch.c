@@ -54,7 +54,7 @@ void bl_epoch_order(int n, uint64_t seed, int epoch, int *order)
 {
     bl_rng r;
     /* the trailing 0 was the rank before the order became global: kept, so orders stay the same */
-    bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(seed, 0x5eed0000u + (uint64_t)epoch), 0));
+    bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(seed, BL_SALT_ORDER + (uint64_t)epoch), 0));
     for (int i = 0; i < n; i++) order[i] = i;
     bl_rng_shuffle(&r, order, n);
 }
@@ -81,7 +81,7 @@ void bl_dataset_batch(const bl_dataset *d, const bl_recipe *rc, const int *idx, 
         int dy = 0, dx = 0, flip = 0;
         if (pad || flip_on) {
             bl_rng r;
-            bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(aug->seed, 0xa0a0u + (uint64_t)aug->epoch), (uint64_t)idx[i]));
+            bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(aug->seed, BL_SALT_AUGMENT + (uint64_t)aug->epoch), (uint64_t)idx[i]));
             if (pad) {
                 dy = (int)bl_rng_below(&r, 2 * pad + 1) - pad;
                 dx = (int)bl_rng_below(&r, 2 * pad + 1) - pad;

@@ -405,7 +405,7 @@ bl_status bl_corrupt_image(bl_corruption c, int severity, uint64_t seed, long in
     double *buf = bl_malloc(sizeof(double) * n * 5);
     if (!buf) return bl_fail(BL_ERR_NOMEM, "corrupt: out of memory");
     bl_rng r;
-    bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(bl_rng_mix(seed, 0xc0de0000u + (uint64_t)c), (uint64_t)severity),
+    bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(bl_rng_mix(seed, BL_SALT_CORRUPT + (uint64_t)c), (uint64_t)severity),
                         (uint64_t)index));
     img m = {h, w, buf, buf + n, buf + 2 * n, buf + 3 * n, buf + 4 * n, &r};
     for (int i = 0; i < n; i++) m.x[i] = in[i] / 255.0;

@@ -2,7 +2,9 @@
  * "2fc" box head with a norm after each fc, and the shuffle of its rows across processes. Its
  * tensors hold K rows per image (per-sample shape (K, 1, C)), so a BN layer normalizes the crops
  * of the images in its groups, and every other layer works row by row. */
-#include "nn/net.h"
+#include "nn/resnet.h"
+
+#include <stddef.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,16 +35,15 @@ static bl_status roi_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     roi_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]];
-    const bl_crop_src *src = ctx->crops;
+    const bl_draw *src = ctx->draw;
     const int n = net->batch;
     bl_status st;
-    if (src && src->boxes) {
-        memcpy(s->boxes, src->boxes, sizeof(bl_box) * (size_t)n * s->K);
+    if (src && src->fixed) {
+        memcpy(s->boxes, src->fixed, sizeof(bl_box) * (size_t)n * s->K);
         for (int i = 0; i < n * s->K; i++) s->box_image[i] = i / s->K;
     } else if ((st = bl_crop_boxes(n, src && src->ids ? src->ids : s->ids, s->K, x->h, x->w, s->lo,
-                                   s->hi, src ? src->seed : BL_CROP_TEST_SEED,
-                                   src ? src->stream : BL_CROP_TEST_STREAM, s->boxes,
-                                   s->box_image))) {
+                                   s->hi, src ? src->seed : BL_SEED_EVAL_CROPS,
+                                   src ? src->stream : BL_STREAM_EVAL, s->boxes, s->box_image))) {
         return bl_fail_ctx(st, "layer '%s'", l->name);
     }
     return bl_roi_align_forward(x->data, n, x->h, x->w, x->c, s->boxes, s->box_image, n * s->K,
@@ -67,8 +68,9 @@ static void roi_free(bl_layer *l)
     free(s);
 }
 
-static const bl_layer_ops roi_ops = {BL_LAYER_ROI, "roi", roi_bind, roi_forward, roi_backward,
-                                     roi_free,     NULL,  NULL};
+static const bl_layer_ops roi_ops = {.kind = BL_LAYER_ROI, .kind_name = "roi", .bind = roi_bind,
+                                     .forward = roi_forward, .backward = roi_backward,
+                                     .free = roi_free};
 
 bl_status bl_net_roi(bl_net *net, const char *name, int in, int K, double lo, double hi, int *out)
 {
@@ -145,8 +147,26 @@ static bl_status shuffle_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 
 static void shuffle_free(bl_layer *l) { free(l->state); }
 
-static const bl_layer_ops shuffle_ops = {BL_LAYER_SHUFFLE, "shuffle", NULL, shuffle_forward,
-                                         shuffle_backward, shuffle_free, NULL, NULL};
+/* An earlier layer failed: the other processes wait in this shuffle's exchange, so join it with
+ * whatever rows there are. */
+static void shuffle_abort(bl_layer *l, bl_net *net, const bl_ctx *ctx)
+{
+    if (ctx->shuffle && ctx->shuffle->route) shuffle_forward(l, net, ctx);
+}
+
+static const bl_layer_ops shuffle_ops = {.kind = BL_LAYER_SHUFFLE, .kind_name = "shuffle",
+                                         .forward = shuffle_forward, .backward = shuffle_backward,
+                                         .free = shuffle_free, .abort = shuffle_abort};
+
+int bl_net_shuffle_rows(const bl_net *net)
+{
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].ops == &shuffle_ops) {
+            const bl_tensor *x = &net->t[net->layers[i].in[0]];
+            return x->h * x->w;
+        }
+    return 0;
+}
 
 bl_status bl_net_shuffle(bl_net *net, const char *name, int in, int dir, int *out)
 {
@@ -168,30 +188,25 @@ bl_status bl_net_shuffle(bl_net *net, const char *name, int in, int dir, int *ou
 }
 
 /* ---- the head ------------------------------------------------------------------------------------- */
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        if ((st = (expr))) return st;                                                              \
-    } while (0)
-
-static bl_status norm(bl_net *net, const bl_head_cfg *hd, int stage, int *t)
+static bl_status norm(bl_net *net, const bl_resnet_crops_opts *hd, int stage, int *t)
 {
     bl_status st;
     char name[64];
     snprintf(name, sizeof name, "head.norm%d", stage);
-    if (hd->norm < BL_HEAD_BN || hd->norm > BL_HEAD_NONE)
-        return bl_fail(BL_ERR_ARG, "crop head: unknown norm %d", (int)hd->norm);
-    if (hd->norm == BL_HEAD_BN) TRY(bl_net_bn(net, name, *t, t));
-    else if (hd->norm == BL_HEAD_GN) TRY(bl_net_gn_rows(net, name, *t, 32, t));
+    if (hd->head_norm < BL_HEAD_BN || hd->head_norm > BL_HEAD_NONE)
+        return bl_fail(BL_ERR_ARG, "crop head: unknown norm %d", hd->head_norm);
+    if (hd->head_norm == BL_HEAD_BN) TRY(bl_net_bn(net, name, *t, t));
+    else if (hd->head_norm == BL_HEAD_GN) TRY(bl_net_gn_rows(net, name, *t, 32, t));
     snprintf(name, sizeof name, "head.relu%d", stage);
     return bl_net_relu(net, name, *t, t);
 }
 
-bl_status bl_crop_head(bl_net *net, int in, const bl_head_cfg *hd, int classes, int *out)
+bl_status bl_crop_head(bl_net *net, int in, const bl_resnet_crops_opts *hd, int classes, int *out)
 {
     bl_status st;
-    const int W = hd->width;
+    const int W = hd->head_width;
     /* GN of one channel per group would output beta alone: at least 2 */
-    if (W < 1 || (hd->norm == BL_HEAD_GN && (W % 32 || W < 64)))
+    if (W < 1 || (hd->head_norm == BL_HEAD_GN && (W % 32 || W < 64)))
         return bl_fail(BL_ERR_ARG, "crop head: width %d: use a positive width (GN: a multiple of "
                        "32 of at least 64, for 32 groups of 2 or more channels)", W);
     const bl_tensor *map = &net->t[in];
@@ -203,7 +218,7 @@ bl_status bl_crop_head(bl_net *net, int in, const bl_head_cfg *hd, int classes, 
                        map->w);
     int t;
     TRY(bl_net_roi(net, "head.roi", in, hd->crops, hd->crop_min, hd->crop_max, &t));
-    const int bias = hd->norm == BL_HEAD_NONE; /* a norm's beta replaces the fc's bias */
+    const int bias = hd->head_norm == BL_HEAD_NONE; /* a norm's beta replaces the fc's bias */
     TRY(bl_net_linear_rows(net, "head.fc1", t, W, bias, &t));
     /* the shuffle goes before the first norm (fc1 works row by row: the same as before it) */
     TRY(bl_net_shuffle(net, "head.shuffle", t, 1, &t));
@@ -212,8 +227,151 @@ bl_status bl_crop_head(bl_net *net, int in, const bl_head_cfg *hd, int classes, 
     TRY(norm(net, hd, 2, &t));
     TRY(bl_net_linear_rows(net, "head.cls", t, classes, 1, &t));
     TRY(bl_net_shuffle(net, "head.unshuffle", t, -1, &t));
-    net->crops = hd->crops;
-    net->head = *hd;
     *out = t;
     return BL_OK;
 }
+
+/* ---- the family "resnet-crops" ------------------------------------------------------------------
+ * Stages 1-2 of the ResNet (a 14x14 map from 28x28), then the crop head. Its backbone always
+ * normalizes the whole (global) batch; the head's BN layers normalize the crops of groups of
+ * head_bn_images images. */
+static int parse(const char *name, void *opts)
+{
+    return bl_resnet_name(name, "-crops", &((bl_resnet_crops_opts *)opts)->depth);
+}
+
+static void defaults(void *opts)
+{
+    bl_resnet_crops_opts *o = opts;
+    o->crops = 16;
+    o->crop_min = 4, o->crop_max = 10;
+}
+
+static bl_status resolve(bl_model *m)
+{
+    bl_resnet_crops_opts *o = bl_model_opts(m);
+    if (!o->head_width) o->head_width = 256;
+    return BL_OK;
+}
+
+static bl_status build(bl_net *net, const bl_model *m, int classes, int h, int w, int c,
+                       int max_batch)
+{
+    const bl_resnet_crops_opts *hd = bl_model_opts_c(m);
+    bl_status st = bl_resnet_check(hd->depth, m->width, classes);
+    if (st) return st;
+    int stage[2], t;
+    TRY(bl_net_init(net, h, w, c, max_batch));
+    TRY(bl_resnet_backbone(net, hd->depth, m->width, 2, stage));
+    TRY(bl_crop_head(net, stage[1], hd, classes, &t));
+    return bl_net_finalize(net);
+}
+
+/* The head's first BN core: the first after its RoIAlign (n_bn without one). */
+static int head_bn(const bl_net *net)
+{
+    int roi = net->n_layers, k = net->n_bn;
+    for (int li = 0; li < net->n_layers && roi == net->n_layers; li++)
+        if (net->layers[li].ops == &roi_ops) roi = li;
+    while (k > 0 && net->bn_layer[k - 1] > roi) k--;
+    return k;
+}
+
+static bl_status plan_pass(const bl_net *net, const bl_plan *plan, const bl_pass_spec *s,
+                           bl_pass *p)
+{
+    const int first = head_bn(net), K = net->n_bn;
+    bl_status st = BL_OK;
+    int head = 0; /* the head's own groups in p->groups[1] */
+    if (s->stream >= 0) {
+        /* training: the backbone over the global batch; the head over groups of images of the
+         * share (the whole share without head_bn_images), or the global batch under SyncBN */
+        p->groups[0].reducer = s->reducer;
+        st = bl_pass_groups(p, 1, s->n, plan->head_bn_images, plan->sync_bn ? s->reducer : NULL);
+        head = 1;
+    } else if (s->stream == BL_STREAM_EVAL && s->mode == BL_BN_BATCH) {
+        /* mini-batch evaluation: the backbone on population statistics, the head on its groups'
+         * (the paper's test batch: one image's crops) */
+        for (int k = 0; k < first; k++) p->use[k].mode = BL_BN_POPULATION;
+        st = bl_pass_groups(p, 1, s->n, plan->head_bn_images, NULL);
+        head = 1;
+    } else if (plan->head_bn_images && plan->head_bn_images < s->n && !plan->sync_bn) {
+        /* PreciseBN, inspect: the head's groups of images as in its training */
+        st = bl_pass_groups(p, 1, s->n, plan->head_bn_images, NULL);
+        head = 1;
+    }
+    for (int k = first; k < K && head && !st; k++) p->use[k].groups = &p->groups[1];
+    return st;
+}
+
+static bl_status check_train(const bl_model *m, const bl_plan *plan, bl_train_check *c)
+{
+    const bl_resnet_crops_opts *hd = bl_model_opts_c(m);
+    const int hbi = plan->head_bn_images, sh = plan->bn_shuffle;
+    if (plan->norm_batch && plan->norm_batch < c->batch)
+        return bl_fail(BL_ERR_ARG, "cfg.norm_batch %d: the crop head's backbone normalizes the "
+                       "whole batch; the head's groups are cfg.head_bn_images", plan->norm_batch);
+    if (hd->head_norm != BL_HEAD_BN && (hbi || sh))
+        return bl_fail(BL_ERR_ARG, "cfg.%s: the head's norm is %s, which has no batch statistics",
+                       sh ? "bn_shuffle" : "head_bn_images",
+                       bl_head_norm_name((bl_head_norm)hd->head_norm));
+    if (plan->sync_bn && (hbi || sh))
+        return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.%s: SyncBN normalizes the head over the "
+                       "global batch; drop one of the two", sh ? "bn_shuffle" : "head_bn_images");
+    if (hd->head_norm == BL_HEAD_BN && hd->crops < 2 && c->eval_minibatch)
+        return bl_fail(BL_ERR_ARG, "cfg.eval_minibatch with cfg.crops 1: one image's crops give "
+                       "one value per channel; use 2 or more crops");
+    if (sh && c->world == 1 && (!hbi || hbi >= c->batch))
+        return bl_fail(BL_ERR_ARG, "cfg.bn_shuffle with the whole batch in one group changes "
+                       "nothing: emulate W processes with cfg.head_bn_images %d/W", c->batch);
+    if (hbi < 0 || hbi > c->share)
+        return bl_fail(BL_ERR_ARG, "cfg.head_bn_images %d: use 0 (the whole share) to %d, the "
+                       "images %s", hbi, c->share,
+                       c->world > 1 ? "of a process's share" : "of the batch");
+    if (c->world > 1 && c->uses_precise)
+        return bl_fail(BL_ERR_ARG, "PreciseBN or FrozenBN of a crop head across processes is not "
+                       "supported: run it after training in one process (bnlab precise)");
+    c->eval_norm_batch = 1; /* one image's crops */
+    c->head_bn_images = plan->sync_bn || !hbi ? (plan->sync_bn ? c->batch : c->share) : hbi;
+    c->final_precise = 0;  /* its EMA statistics are the paper's population statistics */
+    return BL_OK;
+}
+
+static bl_status plausible(const bl_model *m, int classes, int h, int w, int c, bl_tensor_lookup has,
+                           void *ctx)
+{
+    const bl_resnet_crops_opts *o = bl_model_opts_c(m);
+    return bl_resnet_plausible(o->depth, 2, "head.cls.weight", m->width, classes, h, w, c, has,
+                               ctx);
+}
+
+#define OFF(f) offsetof(bl_resnet_crops_opts, f)
+static const bl_family_opt opts[] = {
+    {.name = "head_norm", .key = "norm", .type = BL_FOPT_CHOICE, .offset = OFF(head_norm),
+     .choices = "bn|gn|none", .help = "the head's normalization (gn: 32 groups per crop)"},
+    {.name = "head_width", .key = "width", .type = BL_FOPT_INT, .offset = OFF(head_width), .lo = 0,
+     .hi = 4096, .help = "the fc layers' width (0: 256)"},
+    {.name = "crops", .key = "crops", .type = BL_FOPT_INT, .offset = OFF(crops), .lo = 1,
+     .hi = 4096, .help = "crops per image (square, placed uniformly inside the 14x14 map)"},
+    {.name = "crop_min", .key = "crop_min", .type = BL_FOPT_DOUBLE, .offset = OFF(crop_min),
+     .lo = 0.01, .hi = 1e4, .help = "the smallest crop side, in map pixels"},
+    {.name = "crop_max", .key = "crop_max", .type = BL_FOPT_DOUBLE, .offset = OFF(crop_max),
+     .lo = 0.01, .hi = 1e4, .help = "the largest crop side, in map pixels (at most the map's 14)"},
+};
+
+const bl_family bl_family_resnet_crops = {
+    .name = "resnet-crops",
+    .usage = "resnetN-crops (with the crop head)",
+    .help = "ResNet stages 1-2 and a crop head: K crops per image, RoIAlign, 2 fc (docs/crop-head.md)",
+    .opts_size = sizeof(bl_resnet_crops_opts),
+    .opts = opts,
+    .n_opts = sizeof opts / sizeof *opts,
+    .plan_uses = BL_PLAN_HEAD_BN_IMAGES | BL_PLAN_BN_SHUFFLE,
+    .parse = parse,
+    .defaults = defaults,
+    .resolve = resolve,
+    .build = build,
+    .check_train = check_train,
+    .plan_pass = plan_pass,
+    .plausible = plausible,
+};

@@ -14,7 +14,7 @@ bl_status bl_crop_boxes(int n, const int *sample_ids, int K, int h, int w, doubl
         return bl_fail(BL_ERR_ARG, "crops: sides up to %g map pixels do not fit the %dx%d map: use "
                        "sides of at most %d", hi, h, w, h < w ? h : w);
     if (n < 0) return bl_fail(BL_ERR_ARG, "crops: %d images", n);
-    const uint64_t key = bl_rng_mix(seed, 0xc7090000u + (uint64_t)(int64_t)stream);
+    const uint64_t key = bl_rng_mix(seed, BL_SALT_CROPS + (uint64_t)(int64_t)stream);
     for (int i = 0; i < n; i++) {
         bl_rng r;
         bl_rng_seed(&r, bl_rng_mix(key, (uint64_t)sample_ids[i]));
@@ -34,7 +34,7 @@ bl_status bl_shuffle_perm(uint64_t seed, long step, int total, int *perm)
     if (total < 0) return bl_fail(BL_ERR_ARG, "shuffle: %d items", total);
     for (int i = 0; i < total; i++) perm[i] = i;
     bl_rng r;
-    bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(seed, 0x5f0ff1e0u), (uint64_t)step));
+    bl_rng_seed(&r, bl_rng_mix(bl_rng_mix(seed, BL_SALT_SHUFFLE), (uint64_t)step));
     bl_rng_shuffle(&r, perm, total);
     return BL_OK;
 }

@@ -263,8 +263,9 @@ static void conv_free(bl_layer *l)
     free(l->state);
 }
 
-static const bl_layer_ops conv_ops = {BL_LAYER_CONV, "conv", NULL,      conv_forward,
-                                      conv_backward, conv_free, conv_infer, NULL};
+static const bl_layer_ops conv_ops = {.kind = BL_LAYER_CONV, .kind_name = "conv",
+                                      .forward = conv_forward, .backward = conv_backward,
+                                      .free = conv_free, .infer = conv_infer};
 
 /* The parameter `name` when declared already with this kind and shape (*idx; 1 returned), none
  * (0), or an error for a clash. */
@@ -402,8 +403,9 @@ static int bn_cores(bl_layer *l, bl_bn **core, unsigned *in)
     return 1;
 }
 
-static const bl_layer_ops bn_ops = {BL_LAYER_BN, "bn",    bn_bind, bn_forward, bn_backward,
-                                    bn_free,     NULL,    bn_cores};
+static const bl_layer_ops bn_ops = {.kind = BL_LAYER_BN, .kind_name = "bn", .bind = bn_bind,
+                                    .forward = bn_forward, .backward = bn_backward, .free = bn_free,
+                                    .cores = bn_cores};
 
 /* One row of statistics and parameters and the fast kernels (the reference kernel is kept
  * separate so that tests can compare against it). */
@@ -467,8 +469,8 @@ static bl_status relu_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     return BL_OK;
 }
 
-static const bl_layer_ops relu_ops = {BL_LAYER_RELU, "relu", NULL, relu_forward, relu_backward,
-                                      NULL, NULL, NULL};
+static const bl_layer_ops relu_ops = {.kind = BL_LAYER_RELU, .kind_name = "relu",
+                                      .forward = relu_forward, .backward = relu_backward};
 
 /* A layer without state: the constructors below differ only in shapes and checks. */
 static bl_status plain_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
@@ -505,8 +507,8 @@ static bl_status add_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     return BL_OK;
 }
 
-static const bl_layer_ops add_ops = {BL_LAYER_ADD, "add", NULL, add_forward, add_backward, NULL,
-                                     NULL, NULL};
+static const bl_layer_ops add_ops = {.kind = BL_LAYER_ADD, .kind_name = "add",
+                                     .forward = add_forward, .backward = add_backward};
 
 bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out)
 {
@@ -552,8 +554,8 @@ static bl_status gap_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     return BL_OK;
 }
 
-static const bl_layer_ops gap_ops = {BL_LAYER_GAP, "gap", NULL, gap_forward, gap_backward, NULL,
-                                     NULL, NULL};
+static const bl_layer_ops gap_ops = {.kind = BL_LAYER_GAP, .kind_name = "gap",
+                                     .forward = gap_forward, .backward = gap_backward};
 
 bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out)
 {
@@ -601,8 +603,9 @@ static bl_status linear_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     return BL_OK;
 }
 
-static const bl_layer_ops linear_ops = {BL_LAYER_LINEAR, "linear",   NULL,     linear_forward,
-                                        linear_backward, free_state, NULL, NULL};
+static const bl_layer_ops linear_ops = {.kind = BL_LAYER_LINEAR, .kind_name = "linear",
+                                        .forward = linear_forward, .backward = linear_backward,
+                                        .free = free_state};
 
 static bl_status linear_make(bl_net *net, const char *name, int in, int cout, int bias, int rows,
                              int *out)
@@ -702,8 +705,8 @@ static void gn_free(bl_layer *l)
     free(s);
 }
 
-static const bl_layer_ops gn_ops = {BL_LAYER_GN, "gn", gn_bind, gn_forward, gn_backward, gn_free,
-                                    NULL, NULL};
+static const bl_layer_ops gn_ops = {.kind = BL_LAYER_GN, .kind_name = "gn", .bind = gn_bind,
+                                    .forward = gn_forward, .backward = gn_backward, .free = gn_free};
 
 bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out)
 {

@@ -131,9 +131,10 @@ static int levels_cores(bl_layer *l, bl_bn **core, unsigned *in)
     return s->n + 1;
 }
 
-static const bl_layer_ops levels_ops = {BL_LAYER_BN_PARTS, "bn-levels", levels_bind,
-                                        levels_forward,    levels_backward, levels_free,
-                                        NULL,              levels_cores};
+static const bl_layer_ops levels_ops = {.kind = BL_LAYER_BN_PARTS, .kind_name = "bn-levels",
+                                        .bind = levels_bind, .forward = levels_forward,
+                                        .backward = levels_backward, .free = levels_free,
+                                        .cores = levels_cores};
 
 static bl_status declare_levels(bl_net *net, levels_state *s, const char *name, int C)
 {
@@ -152,6 +153,9 @@ static bl_status declare_levels(bl_net *net, levels_state *s, const char *name, 
             snprintf(pn, sizeof pn, "%s.%s", pre, suffix[j]);
             bl_param_kind kind = j < 2 ? BL_P_BN : j < 4 ? BL_P_BUFFER : BL_P_COUNT;
             st = bl_net_declare(net, pn, kind, j < 4 ? 1 : 0, &C, 0, idx[j]);
+            /* a level's statistics may be absent from a file with pooled ones only: such a file
+             * loads, and inference with per-level statistics is refused (level_stats) */
+            if (!st && k < s->n && j >= 2) net->params[*idx[j]].optional = s->mean[k] + 1;
         }
     }
     if (!s->affine_levels)

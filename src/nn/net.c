@@ -164,12 +164,6 @@ bl_status bl_net_finalize(bl_net *net)
         for (int j = 0; j < k; j++) net->bn_layer[net->n_bn++] = li;
     }
     if (!net->n_outputs) net->outputs[0] = net->n_tensors - 1, net->n_outputs = 1;
-    /* a crop head starts at its RoIAlign: its BN cores normalize crops, the others images */
-    int roi = net->n_layers;
-    for (int li = 0; li < net->n_layers && roi == net->n_layers; li++)
-        if (net->layers[li].ops->kind == BL_LAYER_ROI) roi = li;
-    net->head_bn = net->n_bn;
-    for (int k = net->n_bn - 1; k >= 0 && net->bn_layer[k] > roi; k--) net->head_bn = k;
     net->finalized = 1;
     for (int li = 0; li < net->n_layers; li++) {
         bl_layer *l = &net->layers[li];
@@ -189,11 +183,6 @@ bl_status bl_ctx_init(bl_ctx *c, const bl_net *net, bl_bn_mode mode, const bl_gr
     c->n_bn = net->n_bn;
     for (int i = 0; i < c->n_bn; i++) c->bn[i] = c->all;
     return BL_OK;
-}
-
-void bl_ctx_set_head(bl_ctx *c, const bl_net *net, bl_bn_use head)
-{
-    for (int i = net->head_bn; i < c->n_bn && c->bn; i++) c->bn[i] = head;
 }
 
 void bl_ctx_free(bl_ctx *c)
@@ -262,12 +251,11 @@ static bl_status forward(bl_net *net, const bl_ctx *ctx, const float *x, int n, 
         int used = 1;
         st = infer && l->ops->infer ? l->ops->infer(l, net, &used) : l->ops->forward(l, net, ctx);
         if (st) {
-            /* the other processes wait in the exchanges of a shuffle across processes: join the
-             * ones left (with whatever rows) so every process makes the same collective calls,
-             * then report the failure (the trainer agrees on errors before the backward) */
-            for (int j = i + 1; j <= last && ctx->shuffle && ctx->shuffle->route; j++)
-                if (net->layers[j].ops->kind == BL_LAYER_SHUFFLE)
-                    net->layers[j].ops->forward(&net->layers[j], net, ctx);
+            /* layers after it that make collective calls join them anyway (a shuffle across
+             * processes), so no other process waits there; the trainer agrees on the error
+             * before the backward */
+            for (int j = i + 1; j <= last; j++)
+                if (net->layers[j].ops->abort) net->layers[j].ops->abort(&net->layers[j], net, ctx);
             return st;
         }
         i += used;
@@ -289,8 +277,14 @@ bl_status bl_net_forward_to(bl_net *net, const bl_ctx *ctx, const float *x, int 
 
 bl_status bl_net_infer(bl_net *net, const float *x, int n)
 {
+    return bl_net_infer_ctx(net, NULL, x, n);
+}
+
+bl_status bl_net_infer_ctx(bl_net *net, const bl_ctx *ctx, const float *x, int n)
+{
     /* layers without a fused path run their plain forward, with population statistics */
-    const bl_ctx c = bl_ctx_all(BL_BN_POPULATION, NULL);
+    bl_ctx c = bl_ctx_all(BL_BN_POPULATION, NULL);
+    if (ctx) c.draw = ctx->draw, c.shuffle = ctx->shuffle;
     return forward(net, &c, x, n, 1, net->n_layers - 1);
 }
 

@@ -2,7 +2,9 @@
 #include "bnlab/train.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,53 +31,106 @@ static const char *estimator(const bl_net *net)
     return e ? e : "none";
 }
 
-void bl_head_json(const bl_head_cfg *h, char *buf, size_t len)
+bl_status bl_model_opts_json(const bl_model *m, char **json)
 {
-    snprintf(buf, len, "{\"norm\":\"%s\",\"sgd\":\"%s\",\"pop\":\"%s\",\"affine\":\"%s\","
-             "\"width\":%d,\"crops\":%d,\"crop_min\":%.17g,\"crop_max\":%.17g}",
-             bl_head_norm_name(h->norm), h->sgd_level ? "level" : "shared",
-             h->pop_level ? "level" : "shared", h->affine_level ? "level" : "shared", h->width,
-             h->crops, h->crop_min, h->crop_max);
+    *json = NULL;
+    bl_json_init();
+    const bl_family *f = m->family;
+    int any = 0;
+    for (int k = 0; f && k < f->n_opts; k++) any |= f->opts[k].key != NULL;
+    if (!any) return BL_OK;
+    cJSON *o = cJSON_CreateObject();
+    for (int k = 0; o && k < f->n_opts; k++) {
+        const bl_family_opt *op = &f->opts[k];
+        if (!op->key) continue;
+        char v[64];
+        bl_model_format(m, op, v, sizeof v);
+        cJSON *item = op->type == BL_FOPT_CHOICE ? cJSON_CreateString(v)
+                                                 : cJSON_CreateNumber(bl_model_get(m, op));
+        if (!item || !cJSON_AddItemToObject(o, op->key, item)) {
+            cJSON_Delete(item);
+            cJSON_Delete(o);
+            o = NULL;
+        }
+    }
+    *json = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return *json ? BL_OK : bl_fail(BL_ERR_NOMEM, "out of memory writing the 'head' metadata");
 }
 
-/* "shared" -> 0, "level" -> 1, else -1 */
-static int level_flag(const cJSON *j, const char *key)
+bl_status bl_model_opts_from_json(bl_model *m, const char *json)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!cJSON_IsString(v)) return -1;
-    return !strcmp(v->valuestring, "level") ? 1 : !strcmp(v->valuestring, "shared") ? 0 : -1;
-}
-
-bl_status bl_head_from_json(const char *json, bl_head_cfg *h)
-{
-    bl_head_defaults(h);
     int oom;
     cJSON *j = bl_json_parse(json, &oom);
     if (oom) return cJSON_Delete(j), bl_fail(BL_ERR_NOMEM, "out of memory parsing the 'head' metadata");
-    const cJSON *norm = cJSON_GetObjectItemCaseSensitive(j, "norm"),
-                *width = cJSON_GetObjectItemCaseSensitive(j, "width");
-    const int sgd = level_flag(j, "sgd"), pop = level_flag(j, "pop"), aff = level_flag(j, "affine");
-    bl_status st = BL_OK;
-    if (!cJSON_IsString(norm) || bl_head_norm_parse(norm->valuestring, &h->norm) || sgd < 0 ||
-        pop < 0 || aff < 0 || !cJSON_IsNumber(width) || !(width->valuedouble >= 4) ||
-        !(width->valuedouble <= 4096))
-        st = bl_fail(BL_ERR_FORMAT, "the 'head' metadata is malformed: %.200s", json);
-    else
-        h->sgd_level = sgd, h->pop_level = pop, h->affine_level = aff,
-        h->width = (int)width->valuedouble;
-    /* the crop head's (absent before it existed: the defaults) */
-    const cJSON *k = cJSON_GetObjectItemCaseSensitive(j, "crops"),
-                *lo = cJSON_GetObjectItemCaseSensitive(j, "crop_min"),
-                *hi = cJSON_GetObjectItemCaseSensitive(j, "crop_max");
-    if (!st && ((k && !(cJSON_IsNumber(k) && k->valuedouble >= 1 && k->valuedouble <= 4096)) ||
-                (lo && !(cJSON_IsNumber(lo) && lo->valuedouble > 0 && lo->valuedouble <= 1e4)) ||
-                (hi && !(cJSON_IsNumber(hi) && hi->valuedouble > 0 && hi->valuedouble <= 1e4))))
-        st = bl_fail(BL_ERR_FORMAT, "the 'head' metadata's crops are malformed: %.200s", json);
-    if (!st && k) h->crops = (int)k->valuedouble;
-    if (!st && lo) h->crop_min = lo->valuedouble;
-    if (!st && hi) h->crop_max = hi->valuedouble;
+    const bl_family *f = m->family;
+    bl_status st = cJSON_IsObject(j) ? BL_OK
+                                     : bl_fail(BL_ERR_FORMAT, "the 'head' metadata is malformed: "
+                                               "%.200s", json);
+    for (int k = 0; f && k < f->n_opts && !st; k++) {
+        const bl_family_opt *op = &f->opts[k];
+        const cJSON *v = op->key ? cJSON_GetObjectItemCaseSensitive(j, op->key) : NULL;
+        if (!v) continue; /* absent: the default (a file from before the option existed) */
+        double x = 0;
+        int ok = 0;
+        if (op->type == BL_FOPT_CHOICE && cJSON_IsString(v)) {
+            const char *c = op->choices;
+            for (int i = 0; c && !ok; i++) {
+                const size_t l = strcspn(c, "|");
+                if (strlen(v->valuestring) == l && !strncmp(c, v->valuestring, l)) x = i, ok = 1;
+                c = c[l] ? c + l + 1 : NULL;
+            }
+        } else if (op->type != BL_FOPT_CHOICE && cJSON_IsNumber(v)) {
+            x = v->valuedouble;
+            ok = x >= op->lo && x <= op->hi && (op->type == BL_FOPT_DOUBLE || x == floor(x));
+        }
+        if (ok) bl_model_set(m, op, x);
+        else st = bl_fail(BL_ERR_FORMAT, "the 'head' metadata is malformed (its '%s'): %.200s",
+                          op->key, json);
+    }
     cJSON_Delete(j);
     return st;
+}
+
+/* The plan as the "plan" metadata, and back (keys absent: 0). */
+static const struct {
+    const char *key;
+    size_t off;
+} plan_keys[] = {{"norm_batch", offsetof(bl_plan, norm_batch)},
+                 {"head_bn_images", offsetof(bl_plan, head_bn_images)},
+                 {"sync_bn", offsetof(bl_plan, sync_bn)},
+                 {"bn_shuffle", offsetof(bl_plan, bn_shuffle)}};
+#define N_PLAN_KEYS ((int)(sizeof plan_keys / sizeof *plan_keys))
+
+static char *plan_json(const bl_plan *p)
+{
+    bl_json_init();
+    cJSON *o = cJSON_CreateObject();
+    for (int k = 0; o && k < N_PLAN_KEYS; k++)
+        if (!cJSON_AddNumberToObject(o, plan_keys[k].key,
+                                     *(const int *)((const char *)p + plan_keys[k].off))) {
+            cJSON_Delete(o);
+            o = NULL;
+        }
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return s;
+}
+
+/* From an object holding the plan's keys ("plan", or an old checkpoint's "config"). */
+static bl_status plan_from(const cJSON *j, bl_plan *p, const char *what, const char *path)
+{
+    memset(p, 0, sizeof *p);
+    for (int k = 0; k < N_PLAN_KEYS; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, plan_keys[k].key);
+        if (!v) continue;
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 1 << 30) ||
+            v->valuedouble != floor(v->valuedouble))
+            return bl_fail(BL_ERR_FORMAT, "%s: the '%s' metadata's %s is malformed", path, what,
+                           plan_keys[k].key);
+        *(int *)((char *)p + plan_keys[k].off) = (int)v->valuedouble;
+    }
+    return BL_OK;
 }
 
 /* one metadata entry, once everything before it went well (a failed one must fail the save:
@@ -135,12 +190,15 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     snprintf(v, sizeof v, "%.4f", rc.std[0]), meta(&w, &st, "data_std", v);
     meta(&w, &st, "recipe", rj);
     meta(&w, &st, "estimator", estimator(net));
-    if (net->levels || net->crops) {
-        char hj[256];
-        bl_head_json(&net->head, hj, sizeof hj);
-        meta(&w, &st, "head", hj);
-    }
+    char *hj = NULL;
+    if (!st) st = bl_model_opts_json(&net->model, &hj);
+    if (hj) meta(&w, &st, "head", hj);
+    free(hj);
     if (info) {
+        char *pj = plan_json(&info->plan);
+        if (!pj && !st) st = bl_fail(BL_ERR_NOMEM, "out of memory writing the 'plan' metadata");
+        if (pj) meta(&w, &st, "plan", pj);
+        free(pj);
         snprintf(v, sizeof v, "%d", info->epoch), meta(&w, &st, "epoch", v);
         snprintf(v, sizeof v, "%ld", info->step), meta(&w, &st, "step", v);
         snprintf(v, sizeof v, "%llu", (unsigned long long)info->seed), meta(&w, &st, "seed", v);
@@ -163,24 +221,14 @@ static int is_bnlab(const bl_safetensors *st)
     return fmt && !strncmp(fmt, "bnlab-checkpoint", 16);
 }
 
-/* A multi-level head's per-level population statistics (name.{k}.running_*), absent from the
- * file: files with pooled statistics only load; inference with per-level ones is then refused. */
-static int level_stats_absent(const bl_net *net, const bl_safetensors *st, const bl_param *p)
+/* An optional parameter (bl_param.optional) that the file lacks together with every other one of
+ * its group: not loaded (a multi-level layer's per-level statistics in a file with pooled ones
+ * only; inference with them is then refused). One of a group present: all must be. */
+static int optional_absent(const bl_net *net, const bl_safetensors *st, const bl_param *p)
 {
-    if (!net->levels || (p->kind != BL_P_BUFFER && p->kind != BL_P_COUNT) || bl_st_find(st, p->name))
-        return 0;
-    const char *dot = strrchr(p->name, '.');
-    if (!dot || dot == p->name) return 0;
-    const char *q = dot - 1; /* the level index before the leaf: "head.norm1.0.running_mean" */
-    while (q > p->name && *q >= '0' && *q <= '9') q--;
-    if (!(*q == '.' && q < dot - 1 && !strncmp(p->name, "head.", 5))) return 0;
-    /* all of the level's statistics absent, or it is a missing tensor like any other */
-    static const char *leaf[3] = {"running_mean", "running_var", "num_batches_tracked"};
-    for (int k = 0; k < 3; k++) {
-        char name[160];
-        snprintf(name, sizeof name, "%.*s.%s", (int)(dot - p->name), p->name, leaf[k]);
-        if (bl_st_find(st, name)) return 0;
-    }
+    if (!p->optional || bl_st_find(st, p->name)) return 0;
+    for (int i = 0; i < net->n_params; i++)
+        if (net->params[i].optional == p->optional && bl_st_find(st, net->params[i].name)) return 0;
     return 1;
 }
 
@@ -207,7 +255,7 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     /* first check that every tensor is there with the right size, so a bad file changes nothing */
     for (int i = 0; i < net->n_params && !rc; i++) {
         const bl_param *p = &net->params[i];
-        if (p->kind == BL_P_COUNT || level_stats_absent(net, st, p)) continue;
+        if (p->kind == BL_P_COUNT || optional_absent(net, st, p)) continue;
         rc = bl_st_get_f32(st, p->name, t, p->count);
         if (!rc && with_optim && p->kind != BL_P_BUFFER) {
             char name[160];
@@ -218,7 +266,7 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     for (int i = 0; i < net->n_params && !rc; i++) {
         bl_param *p = &net->params[i];
         char name[160];
-        if (level_stats_absent(net, st, p)) continue;
+        if (optional_absent(net, st, p)) continue;
         if (p->kind == BL_P_COUNT) {
             const bl_st_entry *e = bl_st_find(st, p->name);
             if (!e || e->dtype != BL_I64 || bl_st_numel(e) != 1)
@@ -294,6 +342,41 @@ static bl_status read_recipe(const bl_safetensors *st, const char *path, bl_reci
     return rc;
 }
 
+/* A metadata number: all of the text an integer in [lo, hi]. */
+static bl_status meta_long(const bl_safetensors *st, const char *path, const char *key, long lo,
+                           long hi, long *out)
+{
+    const char *v = bl_st_meta(st, key);
+    if (!v) return BL_OK;
+    char *end;
+    errno = 0;
+    const long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi)
+        return bl_fail(BL_ERR_FORMAT, "%s: the '%s' metadata '%.40s' is not an integer in "
+                       "%ld..%ld: corrupt", path, key, v, lo, hi);
+    *out = x;
+    return BL_OK;
+}
+
+/* The plan: the "plan" metadata, or (a file from before it) what the run's "config" says. */
+static bl_status read_plan(const bl_safetensors *st, const char *path, bl_plan *p)
+{
+    const char *v = bl_st_meta(st, "plan"), *what = "plan";
+    memset(p, 0, sizeof *p);
+    if (!v) v = bl_st_meta(st, "config"), what = "config";
+    if (!v) return BL_OK;
+    int oom;
+    cJSON *j = bl_json_parse(v, &oom);
+    bl_status rc = BL_OK;
+    if (oom) rc = bl_fail(BL_ERR_NOMEM, "%s: out of memory parsing the '%s' metadata", path, what);
+    else if (!cJSON_IsObject(j) && !strcmp(what, "plan"))
+        rc = bl_fail(BL_ERR_FORMAT, "%s: the 'plan' metadata is malformed: %.200s", path, v);
+    else if (cJSON_IsObject(j))
+        rc = plan_from(j, p, what, path);
+    cJSON_Delete(j);
+    return rc;
+}
+
 static bl_status read_info(const bl_safetensors *st, const char *path, bl_ckpt_info *info)
 {
     if (!info) return BL_OK;
@@ -301,17 +384,38 @@ static bl_status read_info(const bl_safetensors *st, const char *path, bl_ckpt_i
     bl_status rc = read_recipe(st, path, &info->recipe);
     if (rc) return rc;
     const char *v;
-    bl_head_defaults(&info->head);
-    if ((v = bl_st_meta(st, "head")) && (rc = bl_head_from_json(v, &info->head)))
+    long x = 0;
+    const char *arch = bl_st_meta(st, "arch");
+    if (arch && (rc = bl_model_init(&info->model, arch))) return bl_fail_ctx(rc, "%s", path);
+    if ((rc = meta_long(st, path, "width", 1, 1 << 20, &x))) return rc;
+    if (x) info->model.width = (int)x;
+    if ((v = bl_st_meta(st, "head")) && info->model.family &&
+        (rc = bl_model_opts_from_json(&info->model, v)))
         return bl_fail_ctx(rc, "%s", path);
-    if ((v = bl_st_meta(st, "epoch"))) info->epoch = atoi(v);
-    if ((v = bl_st_meta(st, "step"))) info->step = atol(v);
-    if ((v = bl_st_meta(st, "seed"))) info->seed = strtoull(v, NULL, 10);
+    if ((rc = read_plan(st, path, &info->plan))) return rc;
+    x = 0;
+    if ((rc = meta_long(st, path, "epoch", 0, 1L << 40, &x))) return rc;
+    info->epoch = (int)x;
+    if ((rc = meta_long(st, path, "step", 0, 1L << 50, &info->step))) return rc;
+    if ((v = bl_st_meta(st, "seed"))) {
+        char *end;
+        errno = 0;
+        info->seed = strtoull(v, &end, 10);
+        if (errno || end == v || *end || *v == '-')
+            return bl_fail(BL_ERR_FORMAT, "%s: the 'seed' metadata '%.40s' is not an unsigned "
+                           "integer: corrupt", path, v);
+    }
     if ((v = bl_st_meta(st, "config"))) snprintf(info->config, sizeof info->config, "%s", v);
     if ((v = bl_st_meta(st, "precise"))) snprintf(info->precise, sizeof info->precise, "%s", v);
     if ((v = bl_st_meta(st, "adapt"))) snprintf(info->adapt, sizeof info->adapt, "%s", v);
-    if ((v = bl_st_meta(st, "epoch_progress")))
-        sscanf(v, "%lf,%ld,%ld", &info->ep_loss, &info->ep_wrong, &info->ep_seen);
+    if ((v = bl_st_meta(st, "epoch_progress"))) {
+        int used = 0;
+        if (sscanf(v, "%lf,%ld,%ld%n", &info->ep_loss, &info->ep_wrong, &info->ep_seen, &used) != 3 ||
+            v[used] || !isfinite(info->ep_loss) || info->ep_wrong < 0 || info->ep_seen < 0 ||
+            info->ep_wrong > info->ep_seen)
+            return bl_fail(BL_ERR_FORMAT, "%s: the 'epoch_progress' metadata '%.60s' is "
+                           "malformed: corrupt", path, v);
+    }
     return BL_OK;
 }
 
@@ -347,43 +451,12 @@ void bl_model_spec_defaults(bl_model_spec *m)
     m->recipe = bl_recipe_fmnist();
 }
 
-/* A float tensor `name` whose first dimension is n (and second n2 unless n2 < 0). */
-static int has_rows(const bl_safetensors *st, const char *name, int64_t n, int64_t n2)
+/* A float tensor `name` whose first dimension is rows (and second cols unless cols < 0). */
+static int has_rows(void *ctx, const char *name, int64_t rows, int64_t cols)
 {
-    const bl_st_entry *e = bl_st_find(st, name);
-    return e && (e->dtype == BL_F32 || e->dtype == BL_F64) && e->ndim >= 2 && e->shape[0] == n &&
-           (n2 < 0 || e->shape[1] == n2);
-}
-
-/* The architecture a bnlab file's metadata claims, held against the tensors it has, before any
- * of it is built: a forged depth, width, class count or input size would otherwise allocate that
- * network first (docs/robustness.md). Every claimed size is backed by float tensors of that size
- * in the file: the stem [width, channels, ...], every block's first convolution, the classifier
- * [classes, ...]; the input, which no tensor shows, is bounded (the lab's images are 28x28). */
-static bl_status arch_plausible(const bl_safetensors *st, int depth, int kind, int width,
-                                int classes, int h, int w, int c)
-{
-    if (!has_rows(st, "conv1.weight", width, c))
-        return bl_fail(BL_ERR_FORMAT, "the metadata's width %d and %d input channels do not match "
-                       "its conv1.weight: corrupt or forged", width, c);
-    if (depth > 1202)
-        return bl_fail(BL_ERR_FORMAT, "depth %d in its metadata: corrupt (at most 1202)", depth);
-    const int blocks = (depth - 2) / 6, stages = kind == BL_MODEL_CROPS ? 2 : 3;
-    for (int s = 0; s < stages; s++)
-        for (int b = 0; b < blocks; b++) {
-            char name[64];
-            snprintf(name, sizeof name, "layer%d.%d.conv1.weight", s + 1, b);
-            if (!has_rows(st, name, (int64_t)width << s, -1))
-                return bl_fail(BL_ERR_FORMAT, "the metadata's resnet%d w=%d needs a float tensor "
-                               "%s of %lld rows: corrupt or forged", depth, width, name,
-                               (long long)width << s);
-        }
-    if (!has_rows(st, kind == BL_MODEL_PLAIN ? "fc.weight" : "head.cls.weight", classes, -1))
-        return bl_fail(BL_ERR_FORMAT, "the metadata's %d classes do not match its classifier's "
-                       "weight: corrupt or forged", classes);
-    if (h < 1 || w < 1 || h > 256 || w > 256)
-        return bl_fail(BL_ERR_FORMAT, "input %dx%d in its metadata: corrupt (at most 256x256)", h, w);
-    return BL_OK;
+    const bl_st_entry *e = bl_st_find(ctx, name);
+    return e && (e->dtype == BL_F32 || e->dtype == BL_F64) && e->ndim >= 2 && e->shape[0] == rows &&
+           (cols < 0 || e->shape[1] == cols);
 }
 
 bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spec *foreign,
@@ -396,42 +469,41 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
                *classes = bl_st_meta(&st, "classes"), *input = bl_st_meta(&st, "input");
     const int ours = is_bnlab(&st);
     const int use_spec = !ours && foreign && foreign->model[0];
-    int depth, ml = 0, h = 28, w = 28, c = 1, wd = 0, k = 0;
+    int h = 28, w = 28, c = 1, k = 0, used = 0;
     bl_ckpt_info tmp;
     if (ours) {
-        if (!arch || !width || !classes || !input || sscanf(input, "%d,%d,%d", &h, &w, &c) != 3) {
+        if (!arch || !width || !classes || !input ||
+            sscanf(input, "%d,%d,%d%n", &h, &w, &c, &used) != 3 || input[used]) {
             bl_st_free(&st);
             return bl_fail(BL_ERR_FORMAT, "%s: no architecture in the metadata: not a bnlab "
                            "checkpoint", path);
         }
-        if (foreign && foreign->model[0] &&
-            (strcmp(arch, foreign->model) || atoi(width) != foreign->width)) {
+        long kl = 0;
+        rc = read_info(&st, path, &tmp);
+        if (!rc) rc = meta_long(&st, path, "classes", 2, 1 << 30, &kl);
+        k = (int)kl;
+        if (!rc && foreign && foreign->model[0] &&
+            (strcmp(arch, foreign->model) || tmp.model.width != foreign->width))
             rc = bl_fail(BL_ERR_ARG, "%s: a bnlab checkpoint of a %s w=%s, but cfg.model %s "
                          "cfg.width %d was given: drop them (the checkpoint says what it is)", path,
                          arch, width, foreign->model, foreign->width);
-            bl_st_free(&st);
-            return rc;
-        }
-        wd = atoi(width), k = atoi(classes);
-        rc = bl_model_parse(arch, &depth, &ml);
-        if (!rc) rc = arch_plausible(&st, depth, ml, wd, k, h, w, c);
-        if (!rc) rc = read_info(&st, path, &tmp);
+        if (!rc && tmp.model.family->plausible)
+            rc = tmp.model.family->plausible(&tmp.model, k, h, w, c, has_rows, &st);
     } else if (use_spec) {
         /* a PyTorch state_dict: the model named by the caller, fed by its recipe */
         memset(&tmp, 0, sizeof tmp);
         tmp.recipe = foreign->recipe;
-        wd = foreign->width, k = foreign->recipe.classes, c = foreign->recipe.channels;
+        k = foreign->recipe.classes, c = foreign->recipe.channels;
         rc = bl_recipe_check(&tmp.recipe);
-        if (!rc) rc = bl_model_parse(foreign->model, &depth, &ml);
-        bl_head_defaults(&tmp.head);
+        if (!rc) rc = bl_model_init(&tmp.model, foreign->model);
+        tmp.model.width = foreign->width;
     } else {
         bl_st_free(&st);
         return bl_fail(BL_ERR_FORMAT, "%s: not a bnlab checkpoint (no '%s' format in its "
                        "metadata); a PyTorch state_dict of the ResNet twin opens with cfg.model "
                        "(e.g. resnet20) and cfg.width", path, FORMAT);
     }
-    if (!rc)
-        rc = bl_model_build(net, ours ? arch : foreign->model, wd, k, &tmp.head, h, w, c, max_batch);
+    if (!rc) rc = bl_model_build(net, &tmp.model, k, h, w, c, max_batch);
     if (rc) {
         bl_st_free(&st);
         return bl_fail_ctx(rc, "%s", path);

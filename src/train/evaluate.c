@@ -8,7 +8,7 @@
 
 bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order)
 {
-    bl_epoch_order(d->n, seed, -1, order);
+    bl_epoch_order(d->n, seed, BL_STREAM_EVAL, order);
     if (!by_class) return BL_OK;
     /* a stable counting sort of the shuffled order by label: consecutive groups share a class */
     int count[257] = {0};
@@ -51,12 +51,12 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
     int *order = bl_malloc(sizeof(int) * d->n);
     float *x = bl_alloc((size_t)chunk * d->h * d->w * sizeof(float));
     uint8_t *y = bl_malloc((size_t)chunk);
-    /* a crop head under mini-batch statistics: the backbone with population statistics, the head
-     * with its groups' (the paper's test batch: one image's crops) */
-    bl_ctx hctx = {0};
-    bl_status st = net->crops && bn == BL_BN_BATCH ? bl_ctx_init(&hctx, net, BL_BN_POPULATION, NULL)
-                                                  : BL_OK;
-    if (!st && (!order || !x || !y))
+    /* mini-batch statistics of groups of g samples: the plan's groups, and a head's (the crop
+     * head's: the crops of g images, its backbone on population statistics) */
+    const bl_plan plan = {.norm_batch = bn == BL_BN_BATCH ? g : 0,
+                          .head_bn_images = bn == BL_BN_BATCH ? g : 0};
+    bl_status st = BL_OK;
+    if (!order || !x || !y)
         st = bl_fail(BL_ERR_NOMEM, "out of memory for the evaluation batches");
     if (!st && bn == BL_BN_BATCH) st = bl_eval_order(d, seed, by_class, order);
     else if (!st)
@@ -69,26 +69,14 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
         bl_dataset_batch(d, recipe, order + s, n, NULL, x, y);
         double ls = 0;
         int ok = 0;
-        /* a crop head's crops: fixed per sample index */
-        const bl_crop_src crops = {BL_CROP_TEST_SEED, BL_CROP_TEST_STREAM, order + s, NULL};
-        if (bn == BL_BN_BATCH) {
-            bl_groups groups;
-            if ((st = bl_groups_ghost(&groups, n, g))) break;
-            bl_ctx ctx = bl_ctx_all(BL_BN_BATCH, &groups);
-            if (net->crops) {
-                bl_ctx_set_head(&hctx, net, (bl_bn_use){BL_BN_BATCH, &groups});
-                ctx = hctx;
-            }
-            ctx.crops = &crops;
-            st = bl_net_forward(net, &ctx, x, n);
-            bl_groups_free(&groups);
-        } else if (net->crops) {
-            bl_ctx ctx = bl_ctx_all(BL_BN_POPULATION, NULL);
-            ctx.crops = &crops;
-            st = bl_net_forward(net, &ctx, x, n);
-        } else {
-            st = bl_net_infer(net, x, n);
-        }
+        /* the draws (a crop head's crops) fixed per sample index, the same for every model */
+        const bl_pass_spec spec = {.mode = bn, .n = n, .ids = order + s,
+                                   .seed = BL_SEED_EVAL_CROPS, .stream = BL_STREAM_EVAL};
+        bl_pass p;
+        if ((st = bl_pass_make(&p, net, &plan, &spec))) break;
+        st = bn == BL_BN_BATCH ? bl_net_forward(net, &p.ctx, x, n)
+                               : bl_net_infer_ctx(net, &p.ctx, x, n);
+        bl_pass_free(&p);
         if (!st) st = bl_net_loss(net, y, 0, &ls, &ok);
         sums[1] += ls;
         sums[0] += n - ok;
@@ -99,7 +87,6 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
         }
     }
     free(order), bl_free(x), free(y);
-    bl_ctx_free(&hctx);
     if (world > 1) {
         char reason[512];
         snprintf(reason, sizeof reason, "%s", st ? bl_error() : "");

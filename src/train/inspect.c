@@ -70,12 +70,19 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
             smu[(size_t)k * maxc + ch] = bn->pop_mean[ch], svar[(size_t)k * maxc + ch] = bn->pop_var[ch];
     }
     /* the spread of mini-batch means: the model in training mode on `batches` disjoint batches */
-    bl_epoch_order(d->n, c->seed, BL_INSPECT_STREAM, idx);
-    const bl_augment aug = {c->seed, BL_INSPECT_STREAM};
-    const bl_ctx ctx = bl_ctx_all(BL_BN_BATCH, NULL);
+    bl_epoch_order(d->n, c->seed, BL_STREAM_INSPECT, idx);
+    const bl_augment aug = {c->seed, BL_STREAM_INSPECT};
     for (int b = 0; b < c->batches && !st; b++) {
-        bl_dataset_batch(d, &c->recipe, idx + (size_t)b * c->batch, c->batch, &aug, x, y);
-        if ((st = bl_net_forward(net, &ctx, x, c->batch))) break;
+        const int *ids = idx + (size_t)b * c->batch;
+        bl_dataset_batch(d, &c->recipe, ids, c->batch, &aug, x, y);
+        /* each batch normalized as one group (the spread of whole-batch statistics) */
+        const bl_pass_spec spec = {.mode = BL_BN_BATCH, .n = c->batch, .ids = ids,
+                                   .seed = c->seed, .stream = BL_STREAM_INSPECT};
+        bl_pass p;
+        if ((st = bl_pass_make(&p, net, NULL, &spec))) break;
+        st = bl_net_forward(net, &p.ctx, x, c->batch);
+        bl_pass_free(&p);
+        if (st) break;
         for (int k = 0; k < K; k++) {
             const bl_bn *bn = bl_net_bn_at(net, k);
             for (int ch = 0; ch < bn->cfg.channels; ch++)

@@ -76,7 +76,7 @@ bl_status bl_precise_samples(int n, long samples, uint64_t seed, int *idx)
         return bl_fail(BL_ERR_ARG, "precise: %ld samples of a split of %d", samples, n);
     int *order = bl_malloc(sizeof(int) * (size_t)(n ? n : 1));
     if (!order) return bl_fail(BL_ERR_NOMEM, "precise: out of memory for the sample order");
-    bl_epoch_order(n, seed, BL_PRECISE_STREAM, order);
+    bl_epoch_order(n, seed, BL_STREAM_PRECISE, order);
     memcpy(idx, order, sizeof(int) * (size_t)samples);
     free(order);
     return BL_OK;
@@ -154,36 +154,34 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     const int world = c->reducer && c->world > 1 ? c->world : 1, rank = world > 1 ? c->rank : 0;
     if (world > 1 && (rank < 0 || rank >= world))
         return bl_fail(BL_ERR_ARG, "precise: rank %d of %d", rank, world);
-    if (c->norm_batch < 0)
-        return bl_fail(BL_ERR_ARG, "precise: norm_batch %d: use 0 (the whole batch) or more",
-                       c->norm_batch);
-    bl_groups groups = {0}, hgroups = {0};
-    if (c->head_norm_batch < 0)
-        return bl_fail(BL_ERR_ARG, "precise: head_norm_batch %d: use 0 (like the other layers) or "
-                       "more", c->head_norm_batch);
+    if (c->plan.norm_batch < 0)
+        return bl_fail(BL_ERR_ARG, "precise: cfg.norm_batch %d: use 0 (the whole batch) or more",
+                       c->plan.norm_batch);
+    if (c->plan.head_bn_images < 0)
+        return bl_fail(BL_ERR_ARG, "precise: cfg.head_bn_images %d: use 0 (like the other layers) "
+                       "or more", c->plan.head_bn_images);
+    /* PreciseBN never shuffles (its batches are estimated, not trained on) */
+    const bl_plan plan = {c->plan.norm_batch, c->plan.head_bn_images, c->plan.sync_bn, 0};
     int *idx = bl_malloc(sizeof(int) * (size_t)d->n);
     float *x = bl_alloc((size_t)B * npix * sizeof(float));
     uint8_t *y = bl_malloc((size_t)B);
-    bl_ctx ctx = {0};
     int maxc = 0;
     for (int k = 0; k < K; k++)
         if (bl_net_bn_at(net, k)->cfg.channels > maxc) maxc = bl_net_bn_at(net, k)->cfg.channels;
     double *s1 = bl_callocn((size_t)K * maxc, sizeof(double)), *s2 = bl_callocn((size_t)K * maxc, sizeof(double));
-    /* per layer: batch statistics (whole batch), or population for the layers already done */
-    bl_status st = bl_ctx_init(&ctx, net, BL_BN_BATCH, NULL);
-    if (st || !idx || !x || !y || !s1 || !s2) {
-        free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);
-        return st ? st : bl_fail(BL_ERR_NOMEM, "precise: out of memory");
+    bl_status st = BL_OK;
+    if (!idx || !x || !y || !s1 || !s2) {
+        free(idx), bl_free(x), free(y), free(s1), free(s2);
+        return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
     }
     /* kept to restore on failure, so an error leaves the model as it was */
     bl_pop_snapshot saved;
     if ((st = bl_pop_save(net, &saved)) || (st = bl_precise_samples(d->n, N, c->seed, idx))) {
         bl_pop_free(&saved); /* safe after a failed save too: it leaves the snapshot empty */
-        free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);
+        free(idx), bl_free(x), free(y), free(s1), free(s2);
         return st;
     }
-    const bl_augment aug = {c->seed, BL_PRECISE_STREAM};
-    bl_crop_src crops = {c->seed, BL_PRECISE_STREAM, NULL, NULL};
+    const bl_augment aug = {c->seed, BL_STREAM_PRECISE};
     memset(r, 0, sizeof *r);
     r->layers = K;
     r->samples = N;
@@ -200,36 +198,29 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         const int first = c->sequential ? lfirst[pass] : 0;
         const int last = c->sequential ? lfirst[pass + 1] - 1 : K - 1;
         const int stop = c->sequential ? bl_net_bn_layer(net, first) : net->n_layers - 1;
-        for (int k = 0; k < K; k++) ctx.bn[k].mode = k < first ? BL_BN_POPULATION : BL_BN_BATCH;
         for (int k = first; k <= last; k++) bl_bn_precise_reset(bl_net_bn_at(net, k));
         for (long s = 0; s < N && !st; s += B) {
             int off, n;
             bl_batch_share(N - s < B ? (int)(N - s) : B, rank, world, &off, &n);
-            if (!n && !c->sync) continue; /* an empty share: nothing here, no collective */
+            if (!n && !plan.sync_bn) continue; /* an empty share: nothing here, no collective */
             bl_dataset_batch(d, &c->recipe, idx + s + off, n, c->augment ? &aug : NULL, x, y);
-            bl_groups_free(&groups);
-            st = c->norm_batch && c->norm_batch < n && !c->sync
-                     ? bl_groups_ghost(&groups, n, c->norm_batch)
-                     : bl_groups_whole(&groups, n);
+            /* per layer: batch statistics, or population for the layers already done */
+            const bl_pass_spec spec = {.mode = BL_BN_BATCH, .n = n, .ids = idx + s + off,
+                                       .seed = c->seed, .stream = BL_STREAM_PRECISE,
+                                       .reducer = c->reducer};
+            bl_pass p;
+            if ((st = bl_pass_make(&p, net, &plan, &spec))) break;
+            for (int k = 0; k < first; k++) p.use[k].mode = BL_BN_POPULATION;
+            st = bl_net_forward_to(net, &p.ctx, x, n, stop);
+            bl_pass_free(&p);
             if (st) break;
-            groups.reducer = c->sync ? c->reducer : NULL;
-            for (int k = 0; k < K; k++) ctx.bn[k].groups = &groups;
-            /* a crop head: its own groups of images, and the crops of these samples */
-            crops.ids = idx + s + off;
-            ctx.crops = &crops;
-            if (c->head_norm_batch && c->head_norm_batch < n && !c->sync) {
-                bl_groups_free(&hgroups);
-                if ((st = bl_groups_ghost(&hgroups, n, c->head_norm_batch))) break;
-                for (int k = net->head_bn; k < K; k++) ctx.bn[k].groups = &hgroups;
-            }
-            if ((st = bl_net_forward_to(net, &ctx, x, n, stop))) break;
             for (int k = first; k <= last && !st; k++) {
                 if ((st = bl_bn_commit(bl_net_bn_at(net, k), BL_EST_PRECISE))) break;
                 st = sample_mean_sums(net, k, n, s1 + (size_t)k * maxc, s2 + (size_t)k * maxc);
             }
             if (c->progress) c->progress(c->progress_ctx, (long)pass * N + s + n, total);
         }
-        if (world > 1 && !c->sync) {
+        if (world > 1 && !plan.sync_bn) {
             /* a process that failed in its batches tells the others before the merges below,
              * so none waits in one for it */
             double failed[1] = {st != BL_OK};
@@ -242,7 +233,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
             bl_bn *bn = bl_net_bn_at(net, k);
             /* every process pooled its own samples: merge them before they become statistics
              * (under sync every process pooled the merged moments already) */
-            if (world > 1 && !c->sync &&
+            if (world > 1 && !plan.sync_bn &&
                 (st = c->reducer->merge_moments(c->reducer->ctx, &bn->pooled)))
                 break;
             if (world > 1 && ((st = c->reducer->sum(c->reducer->ctx, s1 + (size_t)k * maxc, maxc)) ||
@@ -254,11 +245,9 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         r->forwards += (double)(stop + 1) / net->n_layers;
     }
     free(lfirst);
-    bl_groups_free(&groups);
-    bl_groups_free(&hgroups);
     if (st) bl_pop_restore(net, &saved);
     bl_pop_free(&saved);
-    free(idx), bl_free(x), free(y), bl_ctx_free(&ctx), free(s1), free(s2);
+    free(idx), bl_free(x), free(y), free(s1), free(s2);
     if (st) {
         bl_fail_ctx(st, "precise");
         bl_error_append(" (the model's statistics are unchanged)");
@@ -276,8 +265,10 @@ void bl_precise_record(char *buf, size_t len, const bl_precise_cfg *c, const bl_
                      c->sequential ? "precise-sequential" : "precise", c->samples, c->batch,
                      c->augment ? "true" : "false", (unsigned long long)c->seed, r->forwards,
                      r->worst_se);
-    if (net->crops && o > 0 && (size_t)o < len)
-        o += snprintf(buf + o, len - o, "\"head_norm_batch\":%d,", c->head_norm_batch);
+    if (c->plan.norm_batch && o > 0 && (size_t)o < len)
+        o += snprintf(buf + o, len - o, "\"norm_batch\":%d,", c->plan.norm_batch);
+    if (c->plan.head_bn_images && o > 0 && (size_t)o < len)
+        o += snprintf(buf + o, len - o, "\"head_bn_images\":%d,", c->plan.head_bn_images);
     if (o > 0 && (size_t)o < len) o += snprintf(buf + o, len - o, "\"max_se\":{");
     for (int k = 0; k < r->layers && o > 0 && (size_t)o < len; k++)
         o += snprintf(buf + o, len - o, "%s\"%s\":%.6g", k ? "," : "", bl_net_bn_at(net, k)->name,

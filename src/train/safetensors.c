@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "train/json.h"
 
@@ -177,6 +178,12 @@ bl_status bl_st_read(const char *path, bl_safetensors *st)
     memset(st, 0, sizeof *st);
     FILE *f = fopen(path, "rb");
     if (!f) return bl_fail(BL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return bl_fail(BL_ERR_IO, "%s is a directory, not a checkpoint: give the file (e.g. "
+                       "%s/last.safetensors)", path, path);
+    }
     uint8_t len8[8];
     bl_status rc = BL_OK;
     char *hdr = NULL;

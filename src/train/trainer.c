@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/train.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+
+#include "train/json.h"
 
 static double now(void)
 {
@@ -24,15 +27,12 @@ static double now(void)
 void bl_train_defaults(bl_train_cfg *c)
 {
     memset(c, 0, sizeof *c);
-    snprintf(c->model, sizeof c->model, "resnet20");
-    c->width = 16;
+    bl_model_init(&c->model, "resnet20");
+    c->model.width = 16;
     c->epochs = 30;
     c->batch = 128;
     c->lr = 0.1;
-    c->momentum = 0.9;
-    c->wd = 5e-4;
-    c->nesterov = 1;
-    c->wd_bn = 0;
+    c->sgd = (bl_sgd){.momentum = 0.9, .wd = 5e-4, .nesterov = 1, .wd_bn = 0};
     c->schedule = BL_SCHED_COSINE;
     c->seed = 1;
     c->threads = 2;
@@ -42,7 +42,6 @@ void bl_train_defaults(bl_train_cfg *c)
     c->precise_samples = 0; /* 10^4, or the whole split if smaller */
     c->precise_batch = 200;
     c->recipe = bl_recipe_fmnist();
-    bl_head_defaults(&c->head);
     snprintf(c->data_dir, sizeof c->data_dir, "%s", BL_FMNIST_DIR);
 }
 
@@ -64,34 +63,51 @@ static const char *sched_name(bl_schedule s)
     return s == BL_SCHED_STEP ? "step" : s == BL_SCHED_CONST ? "const" : "cosine";
 }
 
-/* world: the processes the run is spread over (recorded: per-process BN depends on it) */
-static void config_json(const bl_train_cfg *c, int world, char *out, size_t len)
+/* The run's resolved configuration as JSON (the checkpoint's "config"); world: the processes the
+ * run is spread over (recorded: per-process BN depends on it). */
+static bl_status config_json(const bl_train_cfg *c, int world, char *out, size_t len)
 {
-    snprintf(out, len,
-             "{\"model\":\"%s\",\"width\":%d,\"epochs\":%d,\"batch\":%d,\"norm_batch\":%d,"
-             "\"lr\":%g,\"momentum\":%g,\"nesterov\":%d,\"wd\":%g,\"wd_bn\":%d,\"schedule\":\"%s\","
-             "\"warmup_epochs\":%g,\"lr_scaling\":\"%s\",\"seed\":%llu,\"threads\":%d,"
-             "\"eval_every\":%d,\"eval_minibatch\":%d,\"val\":%d,\"max_steps\":%ld,"
-             "\"precise_bn_every\":%d,\"final_precise_bn\":%d,\"precise_samples\":%ld,"
-             "\"precise_batch\":%d,\"keep_every\":%d,\"frozen_bn_epochs\":%d,"
-             "\"frozen_bn_reestimate\":%d,\"sync_bn\":%d,\"processes\":%d,\"head_bn_images\":%d,"
-             "\"bn_shuffle\":%d,\"data_dir\":\"%s\"",
-             c->model, c->width, c->epochs, c->batch, c->norm_batch, c->lr, c->momentum,
-             c->nesterov, c->wd, c->wd_bn, sched_name(c->schedule), c->warmup_epochs,
-             c->lr_scaling ? "linear" : "none", (unsigned long long)c->seed, c->threads,
-             c->eval_every, c->eval_minibatch, c->val, c->max_steps, c->precise_bn_every,
-             c->final_precise_bn, c->precise_samples, c->precise_batch, c->keep_every,
-             c->frozen_bn_epochs, c->frozen_bn_reestimate, c->sync_bn, world, c->head_bn_images,
-             c->bn_shuffle, c->data_dir);
-    size_t o = strlen(out);
-    int depth, kind = 0;
-    if (!bl_model_parse(c->model, &depth, &kind) && kind != BL_MODEL_PLAIN && o + 2 < len) {
-        char hj[256];
-        bl_head_json(&c->head, hj, sizeof hj);
-        snprintf(out + o, len - o, ",\"head\":%s", hj);
-        o = strlen(out);
-    }
-    if (o + 2 < len) snprintf(out + o, len - o, "}");
+    bl_json_init();
+    cJSON *o = cJSON_CreateObject();
+    const struct {
+        const char *key;
+        double v;
+    } num[] = {{"width", c->model.width}, {"epochs", c->epochs}, {"batch", c->batch},
+               {"norm_batch", c->plan.norm_batch}, {"lr", c->lr}, {"momentum", c->sgd.momentum},
+               {"nesterov", c->sgd.nesterov}, {"wd", c->sgd.wd}, {"wd_bn", c->sgd.wd_bn},
+               {"warmup_epochs", c->warmup_epochs}, {"seed", (double)c->seed},
+               {"threads", c->threads}, {"eval_every", c->eval_every},
+               {"eval_minibatch", c->eval_minibatch}, {"val", c->val},
+               {"max_steps", (double)c->max_steps}, {"precise_bn_every", c->precise_bn_every},
+               {"final_precise_bn", c->final_precise_bn},
+               {"precise_samples", (double)c->precise_samples},
+               {"precise_batch", c->precise_batch}, {"keep_every", c->keep_every},
+               {"frozen_bn_epochs", c->frozen_bn_epochs},
+               {"frozen_bn_reestimate", c->frozen_bn_reestimate}, {"sync_bn", c->plan.sync_bn},
+               {"processes", world}, {"head_bn_images", c->plan.head_bn_images},
+               {"bn_shuffle", c->plan.bn_shuffle}};
+    int ok = o && cJSON_AddStringToObject(o, "model", c->model.name) &&
+             cJSON_AddStringToObject(o, "schedule", sched_name(c->schedule)) &&
+             cJSON_AddStringToObject(o, "lr_scaling", c->lr_scaling ? "linear" : "none") &&
+             cJSON_AddStringToObject(o, "data_dir", c->data_dir);
+    for (size_t k = 0; ok && k < sizeof num / sizeof *num; k++)
+        ok = cJSON_AddNumberToObject(o, num[k].key, num[k].v) != NULL;
+    char *head = NULL;
+    bl_status st = ok ? bl_model_opts_json(&c->model, &head) : BL_ERR_NOMEM;
+    int oom = 0;
+    cJSON *hj = head ? bl_json_parse(head, &oom) : NULL;
+    if (head && !hj) ok = 0; /* out of memory: a configuration without its head is not one */
+    free(head);
+    if (!st && hj && !cJSON_AddItemToObject(o, "head", hj)) cJSON_Delete(hj), ok = 0;
+    char *text = ok && !st ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!text) return bl_fail(BL_ERR_NOMEM, "out of memory writing the run's configuration");
+    if (strlen(text) >= len) st = bl_fail(BL_ERR_ARG, "the run's configuration (%zu characters) "
+                                          "does not fit a checkpoint's %zu: shorten cfg.data_dir",
+                                          strlen(text), len - 1);
+    else snprintf(out, len, "%s", text);
+    free(text);
+    return st;
 }
 
 struct bl_trainer {
@@ -102,19 +118,16 @@ struct bl_trainer {
     bl_net net;
     int have_net;
     bl_ckpt_info info;
-    bl_groups groups;        /* the step's normalization groups: whole batch or ghost */
-    bl_groups head_groups;   /* a crop head's: of head_bn_images images, or the share */
-    bl_ctx ctx;              /* per BN layer: the backbone's groups, then a crop head's */
-    int *perm, *counts;      /* the shuffle's global permutation, rows per process */
+    bl_train_check chk;      /* the family's view of the run (evaluation's groups, ...) */
+    int *perm, *counts;      /* a shuffle's global permutation, rows per process */
     bl_shuffle shuffle;
-    bl_sgd sgd;
     bl_augment aug;
     bl_precise_cfg pcfg;
     int *order;
     float *x;
     uint8_t *y;
     char cpath[1100];
-    int g;                   /* the normalization batch */
+    int g;                   /* the normalization batch of mini-batch evaluation */
     int final_precise;       /* resolved from auto */
     long psamples, spe, T, W;
     int share_off, share_n;  /* this rank's share of each global batch */
@@ -161,7 +174,7 @@ static bl_status load_data(bl_trainer *t)
         bl_dataset_free(&full);
         return bl_fail(BL_ERR_NOMEM, "out of memory for the validation split");
     }
-    bl_epoch_order(full.n, 0x7a1u, 0, order);
+    bl_epoch_order(full.n, BL_SEED_VAL, 0, order);
     bl_dataset_free(&t->test);
     st = bl_dataset_subset(&full, order, c->val, &t->test);
     if (!st) st = bl_dataset_subset(&full, order + c->val, full.n - c->val, &t->train);
@@ -170,71 +183,73 @@ static bl_status load_data(bl_trainer *t)
     return st;
 }
 
-/* The multi-level head's BN statistics merged over the levels: they need the whole batch in one
- * group (no ghost groups, no per-process shares, no SyncBN yet). */
-static int merged_head(const bl_train_cfg *c)
+/* One plan field against the resumed checkpoint's: adopted at its default (0), else equal. */
+static bl_status adopt_int(int *have, int ck, const char *name, const char *path)
 {
-    int depth, kind = 0;
-    return !bl_model_parse(c->model, &depth, &kind) && kind == BL_MODEL_ML &&
-           c->head.norm == BL_HEAD_BN && !c->head.sgd_level;
-}
-
-/* The crop head's choices against the model, the batch and the processes. */
-static bl_status check_crops(const bl_train_cfg *c, int kind, int world, int share)
-{
-    if (kind != BL_MODEL_CROPS) {
-        if (c->head_bn_images || c->bn_shuffle)
-            return bl_fail(BL_ERR_ARG, "cfg.%s applies to the crop head (cfg.model %.*s-crops), "
-                           "not %s", c->bn_shuffle ? "bn_shuffle" : "head_bn_images",
-                           (int)strcspn(c->model, "-"), c->model, c->model);
-        return BL_OK;
-    }
-    if (c->norm_batch && c->norm_batch < c->batch)
-        return bl_fail(BL_ERR_ARG, "cfg.norm_batch %d: the crop head's backbone normalizes the "
-                       "whole batch; the head's groups are cfg.head_bn_images", c->norm_batch);
-    if (c->head.norm != BL_HEAD_BN && (c->head_bn_images || c->bn_shuffle))
-        return bl_fail(BL_ERR_ARG, "cfg.%s: the head's norm is %s, which has no batch statistics",
-                       c->bn_shuffle ? "bn_shuffle" : "head_bn_images",
-                       bl_head_norm_name(c->head.norm));
-    if (c->sync_bn && (c->head_bn_images || c->bn_shuffle))
-        return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.%s: SyncBN normalizes the head over the "
-                       "global batch; drop one of the two",
-                       c->bn_shuffle ? "bn_shuffle" : "head_bn_images");
-    /* the crops' count and sides: bl_crop_head checks them against the map */
-    if (c->head.norm == BL_HEAD_BN && c->head.crops < 2 && c->eval_minibatch)
-        return bl_fail(BL_ERR_ARG, "cfg.eval_minibatch with cfg.crops 1: one image's crops give "
-                       "one value per channel; use 2 or more crops");
-    if (c->bn_shuffle && world == 1 && (!c->head_bn_images || c->head_bn_images >= c->batch))
-        return bl_fail(BL_ERR_ARG, "cfg.bn_shuffle with the whole batch in one group changes "
-                       "nothing: emulate W processes with cfg.head_bn_images %d/W", c->batch);
-    if (c->head_bn_images < 0 || c->head_bn_images > share)
-        return bl_fail(BL_ERR_ARG, "cfg.head_bn_images %d: use 0 (the whole share) to %d, the "
-                       "images %s", c->head_bn_images, share,
-                       world > 1 ? "of a process's share" : "of the batch");
-    const int pre = c->precise_bn_every > 0 || c->final_precise_bn == 1 || c->frozen_bn_epochs > 0;
-    if (world > 1 && pre)
-        return bl_fail(BL_ERR_ARG, "PreciseBN or FrozenBN of a crop head across processes is not "
-                       "supported: run it after training in one process (bnlab precise)");
+    if (!*have) *have = ck;
+    else if (*have != ck)
+        return bl_fail(BL_ERR_ARG, "cfg.%s %d: %s was trained with %d; resume with the same (or "
+                       "leave it out)", name, *have, path, ck);
     return BL_OK;
 }
 
+bl_status bl_train_resolve(bl_train_cfg *c)
+{
+    bl_status st;
+    if (!c->model.family && (st = bl_model_init(&c->model, c->model.name)))
+        return bl_fail_ctx(st, "cfg.model");
+    if (c->resume[0]) {
+        /* the checkpoint's head and plan, wherever the run leaves them at their defaults */
+        bl_ckpt_info ck;
+        if ((st = bl_checkpoint_read_info(c->resume, &ck))) return st;
+        if (ck.model.family == c->model.family) {
+            const bl_family *f = c->model.family;
+            bl_model_resolve(&ck.model);
+            for (int k = 0; k < f->n_opts; k++) {
+                const bl_family_opt *o = &f->opts[k];
+                if (!o->key) continue;
+                const double want = bl_model_get(&c->model, o), has = bl_model_get(&ck.model, o);
+                if (bl_model_is_default(&c->model, o)) {
+                    bl_model_set(&c->model, o, has);
+                } else if (want != has) {
+                    char a[64], b[64];
+                    bl_model_format(&c->model, o, a, sizeof a);
+                    bl_model_format(&ck.model, o, b, sizeof b);
+                    /* a head width of 0 means the default, which may be what the file has */
+                    bl_model m = c->model;
+                    if (bl_model_resolve(&m) || bl_model_get(&m, o) != has)
+                        return bl_fail(BL_ERR_ARG, "cfg.%s %s: %s was trained with %s; resume "
+                                       "with the same head (or leave it out)", o->name, a,
+                                       c->resume, b);
+                }
+            }
+        }
+        bl_plan *p = &c->plan;
+        if ((st = adopt_int(&p->norm_batch, ck.plan.norm_batch, "norm_batch", c->resume)) ||
+            (st = adopt_int(&p->head_bn_images, ck.plan.head_bn_images, "head_bn_images",
+                            c->resume)) ||
+            (st = adopt_int(&p->sync_bn, ck.plan.sync_bn, "sync_bn", c->resume)) ||
+            (st = adopt_int(&p->bn_shuffle, ck.plan.bn_shuffle, "bn_shuffle", c->resume)))
+            return st;
+    }
+    return bl_model_resolve(&c->model);
+}
+
+/* The generic checks of a configuration (the family checks its own). */
 static bl_status check_cfg(const bl_train_cfg *c)
 {
     if (c->batch < 2) return bl_fail(BL_ERR_ARG, "cfg.batch %d: must be >= 2", c->batch);
     if (c->epochs < 1) return bl_fail(BL_ERR_ARG, "cfg.epochs %d: must be >= 1", c->epochs);
-    int g = c->norm_batch ? c->norm_batch : c->batch;
+    int g = c->plan.norm_batch ? c->plan.norm_batch : c->batch;
     if (g < 1 || g > c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.norm_batch %d must be in [1, cfg.batch %d]", g, c->batch);
+    if (c->plan.head_bn_images < 0)
+        return bl_fail(BL_ERR_ARG, "cfg.head_bn_images %d: must be >= 0", c->plan.head_bn_images);
     if (c->frozen_bn_epochs < 0 || c->frozen_bn_epochs > c->epochs)
         return bl_fail(BL_ERR_ARG, "cfg.frozen_bn_epochs %d: use 0..%d (cfg.epochs)",
                        c->frozen_bn_epochs, c->epochs);
     if (c->checkpoint_every < 1)
         return bl_fail(BL_ERR_ARG, "cfg.checkpoint_every %d: must be >= 1", c->checkpoint_every);
-    if (merged_head(c) && g < c->batch)
-        return bl_fail(BL_ERR_ARG, "cfg.norm_batch %d: the head's statistics merged over the "
-                       "levels need the whole batch: use per-level statistics (cfg.head_sgd level) with "
-                       "ghost groups",
-                       g);
     bl_status st = bl_recipe_check(&c->recipe);
     if (st) return bl_fail_ctx(st, "cfg");
     if (c->recipe.channels != 1)
@@ -251,77 +266,65 @@ static bl_status route_rows(void *ctx, const int *perm, int dir, int d, const fl
     return t->h.route(t->h.ctx, t->counts, perm, dir, d, in, out);
 }
 
-/* The crop head's groups, its shuffle, and the normalization batch of its mini-batch evaluation:
- * one image's crops (the paper's test batch). */
-static bl_status setup_crops(bl_trainer *t)
+/* Step 1: the configuration against the processes and the model's family. */
+static bl_status setup_check(bl_trainer *t)
 {
-    const bl_train_cfg *c = &t->c;
-    const int W = t->h.world, hg = c->head_bn_images ? c->head_bn_images : t->share_n;
-    bl_status st = hg < t->share_n ? bl_groups_ghost(&t->head_groups, t->share_n, hg)
-                                   : bl_groups_whole(&t->head_groups, t->share_n);
-    if (st) return st;
-    if (c->sync_bn) t->head_groups.reducer = t->h.reducer;
-    bl_ctx_set_head(&t->ctx, &t->net, (bl_bn_use){BL_BN_BATCH, &t->head_groups});
-    t->g = 1;
-    if (!c->bn_shuffle) return BL_OK;
-    if (W > 1 && !t->h.route)
-        return bl_fail(BL_ERR_ARG, "hooks: the shuffle across %d processes needs a route", W);
-    t->perm = bl_malloc(sizeof(int) * (size_t)c->batch * t->net.crops);
-    t->counts = bl_malloc(sizeof(int) * (size_t)W);
-    if (!t->perm || !t->counts) return bl_fail(BL_ERR_NOMEM, "out of memory for the shuffle");
-    for (int r = 0; r < W; r++) {
-        int off, n;
-        bl_batch_share(c->batch, r, W, &off, &n);
-        t->counts[r] = n * t->net.crops;
-    }
-    t->shuffle = (bl_shuffle){t->perm, t, W > 1 ? route_rows : NULL};
-    return BL_OK;
-}
-
-static bl_status setup(bl_trainer *t)
-{
-    const bl_train_cfg *c = &t->c;
-    int depth, kind;
-    bl_status st = bl_model_parse(c->model, &depth, &kind);
-    if (st) return bl_fail_ctx(st, "cfg.model");
+    bl_train_cfg *c = &t->c;
+    bl_status st;
+    if ((st = bl_train_resolve(c))) return st;
     if ((st = check_cfg(c))) return st;
-    bl_head_resolve(&t->c.head, kind);
-    t->g = c->norm_batch ? c->norm_batch : c->batch;
     if (t->h.world < 1) t->h.world = 1;
-    if (t->h.rank < 0 || t->h.rank >= t->h.world)
-        return bl_fail(BL_ERR_ARG, "hooks: rank %d of %d", t->h.rank, t->h.world);
-    if (t->h.world > 1 && !t->h.reducer)
-        return bl_fail(BL_ERR_ARG, "hooks: %d processes need a reducer", t->h.world);
-    if (c->sync_bn && merged_head(c))
-        return bl_fail(BL_ERR_ARG, "cfg.sync_bn: the head's statistics merged over the levels are "
-                       "not synchronized across processes yet: use per-level statistics "
-                       "(cfg.head_sgd level) with SyncBN");
-    if (c->sync_bn && t->g < c->batch)
+    const int W = t->h.world, share = (c->batch + W - 1) / W;
+    if (t->h.rank < 0 || t->h.rank >= W)
+        return bl_fail(BL_ERR_ARG, "hooks: rank %d of %d", t->h.rank, W);
+    if (W > 1 && !t->h.reducer)
+        return bl_fail(BL_ERR_ARG, "hooks: %d processes need a reducer", W);
+    t->g = c->plan.norm_batch ? c->plan.norm_batch : c->batch;
+    const int uses_precise = c->precise_bn_every > 0 || c->final_precise_bn == 1 ||
+                             c->frozen_bn_epochs > 0;
+    t->chk = (bl_train_check){.batch = c->batch, .world = W, .share = share,
+                              .eval_minibatch = c->eval_minibatch, .uses_precise = uses_precise,
+                              .eval_norm_batch = t->g, .final_precise = 1};
+    const bl_family *f = c->model.family;
+    if (f->check_train && (st = f->check_train(&c->model, &c->plan, &t->chk))) return st;
+    if (c->plan.sync_bn && t->g < c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.norm_batch %d: SyncBN normalizes over the "
                        "whole global batch of %d; drop one of the two", t->g, c->batch);
-    if ((st = check_crops(c, kind, t->h.world > 1 ? t->h.world : 1,
-                          (c->batch + t->h.world - 1) / t->h.world)))
-        return st;
-    if (t->h.world > 1 && !c->sync_bn && kind != BL_MODEL_CROPS) {
-        /* per-process BN normalizes each share: ghost groups of ceil(B/W) at most, which is
-         * also the normalization batch of mini-batch evaluation */
-        const int share = (c->batch + t->h.world - 1) / t->h.world;
-        if (t->g > share) t->g = share;
-        if (merged_head(c))
-            return bl_fail(BL_ERR_ARG, "the head's statistics merged over the levels need the "
-                           "whole batch in one group, and %d processes each normalize a share: "
-                           "use per-level statistics (cfg.head_sgd level)", t->h.world);
+    /* a head's groups and shuffle mean something to families whose plan uses them */
+    const unsigned asked = (c->plan.head_bn_images ? BL_PLAN_HEAD_BN_IMAGES : 0u) |
+                           (c->plan.bn_shuffle ? BL_PLAN_BN_SHUFFLE : 0u);
+    if (asked & ~f->plan_uses) {
+        char list[256] = "";
+        size_t o = 0;
+        for (int i = 0; i < bl_family_count() && o < sizeof list; i++)
+            if (asked & bl_family_at(i)->plan_uses)
+                o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", o ? ", " : "",
+                                      bl_family_at(i)->usage);
+        return bl_fail(BL_ERR_ARG, "cfg.%s applies to models whose head normalizes its own groups "
+                       "(%s), not %s", asked & ~f->plan_uses & BL_PLAN_BN_SHUFFLE ? "bn_shuffle"
+                                                                                 : "head_bn_images",
+                       list[0] ? list : "none registered", c->model.name);
     }
-    if (t->h.world > 1) {
+    /* per-process BN normalizes each share: ghost groups of ceil(B/W) at most, which is also the
+     * normalization batch of mini-batch evaluation */
+    if (W > 1 && !c->plan.sync_bn && t->chk.eval_norm_batch > share) t->chk.eval_norm_batch = share;
+    t->g = t->chk.eval_norm_batch;
+    if (W > 1) {
         int off, last;
-        bl_batch_share(c->batch, t->h.world - 1, t->h.world, &off, &last);
+        bl_batch_share(c->batch, W - 1, W, &off, &last);
         if (last < 1)
             return bl_fail(BL_ERR_ARG, "cfg.batch %d over %d processes leaves the last one no "
                            "sample (shares of ceil(%d/%d) = %d): use a batch of at least %d, or "
-                           "fewer processes", c->batch, t->h.world, c->batch, t->h.world,
-                           (c->batch + t->h.world - 1) / t->h.world,
-                           ((c->batch + t->h.world - 1) / t->h.world) * (t->h.world - 1) + 1);
+                           "fewer processes", c->batch, W, c->batch, W, share, share * (W - 1) + 1);
     }
+    return BL_OK;
+}
+
+/* Step 2: the data, and PreciseBN's use of it. */
+static bl_status setup_data(bl_trainer *t)
+{
+    const bl_train_cfg *c = &t->c;
+    bl_status st;
     if (c->out[0] && !t->h.not_writer && mkdir(c->out, 0755) && errno != EEXIST)
         return bl_fail(BL_ERR_IO, "cannot create cfg.out %s: %s", c->out, strerror(errno));
     bl_threads_set(c->threads);
@@ -329,9 +332,9 @@ static bl_status setup(bl_trainer *t)
     if (t->train.n < c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.batch %d exceeds the %d training samples", c->batch,
                        t->train.n);
-    /* auto: on, but with FrozenBN, and for a crop head (its EMA statistics are the paper's
-     * population statistics; docs/crop-head.md) */
-    t->final_precise = c->final_precise_bn < 0 ? c->frozen_bn_epochs == 0 && kind != BL_MODEL_CROPS
+    /* auto: on, but with FrozenBN, and where the family's EMA statistics are its population
+     * statistics (a crop head's; docs/crop-head.md) */
+    t->final_precise = c->final_precise_bn < 0 ? c->frozen_bn_epochs == 0 && t->chk.final_precise
                                                : c->final_precise_bn;
     const int use_precise = c->precise_bn_every > 0 || t->final_precise || c->frozen_bn_epochs > 0;
     t->psamples = c->precise_samples ? c->precise_samples
@@ -340,35 +343,29 @@ static bl_status setup(bl_trainer *t)
         return bl_fail(BL_ERR_ARG, "PreciseBN with %ld samples in batches of %d: use "
                        "cfg.precise_samples in 1..%d and cfg.precise_batch >= 1", t->psamples,
                        c->precise_batch, t->train.n);
-    if (kind != BL_MODEL_PLAIN && c->resume[0]) {
-        /* a head unlike the checkpoint's would load wrongly or not at all */
-        bl_ckpt_info ck;
-        if ((st = bl_checkpoint_read_info(c->resume, &ck))) return st;
-        const bl_head_cfg *a = &t->c.head, *b = &ck.head;
-        if (a->norm != b->norm || a->sgd_level != b->sgd_level ||
-            a->affine_level != b->affine_level || a->width != b->width ||
-            (kind == BL_MODEL_CROPS && (a->crops != b->crops || a->crop_min != b->crop_min ||
-                                        a->crop_max != b->crop_max)))
-            return bl_fail(BL_ERR_ARG, "%s: its head was trained with norm %s, sgd %s, affine %s, "
-                           "width %d, %d crops of sides %g..%g; the run asks for another: resume "
-                           "with the same head", c->resume, bl_head_norm_name(b->norm),
-                           b->sgd_level ? "level" : "shared", b->affine_level ? "level" : "shared",
-                           b->width, b->crops, b->crop_min, b->crop_max);
-    }
+    return BL_OK;
+}
+
+/* Step 3: the model, from its seed or from the checkpoint it resumes. */
+static bl_status setup_model(bl_trainer *t)
+{
+    const bl_train_cfg *c = &t->c;
+    bl_status st;
     bl_batch_share(c->batch, t->h.rank, t->h.world, &t->share_off, &t->share_n);
     /* room for PreciseBN's batches too (the activations are sized by the largest batch) */
+    const int use_precise = c->precise_bn_every > 0 || t->final_precise || c->frozen_bn_epochs > 0;
     const int max_batch = use_precise && c->precise_batch > c->batch ? c->precise_batch : c->batch;
-    if ((st = bl_model_build(&t->net, c->model, c->width, c->recipe.classes, &t->c.head,
-                             t->train.h, t->train.w, c->recipe.channels, max_batch)))
+    if ((st = bl_model_build(&t->net, &c->model, c->recipe.classes, t->train.h, t->train.w,
+                             c->recipe.channels, max_batch)))
         return st;
     t->have_net = 1;
     bl_net_init_params(&t->net, c->seed);
     t->info.seed = c->seed;
     t->info.recipe = c->recipe;
-    config_json(c, t->h.world, t->info.config, sizeof t->info.config);
+    if ((st = config_json(c, t->h.world, t->info.config, sizeof t->info.config))) return st;
     if (c->resume[0]) {
         if ((st = bl_checkpoint_load(&t->net, c->resume, 1, &t->info))) return st;
-        config_json(c, t->h.world, t->info.config, sizeof t->info.config);
+        if ((st = config_json(c, t->h.world, t->info.config, sizeof t->info.config))) return st;
         /* training goes on with EMA statistics, unless it resumes inside a FrozenBN phase */
         if (!(c->frozen_bn_epochs > 0 && t->info.epoch >= c->epochs - c->frozen_bn_epochs))
             t->info.precise[0] = 0;
@@ -378,6 +375,17 @@ static bl_status setup(bl_trainer *t)
         if (t->cb.resumed)
             t->cb.resumed(t->cb.user, c->resume, t->info.epoch, t->info.step, t->info.seed);
     }
+    t->info.plan = c->plan;
+    t->info.model = t->net.model;
+    return BL_OK;
+}
+
+/* Step 4: the plan's runtime pieces (a shuffle's permutation and routes), the batches, and
+ * PreciseBN's configuration. */
+static bl_status setup_plan(bl_trainer *t)
+{
+    const bl_train_cfg *c = &t->c;
+    bl_status st;
     const uint64_t seed = t->info.seed; /* the run's seed: a resume continues the same streams */
     t->spe = t->train.n / c->batch;
     t->T = t->spe * c->epochs;
@@ -395,31 +403,40 @@ static bl_status setup(bl_trainer *t)
     if (c->eval_minibatch) {
         /* the train-split curve of the three (train and test error with mini-batch statistics,
          * test error with PreciseBN): 10^4 fixed training images, no augmentation */
-        bl_epoch_order(t->train.n, seed, -4, t->order);
+        bl_epoch_order(t->train.n, seed, BL_STREAM_TRAIN_CURVE, t->order);
         if ((st = bl_dataset_subset(&t->train, t->order, t->train.n < 10000 ? t->train.n : 10000,
                                     &t->train_sub)))
             return st;
     }
-    /* real groups for every step, whole batch included, so a reducer can ride on them; a rank
-     * normalizes its share: per-rank BN is ghost BN of ceil(B/W) */
-    if ((st = t->g < t->share_n ? bl_groups_ghost(&t->groups, t->share_n, t->g)
-                                : bl_groups_whole(&t->groups, t->share_n)))
-        return st;
-    /* a crop head's backbone normalizes the global batch (only the head's groups vary) */
-    if (c->sync_bn || t->net.crops) t->groups.reducer = t->h.reducer; /* NULL in one process */
-    if ((st = bl_ctx_init(&t->ctx, &t->net, BL_BN_BATCH, &t->groups))) return st;
-    if (t->net.crops && (st = setup_crops(t))) return st;
+    if (c->plan.bn_shuffle) {
+        /* one permutation of the global batch's rows per step, moved through the hooks */
+        const int rows = bl_net_shuffle_rows(&t->net), W = t->h.world;
+        if (!rows)
+            return bl_fail(BL_ERR_ARG, "cfg.bn_shuffle: a %s has no rows to shuffle (a crop head "
+                           "has: resnetN-crops)", c->model.name);
+        if (W > 1 && !t->h.route)
+            return bl_fail(BL_ERR_ARG, "hooks: the shuffle across %d processes needs a route", W);
+        t->perm = bl_malloc(sizeof(int) * (size_t)c->batch * rows);
+        t->counts = bl_malloc(sizeof(int) * (size_t)W);
+        if (!t->perm || !t->counts) return bl_fail(BL_ERR_NOMEM, "out of memory for the shuffle");
+        for (int r = 0; r < W; r++) {
+            int off, n;
+            bl_batch_share(c->batch, r, W, &off, &n);
+            t->counts[r] = n * rows;
+        }
+        t->shuffle = (bl_shuffle){t->perm, t, W > 1 ? route_rows : NULL};
+    }
     t->shard = (bl_shard){t->h.rank, t->h.world, t->h.reducer};
-    t->sgd = (bl_sgd){c->momentum, c->wd, c->nesterov, c->wd_bn};
     t->aug = (bl_augment){seed, 0};
     bl_precise_defaults(&t->pcfg);
     t->pcfg.samples = t->psamples, t->pcfg.batch = c->precise_batch, t->pcfg.seed = seed;
     t->pcfg.recipe = t->c.recipe;
     t->pcfg.reducer = t->h.reducer;
-    t->pcfg.rank = t->h.rank, t->pcfg.world = t->h.world, t->pcfg.sync = c->sync_bn;
-    /* PreciseBN of the head: the groups training normalized (shuffled ones mix the whole batch's
-     * crops: then the whole PreciseBN batch) */
-    if (t->net.crops) t->pcfg.head_norm_batch = c->bn_shuffle ? 0 : c->head_bn_images;
+    t->pcfg.rank = t->h.rank, t->pcfg.world = t->h.world;
+    /* PreciseBN normalizes the groups training normalized; a shuffled head's groups mix the whole
+     * batch's crops: then the whole PreciseBN batch */
+    t->pcfg.plan = (bl_plan){.sync_bn = c->plan.sync_bn,
+                             .head_bn_images = c->plan.bn_shuffle ? 0 : c->plan.head_bn_images};
     if (c->out[0]) snprintf(t->cpath, sizeof t->cpath, "%s/last.safetensors", c->out);
     t->ep = t->info.epoch;
     t->done = t->ep >= c->epochs;
@@ -428,6 +445,15 @@ static bl_status setup(bl_trainer *t)
     t->final_src = "ema";
     t->final_epoch = -1;
     t->best = 101;
+    return BL_OK;
+}
+
+static bl_status setup(bl_trainer *t)
+{
+    bl_status st;
+    if ((st = setup_check(t)) || (st = setup_data(t)) || (st = setup_model(t)) ||
+        (st = setup_plan(t)))
+        return st;
     return BL_OK;
 }
 
@@ -455,9 +481,6 @@ bl_status bl_trainer_init(bl_trainer **out, const bl_train_cfg *c, const bl_trai
 void bl_trainer_free(bl_trainer *t)
 {
     if (!t) return;
-    bl_groups_free(&t->groups);
-    bl_groups_free(&t->head_groups);
-    bl_ctx_free(&t->ctx);
     free(t->perm), free(t->counts);
     free(t->order), bl_free(t->x), free(t->y);
     if (t->have_net) bl_net_free(&t->net);
@@ -516,6 +539,17 @@ static bl_status step_failed(bl_trainer *t, bl_status st)
     return st;
 }
 
+static bl_status sgd_pass(bl_trainer *t, const bl_pass *pass);
+
+/* Whether the backward makes collective calls (SyncBN's groups, a shuffle across processes): a
+ * process whose loss failed alone must then not leave the others waiting there. */
+static int collective_backward(const bl_ctx *ctx)
+{
+    for (int k = 0; k < ctx->n_bn; k++)
+        if (ctx->bn[k].groups && ctx->bn[k].groups->reducer) return 1;
+    return ctx->shuffle && ctx->shuffle->route;
+}
+
 /* One SGD step on this rank's share of global batch t->s. */
 static bl_status sgd_step(bl_trainer *t)
 {
@@ -524,40 +558,57 @@ static bl_status sgd_step(bl_trainer *t)
     t->lr = bl_lr_at(c, t->info.step, t->T, t->W);
     const int *ids = t->order + t->s * c->batch + t->share_off;
     bl_dataset_batch(&t->train, &t->c.recipe, ids, t->share_n, &t->aug, t->x, t->y);
-    bl_ctx ctx = t->ctx;
-    for (int k = 0; k < ctx.n_bn; k++) ctx.bn[k].mode = t->frozen ? BL_BN_POPULATION : BL_BN_BATCH;
-    const bl_crop_src crops = {t->info.seed, t->ep, ids, NULL};
-    ctx.crops = &crops;
     bl_status st = BL_OK;
-    if (t->perm && !t->frozen) { /* one permutation of the global batch's crops per step */
-        st = bl_shuffle_perm(t->info.seed, t->info.step, c->batch * t->net.crops, t->perm);
-        ctx.shuffle = &t->shuffle;
-    }
+    /* one permutation of the global batch's rows per step */
+    if (t->perm && !t->frozen)
+        st = bl_shuffle_perm(t->info.seed, t->info.step, c->batch * bl_net_shuffle_rows(net),
+                             t->perm);
+    /* FrozenBN: population statistics; else the plan's batch statistics */
+    const bl_pass_spec spec = {.mode = t->frozen ? BL_BN_POPULATION : BL_BN_BATCH,
+                               .n = t->share_n, .ids = ids, .seed = t->info.seed,
+                               .stream = t->ep, .reducer = t->h.reducer, .shuffle = &t->shuffle};
+    bl_pass pass;
+    if (!st) st = bl_pass_make(&pass, net, &c->plan, &spec);
+    if (st) /* the others learn of it where they agree on the step's errors */
+        return t->h.agree_error ? t->h.agree_error(t->h.ctx, st) : st;
+    st = sgd_pass(t, &pass);
+    bl_pass_free(&pass);
+    return st;
+}
+
+/* The step's forward, loss, backward, gradient sum, SGD and EMA commit with the pass's
+ * context. */
+static bl_status sgd_pass(bl_trainer *t, const bl_pass *pass)
+{
+    const bl_train_cfg *c = &t->c;
+    bl_net *net = &t->net;
+    const bl_ctx *ctx = &pass->ctx;
+    bl_status st;
     bl_net_zero_grad(net);
     double ls;
     int ok;
-    if (!st) st = bl_net_forward(net, &ctx, t->x, t->share_n);
+    st = bl_net_forward(net, ctx, t->x, t->share_n);
     /* the loss of the global batch: the processes' gradients add up to one process's */
     if (!st) st = bl_net_loss_over(net, t->y, c->batch, &ls, &ok);
     if (st) step_failed(t, st);
     /* SyncBN's backward (a crop head's backbone's too) and the shuffle's sum or move across
      * processes: a process whose loss failed alone (its logits went non-finite) must not leave
      * the others waiting there */
-    if (t->h.agree_error && (c->sync_bn || t->net.crops) && !t->frozen &&
+    if (t->h.agree_error && collective_backward(ctx) && !t->frozen &&
         (st = t->h.agree_error(t->h.ctx, st)))
         return st;
-    if (!st && (st = bl_net_backward(net, &ctx))) step_failed(t, st);
+    if (!st && (st = bl_net_backward(net, ctx))) step_failed(t, st);
     /* every process learns of a failure before the first collective of the step (the gradient
      * sum), so none waits there for one that has stopped */
     if (t->h.agree_error) st = t->h.agree_error(t->h.ctx, st);
     if (st) return st;
     if (t->h.grads && (st = t->h.grads(t->h.ctx, net))) return st;
-    bl_sgd_step(net, &t->sgd, t->lr);
+    bl_sgd_step(net, &c->sgd, t->lr);
     if (!t->frozen) {
         /* per-process BN: every process's groups feed every process's EMA (the ghost rule), so
          * all store the same statistics; SyncBN merged them in the forward already */
         for (int k = 0; k < bl_net_bn_count(net) && t->h.world > 1; k++)
-            if (!ctx.bn[k].groups->reducer &&
+            if (!ctx->bn[k].groups->reducer &&
                 (st = bl_bn_gather_pending(bl_net_bn_at(net, k), t->h.reducer)))
                 return st;
         if ((st = bl_net_bn_commit(net, BL_EST_EMA))) return st;
@@ -705,9 +756,7 @@ bl_status bl_trainer_summary(bl_trainer *t, bl_train_summary *s)
     s->epochs = t->info.epoch;
     s->steps = t->info.step;
     s->norm_batch = t->g;
-    if (t->net.crops)
-        s->head_group = t->c.sync_bn || !t->c.head_bn_images ? (t->c.sync_bn ? t->c.batch : t->share_n)
-                                                             : t->c.head_bn_images;
+    s->head_bn_images = t->chk.head_bn_images;
     s->test_err = pop.err;
     s->estimator = t->final_src;
     s->test_err_precise = t->final_pre.err;

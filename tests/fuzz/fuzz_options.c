@@ -55,13 +55,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cli_given("--lr");
         cli_print_config(stdout, "train", opts, n);
         for (int i = 0; i < np; i++) {
-            int depth, kind;
-            bl_head_cfg h;
+            bl_model m;
             bl_corruption c;
             bl_layout l;
-            bl_model_parse(pos[i], &depth, &kind);
-            bl_head_defaults(&h);
-            bl_head_from_json(pos[i], &h);
+            if (bl_model_init(&m, pos[i])) bl_model_init(&m, "resnet8-crops");
+            bl_model_opts_from_json(&m, pos[i]);
             bl_corruption_parse(pos[i], &c);
             bl_layout_parse(pos[i], &l);
             bl_fail(BL_ERR_ARG, "%s", pos[i]);

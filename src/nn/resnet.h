@@ -1,0 +1,24 @@
+/* The CIFAR ResNet pieces the ResNet families share (resnet.c): the name, the backbone, its
+ * checks. */
+#ifndef BNLAB_NN_RESNET_H
+#define BNLAB_NN_RESNET_H
+
+#include "nn/net.h"
+
+/* "resnet<N><suffix>" with N = 6n+2 >= 8: 1 and *depth, else 0. */
+int bl_resnet_name(const char *name, const char *suffix, int *depth);
+/* Depth, width and classes of a ResNet. */
+bl_status bl_resnet_check(int depth, int width, int classes);
+/* The stem and `stages` stages (1..3); stage_out[s] receives stage s's output tensor. */
+bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, int *stage_out);
+/* A ResNet's claimed sizes against a file's tensors: the stem [width, c, ..], every block's first
+ * convolution of `stages` stages, the classifier `cls` [classes, ..]; the input bounded. */
+bl_status bl_resnet_plausible(int depth, int stages, const char *cls, int width, int classes,
+                              int h, int w, int c, bl_tensor_lookup has, void *ctx);
+
+#define TRY(expr)                                                                                  \
+    do {                                                                                           \
+        if ((st = (expr))) return st;                                                              \
+    } while (0)
+
+#endif
