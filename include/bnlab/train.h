@@ -139,7 +139,7 @@ typedef struct {
     double err;  /* % (of the mean logits with several outputs) */
     double loss; /* mean cross-entropy */
     int n;
-    int levels;  /* outputs of a multi-level head (0 for one output), each's error: */
+    int outputs; /* a net with several outputs (a multi-level head's levels; 0 for one), each's error: */
     double err_level[BL_LAYER_MAX_IN];
 } bl_eval_result;
 
@@ -369,7 +369,7 @@ typedef struct {
     const char *estimator;      /* of the statistics test_err_population used */
     double img_per_s, seconds;
     /* a multi-level head: the population and PreciseBN errors of each level (when measured) */
-    int levels;
+    int outputs;
     double test_err_population_level[BL_LAYER_MAX_IN], test_err_precise_level[BL_LAYER_MAX_IN];
 } bl_epoch_metrics;
 

@@ -108,9 +108,9 @@ int cmd_eval(int argc, char **argv)
         printf(",\"composition\":\"%s\"", stats ? (compose ? "class" : "random") : "none");
         printf(",\"split\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d", split ? "train" : "test",
                bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), info.epoch);
-        if (r.levels) {
+        if (r.outputs) {
             printf(",\"arch\":\"%s\",\"head_pop\":\"%s\",\"err_level\":[", net.arch, head_pop);
-            for (int k = 0; k < r.levels; k++) printf("%s%.4f", k ? "," : "", r.err_level[k]);
+            for (int k = 0; k < r.outputs; k++) printf("%s%.4f", k ? "," : "", r.err_level[k]);
             printf("]");
             level_shift(&net, 1);
         }
@@ -121,9 +121,9 @@ int cmd_eval(int argc, char **argv)
                r.n, stats ? "mini-batch" : "population");
         if (stats) printf(" (groups of %d, %s)\n", norm_batch, compose ? "one class each" : "random");
         else printf(" (%s)\n", bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source));
-        if (r.levels) {
-            printf("  the mean of %d levels' logits; each level alone:", r.levels);
-            for (int k = 0; k < r.levels; k++) printf(" %.2f%%", r.err_level[k]);
+        if (r.outputs) {
+            printf("  the mean of %d levels' logits; each level alone:", r.outputs);
+            for (int k = 0; k < r.outputs; k++) printf(" %.2f%%", r.err_level[k]);
             if (!strcmp(head_norm, "bn") && !stats)
                 printf(" (head statistics %s)", !strcmp(head_pop, "level") ? "per level" : "pooled");
             printf("\n");

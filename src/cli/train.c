@@ -97,9 +97,9 @@ static bl_status on_epoch_end(void *u, const bl_epoch_metrics *m)
     /* a multi-level head: each level's error beside the error of the mean logits */
     const double *lv[2] = {m->test_err_population_level, m->test_err_precise_level};
     const char *lk[2] = {"test_err_population_level", "test_err_precise_level"};
-    for (int j = 0; j < 2 && m->levels && vals[j ? 3 : 0] >= 0 && o > 0 && (size_t)o < sizeof line; j++) {
+    for (int j = 0; j < 2 && m->outputs && vals[j ? 3 : 0] >= 0 && o > 0 && (size_t)o < sizeof line; j++) {
         o += snprintf(line + o, sizeof line - o, ",\"%s\":[", lk[j]);
-        for (int k = 0; k < m->levels && o > 0 && (size_t)o < sizeof line; k++)
+        for (int k = 0; k < m->outputs && o > 0 && (size_t)o < sizeof line; k++)
             o += snprintf(line + o, sizeof line - o, "%s%.4f", k ? "," : "", lv[j][k]);
         if (o > 0 && (size_t)o < sizeof line) o += snprintf(line + o, sizeof line - o, "]");
     }

@@ -101,7 +101,7 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
     r->n = d->n;
     r->err = 100.0 * sums[0] / d->n;
     r->loss = sums[1] / d->n;
-    r->levels = L;
+    r->outputs = L;
     for (int k = 0; k < L; k++) r->err_level[k] = 100.0 * sums[2 + k] / d->n;
     return BL_OK;
 }
