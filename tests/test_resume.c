@@ -83,6 +83,28 @@ int main(void)
         }
     }
 
+    /* the plan on resume, through bl_train: left at its default (norm_batch 0) the checkpoint's
+     * (8) is adopted, and the run is the uninterrupted one bit for bit; another given one is
+     * refused, naming both */
+    {
+        CHECK(run(a, 40, NULL, 2) == BL_OK, "uninterrupted: %s", bl_error());
+        CHECK(run(b, 13, NULL, 2) == BL_OK, "first part: %s", bl_error());
+        bl_train_cfg c;
+        bl_train_defaults(&c);
+        bl_model_rename(&c.model, "resnet8");
+        c.model.width = 4, c.batch = 32, c.epochs = 2, c.eval_every = 0, c.threads = 2;
+        c.max_steps = 40, c.val = 58000;
+        snprintf(c.out, sizeof c.out, "%s", b);
+        snprintf(c.resume, sizeof c.resume, "%s", cb);
+        c.plan.norm_batch = 16;
+        CHECK(bl_train(&c, NULL, NULL, NULL) == BL_ERR_ARG && strstr(bl_error(), "cfg.norm_batch 16") &&
+                  strstr(bl_error(), "trained with 8"), "another plan resumed: %s", bl_error());
+        c.plan.norm_batch = 0;
+        CHECK(bl_train(&c, NULL, NULL, NULL) == BL_OK, "resumed with the plan adopted: %s", bl_error());
+        CHECK(same_file_tensors(ca, cb), "a resume adopting the checkpoint's plan differs from the "
+              "uninterrupted run");
+    }
+
     /* FrozenBN for the last epoch (steps 63..124): a stop inside the phase, and one before it (a
      * branch from a regular run's checkpoint), resume exactly; inside the phase the statistics
      * stay those of its PreciseBN while gamma keeps training */
