@@ -123,6 +123,13 @@ const bl_family *bl_family_at(int i);
 const bl_family *bl_family_of(const char *model);
 /* An option of the family by name, or NULL. */
 const bl_family_opt *bl_family_opt_find(const bl_family *f, const char *name);
+/* Whether v is a value of the option (CHOICE: an index of its choices; INT: integral; in range). */
+int bl_family_opt_valid(const bl_family_opt *o, double v);
+/* The index of choice s of a CHOICE option, or -1. */
+int bl_family_opt_choice(const bl_family_opt *o, const char *s);
+/* The model names (usage) of the registered families, ", "-separated: all, or those that declare
+ * option `opt` (non-NULL), or whose plan_uses has a bit of `plan_bits` (non-zero). */
+void bl_family_list(char *buf, size_t len, const char *opt, unsigned plan_bits);
 
 /* Parses a model name: its family, the family's defaults and what the name implies. An unknown
  * name is an error listing the families' model names. */

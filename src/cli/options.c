@@ -282,22 +282,12 @@ void cli_famopts_open(cli_famopts *f)
     }
 }
 
-/* The families that declare an option of this name, for messages. */
-static void owners(const char *name, char *buf, size_t len)
-{
-    size_t o = 0;
-    buf[0] = 0;
-    for (int i = 0; i < bl_family_count() && o < len; i++)
-        if (bl_family_opt_find(bl_family_at(i), name))
-            o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "", bl_family_at(i)->usage);
-}
-
 int cli_famopts_refuse(const char *cmd, const cli_famopts *f, const bl_model *m)
 {
     for (int k = f->n_own; k < f->n; k++) {
         if (!cli_given(f->opt[k].name)) continue;
         char who[512];
-        owners(f->fopt[k]->name, who, sizeof who);
+        bl_family_list(who, sizeof who, f->fopt[k]->name, 0);
         fprintf(stderr, "bnlab %s: %s applies to %s, not %s\n", cmd, f->opt[k].name, who, m->name);
         return 2;
     }
@@ -378,7 +368,7 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
         const bl_family_opt *o = bl_family_opt_find(m.family, f->fam.fopt[k]->name);
         if (!o) {
             char who[512];
-            owners(f->fam.fopt[k]->name, who, sizeof who);
+            bl_family_list(who, sizeof who, f->fam.fopt[k]->name, 0);
             fprintf(stderr, "bnlab %s: %s applies to %s; %s is a %s\n", cmd, f->fam.opt[k].name,
                     who, path, net->arch);
             bl_net_free(net);

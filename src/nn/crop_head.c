@@ -258,11 +258,9 @@ static bl_status build(bl_net *net, const bl_model *m, int classes, int h, int w
                        int max_batch)
 {
     const bl_resnet_crops_opts *hd = bl_model_opts_c(m);
-    bl_status st = bl_resnet_check(hd->depth, m->width, classes);
-    if (st) return st;
+    bl_status st;
     int stage[2], t;
-    TRY(bl_net_init(net, h, w, c, max_batch));
-    TRY(bl_resnet_backbone(net, hd->depth, m->width, 2, stage));
+    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, h, w, c, max_batch, 2, stage));
     TRY(bl_crop_head(net, stage[1], hd, classes, &t));
     return bl_net_finalize(net);
 }

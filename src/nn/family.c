@@ -71,6 +71,38 @@ const bl_family_opt *bl_family_opt_find(const bl_family *f, const char *name)
     return NULL;
 }
 
+int bl_family_opt_choice(const bl_family_opt *o, const char *s)
+{
+    const char *c = o->type == BL_FOPT_CHOICE ? o->choices : NULL;
+    for (int i = 0; c && s; i++) {
+        const size_t l = strcspn(c, "|");
+        if (strlen(s) == l && !strncmp(c, s, l)) return i;
+        c = c[l] ? c + l + 1 : NULL;
+    }
+    return -1;
+}
+
+int bl_family_opt_valid(const bl_family_opt *o, double v)
+{
+    if (o->type != BL_FOPT_CHOICE)
+        return v >= o->lo && v <= o->hi && (o->type == BL_FOPT_DOUBLE || v == floor(v));
+    int n = 1;
+    for (const char *c = o->choices; c && (c = strchr(c, '|')); c++) n++;
+    return v >= 0 && v < n && v == floor(v);
+}
+
+void bl_family_list(char *buf, size_t len, const char *opt, unsigned plan_bits)
+{
+    size_t o = 0;
+    if (len) buf[0] = 0;
+    for (int i = 0; i < bl_family_count() && o < len; i++) {
+        const bl_family *f = bl_family_at(i);
+        if ((opt && !bl_family_opt_find(f, opt)) || (plan_bits && !(f->plan_uses & plan_bits)))
+            continue;
+        o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "", f->usage);
+    }
+}
+
 bl_status bl_model_init(bl_model *m, const char *name)
 {
     memset(m, 0, sizeof *m);
@@ -78,10 +110,7 @@ bl_status bl_model_init(bl_model *m, const char *name)
     const bl_family *f = bl_family_of(name);
     if (!f || strlen(name) >= sizeof m->name) {
         char list[512];
-        size_t o = 0;
-        for (int i = 0; i < bl_family_count() && o < sizeof list; i++)
-            o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "",
-                                  bl_family_at(i)->usage);
+        bl_family_list(list, sizeof list, NULL, 0);
         return bl_fail(BL_ERR_ARG, "unknown model '%s': use %s", name ? name : "(null)", list);
     }
     m->family = f;
@@ -98,11 +127,7 @@ bl_status bl_model_resolve(bl_model *m)
     for (int k = 0; k < f->n_opts; k++) {
         const bl_family_opt *o = &f->opts[k];
         const double v = bl_model_get(m, o);
-        const double hi = o->type == BL_FOPT_CHOICE ? 0 : o->hi;
-        int n = 1;
-        for (const char *c = o->choices; o->type == BL_FOPT_CHOICE && c && (c = strchr(c, '|')); c++) n++;
-        const int ok = o->type == BL_FOPT_CHOICE ? v >= 0 && v < n : v >= o->lo && v <= hi;
-        if (!ok) {
+        if (!bl_family_opt_valid(o, v)) {
             char s[64];
             bl_model_format(m, o, s, sizeof s);
             if (o->type == BL_FOPT_CHOICE)
@@ -175,12 +200,7 @@ bl_status bl_model_option(bl_model *m, const char *name, double v)
 {
     const bl_family_opt *o = m->family ? bl_family_opt_find(m->family, name) : NULL;
     if (!o) return bl_fail(BL_ERR_ARG, "cfg.%s: a %s has no such option", name, m->name);
-    int n = 1;
-    for (const char *c = o->choices; o->type == BL_FOPT_CHOICE && c && (c = strchr(c, '|')); c++) n++;
-    const int ok = o->type == BL_FOPT_CHOICE ? v >= 0 && v < n && v == floor(v)
-                                             : v >= o->lo && v <= o->hi &&
-                                                   (o->type == BL_FOPT_DOUBLE || v == floor(v));
-    if (!ok) return bl_fail(BL_ERR_ARG, "cfg.%s %g: out of its range", name, v);
+    if (!bl_family_opt_valid(o, v)) return bl_fail(BL_ERR_ARG, "cfg.%s %g: out of its range", name, v);
     bl_model_set(m, o, v);
     return BL_OK;
 }

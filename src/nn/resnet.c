@@ -60,6 +60,15 @@ bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, int 
     return BL_OK;
 }
 
+bl_status bl_resnet_begin(bl_net *net, int depth, int width, int classes, int h, int w, int c,
+                          int max_batch, int stages, int *stage_out)
+{
+    bl_status st = bl_resnet_check(depth, width, classes);
+    if (st) return st;
+    TRY(bl_net_init(net, h, w, c, max_batch));
+    return bl_resnet_backbone(net, depth, width, stages, stage_out);
+}
+
 bl_status bl_resnet_plausible(int depth, int stages, const char *cls, int width, int classes,
                               int h, int w, int c, bl_tensor_lookup has, void *ctx)
 {
@@ -96,11 +105,9 @@ static bl_status build(bl_net *net, const bl_model *m, int classes, int h, int w
                        int max_batch)
 {
     const bl_resnet_opts *o = bl_model_opts_c(m);
-    bl_status st = bl_resnet_check(o->depth, m->width, classes);
-    if (st) return st;
+    bl_status st;
     int stage[3], t;
-    TRY(bl_net_init(net, h, w, c, max_batch));
-    TRY(bl_resnet_backbone(net, o->depth, m->width, 3, stage));
+    TRY(bl_resnet_begin(net, o->depth, m->width, classes, h, w, c, max_batch, 3, stage));
     TRY(bl_net_gap(net, "avgpool", stage[2], &t));
     TRY(bl_net_linear(net, "fc", t, classes, &t));
     return bl_net_finalize(net);

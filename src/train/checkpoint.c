@@ -71,20 +71,10 @@ bl_status bl_model_opts_from_json(bl_model *m, const char *json)
         const bl_family_opt *op = &f->opts[k];
         const cJSON *v = op->key ? cJSON_GetObjectItemCaseSensitive(j, op->key) : NULL;
         if (!v) continue; /* absent: the default (a file from before the option existed) */
-        double x = 0;
-        int ok = 0;
-        if (op->type == BL_FOPT_CHOICE && cJSON_IsString(v)) {
-            const char *c = op->choices;
-            for (int i = 0; c && !ok; i++) {
-                const size_t l = strcspn(c, "|");
-                if (strlen(v->valuestring) == l && !strncmp(c, v->valuestring, l)) x = i, ok = 1;
-                c = c[l] ? c + l + 1 : NULL;
-            }
-        } else if (op->type != BL_FOPT_CHOICE && cJSON_IsNumber(v)) {
-            x = v->valuedouble;
-            ok = x >= op->lo && x <= op->hi && (op->type == BL_FOPT_DOUBLE || x == floor(x));
-        }
-        if (ok) bl_model_set(m, op, x);
+        const double x = op->type == BL_FOPT_CHOICE
+                             ? (cJSON_IsString(v) ? bl_family_opt_choice(op, v->valuestring) : -1)
+                             : (cJSON_IsNumber(v) ? v->valuedouble : NAN);
+        if (bl_family_opt_valid(op, x)) bl_model_set(m, op, x);
         else st = bl_fail(BL_ERR_FORMAT, "the 'head' metadata is malformed (its '%s'): %.200s",
                           op->key, json);
     }

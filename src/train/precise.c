@@ -161,7 +161,8 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
         return bl_fail(BL_ERR_ARG, "precise: cfg.head_bn_images %d: use 0 (like the other layers) "
                        "or more", c->plan.head_bn_images);
     /* PreciseBN never shuffles (its batches are estimated, not trained on) */
-    const bl_plan plan = {c->plan.norm_batch, c->plan.head_bn_images, c->plan.sync_bn, 0};
+    const bl_plan plan = {.norm_batch = c->plan.norm_batch,
+                          .head_bn_images = c->plan.head_bn_images, .sync_bn = c->plan.sync_bn};
     int *idx = bl_malloc(sizeof(int) * (size_t)d->n);
     float *x = bl_alloc((size_t)B * npix * sizeof(float));
     uint8_t *y = bl_malloc((size_t)B);

@@ -127,8 +127,9 @@ struct bl_trainer {
     float *x;
     uint8_t *y;
     char cpath[1100];
-    int g;                   /* the normalization batch of mini-batch evaluation */
     int final_precise;       /* resolved from auto */
+    int use_precise;         /* PreciseBN or FrozenBN during the run */
+    int shuffle_rows;        /* rows per sample a shuffle permutes (0: no shuffle) */
     long psamples, spe, T, W;
     int share_off, share_n;  /* this rank's share of each global batch */
     bl_shard shard;          /* evaluation spread over the processes */
@@ -203,24 +204,22 @@ bl_status bl_train_resolve(bl_train_cfg *c)
         bl_ckpt_info ck;
         if ((st = bl_checkpoint_read_info(c->resume, &ck))) return st;
         if (ck.model.family == c->model.family) {
+            /* compared as the run resolves them (a head width of 0 is the head's default) */
             const bl_family *f = c->model.family;
-            bl_model_resolve(&ck.model);
+            bl_model want = c->model;
+            bl_model_resolve(&want), bl_model_resolve(&ck.model);
             for (int k = 0; k < f->n_opts; k++) {
                 const bl_family_opt *o = &f->opts[k];
+                const double has = bl_model_get(&ck.model, o);
                 if (!o->key) continue;
-                const double want = bl_model_get(&c->model, o), has = bl_model_get(&ck.model, o);
                 if (bl_model_is_default(&c->model, o)) {
                     bl_model_set(&c->model, o, has);
-                } else if (want != has) {
+                } else if (bl_model_get(&want, o) != has) {
                     char a[64], b[64];
-                    bl_model_format(&c->model, o, a, sizeof a);
+                    bl_model_format(&want, o, a, sizeof a);
                     bl_model_format(&ck.model, o, b, sizeof b);
-                    /* a head width of 0 means the default, which may be what the file has */
-                    bl_model m = c->model;
-                    if (bl_model_resolve(&m) || bl_model_get(&m, o) != has)
-                        return bl_fail(BL_ERR_ARG, "cfg.%s %s: %s was trained with %s; resume "
-                                       "with the same head (or leave it out)", o->name, a,
-                                       c->resume, b);
+                    return bl_fail(BL_ERR_ARG, "cfg.%s %s: %s was trained with %s; resume with "
+                                   "the same head (or leave it out)", o->name, a, c->resume, b);
                 }
             }
         }
@@ -279,27 +278,24 @@ static bl_status setup_check(bl_trainer *t)
         return bl_fail(BL_ERR_ARG, "hooks: rank %d of %d", t->h.rank, W);
     if (W > 1 && !t->h.reducer)
         return bl_fail(BL_ERR_ARG, "hooks: %d processes need a reducer", W);
-    t->g = c->plan.norm_batch ? c->plan.norm_batch : c->batch;
     const int uses_precise = c->precise_bn_every > 0 || c->final_precise_bn == 1 ||
                              c->frozen_bn_epochs > 0;
     t->chk = (bl_train_check){.batch = c->batch, .world = W, .share = share,
                               .eval_minibatch = c->eval_minibatch, .uses_precise = uses_precise,
-                              .eval_norm_batch = t->g, .final_precise = 1};
+                              .eval_norm_batch = c->plan.norm_batch ? c->plan.norm_batch : c->batch,
+                              .final_precise = 1};
     const bl_family *f = c->model.family;
     if (f->check_train && (st = f->check_train(&c->model, &c->plan, &t->chk))) return st;
-    if (c->plan.sync_bn && t->g < c->batch)
+    if (c->plan.sync_bn && c->plan.norm_batch && c->plan.norm_batch < c->batch)
         return bl_fail(BL_ERR_ARG, "cfg.sync_bn with cfg.norm_batch %d: SyncBN normalizes over the "
-                       "whole global batch of %d; drop one of the two", t->g, c->batch);
+                       "whole global batch of %d; drop one of the two", c->plan.norm_batch,
+                       c->batch);
     /* a head's groups and shuffle mean something to families whose plan uses them */
     const unsigned asked = (c->plan.head_bn_images ? BL_PLAN_HEAD_BN_IMAGES : 0u) |
                            (c->plan.bn_shuffle ? BL_PLAN_BN_SHUFFLE : 0u);
     if (asked & ~f->plan_uses) {
-        char list[256] = "";
-        size_t o = 0;
-        for (int i = 0; i < bl_family_count() && o < sizeof list; i++)
-            if (asked & bl_family_at(i)->plan_uses)
-                o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", o ? ", " : "",
-                                      bl_family_at(i)->usage);
+        char list[256];
+        bl_family_list(list, sizeof list, NULL, asked & ~f->plan_uses);
         return bl_fail(BL_ERR_ARG, "cfg.%s applies to models whose head normalizes its own groups "
                        "(%s), not %s", asked & ~f->plan_uses & BL_PLAN_BN_SHUFFLE ? "bn_shuffle"
                                                                                  : "head_bn_images",
@@ -308,7 +304,6 @@ static bl_status setup_check(bl_trainer *t)
     /* per-process BN normalizes each share: ghost groups of ceil(B/W) at most, which is also the
      * normalization batch of mini-batch evaluation */
     if (W > 1 && !c->plan.sync_bn && t->chk.eval_norm_batch > share) t->chk.eval_norm_batch = share;
-    t->g = t->chk.eval_norm_batch;
     if (W > 1) {
         int off, last;
         bl_batch_share(c->batch, W - 1, W, &off, &last);
@@ -336,10 +331,10 @@ static bl_status setup_data(bl_trainer *t)
      * statistics (a crop head's; docs/crop-head.md) */
     t->final_precise = c->final_precise_bn < 0 ? c->frozen_bn_epochs == 0 && t->chk.final_precise
                                                : c->final_precise_bn;
-    const int use_precise = c->precise_bn_every > 0 || t->final_precise || c->frozen_bn_epochs > 0;
+    t->use_precise = c->precise_bn_every > 0 || t->final_precise || c->frozen_bn_epochs > 0;
     t->psamples = c->precise_samples ? c->precise_samples
                                      : (t->train.n < 10000 ? t->train.n : 10000);
-    if (use_precise && (t->psamples < 1 || t->psamples > t->train.n || c->precise_batch < 1))
+    if (t->use_precise && (t->psamples < 1 || t->psamples > t->train.n || c->precise_batch < 1))
         return bl_fail(BL_ERR_ARG, "PreciseBN with %ld samples in batches of %d: use "
                        "cfg.precise_samples in 1..%d and cfg.precise_batch >= 1", t->psamples,
                        c->precise_batch, t->train.n);
@@ -353,8 +348,7 @@ static bl_status setup_model(bl_trainer *t)
     bl_status st;
     bl_batch_share(c->batch, t->h.rank, t->h.world, &t->share_off, &t->share_n);
     /* room for PreciseBN's batches too (the activations are sized by the largest batch) */
-    const int use_precise = c->precise_bn_every > 0 || t->final_precise || c->frozen_bn_epochs > 0;
-    const int max_batch = use_precise && c->precise_batch > c->batch ? c->precise_batch : c->batch;
+    const int max_batch = t->use_precise && c->precise_batch > c->batch ? c->precise_batch : c->batch;
     if ((st = bl_model_build(&t->net, &c->model, c->recipe.classes, t->train.h, t->train.w,
                              c->recipe.channels, max_batch)))
         return st;
@@ -376,7 +370,6 @@ static bl_status setup_model(bl_trainer *t)
             t->cb.resumed(t->cb.user, c->resume, t->info.epoch, t->info.step, t->info.seed);
     }
     t->info.plan = c->plan;
-    t->info.model = t->net.model;
     return BL_OK;
 }
 
@@ -410,7 +403,7 @@ static bl_status setup_plan(bl_trainer *t)
     }
     if (c->plan.bn_shuffle) {
         /* one permutation of the global batch's rows per step, moved through the hooks */
-        const int rows = bl_net_shuffle_rows(&t->net), W = t->h.world;
+        const int rows = t->shuffle_rows = bl_net_shuffle_rows(&t->net), W = t->h.world;
         if (!rows)
             return bl_fail(BL_ERR_ARG, "cfg.bn_shuffle: a %s has no rows to shuffle (a crop head "
                            "has: resnetN-crops)", c->model.name);
@@ -561,8 +554,7 @@ static bl_status sgd_step(bl_trainer *t)
     bl_status st = BL_OK;
     /* one permutation of the global batch's rows per step */
     if (t->perm && !t->frozen)
-        st = bl_shuffle_perm(t->info.seed, t->info.step, c->batch * bl_net_shuffle_rows(net),
-                             t->perm);
+        st = bl_shuffle_perm(t->info.seed, t->info.step, c->batch * t->shuffle_rows, t->perm);
     /* FrozenBN: population statistics; else the plan's batch statistics */
     const bl_pass_spec spec = {.mode = t->frozen ? BL_BN_POPULATION : BL_BN_BATCH,
                                .n = t->share_n, .ids = ids, .seed = t->info.seed,
@@ -687,9 +679,9 @@ static bl_status epoch_end(bl_trainer *t)
             return st;
         t->final_src = bl_estimator_name(bl_net_bn_at(net, 0)->pop_source);
         if (c->eval_minibatch &&
-            ((st = bl_evaluate_shard(net, &t->test, rc, BL_BN_BATCH, t->g, t->info.seed, 0,
+            ((st = bl_evaluate_shard(net, &t->test, rc, BL_BN_BATCH, t->chk.eval_norm_batch, t->info.seed, 0,
                                      &t->shard, &mb)) ||
-             (st = bl_evaluate_shard(net, &t->train_sub, rc, BL_BN_BATCH, t->g, t->info.seed, 0,
+             (st = bl_evaluate_shard(net, &t->train_sub, rc, BL_BN_BATCH, t->chk.eval_norm_batch, t->info.seed, 0,
                                      &t->shard, &tmb))))
             return st;
     }
@@ -755,7 +747,7 @@ bl_status bl_trainer_summary(bl_trainer *t, bl_train_summary *s)
     }
     s->epochs = t->info.epoch;
     s->steps = t->info.step;
-    s->norm_batch = t->g;
+    s->norm_batch = t->chk.eval_norm_batch;
     s->head_bn_images = t->chk.head_bn_images;
     s->test_err = pop.err;
     s->estimator = t->final_src;
