@@ -2,7 +2,8 @@
 # The installed library as another project uses it (ctest install): cmake --install into a
 # temporary prefix, then both examples built against it with pkg-config (shared, and static with
 # --static) and with CMake (find_package(bnlab), the imported target bnlab::bnlab), and run:
-# the BN core alone, and PreciseBN on a checkpoint that `bnlab eval` then reads. Also: the soname,
+# the BN core alone, and PreciseBN on a checkpoint that `bnlab eval` then reads; and an extender's
+# model family (tests/test_custom_family.c) built with the installed headers alone. Also: the soname,
 # the files in place, and none of this build's BL_HAVE_* definitions reaching a consumer.
 # usage: install_test.sh BUILD_DIR SOURCE_DIR BNLAB
 set -u
@@ -59,6 +60,13 @@ ldd "$tmp/pc/bn_core" | grep -q "libbnlab.so.0 => $libdir" || fail "shared examp
 ! ldd "$tmp/pcs/bn_core" | grep -q libbnlab || fail "static example linked to libbnlab.so"
 run_examples pkg-config "$tmp/pc"
 run_examples pkg-config-static "$tmp/pcs"
+
+# an extender's model family (tests/test_custom_family.c) with the installed headers alone
+$cc -std=c11 -O2 "$src/tests/test_custom_family.c" -I"$src/tests" $flags -lm -Wl,-rpath,"$libdir" \
+  -o "$tmp/custom_family" || fail "build of test_custom_family against the installed headers"
+OMP_NUM_THREADS=2 "$tmp/custom_family" >"$tmp/custom.log" 2>&1 ||
+  fail "test_custom_family on the installed library: $(tail -2 "$tmp/custom.log")"
+echo "custom family: $(tail -1 "$tmp/custom.log")"
 
 # CMake: find_package(bnlab), bnlab::bnlab
 grep -q "BL_HAVE" "$libdir"/cmake/bnlab/*.cmake && fail "BL_HAVE_* in the CMake package"

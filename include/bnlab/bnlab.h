@@ -4,6 +4,8 @@
 #include "bnlab/core.h"
 #include "bnlab/bn.h"
 #include "bnlab/nn.h"
+#include "bnlab/family.h"
+#include "bnlab/layer.h"
 #include "bnlab/train.h"
 #include "bnlab/dist.h"
 #include "bnlab/data.h"

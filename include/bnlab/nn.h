@@ -49,6 +49,7 @@ typedef struct {
     int64_t *i64;        /* BL_P_COUNT only */
     int optional;        /* 0, or a group: a checkpoint may lack the group's parameters, all of them
                           * (statistics never estimated: a multi-level layer's per-level ones) */
+    int owner;           /* the layer that declared it (its index), which initializes it */
 } bl_param;
 
 typedef struct bl_net bl_net;
@@ -211,6 +212,10 @@ typedef struct {
     /* A forward failed at an earlier layer (optional): a layer that makes collective calls joins
      * them anyway (with whatever data), so every process makes the same calls. */
     void (*abort)(bl_layer *l, bl_net *net, const bl_ctx *ctx);
+    /* Initializes the parameters this layer declared (bl_param.owner), drawing from r in their
+     * order (optional: the layer has none, or they need no values). bl_net_init_params calls the
+     * layers in network order. */
+    void (*init)(bl_layer *l, bl_net *net, bl_rng *r);
 } bl_layer_ops;
 
 #define BL_LAYER_MAX_IN 4
@@ -350,6 +355,14 @@ static inline int bl_net_bn_layer(const bl_net *net, int i)
 }
 /* The BN core of a BN layer, or NULL for a layer of another kind (the typed accessor). */
 bl_bn *bl_layer_bn(const bl_layer *l);
+/* Where BN core i sits: its layer (index into net->layers) and, in a layer of several cores (one
+ * BN over several inputs: a multi-level layer), which: parts = the layer's inputs, part k < parts
+ * normalizes input k, part == parts the pooled core over all of them; a plain BN layer: part 0 of
+ * parts 1. layer -1 for an i out of range. */
+typedef struct {
+    int layer, part, parts;
+} bl_bn_where;
+bl_bn_where bl_net_bn_where(const bl_net *net, int i);
 /* Commits every BN layer's pending batch statistics to est (the EMA after a training step). */
 bl_status bl_net_bn_commit(bl_net *net, bl_estimator est);
 const bl_param *bl_net_param(const bl_net *net, const char *name);

@@ -13,14 +13,15 @@
 static void level_shift(const bl_net *net, int json)
 {
     int first = 1;
-    for (int i = 0; i < net->n_bn; i++) {
-        const bl_layer *l = &net->layers[net->bn_layer[i]];
-        if (l->ops->kind != BL_LAYER_BN_PARTS || i != l->bn_index) continue;
-        const bl_bn *pool = net->bn[i + l->n_in];
+    for (int i = 0; i < bl_net_bn_count(net); i++) {
+        /* a BN over several levels: its per-level cores, then the pooled one */
+        const bl_bn_where at = bl_net_bn_where(net, i);
+        if (at.parts < 2 || at.part) continue;
+        const bl_bn *pool = bl_net_bn_at(net, i + at.parts);
         if (json) printf("%s\"%s\":[", first ? ",\"level_shift\":{" : ",", pool->name);
         else printf("  %s, each level's statistics vs the pooled (mean/max over channels):", pool->name);
-        for (int k = 0; k < l->n_in; k++) {
-            const bl_bn *b = net->bn[i + k];
+        for (int k = 0; k < at.parts; k++) {
+            const bl_bn *b = bl_net_bn_at(net, i + k);
             const double eps = b->cfg.eps;
             double sm = 0, sx = 0, vm = 0, vx = 0;
             const int C = b->cfg.channels;

@@ -4,6 +4,7 @@
 #include "nn/net.h"
 #include "nn/conv3x3.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -263,9 +264,18 @@ static void conv_free(bl_layer *l)
     free(l->state);
 }
 
+/* Kaiming normal of its weight (fan_in, ReLU gain), unless another layer declared it. */
+static void conv_init(bl_layer *l, bl_net *net, bl_rng *r)
+{
+    const conv_state *s = l->state;
+    bl_param *p = &net->params[s->w];
+    if (bl_layer_owns(net, l, s->w))
+        bl_param_init_normal(p, r, sqrt(2.0 / (double)(p->count / (size_t)p->shape[0])));
+}
+
 static const bl_layer_ops conv_ops = {.kind = BL_LAYER_CONV, .kind_name = "conv",
                                       .forward = conv_forward, .backward = conv_backward,
-                                      .free = conv_free, .infer = conv_infer};
+                                      .free = conv_free, .infer = conv_infer, .init = conv_init};
 
 /* The parameter `name` when declared already with this kind and shape (*idx; 1 returned), none
  * (0), or an error for a clash. */
@@ -403,9 +413,18 @@ static int bn_cores(bl_layer *l, bl_bn **core, unsigned *in)
     return 1;
 }
 
+/* gamma 1, beta 0 (the population statistics are the core's: mean 0, var 1 at bind) */
+static void bn_init(bl_layer *l, bl_net *net, bl_rng *r)
+{
+    const bn_state *s = l->state;
+    (void)r;
+    bl_param_init_const(&net->params[s->gamma], 1.0f);
+    bl_param_init_const(&net->params[s->beta], 0.0f);
+}
+
 static const bl_layer_ops bn_ops = {.kind = BL_LAYER_BN, .kind_name = "bn", .bind = bn_bind,
                                     .forward = bn_forward, .backward = bn_backward, .free = bn_free,
-                                    .cores = bn_cores};
+                                    .cores = bn_cores, .init = bn_init};
 
 /* One row of statistics and parameters and the fast kernels (the reference kernel is kept
  * separate so that tests can compare against it). */
@@ -603,9 +622,18 @@ static bl_status linear_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     return BL_OK;
 }
 
+/* PyTorch's default: weight and bias uniform in +-1/sqrt(fan_in of the weight) */
+static void linear_init(bl_layer *l, bl_net *net, bl_rng *r)
+{
+    const linear_state *s = l->state;
+    const double bound = 1.0 / sqrt((double)s->cin);
+    bl_param_init_uniform(&net->params[s->w], r, bound);
+    if (s->b >= 0) bl_param_init_uniform(&net->params[s->b], r, bound);
+}
+
 static const bl_layer_ops linear_ops = {.kind = BL_LAYER_LINEAR, .kind_name = "linear",
                                         .forward = linear_forward, .backward = linear_backward,
-                                        .free = free_state};
+                                        .free = free_state, .init = linear_init};
 
 static bl_status linear_make(bl_net *net, const char *name, int in, int cout, int bias, int rows,
                              int *out)
@@ -705,8 +733,18 @@ static void gn_free(bl_layer *l)
     free(s);
 }
 
+/* gamma 1, beta 0, unless another layer declared them (shared over levels) */
+static void gn_init(bl_layer *l, bl_net *net, bl_rng *r)
+{
+    const gn_state *s = l->state;
+    (void)r;
+    if (bl_layer_owns(net, l, s->gamma)) bl_param_init_const(&net->params[s->gamma], 1.0f);
+    if (bl_layer_owns(net, l, s->beta)) bl_param_init_const(&net->params[s->beta], 0.0f);
+}
+
 static const bl_layer_ops gn_ops = {.kind = BL_LAYER_GN, .kind_name = "gn", .bind = gn_bind,
-                                    .forward = gn_forward, .backward = gn_backward, .free = gn_free};
+                                    .forward = gn_forward, .backward = gn_backward, .free = gn_free,
+                                    .init = gn_init};
 
 bl_status bl_net_gn(bl_net *net, const char *name, int in, int groups, int *out)
 {

@@ -131,10 +131,21 @@ static int levels_cores(bl_layer *l, bl_bn **core, unsigned *in)
     return s->n + 1;
 }
 
+/* every level's (or the shared) gamma 1 and beta 0 */
+static void levels_init(bl_layer *l, bl_net *net, bl_rng *r)
+{
+    const levels_state *s = l->state;
+    (void)r;
+    for (int k = 0; k < s->n; k++) {
+        bl_param_init_const(&net->params[s->gamma[k]], 1.0f);
+        bl_param_init_const(&net->params[s->beta[k]], 0.0f);
+    }
+}
+
 static const bl_layer_ops levels_ops = {.kind = BL_LAYER_BN_PARTS, .kind_name = "bn-levels",
                                         .bind = levels_bind, .forward = levels_forward,
                                         .backward = levels_backward, .free = levels_free,
-                                        .cores = levels_cores};
+                                        .cores = levels_cores, .init = levels_init};
 
 static bl_status declare_levels(bl_net *net, levels_state *s, const char *name, int C)
 {

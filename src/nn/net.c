@@ -90,6 +90,7 @@ bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int 
     p->count = 1;
     for (int d = 0; d < ndim; d++) p->shape[d] = shape[d], p->count *= (size_t)shape[d];
     p->ohwi = ohwi;
+    p->owner = net->n_layers; /* the layer added next */
     *idx = net->n_params++;
     return BL_OK;
 }
@@ -410,29 +411,40 @@ const bl_param *bl_net_param(const bl_net *net, const char *name)
     return NULL;
 }
 
+void bl_param_init_normal(bl_param *p, bl_rng *r, double std)
+{
+    for (size_t k = 0; k < p->count; k++) p->data[k] = (float)(std * bl_rng_normal(r));
+}
+
+void bl_param_init_uniform(bl_param *p, bl_rng *r, double bound)
+{
+    for (size_t k = 0; k < p->count; k++) p->data[k] = (float)(bound * (2 * bl_rng_uniform(r) - 1));
+}
+
+void bl_param_init_const(bl_param *p, float v)
+{
+    for (size_t k = 0; k < p->count; k++) p->data[k] = v;
+}
+
 void bl_net_init_params(bl_net *net, uint64_t seed)
 {
+    /* each layer its own parameters, in network order: the order they were declared in, so one
+     * stream of draws gives every net of a seed the same values */
     bl_rng r;
     bl_rng_seed(&r, seed);
-    for (int i = 0; i < net->n_params; i++) {
-        bl_param *p = &net->params[i];
-        if (p->kind == BL_P_COUNT || p->kind == BL_P_BUFFER) continue;
-        const char *leaf = strrchr(p->name, '.');
-        size_t fan_in = p->ndim > 1 ? p->count / (size_t)p->shape[0] : 1;
-        if (p->kind == BL_P_BN) {
-            float v = leaf && !strcmp(leaf, ".weight") ? 1.0f : 0.0f;
-            for (size_t k = 0; k < p->count; k++) p->data[k] = v;
-        } else if (p->ndim == 4) {
-            double std = sqrt(2.0 / (double)fan_in);
-            for (size_t k = 0; k < p->count; k++) p->data[k] = (float)(std * bl_rng_normal(&r));
-        } else {
-            /* linear weight and bias: PyTorch's default bound 1/sqrt(fan_in of the weight) */
-            const bl_param *w = p->kind == BL_P_BIAS ? p - 1 : p;
-            double bound = 1.0 / sqrt((double)(w->count / (size_t)w->shape[0]));
-            for (size_t k = 0; k < p->count; k++)
-                p->data[k] = (float)(bound * (2 * bl_rng_uniform(&r) - 1));
-        }
-    }
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].ops->init) net->layers[i].ops->init(&net->layers[i], net, &r);
+}
+
+bl_bn_where bl_net_bn_where(const bl_net *net, int i)
+{
+    bl_bn_where w = {-1, 0, 0};
+    if (i < 0 || i >= net->n_bn) return w;
+    const bl_layer *l = &net->layers[net->bn_layer[i]];
+    w.layer = net->bn_layer[i];
+    w.part = i - l->bn_index;
+    w.parts = l->ops->cores((bl_layer *)l, NULL, NULL) > 1 ? l->n_in : 1;
+    return w;
 }
 
 /* OIHW index of OHWI element (o, y, x, i). */

@@ -1,0 +1,47 @@
+/* bnlab layer API: what an extender needs to write a layer of its own and build a net from it
+ * (docs/extending.md). A layer is an ops table (bl_layer_ops, nn.h: forward, backward, and
+ * optionally bind, free, infer, cores for BN cores, abort, init) with a state of its own; it reads
+ * tensors by id and declares the parameters it trains. Memory comes at bl_net_finalize: bind then
+ * finds its parameters' and tensors' data. */
+#ifndef BNLAB_LAYER_H
+#define BNLAB_LAYER_H
+
+#include "bnlab/nn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Adds a tensor of per-sample shape (h, w, c); *id receives its id. */
+bl_status bl_net_tensor(bl_net *net, int h, int w, int c, int *id);
+/* Adds a layer reading in[0..n_in) and writing a new tensor of shape (h, w, c); *out receives the
+ * layer. state is owned by the layer once this succeeds (freed by ops->free); on failure it is
+ * still the caller's. */
+bl_status bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
+                       int n_in, int h, int w, int c, void *state, bl_layer **out);
+/* The same with n_out outputs of shapes hwc[3k .. 3k+2], tensors out .. out + n_out - 1. */
+bl_status bl_net_layer_n(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
+                         int n_in, const int *hwc, int n_out, void *state, bl_layer **out);
+/* Declares a parameter for the layer added next (its owner); *idx receives its index. shape is
+ * PyTorch's; ohwi: a conv weight stored OHWI inside (OIHW in checkpoints). */
+bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int ndim,
+                         const int *shape, int ohwi, int *idx);
+/* Elements of one sample of tensor t. */
+static inline size_t bl_tsize(const bl_tensor *t) { return (size_t)t->h * t->w * t->c; }
+
+/* For init ops: Kaiming normal (std sqrt(2 / fan_in), fan_in = count / shape[0]), uniform in
+ * [-bound, bound], and a constant. */
+void bl_param_init_normal(bl_param *p, bl_rng *r, double std);
+void bl_param_init_uniform(bl_param *p, bl_rng *r, double bound);
+void bl_param_init_const(bl_param *p, float v);
+/* Whether layer l declared parameter idx (and so initializes it; a shared one is its first
+ * user's). */
+static inline int bl_layer_owns(const bl_net *net, const bl_layer *l, int idx)
+{
+    return net->params[idx].owner == (int)(l - net->layers);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif
