@@ -134,13 +134,14 @@ int main(int argc, char **argv)
         {"plan", "[1]", "the 'plan' metadata is malformed"},
         {"epoch", "12x", "the 'epoch' metadata '12x' is not an integer"},
         {"epoch_progress", "1.5,3", "the 'epoch_progress' metadata '1.5,3' is malformed"},
-        /* an architecture the tensors do not hold: refused before it is built (a forged width or
-         * depth would otherwise allocate that network first) */
-        {"width", "100000", "do not match its conv1.weight"},
-        {"arch", "resnet20000", "at most 1202"},
-        {"arch", "resnet14", "needs a float tensor layer1.1.conv1.weight"},
-        {"classes", "200000000", "classes do not match its classifier"},
-        {"input", "100000,28,1", "at most 256x256"},
+        /* an architecture the tensors do not hold: refused while it is declared, before anything
+         * of its size is allocated (a forged width or depth would otherwise allocate that network
+         * first) */
+        {"width", "100000", "needs tensor 'conv1.weight' of shape [100000, 1, 3, 3]"},
+        {"arch", "resnet20000", "has a tensor 'layer1.1.conv1.weight' that the file lacks"},
+        {"arch", "resnet14", "has a tensor 'layer1.1.conv1.weight' that the file lacks"},
+        {"classes", "200000000", "needs tensor 'fc.weight' of shape [200000000, 16]"},
+        {"input", "100000,28,1", "at most 1024x1024"},
     };
     for (size_t k = 0; k < sizeof meta_bad / sizeof *meta_bad; k++) {
         bl_safetensors src;

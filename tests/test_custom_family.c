@@ -30,13 +30,12 @@ static void tiny_defaults(void *opts) { ((tiny_opts *)opts)->channels = 8; }
         if ((st = (e))) return st;                                                                 \
     } while (0)
 
-static bl_status tiny_build(bl_net *net, const bl_model *m, int classes, int h, int w, int c,
-                            int max_batch)
+/* the net holds its input already (tensor 0) */
+static bl_status tiny_build(bl_net *net, const bl_model *m, int classes)
 {
     const tiny_opts *o = bl_model_opts_c(m);
     bl_status st;
     int t = 0;
-    TRY(bl_net_init(net, h, w, c, max_batch));
     for (int k = 0; k < 3; k++) {
         char conv[32], bn[32], relu[32];
         snprintf(conv, sizeof conv, "block%d.conv", k);

@@ -17,6 +17,7 @@ extern "C" {
 #endif
 
 struct bl_net;
+struct bl_param;
 struct bl_plan;
 struct bl_pass;
 struct bl_pass_spec;
@@ -70,10 +71,6 @@ typedef struct {
     int final_precise;
 } bl_train_check;
 
-/* Looks a float tensor up in the file being opened: 1 when `name` exists with first dimension
- * rows and (cols >= 0) second dimension cols. */
-typedef int (*bl_tensor_lookup)(void *ctx, const char *name, int64_t rows, int64_t cols);
-
 enum { BL_PLAN_HEAD_BN_IMAGES = 1u, BL_PLAN_BN_SHUFFLE = 2u };
 
 struct bl_family {
@@ -93,10 +90,9 @@ struct bl_family {
     /* Options that depend on others (a head width of 0: the head's default) and checks of the
      * options together. Errors name options as cfg.<name>. Optional. */
     bl_status (*resolve)(bl_model *m);
-    /* Builds and finalizes the net (bl_net_init first); on failure the net is only fit for
-     * bl_net_free. */
-    bl_status (*build)(struct bl_net *net, const bl_model *m, int classes, int h, int w, int c,
-                       int max_batch);
+    /* Adds the model's layers to the net, which holds its input (tensor 0) already, and
+     * finalizes it; on failure the net is only fit for bl_net_free. */
+    bl_status (*build)(struct bl_net *net, const bl_model *m, int classes);
     /* A training run against the family. Optional. */
     bl_status (*check_train)(const bl_model *m, const struct bl_plan *plan, bl_train_check *c);
     /* How each BN core of a pass normalizes: bl_pass_make has filled every core with the pass's
@@ -108,10 +104,6 @@ struct bl_family {
      * apply them to the net. reestimates: the statistics are about to be replaced (no check of
      * them). Optional. */
     bl_status (*reopen)(struct bl_net *net, const bl_model *m, int reestimates);
-    /* The architecture a checkpoint's metadata claims, held against its tensors before anything
-     * is built (a forged width or depth would otherwise allocate that net first). Optional. */
-    bl_status (*plausible)(const bl_model *m, int classes, int h, int w, int c,
-                           bl_tensor_lookup has, void *ctx);
 };
 
 /* Registers a family (the built-in ones are there from the start). Its model names must not be
@@ -154,6 +146,13 @@ int bl_model_is_default(const bl_model *m, const bl_family_opt *o);
 /* Builds the named model's net (NULL opts: its defaults); on failure the net is freed. */
 bl_status bl_model_build(struct bl_net *net, const bl_model *m, int classes, int h, int w, int c,
                          int max_batch);
+/* Declares the model's net without allocating it: check is called with every parameter as it is
+ * declared (name, kind, PyTorch shape, optional), and its first error ends the declaration, so a
+ * checkpoint's claimed architecture is held against the file's tensors before anything of its
+ * size exists (a forged width or depth fails at the first tensor that does not match). */
+typedef bl_status (*bl_param_check)(void *ctx, const struct bl_param *p);
+bl_status bl_model_declare(const bl_model *m, int classes, int h, int w, int c,
+                           bl_param_check check, void *ctx);
 
 /* The built-in families' options (their structs; the first field of a ResNet's is its depth). */
 typedef enum { BL_HEAD_BN = 0, BL_HEAD_GN = 1, BL_HEAD_NONE = 2 } bl_head_norm;

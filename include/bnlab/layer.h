@@ -26,6 +26,10 @@ bl_status bl_net_layer_n(bl_net *net, const bl_layer_ops *ops, const char *name,
  * PyTorch's; ohwi: a conv weight stored OHWI inside (OIHW in checkpoints). */
 bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int ndim,
                          const int *shape, int ohwi, int *idx);
+/* The same for a parameter that may be absent from a checkpoint with the rest of its group
+ * (optional: the group, > 0; bl_param.optional). */
+bl_status bl_net_declare_in(bl_net *net, const char *name, bl_param_kind kind, int ndim,
+                            const int *shape, int ohwi, int optional, int *idx);
 /* Elements of one sample of tensor t. */
 static inline size_t bl_tsize(const bl_tensor *t) { return (size_t)t->h * t->w * t->c; }
 

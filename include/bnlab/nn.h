@@ -39,7 +39,7 @@ typedef enum {
     BL_P_COUNT    /* BN num_batches_tracked: int64, shape [] */
 } bl_param_kind;
 
-typedef struct {
+typedef struct bl_param {
     char name[96];
     bl_param_kind kind;
     int ndim, shape[4];  /* PyTorch shape (conv OIHW) */
@@ -253,6 +253,10 @@ struct bl_net {
     char arch[64];           /* e.g. "resnet20", "resnet20-ml": model.name */
     int width;
     bl_model model;          /* the model it was built from (family NULL: built by hand) */
+    /* declaring only (bl_model_declare): every parameter checked as it is declared, finalize
+     * allocates nothing */
+    bl_param_check declare_check;
+    void *declare_ctx;
     bl_scratch ws;           /* im2col and friends, shared by all layers */
     int finalized;
 };

@@ -254,13 +254,12 @@ static bl_status resolve(bl_model *m)
     return BL_OK;
 }
 
-static bl_status build(bl_net *net, const bl_model *m, int classes, int h, int w, int c,
-                       int max_batch)
+static bl_status build(bl_net *net, const bl_model *m, int classes)
 {
     const bl_resnet_crops_opts *hd = bl_model_opts_c(m);
     bl_status st;
     int stage[2], t;
-    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, h, w, c, max_batch, 2, stage));
+    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, 2, stage));
     TRY(bl_crop_head(net, stage[1], hd, classes, &t));
     return bl_net_finalize(net);
 }
@@ -335,14 +334,6 @@ static bl_status check_train(const bl_model *m, const bl_plan *plan, bl_train_ch
     return BL_OK;
 }
 
-static bl_status plausible(const bl_model *m, int classes, int h, int w, int c, bl_tensor_lookup has,
-                           void *ctx)
-{
-    const bl_resnet_crops_opts *o = bl_model_opts_c(m);
-    return bl_resnet_plausible(o->depth, 2, "head.cls.weight", m->width, classes, h, w, c, has,
-                               ctx);
-}
-
 #define OFF(f) offsetof(bl_resnet_crops_opts, f)
 static const bl_family_opt opts[] = {
     {.name = "head_norm", .key = "norm", .type = BL_FOPT_CHOICE, .offset = OFF(head_norm),
@@ -371,5 +362,4 @@ const bl_family bl_family_resnet_crops = {
     .build = build,
     .check_train = check_train,
     .plan_pass = plan_pass,
-    .plausible = plausible,
 };

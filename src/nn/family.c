@@ -184,7 +184,8 @@ bl_status bl_model_build(bl_net *net, const bl_model *m, int classes, int h, int
     if (!m || !m->family) return bl_fail(BL_ERR_ARG, "model: no family (bl_model_init first)");
     bl_model r = *m;
     bl_status st = bl_model_resolve(&r);
-    if (!st) st = m->family->build(net, &r, classes, h, w, c, max_batch);
+    if (!st) st = bl_net_init(net, h, w, c, max_batch);
+    if (!st) st = m->family->build(net, &r, classes);
     if (st) {
         bl_net_free(net);
         return st;
@@ -210,5 +211,20 @@ bl_status bl_model_rename(bl_model *m, const char *name)
     const int width = m->width;
     bl_status st = bl_model_init(m, name);
     m->width = width;
+    return st;
+}
+
+bl_status bl_model_declare(const bl_model *m, int classes, int h, int w, int c,
+                           bl_param_check check, void *ctx)
+{
+    if (!m || !m->family) return bl_fail(BL_ERR_ARG, "model: no family (bl_model_init first)");
+    bl_net net;
+    memset(&net, 0, sizeof net);
+    bl_model r = *m;
+    bl_status st = bl_model_resolve(&r);
+    if (!st) st = bl_net_init(&net, h, w, c, 1);
+    net.declare_check = check, net.declare_ctx = ctx;
+    if (!st) st = m->family->build(&net, &r, classes);
+    bl_net_free(&net);
     return st;
 }

@@ -62,13 +62,12 @@ static bl_status head_stage(bl_net *net, const bl_resnet_ml_opts *hd, int stage,
     return BL_OK;
 }
 
-static bl_status build(bl_net *net, const bl_model *m, int classes, int h, int w, int c,
-                       int max_batch)
+static bl_status build(bl_net *net, const bl_model *m, int classes)
 {
     const bl_resnet_ml_opts *hd = bl_model_opts_c(m);
     bl_status st;
     int stage[3], lv[LEVELS];
-    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, h, w, c, max_batch, 3, stage));
+    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, 3, stage));
     for (int k = 0; k < LEVELS; k++) {
         char name[64];
         snprintf(name, sizeof name, "lateral.%d", k);
@@ -139,14 +138,6 @@ static bl_status reopen(bl_net *net, const bl_model *m, int reestimates)
     return BL_OK;
 }
 
-static bl_status plausible(const bl_model *m, int classes, int h, int w, int c, bl_tensor_lookup has,
-                           void *ctx)
-{
-    const bl_resnet_ml_opts *o = bl_model_opts_c(m);
-    return bl_resnet_plausible(o->depth, 3, "head.cls.weight", m->width, classes, h, w, c, has,
-                               ctx);
-}
-
 #define OFF(f) offsetof(bl_resnet_ml_opts, f)
 static const bl_family_opt opts[] = {
     {.name = "head_norm", .key = "norm", .type = BL_FOPT_CHOICE, .offset = OFF(head_norm),
@@ -176,5 +167,4 @@ const bl_family bl_family_resnet_ml = {
     .build = build,
     .check_train = check_train,
     .reopen = reopen,
-    .plausible = plausible,
 };

@@ -163,10 +163,11 @@ static bl_status declare_levels(bl_net *net, levels_state *s, const char *name, 
         for (int j = affine_here ? 0 : 2; j < 5 && !st; j++) {
             snprintf(pn, sizeof pn, "%s.%s", pre, suffix[j]);
             bl_param_kind kind = j < 2 ? BL_P_BN : j < 4 ? BL_P_BUFFER : BL_P_COUNT;
-            st = bl_net_declare(net, pn, kind, j < 4 ? 1 : 0, &C, 0, idx[j]);
             /* a level's statistics may be absent from a file with pooled ones only: such a file
-             * loads, and inference with per-level statistics is refused (level_stats) */
-            if (!st && k < s->n && j >= 2) net->params[*idx[j]].optional = s->mean[k] + 1;
+             * loads, and inference with per-level statistics is refused (level_stats); the group
+             * is named after the level's running_mean */
+            const int group = k < s->n && j >= 2 ? (j == 2 ? net->n_params : s->mean[k]) + 1 : 0;
+            st = bl_net_declare_in(net, pn, kind, j < 4 ? 1 : 0, &C, 0, group, idx[j]);
         }
     }
     if (!s->affine_levels)

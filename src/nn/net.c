@@ -80,6 +80,12 @@ bl_status bl_net_layer_n(bl_net *net, const bl_layer_ops *ops, const char *name,
 bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int ndim,
                          const int *shape, int ohwi, int *idx)
 {
+    return bl_net_declare_in(net, name, kind, ndim, shape, ohwi, 0, idx);
+}
+
+bl_status bl_net_declare_in(bl_net *net, const char *name, bl_param_kind kind, int ndim,
+                            const int *shape, int ohwi, int optional, int *idx)
+{
     if (net->finalized) return bl_fail(BL_ERR_STATE, "net: parameter '%s' after finalize", name);
     bl_status st = grow((void **)&net->params, &net->cap_params, net->n_params + 1, sizeof(bl_param));
     if (st) return bl_fail_ctx(st, "parameter '%s'", name);
@@ -91,13 +97,15 @@ bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int 
     for (int d = 0; d < ndim; d++) p->shape[d] = shape[d], p->count *= (size_t)shape[d];
     p->ohwi = ohwi;
     p->owner = net->n_layers; /* the layer added next */
+    p->optional = optional;
     *idx = net->n_params++;
-    return BL_OK;
+    return net->declare_check ? net->declare_check(net->declare_ctx, p) : BL_OK;
 }
 
 bl_status bl_net_finalize(bl_net *net)
 {
     if (net->finalized) return bl_fail(BL_ERR_STATE, "net: finalized twice");
+    if (net->declare_check) return BL_OK; /* declared only: nothing to allocate */
     /* parameter and buffer offsets, 16-float aligned so every tensor starts on a cache line */
     size_t np = 0, nb = 0;
     for (int i = 0; i < net->n_params; i++) {

@@ -60,39 +60,11 @@ bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, int 
     return BL_OK;
 }
 
-bl_status bl_resnet_begin(bl_net *net, int depth, int width, int classes, int h, int w, int c,
-                          int max_batch, int stages, int *stage_out)
+bl_status bl_resnet_begin(bl_net *net, int depth, int width, int classes, int stages,
+                          int *stage_out)
 {
     bl_status st = bl_resnet_check(depth, width, classes);
-    if (st) return st;
-    TRY(bl_net_init(net, h, w, c, max_batch));
-    return bl_resnet_backbone(net, depth, width, stages, stage_out);
-}
-
-bl_status bl_resnet_plausible(int depth, int stages, const char *cls, int width, int classes,
-                              int h, int w, int c, bl_tensor_lookup has, void *ctx)
-{
-    if (!has(ctx, "conv1.weight", width, c))
-        return bl_fail(BL_ERR_FORMAT, "the metadata's width %d and %d input channels do not match "
-                       "its conv1.weight: corrupt or forged", width, c);
-    if (depth > 1202)
-        return bl_fail(BL_ERR_FORMAT, "depth %d in its metadata: corrupt (at most 1202)", depth);
-    const int blocks = (depth - 2) / 6;
-    for (int s = 0; s < stages; s++)
-        for (int b = 0; b < blocks; b++) {
-            char name[64];
-            snprintf(name, sizeof name, "layer%d.%d.conv1.weight", s + 1, b);
-            if (!has(ctx, name, (int64_t)width << s, -1))
-                return bl_fail(BL_ERR_FORMAT, "the metadata's resnet%d w=%d needs a float tensor "
-                               "%s of %lld rows: corrupt or forged", depth, width, name,
-                               (long long)width << s);
-        }
-    if (!has(ctx, cls, classes, -1))
-        return bl_fail(BL_ERR_FORMAT, "the metadata's %d classes do not match its classifier's "
-                       "weight: corrupt or forged", classes);
-    if (h < 1 || w < 1 || h > 256 || w > 256)
-        return bl_fail(BL_ERR_FORMAT, "input %dx%d in its metadata: corrupt (at most 256x256)", h, w);
-    return BL_OK;
+    return st ? st : bl_resnet_backbone(net, depth, width, stages, stage_out);
 }
 
 /* ---- the family "resnet" -------------------------------------------------------------------------- */
@@ -101,23 +73,15 @@ static int parse(const char *name, void *opts)
     return bl_resnet_name(name, "", &((bl_resnet_opts *)opts)->depth);
 }
 
-static bl_status build(bl_net *net, const bl_model *m, int classes, int h, int w, int c,
-                       int max_batch)
+static bl_status build(bl_net *net, const bl_model *m, int classes)
 {
     const bl_resnet_opts *o = bl_model_opts_c(m);
     bl_status st;
     int stage[3], t;
-    TRY(bl_resnet_begin(net, o->depth, m->width, classes, h, w, c, max_batch, 3, stage));
+    TRY(bl_resnet_begin(net, o->depth, m->width, classes, 3, stage));
     TRY(bl_net_gap(net, "avgpool", stage[2], &t));
     TRY(bl_net_linear(net, "fc", t, classes, &t));
     return bl_net_finalize(net);
-}
-
-static bl_status plausible(const bl_model *m, int classes, int h, int w, int c, bl_tensor_lookup has,
-                           void *ctx)
-{
-    const bl_resnet_opts *o = bl_model_opts_c(m);
-    return bl_resnet_plausible(o->depth, 3, "fc.weight", m->width, classes, h, w, c, has, ctx);
 }
 
 const bl_family bl_family_resnet = {
@@ -127,7 +91,6 @@ const bl_family bl_family_resnet = {
     .opts_size = sizeof(bl_resnet_opts),
     .parse = parse,
     .build = build,
-    .plausible = plausible,
 };
 
 bl_status bl_resnet(bl_net *net, int depth, int width, int n_classes, int h, int w, int c,

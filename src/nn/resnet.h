@@ -11,13 +11,9 @@ int bl_resnet_name(const char *name, const char *suffix, int *depth);
 bl_status bl_resnet_check(int depth, int width, int classes);
 /* The stem and `stages` stages (1..3); stage_out[s] receives stage s's output tensor. */
 bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, int *stage_out);
-/* A ResNet family's build up to its head: the checks, bl_net_init and the backbone. */
-bl_status bl_resnet_begin(bl_net *net, int depth, int width, int classes, int h, int w, int c,
-                          int max_batch, int stages, int *stage_out);
-/* A ResNet's claimed sizes against a file's tensors: the stem [width, c, ..], every block's first
- * convolution of `stages` stages, the classifier `cls` [classes, ..]; the input bounded. */
-bl_status bl_resnet_plausible(int depth, int stages, const char *cls, int width, int classes,
-                              int h, int w, int c, bl_tensor_lookup has, void *ctx);
+/* A ResNet family's build up to its head: the checks and the backbone. */
+bl_status bl_resnet_begin(bl_net *net, int depth, int width, int classes, int stages,
+                          int *stage_out);
 
 #define TRY(expr)                                                                                  \
     do {                                                                                           \

@@ -441,12 +441,30 @@ void bl_model_spec_defaults(bl_model_spec *m)
     m->recipe = bl_recipe_fmnist();
 }
 
-/* A float tensor `name` whose first dimension is rows (and second cols unless cols < 0). */
-static int has_rows(void *ctx, const char *name, int64_t rows, int64_t cols)
+/* One declared parameter of the architecture a file's metadata claims, against the file's tensor
+ * (bl_model_declare): there, of its dtype and shape; an optional one may be absent. */
+static bl_status check_param(void *ctx, const bl_param *p)
 {
-    const bl_st_entry *e = bl_st_find(ctx, name);
-    return e && (e->dtype == BL_F32 || e->dtype == BL_F64) && e->ndim >= 2 && e->shape[0] == rows &&
-           (cols < 0 || e->shape[1] == cols);
+    const bl_st_entry *e = bl_st_find(ctx, p->name);
+    if (!e && p->optional) return BL_OK;
+    if (!e)
+        return bl_fail(BL_ERR_FORMAT, "the metadata's model has a tensor '%s' that the file "
+                       "lacks: corrupt or forged", p->name);
+    if (p->kind == BL_P_COUNT)
+        return e->dtype == BL_I64 && bl_st_numel(e) == 1
+                   ? BL_OK
+                   : bl_fail(BL_ERR_FORMAT, "'%s' is not an I64 scalar: corrupt", p->name);
+    int same = (e->dtype == BL_F32 || e->dtype == BL_F64) && e->ndim == p->ndim;
+    for (int d = 0; d < p->ndim && same; d++) same = e->shape[d] == p->shape[d];
+    if (same) return BL_OK;
+    char want[96] = "", has[160] = "";
+    for (int d = 0, o = 0; d < p->ndim; d++)
+        o += snprintf(want + o, sizeof want - o, "%s%d", d ? ", " : "", p->shape[d]);
+    for (int d = 0, o = 0; d < e->ndim && d < 8; d++)
+        o += snprintf(has + o, sizeof has - o, "%s%lld", d ? ", " : "", (long long)e->shape[d]);
+    return bl_fail(BL_ERR_FORMAT, "the metadata's model needs tensor '%s' of shape [%s] in float, "
+                   "the file's is [%s]%s: corrupt or forged", p->name, want, has,
+                   e->dtype == BL_F32 || e->dtype == BL_F64 ? "" : " and not float");
 }
 
 bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spec *foreign,
@@ -477,8 +495,12 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
             rc = bl_fail(BL_ERR_ARG, "%s: a bnlab checkpoint of a %s w=%s, but cfg.model %s "
                          "cfg.width %d was given: drop them (the checkpoint says what it is)", path,
                          arch, width, foreign->model, foreign->width);
-        if (!rc && tmp.model.family->plausible)
-            rc = tmp.model.family->plausible(&tmp.model, k, h, w, c, has_rows, &st);
+        /* the input, which no tensor shows, bounded; then every declared parameter against the
+         * file, before anything of the claimed sizes is allocated */
+        if (!rc && (h < 1 || w < 1 || c < 1 || h > 1024 || w > 1024 || c > BL_RECIPE_MAX_CHANNELS))
+            rc = bl_fail(BL_ERR_FORMAT, "input %dx%dx%d in its metadata: corrupt (at most "
+                         "1024x1024x%d)", h, w, c, BL_RECIPE_MAX_CHANNELS);
+        if (!rc) rc = bl_model_declare(&tmp.model, k, h, w, c, check_param, &st);
     } else if (use_spec) {
         /* a PyTorch state_dict: the model named by the caller, fed by its recipe */
         memset(&tmp, 0, sizeof tmp);
