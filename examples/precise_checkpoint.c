@@ -42,10 +42,12 @@ int main(int argc, char **argv)
     printf("%s: %d BN layers, %ld images; test error %.2f%% with the stored statistics, %.2f%% "
            "with PreciseBN's (largest standard error of a channel mean: %.3f std)\n", argv[1],
            rep.layers, rep.samples, before.err, after.err, rep.worst_se);
-    bl_precise_record(info.precise, sizeof info.precise, &c, &rep, &net);
+    bl_ckpt_info_set(&info.precise, bl_precise_record(&c, &rep, &net));
+    if (!info.precise) return fail("record");
     if (bl_checkpoint_save(&net, argv[2], &info)) return fail(argv[2]);
     printf("wrote %s\n", argv[2]);
     bl_net_free(&net);
+    bl_ckpt_info_free(&info);
     bl_dataset_free(&train);
     bl_dataset_free(&test);
     return 0;

@@ -63,7 +63,10 @@ int main(int argc, char **argv)
     c.draws = 1;
     CHECK(bl_adapt(&net, &target, &c, 1, &r2) == BL_OK && r2.err_target == r.err_draw[0],
           "the first draw again: %.2f vs %.2f", r2.err_target, r.err_draw[0]);
-    CHECK(strstr(r2.record, "\"samples\":500") != NULL, "record: %.80s", r2.record);
+    char *rec = bl_precise_record(&r2.precise_cfg, &r2.precise, &net);
+    CHECK(rec && strstr(rec, "\"samples\":500") && strstr(rec, "\"augment\":false"),
+          "record: %.80s", rec ? rec : bl_error());
+    free(rec);
     float *adapted = malloc(net.n_buffer_floats * sizeof(float));
     memcpy(adapted, net.buffer_block, net.n_buffer_floats * sizeof(float));
     CHECK(!same_stats(&net, orig), "keep: the target statistics stay");
@@ -95,5 +98,6 @@ int main(int argc, char **argv)
     bl_dataset_free(&half), bl_dataset_free(&pool), bl_dataset_free(&target);
     bl_dataset_free(&test);
     bl_net_free(&net);
+    bl_ckpt_info_free(&info);
     return check_done("test_adapt");
 }

@@ -66,6 +66,7 @@ int main(int argc, char **argv)
               got.ep_loss == 0.25 && got.ep_wrong == 3 && got.ep_seen == 64,
           "metadata round trip: epoch %d step %ld seed %llu", got.epoch, got.step,
           (unsigned long long)got.seed);
+    bl_ckpt_info_free(&got);
     /* opened from its metadata alone */
     bl_net c;
     CHECK(bl_checkpoint_open(path, 4, NULL, &c, NULL) == BL_OK, "open: %s", bl_error());
@@ -160,7 +161,7 @@ int main(int argc, char **argv)
         bl_status st = bl_checkpoint_open(bad, 2, NULL, &o, &oi);
         CHECK(st == BL_ERR_FORMAT && strstr(bl_error(), meta_bad[k][2]), "malformed %s '%s': %d '%s'",
               meta_bad[k][0], meta_bad[k][1], st, bl_error());
-        if (!st) bl_net_free(&o);
+        if (!st) bl_net_free(&o), bl_ckpt_info_free(&oi);
     }
 
     /* foreign: a safetensors file without bnlab metadata (the PyTorch fixture) */

@@ -166,6 +166,7 @@ int main(void)
           "the PreciseBN checkpoint does not round-trip: %s", bl_error());
     bl_net_free(&again);
     bl_net_free(&back);
+    bl_ckpt_info_free(&info);
     bl_dataset_free(&train);
     bl_dataset_free(&test);
     char cmd[128];

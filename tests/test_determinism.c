@@ -130,6 +130,7 @@ int main(int argc, char **argv)
     printf("evaluation, 1 vs 2 threads: %d of %d logits differ\n", diff, 256 * net.n_classes);
     free(l1), free(l2);
     bl_net_free(&net);
+    bl_ckpt_info_free(&info);
     bl_dataset_free(&probe);
     return check_done("test_determinism");
 }

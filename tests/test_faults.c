@@ -78,7 +78,7 @@ static bl_status sc_load(void *path)
     bl_net net;
     bl_ckpt_info info;
     bl_status st = bl_checkpoint_open(path, 8, NULL, &net, &info);
-    if (!st) bl_net_free(&net);
+    if (!st) bl_net_free(&net), bl_ckpt_info_free(&info);
     return st;
 }
 
@@ -149,6 +149,7 @@ static bl_status sc_precise(void *arg)
         st = bl_precise(&net, &a->data, &c, &r);
     }
     bl_net_free(&net);
+    bl_ckpt_info_free(&info);
     return st;
 }
 
@@ -164,6 +165,7 @@ static bl_status sc_eval(void *arg)
     st = bl_evaluate(&net, &a->data, &info.recipe, BL_BN_POPULATION, 0, 1, 0, &r);
     if (!st) st = bl_evaluate(&net, &a->data, &info.recipe, BL_BN_BATCH, 8, 1, 1, &r);
     bl_net_free(&net);
+    bl_ckpt_info_free(&info);
     return st;
 }
 
@@ -326,8 +328,7 @@ int main(void)
     }
     save_arg sv = {NULL, ckpt[2], 0};
     bl_net crops;
-    bl_ckpt_info ci;
-    CHECK(!bl_checkpoint_open(ckpt[2], 8, NULL, &crops, &ci), "open: %s", bl_error());
+    CHECK(!bl_checkpoint_open(ckpt[2], 8, NULL, &crops, NULL), "open: %s", bl_error());
     char saved[400];
     snprintf(saved, sizeof saved, "%s/saved.safetensors", dir);
     sv.net = &crops, sv.path = saved;
@@ -346,15 +347,14 @@ int main(void)
 
     /* file faults */
     bl_net net;
-    bl_ckpt_info info;
-    CHECK(!bl_checkpoint_open(ckpt[0], 8, NULL, &net, &info), "open: %s", bl_error());
+    CHECK(!bl_checkpoint_open(ckpt[0], 8, NULL, &net, NULL), "open: %s", bl_error());
     char path[400];
     snprintf(path, sizeof path, "%s/ckpt.safetensors", dir);
     save_arg sa = {&net, path, 0};
     CHECK(!w_ckpt(&sa), "first checkpoint: %s", bl_error());
     sweep_io("checkpoint", w_ckpt, &sa, path, NULL);
     bl_net tmp_net;
-    CHECK(!bl_checkpoint_open(path, 8, NULL, &tmp_net, &info), "the checkpoint left loads: %s",
+    CHECK(!bl_checkpoint_open(path, 8, NULL, &tmp_net, NULL), "the checkpoint left loads: %s",
           bl_error());
     bl_net_free(&tmp_net);
     bl_net_free(&net);

@@ -338,6 +338,7 @@ static void test_pooled_only_file(void)
         CHECK(bl_net_head_pop(&back, 1) == BL_ERR_STATE && strstr(bl_error(), "no per-level population"),
               "per-level statistics of a pooled-only file: %s", bl_error());
         bl_net_free(&back);
+        bl_ckpt_info_free(&info);
     }
     CHECK(bl_checkpoint_open(full, 2, NULL, &back, &info) == BL_OK && bl_net_head_pop(&back, 1) == BL_OK,
           "full file, per level: %s", bl_error());
@@ -345,6 +346,7 @@ static void test_pooled_only_file(void)
               ((bl_resnet_ml_opts *)bl_model_opts(&back.model))->head_width == 8 &&
               !strcmp(back.arch, "resnet8-ml"), "head restored");
     bl_net_free(&back);
+    bl_ckpt_info_free(&info);
     remove(full), remove(pooled);
     bl_net_free(&net);
 }

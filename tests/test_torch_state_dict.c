@@ -114,6 +114,8 @@ int main(int argc, char **argv)
               !strcmp(back.recipe.name, "fashion-mnist"),
           "the recipe read back: mean %g std %g", back.recipe.mean[0], back.recipe.std[0]);
     bl_net_free(&again);
+    bl_ckpt_info_free(&back);
+    bl_ckpt_info_free(&info);
     remove(mine);
     bl_net_free(&net);
     bl_st_free(&ref);

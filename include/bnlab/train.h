@@ -98,14 +98,20 @@ typedef struct {
     /* the unfinished epoch's running sums, so a resumed epoch reports the whole epoch */
     double ep_loss;
     long ep_wrong, ep_seen;
-    char config[2048]; /* the run's resolved configuration, JSON */
-    char precise[8192]; /* how PreciseBN produced the statistics (JSON), or "" */
-    char adapt[1024];   /* the target domain they were adapted to (JSON, bnlab adapt), or "" */
+    /* JSON texts, malloc'd (NULL: none): the run's resolved configuration, how PreciseBN produced
+     * the statistics, the target domain they were adapted to (bnlab adapt) */
+    char *config, *precise, *adapt;
     bl_model model;     /* what it is (metadata "arch", "width", and "head": the family's recorded
                          * options); read back only */
     bl_plan plan;       /* the normalization plan it was trained with (metadata "plan"; a file from
                          * before the plan existed: what its "config" implies, docs/extending.md) */
 } bl_ckpt_info;
+
+/* Frees an info's texts. The functions that fill an info (load, open, read_info) overwrite it:
+ * free one they filled before it is filled again. */
+void bl_ckpt_info_free(bl_ckpt_info *info);
+/* Replaces one of an info's texts by text (owned from now on; NULL: none). */
+void bl_ckpt_info_set(char **field, char *text);
 
 /* A model's recorded options (those with a key) as one JSON object, the "head" metadata (malloc'd;
  * NULL with BL_OK when it has none), and back: keys absent keep their defaults. */
@@ -205,9 +211,9 @@ typedef struct {
 } bl_precise_report;
 
 void bl_precise_defaults(bl_precise_cfg *c);
-/* The run as JSON (the "precise" metadata of a checkpoint). */
-void bl_precise_record(char *buf, size_t len, const bl_precise_cfg *c, const bl_precise_report *r,
-                       bl_net *net);
+/* The run as JSON (the "precise" metadata of a checkpoint): malloc'd, NULL with a reason when out
+ * of memory. */
+char *bl_precise_record(const bl_precise_cfg *c, const bl_precise_report *r, const bl_net *net);
 
 /* A copy of every BN layer's population statistics, their estimator and EMA count, to evaluate
  * with other statistics and come back exactly. */
@@ -281,7 +287,7 @@ typedef struct {
     double err_source, err_target, err_target_sd; /* %, target: mean over the draws */
     double err_draw[BL_ADAPT_MAX_DRAWS];
     bl_precise_report precise;        /* of the first draw */
-    char record[8192];                /* its PreciseBN record (JSON), with keep */
+    bl_precise_cfg precise_cfg;       /* the first draw's PreciseBN (for bl_precise_record) */
 } bl_adapt_report;
 
 void bl_adapt_defaults(bl_adapt_cfg *c);

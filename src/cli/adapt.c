@@ -3,6 +3,10 @@
  * source and with the target statistics on the same held-out target images. */
 #include "cli/cli.h"
 
+#if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+#include <cjson/cJSON.h>
+#endif
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,12 +114,12 @@ int cmd_adapt(int argc, char **argv)
             fprintf(stderr, "bnlab adapt: --target-dir: %s (the directory needs "
                             "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, as bnlab "
                             "corrupt writes them)\n", bl_error());
-            bl_net_free(&net);
+            bl_net_free(&net), bl_ckpt_info_free(&info);
             return 1;
         }
     } else {
         if (cli_load_fmnist("adapt", data_dir, "test", &d)) {
-            bl_net_free(&net);
+            bl_net_free(&net), bl_ckpt_info_free(&info);
             return 1;
         }
         if (corr != BL_CORRUPT_COUNT) {
@@ -123,7 +127,7 @@ int cmd_adapt(int argc, char **argv)
             if (bl_corrupt_dataset(&d, corr, severity, corrupt_seed, &cd)) {
                 fprintf(stderr, "bnlab adapt: %s\n", bl_error());
                 bl_dataset_free(&d);
-                bl_net_free(&net);
+                bl_net_free(&net), bl_ckpt_info_free(&info);
                 return 1;
             }
             bl_dataset_free(&d);
@@ -136,13 +140,20 @@ int cmd_adapt(int argc, char **argv)
     rc = bl_adapt(&net, &d, &c, out[0] != 0, &r);
     const double secs = cli_now() - t0;
     if (!rc && out[0]) {
-        snprintf(info.precise, sizeof info.precise, "%s", r.record);
-        snprintf(info.adapt, sizeof info.adapt,
-                 "{\"target\":\"%s\",\"severity\":%d,\"corrupt_seed\":%llu,\"samples\":%ld,"
-                 "\"batch\":%d,\"sequential\":%s,\"seed\":%llu}", name, severity,
-                 (unsigned long long)corrupt_seed, c.samples, c.batch,
-                 c.sequential ? "true" : "false", (unsigned long long)c.seed);
-        rc = bl_checkpoint_save(&net, out, &info);
+        /* how the statistics were estimated, and on what (a target directory's path escaped) */
+        bl_ckpt_info_set(&info.precise, bl_precise_record(&r.precise_cfg, &r.precise, &net));
+        cJSON *a = cJSON_CreateObject();
+        int ok = a && cJSON_AddStringToObject(a, "target", name) &&
+                 cJSON_AddNumberToObject(a, "severity", severity) &&
+                 cJSON_AddNumberToObject(a, "corrupt_seed", (double)corrupt_seed) &&
+                 cJSON_AddNumberToObject(a, "samples", (double)c.samples) &&
+                 cJSON_AddNumberToObject(a, "batch", c.batch) &&
+                 cJSON_AddBoolToObject(a, "sequential", c.sequential) &&
+                 cJSON_AddNumberToObject(a, "seed", (double)c.seed);
+        bl_ckpt_info_set(&info.adapt, ok ? cJSON_PrintUnformatted(a) : NULL);
+        cJSON_Delete(a);
+        rc = info.precise && info.adapt ? bl_checkpoint_save(&net, out, &info)
+                                        : bl_fail(BL_ERR_NOMEM, "out of memory writing metadata");
     }
     if (rc) {
         cli_error("adapt", opts, n);
@@ -173,7 +184,7 @@ int cmd_adapt(int argc, char **argv)
                out[0] ? "; wrote " : "", out);
     }
     bl_dataset_free(&d);
-    bl_net_free(&net);
+    bl_net_free(&net), bl_ckpt_info_free(&info);
     return rc ? 1 : 0;
 #else
     (void)argc, (void)argv;

@@ -87,7 +87,7 @@ int cmd_eval(int argc, char **argv)
     if ((rc = cli_open_checkpoint("eval", pos[0], batch, &fo, opts, n, &net, &info))) return rc;
     bl_dataset d;
     if (cli_load_fmnist("eval", data_dir, split ? "train" : "test", &d)) {
-        bl_net_free(&net);
+        bl_net_free(&net), bl_ckpt_info_free(&info);
         return 1;
     }
     /* a head's choices, where the model has them (the multi-level head's) */
@@ -132,7 +132,7 @@ int cmd_eval(int argc, char **argv)
         }
     }
     bl_dataset_free(&d);
-    bl_net_free(&net);
+    bl_net_free(&net), bl_ckpt_info_free(&info);
     return rc ? 1 : 0;
 #else
     fprintf(stderr, "bnlab eval: built without zlib or cJSON: install zlib1g-dev and libcjson-dev "

@@ -46,7 +46,7 @@ int cmd_inspect(int argc, char **argv)
     c.recipe = info.recipe;
     bl_dataset train;
     if (cli_load_fmnist("inspect", data_dir, "train", &train)) {
-        bl_net_free(&net);
+        bl_net_free(&net), bl_ckpt_info_free(&info);
         return 1;
     }
     static bl_inspect_report r;
@@ -90,7 +90,7 @@ int cmd_inspect(int argc, char **argv)
             printf("verdict: consistent (no layer flagged)\n");
     }
     bl_dataset_free(&train);
-    bl_net_free(&net);
+    bl_net_free(&net), bl_ckpt_info_free(&info);
     return rc ? 1 : 0;
 #else
     (void)argc, (void)argv;

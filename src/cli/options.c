@@ -358,6 +358,7 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
     }
     if (cli_foreign_recipe(cmd, f, &info->recipe)) {
         bl_net_free(net);
+        bl_ckpt_info_free(info);
         return 2;
     }
     /* the families' open options given: the net's family must have them (then it applies them) */
@@ -372,6 +373,7 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
             fprintf(stderr, "bnlab %s: %s applies to %s; %s is a %s\n", cmd, f->fam.opt[k].name,
                     who, path, net->arch);
             bl_net_free(net);
+            bl_ckpt_info_free(info);
             return 2;
         }
         bl_model_set(&m, o, f->fam.value[k] - 1);
@@ -380,6 +382,7 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
     if (any && m.family->reopen && m.family->reopen(net, &m, f->reestimates)) {
         cli_error(cmd, opts, n_opts);
         bl_net_free(net);
+        bl_ckpt_info_free(info);
         return 2;
     }
     return 0;

@@ -74,7 +74,7 @@ int cmd_precise(int argc, char **argv)
     if (c.plan.head_bn_images && !(net.model.family->plan_uses & BL_PLAN_HEAD_BN_IMAGES)) {
         fprintf(stderr, "bnlab precise: --head-bn-images applies to a head that normalizes its own "
                 "groups (resnetN-crops); %s is a %s\n", pos[0], net.arch);
-        bl_net_free(&net);
+        bl_net_free(&net), bl_ckpt_info_free(&info);
         return 2;
     }
     /* keep the optimizer state too when there is one, so the output can still be trained on */
@@ -83,7 +83,7 @@ int cmd_precise(int argc, char **argv)
     if (cli_load_fmnist("precise", data_dir, "train", &train) ||
         (evaluate && cli_load_fmnist("precise", data_dir, "test", &test))) {
         bl_dataset_free(&train);
-        bl_net_free(&net);
+        bl_net_free(&net), bl_ckpt_info_free(&info);
         return 1;
     }
     bl_eval_result before = {.err = -1}, after = {.err = -1};
@@ -101,8 +101,10 @@ int cmd_precise(int argc, char **argv)
     if (!rc) t0 = cli_now(), rc = bl_precise(&net, &train, &c, &r), secs = cli_now() - t0;
     if (!rc && evaluate) rc = bl_evaluate(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &after);
     if (!rc) {
-        bl_precise_record(info.precise, sizeof info.precise, &c, &r, &net);
-        rc = bl_checkpoint_save(&net, out, &info);
+        char *rec = bl_precise_record(&c, &r, &net);
+        rc = rec ? BL_OK : BL_ERR_NOMEM;
+        bl_ckpt_info_set(&info.precise, rec);
+        if (!rc) rc = bl_checkpoint_save(&net, out, &info);
     }
     if (rc) {
         cli_error("precise", opts, n);
@@ -139,7 +141,7 @@ int cmd_precise(int argc, char **argv)
     }
     bl_dataset_free(&train);
     if (evaluate) bl_dataset_free(&test);
-    bl_net_free(&net);
+    bl_net_free(&net), bl_ckpt_info_free(&info);
     return rc ? 1 : 0;
 #else
     (void)argc, (void)argv;

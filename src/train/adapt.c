@@ -63,7 +63,7 @@ bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c,
         if (!st) st = bl_evaluate(net, &eval, &c->recipe, BL_BN_POPULATION, 0, 0, 0, &e);
         if (!st && k == 0) {
             first_rep = r->precise;
-            if (keep) bl_precise_record(r->record, sizeof r->record, &pc, &r->precise, net);
+            r->precise_cfg = pc;
             if (keep && c->draws > 1) st = bl_pop_save(net, &first);
         }
         if (st) break;

@@ -123,6 +123,50 @@ static bl_status plan_from(const cJSON *j, bl_plan *p, const char *what, const c
     return BL_OK;
 }
 
+void bl_ckpt_info_free(bl_ckpt_info *info)
+{
+    free(info->config), free(info->precise), free(info->adapt);
+    info->config = info->precise = info->adapt = NULL;
+}
+
+void bl_ckpt_info_set(char **field, char *text)
+{
+    free(*field);
+    *field = text;
+}
+
+/* x rounded to `digits` significant digits (printf's %.*g), so the JSON shows no more */
+static double digits(double x, int n)
+{
+    char b[40];
+    snprintf(b, sizeof b, "%.*g", n, x);
+    return strtod(b, NULL);
+}
+
+char *bl_precise_record(const bl_precise_cfg *c, const bl_precise_report *r, const bl_net *net)
+{
+    bl_json_init();
+    cJSON *o = cJSON_CreateObject(), *se = NULL;
+    int ok = o && cJSON_AddStringToObject(o, "estimator", c->sequential ? "precise-sequential"
+                                                                        : "precise") &&
+             cJSON_AddNumberToObject(o, "samples", (double)c->samples) &&
+             cJSON_AddNumberToObject(o, "batch", c->batch) &&
+             cJSON_AddBoolToObject(o, "augment", c->augment) &&
+             cJSON_AddNumberToObject(o, "seed", (double)c->seed) &&
+             cJSON_AddNumberToObject(o, "forwards", round(r->forwards * 1000) / 1000) &&
+             cJSON_AddNumberToObject(o, "worst_se", digits(r->worst_se, 6));
+    if (ok && c->plan.norm_batch) ok = cJSON_AddNumberToObject(o, "norm_batch", c->plan.norm_batch) != NULL;
+    if (ok && c->plan.head_bn_images)
+        ok = cJSON_AddNumberToObject(o, "head_bn_images", c->plan.head_bn_images) != NULL;
+    ok = ok && (se = cJSON_AddObjectToObject(o, "max_se"));
+    for (int k = 0; ok && k < r->layers; k++)
+        ok = cJSON_AddNumberToObject(se, bl_net_bn_at(net, k)->name, digits(r->max_se[k], 6)) != NULL;
+    char *text = ok ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!text) bl_fail(BL_ERR_NOMEM, "out of memory writing the PreciseBN record");
+    return text;
+}
+
 /* one metadata entry, once everything before it went well (a failed one must fail the save:
  * a checkpoint without its metadata is not one) */
 static void meta(bl_st_writer *w, bl_status *st, const char *key, const char *value)
@@ -196,9 +240,9 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
         meta(&w, &st, "epoch_progress", v);
         meta(&w, &st, "rng", "derived: one global order from (seed, epoch), each rank "
                                   "taking its share; augmentation from (seed, epoch, sample)");
-        meta(&w, &st, "config", info->config);
-        if (info->precise[0]) meta(&w, &st, "precise", info->precise);
-        if (info->adapt[0]) meta(&w, &st, "adapt", info->adapt);
+        if (info->config) meta(&w, &st, "config", info->config);
+        if (info->precise) meta(&w, &st, "precise", info->precise);
+        if (info->adapt) meta(&w, &st, "adapt", info->adapt);
     }
     if (!st) st = bl_st_write(&w, path);
     bl_st_writer_free(&w);
@@ -395,9 +439,6 @@ static bl_status read_info(const bl_safetensors *st, const char *path, bl_ckpt_i
             return bl_fail(BL_ERR_FORMAT, "%s: the 'seed' metadata '%.40s' is not an unsigned "
                            "integer: corrupt", path, v);
     }
-    if ((v = bl_st_meta(st, "config"))) snprintf(info->config, sizeof info->config, "%s", v);
-    if ((v = bl_st_meta(st, "precise"))) snprintf(info->precise, sizeof info->precise, "%s", v);
-    if ((v = bl_st_meta(st, "adapt"))) snprintf(info->adapt, sizeof info->adapt, "%s", v);
     if ((v = bl_st_meta(st, "epoch_progress"))) {
         int used = 0;
         if (sscanf(v, "%lf,%ld,%ld%n", &info->ep_loss, &info->ep_wrong, &info->ep_seen, &used) != 3 ||
@@ -406,6 +447,14 @@ static bl_status read_info(const bl_safetensors *st, const char *path, bl_ckpt_i
             return bl_fail(BL_ERR_FORMAT, "%s: the 'epoch_progress' metadata '%.60s' is "
                            "malformed: corrupt", path, v);
     }
+    /* the texts last: an error before them leaves nothing to free */
+    const char *key[3] = {"config", "precise", "adapt"};
+    char **field[3] = {&info->config, &info->precise, &info->adapt};
+    for (int k = 0; k < 3; k++)
+        if ((v = bl_st_meta(st, key[k])) && !(*field[k] = bl_strdup(v))) {
+            bl_ckpt_info_free(info);
+            return BL_ERR_NOMEM; /* the reason is the allocation's */
+        }
     return BL_OK;
 }
 
@@ -415,10 +464,11 @@ bl_status bl_checkpoint_load(bl_net *net, const char *path, int with_optim, bl_c
     bl_status rc = bl_st_read(path, &st);
     if (rc) return rc;
     /* the recipe first: a malformed one changes nothing */
-    bl_ckpt_info tmp;
+    bl_ckpt_info tmp = {0};
     rc = read_info(&st, path, &tmp);
     if (!rc) rc = load_into(net, &st, path, with_optim, 0);
     if (!rc && info) *info = tmp;
+    else bl_ckpt_info_free(&tmp); /* (read_info leaves none on its own failure) */
     bl_st_free(&st);
     return rc;
 }
@@ -478,7 +528,7 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
     const int ours = is_bnlab(&st);
     const int use_spec = !ours && foreign && foreign->model[0];
     int h = 28, w = 28, c = 1, k = 0, used = 0;
-    bl_ckpt_info tmp;
+    bl_ckpt_info tmp = {0};
     if (ours) {
         if (!arch || !width || !classes || !input ||
             sscanf(input, "%d,%d,%d%n", &h, &w, &c, &used) != 3 || input[used]) {
@@ -518,14 +568,17 @@ bl_status bl_checkpoint_open(const char *path, int max_batch, const bl_model_spe
     if (!rc) rc = bl_model_build(net, &tmp.model, k, h, w, c, max_batch);
     if (rc) {
         bl_st_free(&st);
+        bl_ckpt_info_free(&tmp);
         return bl_fail_ctx(rc, "%s", path);
     }
     rc = load_into(net, &st, path, 0, use_spec);
     bl_st_free(&st);
     if (rc) {
         bl_net_free(net);
+        bl_ckpt_info_free(&tmp);
         return rc;
     }
     if (info) *info = tmp;
+    else bl_ckpt_info_free(&tmp);
     return BL_OK;
 }

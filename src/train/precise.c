@@ -257,22 +257,3 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     for (int k = 0; k < K; k++) r->worst_se = r->max_se[k] > r->worst_se ? r->max_se[k] : r->worst_se;
     return BL_OK;
 }
-
-void bl_precise_record(char *buf, size_t len, const bl_precise_cfg *c, const bl_precise_report *r,
-                       bl_net *net)
-{
-    int o = snprintf(buf, len, "{\"estimator\":\"%s\",\"samples\":%ld,\"batch\":%d,"
-                     "\"augment\":%s,\"seed\":%llu,\"forwards\":%.3f,\"worst_se\":%.6g,",
-                     c->sequential ? "precise-sequential" : "precise", c->samples, c->batch,
-                     c->augment ? "true" : "false", (unsigned long long)c->seed, r->forwards,
-                     r->worst_se);
-    if (c->plan.norm_batch && o > 0 && (size_t)o < len)
-        o += snprintf(buf + o, len - o, "\"norm_batch\":%d,", c->plan.norm_batch);
-    if (c->plan.head_bn_images && o > 0 && (size_t)o < len)
-        o += snprintf(buf + o, len - o, "\"head_bn_images\":%d,", c->plan.head_bn_images);
-    if (o > 0 && (size_t)o < len) o += snprintf(buf + o, len - o, "\"max_se\":{");
-    for (int k = 0; k < r->layers && o > 0 && (size_t)o < len; k++)
-        o += snprintf(buf + o, len - o, "%s\"%s\":%.6g", k ? "," : "", bl_net_bn_at(net, k)->name,
-                      r->max_se[k]);
-    if (o > 0 && (size_t)o < len) snprintf(buf + o, len - o, "}}");
-}

@@ -65,7 +65,7 @@ static const char *sched_name(bl_schedule s)
 
 /* The run's resolved configuration as JSON (the checkpoint's "config"); world: the processes the
  * run is spread over (recorded: per-process BN depends on it). */
-static bl_status config_json(const bl_train_cfg *c, int world, char *out, size_t len)
+static bl_status config_json(const bl_train_cfg *c, int world, char **out)
 {
     bl_json_init();
     cJSON *o = cJSON_CreateObject();
@@ -102,11 +102,7 @@ static bl_status config_json(const bl_train_cfg *c, int world, char *out, size_t
     char *text = ok && !st ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
     if (!text) return bl_fail(BL_ERR_NOMEM, "out of memory writing the run's configuration");
-    if (strlen(text) >= len) st = bl_fail(BL_ERR_ARG, "the run's configuration (%zu characters) "
-                                          "does not fit a checkpoint's %zu: shorten cfg.data_dir",
-                                          strlen(text), len - 1);
-    else snprintf(out, len, "%s", text);
-    free(text);
+    bl_ckpt_info_set(out, text);
     return st;
 }
 
@@ -203,6 +199,7 @@ bl_status bl_train_resolve(bl_train_cfg *c)
         /* the checkpoint's head and plan, wherever the run leaves them at their defaults */
         bl_ckpt_info ck;
         if ((st = bl_checkpoint_read_info(c->resume, &ck))) return st;
+        bl_ckpt_info_free(&ck); /* its model and plan are enough */
         if (ck.model.family == c->model.family) {
             /* compared as the run resolves them (a head width of 0 is the head's default) */
             const bl_family *f = c->model.family;
@@ -356,13 +353,11 @@ static bl_status setup_model(bl_trainer *t)
     bl_net_init_params(&t->net, c->seed);
     t->info.seed = c->seed;
     t->info.recipe = c->recipe;
-    if ((st = config_json(c, t->h.world, t->info.config, sizeof t->info.config))) return st;
     if (c->resume[0]) {
         if ((st = bl_checkpoint_load(&t->net, c->resume, 1, &t->info))) return st;
-        if ((st = config_json(c, t->h.world, t->info.config, sizeof t->info.config))) return st;
         /* training goes on with EMA statistics, unless it resumes inside a FrozenBN phase */
         if (!(c->frozen_bn_epochs > 0 && t->info.epoch >= c->epochs - c->frozen_bn_epochs))
-            t->info.precise[0] = 0;
+            bl_ckpt_info_set(&t->info.precise, NULL);
         /* the data order, augmentation and recipe follow the checkpoint */
         t->c.recipe = t->info.recipe;
         if ((st = check_cfg(&t->c))) return bl_fail_ctx(st, "%s", c->resume);
@@ -370,7 +365,7 @@ static bl_status setup_model(bl_trainer *t)
             t->cb.resumed(t->cb.user, c->resume, t->info.epoch, t->info.step, t->info.seed);
     }
     t->info.plan = c->plan;
-    return BL_OK;
+    return config_json(c, t->h.world, &t->info.config);
 }
 
 /* Step 4: the plan's runtime pieces (a shuffle's permutation and routes), the batches, and
@@ -477,6 +472,7 @@ void bl_trainer_free(bl_trainer *t)
     free(t->perm), free(t->counts);
     free(t->order), bl_free(t->x), free(t->y);
     if (t->have_net) bl_net_free(&t->net);
+    bl_ckpt_info_free(&t->info);
     bl_dataset_free(&t->train_sub);
     bl_dataset_free(&t->train);
     bl_dataset_free(&t->test);
@@ -513,7 +509,9 @@ static bl_status begin_epoch(bl_trainer *t)
         bl_precise_report rep;
         bl_status st = bl_precise(&t->net, &t->train, &t->pcfg, &rep);
         if (st) return st;
-        bl_precise_record(t->info.precise, sizeof t->info.precise, &t->pcfg, &rep, &t->net);
+        char *rec = bl_precise_record(&t->pcfg, &rep, &t->net);
+        if (!rec) return BL_ERR_NOMEM;
+        bl_ckpt_info_set(&t->info.precise, rec);
         if (t->cb.frozen) t->cb.frozen(t->cb.user, t->ep + 1, t->pcfg.samples);
     }
     return BL_OK;
@@ -698,8 +696,11 @@ static bl_status epoch_end(bl_trainer *t)
         if (st || !keep_precise) bl_pop_restore(net, &ema);
         bl_pop_free(&ema);
         if (st) return st;
-        if (keep_precise)
-            bl_precise_record(t->info.precise, sizeof t->info.precise, &t->pcfg, &rep, net);
+        if (keep_precise) {
+            char *rec = bl_precise_record(&t->pcfg, &rep, net);
+            if (!rec) return BL_ERR_NOMEM;
+            bl_ckpt_info_set(&t->info.precise, rec);
+        }
     }
     t->info.epoch = t->ep + 1;
     if (pre.err >= 0) t->final_pre = pre;

@@ -29,9 +29,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (net.model.family == &bl_family_resnet && in->h * in->w * in->c <= 28 * 28)
                 bl_net_infer(&net, x, 2);
             bl_net_free(&net);
+            bl_ckpt_info_free(&info);
         }
     } else if (mode == 2) {
-        bl_checkpoint_read_info(path, &info);
+        if (!bl_checkpoint_read_info(path, &info)) bl_ckpt_info_free(&info);
     } else {
         bl_safetensors st;
         if (!bl_st_read(path, &st)) {
