@@ -102,7 +102,7 @@ int main(void)
     CHECK(bl_model_option(&c.model, "crops", 4) == BL_ERR_ARG && strstr(bl_error(), "cfg.crops"),
           "another family's option: %s", bl_error());
     c.batch = 32, c.epochs = 1, c.max_steps = 30, c.val = 59000, c.lr = 0.1, c.eval_every = 0;
-    c.final_precise_bn = 0;
+    c.precise.final = 0;
     snprintf(c.out, sizeof c.out, "%s", dir);
     bl_trainer *t;
     bl_status st = bl_trainer_init(&t, &c, NULL, NULL);

@@ -21,7 +21,7 @@ static state train(const char *model, int threads, uint64_t seed, double lr, int
     bl_train_defaults(&c);
     bl_model_rename(&c.model, model);
     c.model.width = 4, c.batch = 32, c.val = 59000, c.max_steps = steps, c.lr = lr, c.seed = seed;
-    c.threads = threads, c.eval_every = 0, c.final_precise_bn = 0;
+    c.threads = threads, c.eval_every = 0, c.precise.final = 0;
     if (strstr(model, "-ml")) bl_model_option(&c.model, "head_width", 8);
     if (strstr(model, "-crops")) {
         bl_model_option(&c.model, "head_width", 16), bl_model_option(&c.model, "crops", 4);

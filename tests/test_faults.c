@@ -93,7 +93,7 @@ static void train_config(bl_train_cfg *c, const train_arg *a)
     bl_train_defaults(c);
     bl_model_rename(&c->model, a->model);
     c->model.width = 2, c->batch = 16, c->epochs = 1, c->eval_every = 1, c->threads = 1, c->val = 32;
-    c->final_precise_bn = 1, c->precise_samples = 32, c->precise_batch = 16;
+    c->precise.final = 1, c->precise.samples = 32, c->precise.batch = 16;
     if (strstr(a->model, "-ml")) bl_model_option(&c->model, "head_width", 4);
     if (strstr(a->model, "-crops")) {
         bl_model_option(&c->model, "head_width", 8), bl_model_option(&c->model, "crops", 2);

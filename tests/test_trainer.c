@@ -79,7 +79,7 @@ static void config(bl_train_cfg *c, const char *out)
 {
     bl_train_defaults(c);
     bl_model_rename(&c->model, "resnet8");
-    c->model.width = 4, c->batch = 32, c->epochs = 1, c->eval_every = 0, c->final_precise_bn = 0;
+    c->model.width = 4, c->batch = 32, c->epochs = 1, c->eval_every = 0, c->precise.final = 0;
     c->val = 59000; /* 1000 training images */
     snprintf(c->out, sizeof c->out, "%s", out);
 }

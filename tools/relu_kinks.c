@@ -54,7 +54,7 @@ int main(int argc, char **argv)
     bl_train_cfg c;
     bl_train_defaults(&c);
     bl_model_rename(&c.model, "resnet8");
-    c.model.width = 8, c.epochs = 1, c.final_precise_bn = 0, c.eval_every = 0;
+    c.model.width = 8, c.epochs = 1, c.precise.final = 0, c.eval_every = 0;
     snprintf(c.out, sizeof c.out, "%s", argv[2]);
     for (int i = 3; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];

@@ -315,17 +315,22 @@ typedef struct {
     int checkpoint_every; /* epochs between checkpoints (the last one and stops always write) */
     int keep_every;       /* also keep epoch<N>.safetensors every K epochs (0: none), to branch or
                            * inspect from the middle of a run */
-    /* PreciseBN during training: every precise_bn_every epochs (0: never) also the test error
-     * with fresh precise statistics (the EMA ones are restored after); final_precise_bn: the end
-     * of training replaces the EMA statistics by precise ones (in the checkpoint too); -1: auto,
-     * on unless frozen_bn_epochs (whose frozen statistics are then the model's) */
-    int precise_bn_every, final_precise_bn;
+    /* PreciseBN during training (--precise-bn-every, --final-precise-bn, --precise-samples,
+     * --precise-batch): every `every` epochs (0: never) also the test error with fresh precise
+     * statistics (the EMA ones are restored after); `final`: the end of training replaces the EMA
+     * statistics by precise ones (in the checkpoint too), -1: auto, on unless frozen_bn_epochs
+     * (whose frozen statistics are then the model's) or the family's EMA statistics are its
+     * population statistics; `samples` N: 0 (default) 10^4, or the training split if smaller;
+     * `batch` B, default 200 */
+    struct {
+        int every, final;
+        long samples;
+        int batch;
+    } precise;
     /* "population batch in training" (FrozenBN): the last frozen_bn_epochs epochs normalize with
      * fixed population statistics, PreciseBN at the start of the phase (each epoch with
      * frozen_bn_reestimate); gamma and beta keep training, no EMA */
     int frozen_bn_epochs, frozen_bn_reestimate;
-    long precise_samples; /* N; 0 (default): 10^4, or the training split if smaller */
-    int precise_batch;    /* B, default 200 */
     bl_recipe recipe;     /* default: Fashion-MNIST's; a resumed run keeps its checkpoint's */
     char out[1024], data_dir[1024], resume[1024];
     /* The plan under processes (hooks.reducer): sync_bn, every BN layer normalizes over the global

@@ -254,7 +254,7 @@ static int train_main(cli_dist *d, int argc, char **argv)
          "carve a validation split of N training images (it replaces the test set)"},
         {"--max-steps", OPT_LONG, &c.max_steps, 0, 0, 9e15, NULL,
          "stop after N steps in all (0: none), with a checkpoint to --resume from"},
-        {"--precise-bn-every", OPT_INT, &c.precise_bn_every, 0, 0, 100000, NULL,
+        {"--precise-bn-every", OPT_INT, &c.precise.every, 0, 0, 100000, NULL,
          "also evaluate with fresh PreciseBN statistics every K epochs (0: never)"},
         {"--final-precise-bn", OPT_CHOICE, &final_precise, 0, 0, 0, "auto|on|off",
          "at the end, replace the EMA statistics by PreciseBN ones (checkpoint included); "
@@ -264,9 +264,9 @@ static int train_main(cli_dist *d, int argc, char **argv)
          "(gamma, beta keep training); with --resume, branch from a regular run"},
         {"--frozen-bn-reestimate", OPT_ONOFF, &c.frozen_bn_reestimate, 0, 0, 0, NULL,
          "FrozenBN: re-estimate the statistics at every epoch of the phase"},
-        {"--precise-samples", OPT_LONG, &c.precise_samples, 0, 0, 60000, NULL,
+        {"--precise-samples", OPT_LONG, &c.precise.samples, 0, 0, 60000, NULL,
          "PreciseBN: training images (0: 10^4, or all if fewer)"},
-        {"--precise-batch", OPT_INT, &c.precise_batch, 0, 1, 65536, NULL,
+        {"--precise-batch", OPT_INT, &c.precise.batch, 0, 1, 65536, NULL,
          "PreciseBN: images per batch"},
         {"--keep-every", OPT_INT, &c.keep_every, 0, 0, 100000, NULL,
          "also keep DIR/epoch<N>.safetensors every K epochs (0: none)"},
@@ -295,7 +295,7 @@ static int train_main(cli_dist *d, int argc, char **argv)
         return 2;
     }
     c.lr_scaling = scaling;
-    c.final_precise_bn = final_precise == 0 ? -1 : final_precise == 1;
+    c.precise.final = final_precise == 0 ? -1 : final_precise == 1;
     cli_print_config(stdout, "train", opts, n_base + fam.n_own); /* the model's options only */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -38,9 +38,9 @@ void bl_train_defaults(bl_train_cfg *c)
     c->threads = 2;
     c->eval_every = 1;
     c->checkpoint_every = 1;
-    c->final_precise_bn = -1;
-    c->precise_samples = 0; /* 10^4, or the whole split if smaller */
-    c->precise_batch = 200;
+    c->precise.final = -1;
+    c->precise.samples = 0; /* 10^4, or the whole split if smaller */
+    c->precise.batch = 200;
     c->recipe = bl_recipe_fmnist();
     snprintf(c->data_dir, sizeof c->data_dir, "%s", BL_FMNIST_DIR);
 }
@@ -78,10 +78,10 @@ static bl_status config_json(const bl_train_cfg *c, int world, char **out)
                {"warmup_epochs", c->warmup_epochs}, {"seed", (double)c->seed},
                {"threads", c->threads}, {"eval_every", c->eval_every},
                {"eval_minibatch", c->eval_minibatch}, {"val", c->val},
-               {"max_steps", (double)c->max_steps}, {"precise_bn_every", c->precise_bn_every},
-               {"final_precise_bn", c->final_precise_bn},
-               {"precise_samples", (double)c->precise_samples},
-               {"precise_batch", c->precise_batch}, {"keep_every", c->keep_every},
+               {"max_steps", (double)c->max_steps}, {"precise_bn_every", c->precise.every},
+               {"final_precise_bn", c->precise.final},
+               {"precise_samples", (double)c->precise.samples},
+               {"precise_batch", c->precise.batch}, {"keep_every", c->keep_every},
                {"frozen_bn_epochs", c->frozen_bn_epochs},
                {"frozen_bn_reestimate", c->frozen_bn_reestimate}, {"sync_bn", c->plan.sync_bn},
                {"processes", world}, {"head_bn_images", c->plan.head_bn_images},
@@ -275,7 +275,7 @@ static bl_status setup_check(bl_trainer *t)
         return bl_fail(BL_ERR_ARG, "hooks: rank %d of %d", t->h.rank, W);
     if (W > 1 && !t->h.reducer)
         return bl_fail(BL_ERR_ARG, "hooks: %d processes need a reducer", W);
-    const int uses_precise = c->precise_bn_every > 0 || c->final_precise_bn == 1 ||
+    const int uses_precise = c->precise.every > 0 || c->precise.final == 1 ||
                              c->frozen_bn_epochs > 0;
     t->chk = (bl_train_check){.batch = c->batch, .world = W, .share = share,
                               .eval_minibatch = c->eval_minibatch, .uses_precise = uses_precise,
@@ -326,15 +326,15 @@ static bl_status setup_data(bl_trainer *t)
                        t->train.n);
     /* auto: on, but with FrozenBN, and where the family's EMA statistics are its population
      * statistics (a crop head's; docs/crop-head.md) */
-    t->final_precise = c->final_precise_bn < 0 ? c->frozen_bn_epochs == 0 && t->chk.final_precise
-                                               : c->final_precise_bn;
-    t->use_precise = c->precise_bn_every > 0 || t->final_precise || c->frozen_bn_epochs > 0;
-    t->psamples = c->precise_samples ? c->precise_samples
+    t->final_precise = c->precise.final < 0 ? c->frozen_bn_epochs == 0 && t->chk.final_precise
+                                               : c->precise.final;
+    t->use_precise = c->precise.every > 0 || t->final_precise || c->frozen_bn_epochs > 0;
+    t->psamples = c->precise.samples ? c->precise.samples
                                      : (t->train.n < 10000 ? t->train.n : 10000);
-    if (t->use_precise && (t->psamples < 1 || t->psamples > t->train.n || c->precise_batch < 1))
+    if (t->use_precise && (t->psamples < 1 || t->psamples > t->train.n || c->precise.batch < 1))
         return bl_fail(BL_ERR_ARG, "PreciseBN with %ld samples in batches of %d: use "
                        "cfg.precise_samples in 1..%d and cfg.precise_batch >= 1", t->psamples,
-                       c->precise_batch, t->train.n);
+                       c->precise.batch, t->train.n);
     return BL_OK;
 }
 
@@ -345,7 +345,7 @@ static bl_status setup_model(bl_trainer *t)
     bl_status st;
     bl_batch_share(c->batch, t->h.rank, t->h.world, &t->share_off, &t->share_n);
     /* room for PreciseBN's batches too (the activations are sized by the largest batch) */
-    const int max_batch = t->use_precise && c->precise_batch > c->batch ? c->precise_batch : c->batch;
+    const int max_batch = t->use_precise && c->precise.batch > c->batch ? c->precise.batch : c->batch;
     if ((st = bl_model_build(&t->net, &c->model, c->recipe.classes, t->train.h, t->train.w,
                              c->recipe.channels, max_batch)))
         return st;
@@ -417,7 +417,7 @@ static bl_status setup_plan(bl_trainer *t)
     t->shard = (bl_shard){t->h.rank, t->h.world, t->h.reducer};
     t->aug = (bl_augment){seed, 0};
     bl_precise_defaults(&t->pcfg);
-    t->pcfg.samples = t->psamples, t->pcfg.batch = c->precise_batch, t->pcfg.seed = seed;
+    t->pcfg.samples = t->psamples, t->pcfg.batch = c->precise.batch, t->pcfg.seed = seed;
     t->pcfg.recipe = t->c.recipe;
     t->pcfg.reducer = t->h.reducer;
     t->pcfg.rank = t->h.rank, t->pcfg.world = t->h.world;
@@ -684,7 +684,7 @@ static bl_status epoch_end(bl_trainer *t)
             return st;
     }
     const int keep_precise = last && t->final_precise;
-    if ((c->precise_bn_every > 0 && ((t->ep + 1) % c->precise_bn_every == 0 || last)) ||
+    if ((c->precise.every > 0 && ((t->ep + 1) % c->precise.every == 0 || last)) ||
         keep_precise) {
         /* fresh PreciseBN statistics for this evaluation; training goes on with the EMA ones
          * (restored exactly), except at the end with final_precise */
