@@ -69,7 +69,7 @@ int cmd_adapt(int argc, char **argv)
     /* the target: clean, NAME[:SEV], or a directory */
     bl_corruption corr = BL_CORRUPT_COUNT;
     int severity = 0;
-    char name[96] = "clean";
+    char name[1100] = "clean"; /* "dir:" and a --target-dir path, whole */
     if (target[0]) {
         snprintf(name, sizeof name, "%s", target);
         char *colon = strchr(name, ':');
