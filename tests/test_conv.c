@@ -53,7 +53,7 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
     int ok;
     bl_net_loss(&net, lab, 1, &loss, &ok);
     CHECK(bl_net_backward(&net, NULL) == BL_OK, "backward: %s", bl_error());
-    const bl_tensor *a = &net.t[t1], *b = &net.t[t2];
+    const bl_tensor *a = bl_net_tensor_at(&net, t1), *b = bl_net_tensor_at(&net, t2);
     size_t na = (size_t)n * a->h * a->w * cout, nb = (size_t)n * b->h * b->w * cout;
     double *ya = malloc(sizeof(double) * na), *yb = malloc(sizeof(double) * nb);
     const bl_param *w1 = bl_net_param(&net, "c1.weight"), *w2 = bl_net_param(&net, "c2.weight");
@@ -88,7 +88,7 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
                             }
                         }
                 }
-    for (size_t i = 0; i < nw; i++) got[i] = net.grad_block[w2->offset + i];
+    for (size_t i = 0; i < nw; i++) got[i] = bl_net_block(&net, BL_BLOCK_GRADS, NULL)[w2->offset + i];
     snprintf(what, sizeof what, "conv dW (n=%d k=%d s=%d threads=%d)", n, k, s, threads);
     CHECK_CLOSE(what, got, dw, nw, 1e-4, 1e-4);
     for (size_t i = 0; i < na; i++) got[i] = a->grad[i];
@@ -120,7 +120,7 @@ static void infer_case(int width, int threads)
     }
     float *x = malloc(sizeof(float) * n * 784);
     for (int i = 0; i < n * 784; i++) x[i] = (float)bl_rng_normal(&r);
-    const bl_tensor *o = &net.t[net.n_tensors - 1];
+    const bl_tensor *o = bl_net_tensor_at(&net, bl_net_tensor_count(&net) - 1);
     double a[50], b[50];
     const bl_ctx pop = bl_ctx_all(BL_BN_POPULATION, NULL);
     CHECK(bl_net_forward(&net, &pop, x, n) == BL_OK, "forward: %s", bl_error());

@@ -31,8 +31,8 @@ static void variant(const bl_safetensors *st, const char *v)
     CHECK(bl_net_shuffle_rows(&net) == K && bl_net_bn_count(&net) == (hd.head_norm == BL_HEAD_BN ? 2 : 0),
           "%s: %d rows per image, %d BN layers", v, bl_net_shuffle_rows(&net), bl_net_bn_count(&net));
     /* the map is the net's input here: its gradient is the RoIAlign layer's to write */
-    for (int i = 0; i < net.n_layers; i++)
-        if (net.layers[i].ops->kind == BL_LAYER_ROI) net.layers[i].need_dx = 1;
+    for (int i = 0; i < bl_net_layer_count(&net); i++)
+        if (bl_net_layer_at(&net, i)->ops->kind == BL_LAYER_ROI) bl_net_layer_at(&net, i)->need_dx = 1;
     for (size_t k = 0; k < sizeof pnames / sizeof *pnames; k++) {
         const bl_param *p = bl_net_param(&net, pnames[k]);
         if (!p && hd.head_norm != BL_HEAD_BN && strstr(pnames[k], "norm")) p = NULL;
@@ -71,7 +71,7 @@ static void variant(const bl_safetensors *st, const char *v)
     char name[96];
     snprintf(name, sizeof name, "%s.logits", v);
     float *ref = st_get(st, name, (size_t)N * K * CLASSES);
-    const float *z = net.t[net.outputs[0]].data;
+    const float *z = bl_net_tensor_at(&net, bl_net_output(&net, 0))->data;
     CHECK(worst_rel(z, ref, (size_t)N * K * CLASSES) <= 2e-5, "%s: logits vs PyTorch %.3g", v,
           worst_rel(z, ref, (size_t)N * K * CLASSES));
     free(ref);
@@ -84,14 +84,14 @@ static void variant(const bl_safetensors *st, const char *v)
     const double gtol = hd.head_norm == BL_HEAD_GN ? 2e-4 : 5e-5;
     snprintf(name, sizeof name, "%s.dx", v);
     ref = st_get(st, name, (size_t)N * H * W * C);
-    CHECK(worst_rel(net.t[0].grad, ref, (size_t)N * H * W * C) <= gtol, "%s: map gradient %.3g", v,
-          worst_rel(net.t[0].grad, ref, (size_t)N * H * W * C));
+    CHECK(worst_rel(bl_net_tensor_at(&net, 0)->grad, ref, (size_t)N * H * W * C) <= gtol, "%s: map gradient %.3g", v,
+          worst_rel(bl_net_tensor_at(&net, 0)->grad, ref, (size_t)N * H * W * C));
     free(ref);
     for (size_t k = 0; k < sizeof pnames / sizeof *pnames; k++) {
         const bl_param *p = bl_net_param(&net, pnames[k]);
         snprintf(name, sizeof name, "%s.grad.%s", v, pnames[k]);
         ref = st_get(st, name, p->count);
-        const float *gr = net.grad_block + p->offset;
+        const float *gr = bl_net_block(&net, BL_BLOCK_GRADS, NULL) + p->offset;
         CHECK(worst_rel(gr, ref, p->count) <= gtol, "%s: gradient of %s %.3g", v, pnames[k],
               worst_rel(gr, ref, p->count));
         free(ref);
@@ -114,7 +114,7 @@ static void shuffle_layers(void)
     if (!s) s = bl_net_finalize(&net);
     CHECK(s == BL_OK, "shuffle net: %s", bl_error());
     if (s) return;
-    net.layers[0].need_dx = 1;
+    bl_net_layer_at(&net, 0)->need_dx = 1;
     float x[24], dy[24];
     for (int i = 0; i < 24; i++) x[i] = (float)i, dy[i] = (float)(100 + i * i);
     int perm[12];
@@ -125,14 +125,14 @@ static void shuffle_layers(void)
     CHECK(bl_net_forward(&net, &c, x, 4) == BL_OK, "forward");
     int moved = 1;
     for (int r = 0; r < 12; r++)
-        moved &= net.t[t1].data[2 * r] == x[2 * perm[r]] && net.t[t1].data[2 * r + 1] == x[2 * perm[r] + 1];
+        moved &= bl_net_tensor_at(&net, t1)->data[2 * r] == x[2 * perm[r]] && bl_net_tensor_at(&net, t1)->data[2 * r + 1] == x[2 * perm[r] + 1];
     CHECK(moved, "slot s does not hold row perm[s]");
-    CHECK(!memcmp(net.t[t2].data, x, sizeof x), "shuffle then unshuffle is not the identity");
-    memcpy(net.t[t2].grad, dy, sizeof dy);
+    CHECK(!memcmp(bl_net_tensor_at(&net, t2)->data, x, sizeof x), "shuffle then unshuffle is not the identity");
+    memcpy(bl_net_tensor_at(&net, t2)->grad, dy, sizeof dy);
     CHECK(bl_net_backward(&net, &c) == BL_OK, "backward");
-    CHECK(!memcmp(net.t[0].grad, dy, sizeof dy), "the gradient through both is not dy");
+    CHECK(!memcmp(bl_net_tensor_at(&net, 0)->grad, dy, sizeof dy), "the gradient through both is not dy");
     int back = 1;
-    for (int r = 0; r < 12; r++) back &= net.t[t1].grad[2 * r] == dy[2 * perm[r]];
+    for (int r = 0; r < 12; r++) back &= bl_net_tensor_at(&net, t1)->grad[2 * r] == dy[2 * perm[r]];
     CHECK(back, "the unshuffle's gradient");
     bl_net_free(&net);
 }
@@ -150,9 +150,9 @@ static void model(void)
     bl_status s = bl_model_build(&net, &m, 10, 28, 28, 1, 4);
     CHECK(s == BL_OK, "resnet8-crops: %s", bl_error());
     if (s) return;
-    const bl_tensor *o = &net.t[net.outputs[0]];
-    CHECK(!strcmp(net.arch, "resnet8-crops") && o->h == 3 && o->w == 1 && o->c == 10,
-          "arch %s, output (%d, %d, %d)", net.arch, o->h, o->w, o->c);
+    const bl_tensor *o = bl_net_tensor_at(&net, bl_net_output(&net, 0));
+    CHECK(!strcmp(bl_net_arch(&net), "resnet8-crops") && o->h == 3 && o->w == 1 && o->c == 10,
+          "arch %s, output (%d, %d, %d)", bl_net_arch(&net), o->h, o->w, o->c);
     /* backbone: stem + stages 1-2 of resnet8 = 1 + 2 + 3 BN layers, then the head's 2 */
     CHECK(bl_net_bn_count(&net) == 8, "BN %d", bl_net_bn_count(&net));
     /* mini-batch evaluation: the backbone on population statistics, the head's 2 on the groups
@@ -191,9 +191,9 @@ static void model(void)
     c1.shuffle = &sh;
     float z0[120], z1[120];
     CHECK(bl_net_forward(&net, &c0, x, 4) == BL_OK, "forward: %s", bl_error());
-    memcpy(z0, net.t[net.outputs[0]].data, sizeof z0);
+    memcpy(z0, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data, sizeof z0);
     CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK, "forward shuffled: %s", bl_error());
-    memcpy(z1, net.t[net.outputs[0]].data, sizeof z1);
+    memcpy(z1, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data, sizeof z1);
     CHECK(worst_rel(z1, z0, 120) < 1e-5, "shuffled model: %.3g from the unshuffled",
           worst_rel(z1, z0, 120));
     /* the evaluation crops are a function of the sample index: ids given = ids implied */
@@ -201,10 +201,10 @@ static void model(void)
     const bl_draw src = {BL_SEED_EVAL_CROPS, BL_STREAM_EVAL, ids, NULL};
     c1 = c0;
     c1.draw = &src;
-    CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK && !memcmp(z0, net.t[net.outputs[0]].data, sizeof z0),
+    CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK && !memcmp(z0, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data, sizeof z0),
           "the evaluation crops of ids 0..3 differ from the default ones");
     ids[0] = 7; /* another sample index: other crops */
-    CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK && memcmp(z0, net.t[net.outputs[0]].data, 30 * sizeof(float)),
+    CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK && memcmp(z0, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data, 30 * sizeof(float)),
           "sample 7's crops equal sample 0's");
     /* the logits' gradient, per crop, through the unshuffle: the loss is the mean over crops */
     uint8_t y[4] = {1, 2, 3, 4};
@@ -213,7 +213,7 @@ static void model(void)
     CHECK(bl_net_forward(&net, &c0, x, 4) == BL_OK &&
           bl_net_loss_over(&net, y, 4, &loss, &ok) == BL_OK, "loss: %s", bl_error());
     double gsum = 0;
-    for (int i = 0; i < 120; i++) gsum += net.t[net.outputs[0]].grad[i];
+    for (int i = 0; i < 120; i++) gsum += bl_net_tensor_at(&net, bl_net_output(&net, 0))->grad[i];
     CHECK(fabs(gsum) < 1e-6, "softmax gradients of each crop sum to 0: %g", gsum);
     bl_net_free(&net);
 

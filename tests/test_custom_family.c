@@ -70,9 +70,9 @@ static const bl_family tiny = {
 /* Every parameter and buffer of two nets equal bit for bit. */
 static int same_params(const bl_net *a, const bl_net *b)
 {
-    if (a->n_params != b->n_params) return 0;
-    for (int i = 0; i < a->n_params; i++) {
-        const bl_param *p = &a->params[i], *q = bl_net_param(b, p->name);
+    if (bl_net_param_count(a) != bl_net_param_count(b)) return 0;
+    for (int i = 0; i < bl_net_param_count(a); i++) {
+        const bl_param *p = bl_net_param_at(a, i), *q = bl_net_param(b, p->name);
         if (!q || q->count != p->count) return 0;
         if (p->kind == BL_P_COUNT ? *p->i64 != *q->i64
                                   : memcmp(p->data, q->data, p->count * sizeof(float)))
@@ -114,8 +114,8 @@ int main(void)
     CHECK(st == BL_OK && ev == BL_TRAIN_STOPPED && steps == 30, "30 steps: %ld, event %d: %s",
           steps, (int)ev, bl_error());
     bl_net *net = bl_trainer_net(t);
-    CHECK(net->model.family == &tiny && bl_net_bn_count(net) == 3, "the trained net: family %s, "
-          "%d BN layers", net->model.family ? net->model.family->name : "none",
+    CHECK(bl_net_model(net)->family == &tiny && bl_net_bn_count(net) == 3, "the trained net: family %s, "
+          "%d BN layers", bl_net_model(net)->family ? bl_net_model(net)->family->name : "none",
           bl_net_bn_count(net));
 
     /* the checkpoint of the stop opens by its architecture name: the family, its option, the
@@ -127,10 +127,10 @@ int main(void)
     st = bl_checkpoint_open(path, 256, NULL, &back, &info);
     CHECK(st == BL_OK, "open: %s", bl_error());
     if (st) return check_done("test_custom_family");
-    CHECK(back.model.family == &tiny && ((const tiny_opts *)bl_model_opts_c(&back.model))->channels == 6 &&
+    CHECK(bl_net_model(&back)->family == &tiny && ((const tiny_opts *)bl_model_opts_c(bl_net_model(&back)))->channels == 6 &&
               info.step == 30, "reopened: family %s, channels %d, step %ld",
-          back.model.family ? back.model.family->name : "none",
-          ((const tiny_opts *)bl_model_opts_c(&back.model))->channels, info.step);
+          bl_net_model(&back)->family ? bl_net_model(&back)->family->name : "none",
+          ((const tiny_opts *)bl_model_opts_c(bl_net_model(&back)))->channels, info.step);
     CHECK(same_params(net, &back), "the reopened checkpoint differs from the trained net");
     bl_trainer_free(t);
 

@@ -36,12 +36,12 @@ static state train(const char *model, int threads, uint64_t seed, double lr, int
     while (!st && ev == BL_TRAIN_STEPPED) st = bl_trainer_step(t, &ev);
     CHECK(!st && ev == BL_TRAIN_STOPPED, "%s: %d steps: %s", model, steps, bl_error());
     const bl_net *net = bl_trainer_net(t);
-    const size_t np = net->n_param_floats, nb = net->n_buffer_floats;
+    const size_t np = bl_net_floats(net, BL_BLOCK_PARAMS), nb = bl_net_floats(net, BL_BLOCK_BUFFERS);
     s.n = 2 * np + nb;
     s.v = malloc(s.n * sizeof(float));
-    memcpy(s.v, net->param_block, np * sizeof(float));
-    memcpy(s.v + np, net->optim_block, np * sizeof(float));
-    memcpy(s.v + 2 * np, net->buffer_block, nb * sizeof(float));
+    memcpy(s.v, bl_net_block(net, BL_BLOCK_PARAMS, NULL), np * sizeof(float));
+    memcpy(s.v + np, bl_net_block(net, BL_BLOCK_OPTIM, NULL), np * sizeof(float));
+    memcpy(s.v + 2 * np, bl_net_block(net, BL_BLOCK_BUFFERS, NULL), nb * sizeof(float));
     bl_trainer_free(t);
     return s;
 }
@@ -63,7 +63,7 @@ static int same(state a, state b) { return a.n == b.n && a.n && !memcmp(a.v, b.v
 static float *logits(bl_net *net, const bl_dataset *d, int threads)
 {
     bl_threads_set(threads);
-    const int n = 256, k = net->n_classes;
+    const int n = 256, k = bl_net_classes(net);
     float *x = malloc(sizeof(float) * n * 784), *out = malloc(sizeof(float) * n * k);
     bl_recipe r = bl_recipe_fmnist();
     int idx[256];
@@ -71,7 +71,7 @@ static float *logits(bl_net *net, const bl_dataset *d, int threads)
     for (int i = 0; i < n; i++) idx[i] = i;
     bl_dataset_batch(d, &r, idx, n, NULL, x, y);
     CHECK(!bl_net_infer(net, x, n), "inference: %s", bl_error());
-    memcpy(out, net->t[net->n_tensors - 1].data, sizeof(float) * n * k);
+    memcpy(out, bl_net_tensor_at(net, bl_net_tensor_count(net) - 1)->data, sizeof(float) * n * k);
     free(x);
     return out;
 }
@@ -124,10 +124,10 @@ int main(int argc, char **argv)
     CHECK(!bl_checkpoint_open(path, 256, &spec, &net, &info), "open: %s", bl_error());
     float *l1 = logits(&net, &probe, 1), *l2 = logits(&net, &probe, 2);
     int diff = 0;
-    for (int i = 0; i < 256 * net.n_classes; i++) diff += memcmp(&l1[i], &l2[i], sizeof(float)) != 0;
+    for (int i = 0; i < 256 * bl_net_classes(&net); i++) diff += memcmp(&l1[i], &l2[i], sizeof(float)) != 0;
     CHECK(diff == 0, "evaluation: %d of %d logits differ between 1 and 2 threads", diff,
-          256 * net.n_classes);
-    printf("evaluation, 1 vs 2 threads: %d of %d logits differ\n", diff, 256 * net.n_classes);
+          256 * bl_net_classes(&net));
+    printf("evaluation, 1 vs 2 threads: %d of %d logits differ\n", diff, 256 * bl_net_classes(&net));
     free(l1), free(l2);
     bl_net_free(&net);
     bl_ckpt_info_free(&info);

@@ -443,14 +443,14 @@ int main(int argc, char **argv)
             bl_precise_report ra, rb;
             CHECK(bl_precise(&a, &d, &pc, &ra) == BL_OK, "precise across processes: %s", bl_error());
             CHECK(bl_precise(&b, &d, &one, &rb) == BL_OK, "precise alone: %s", bl_error());
-            const size_t nb = a.n_buffer_floats;
+            const size_t nb = bl_net_floats(&a, BL_BLOCK_BUFFERS);
             double *mine = malloc(sizeof(double) * nb), *all = malloc(sizeof(double) * nb * W);
-            for (size_t i = 0; i < nb; i++) mine[i] = a.buffer_block[i];
+            for (size_t i = 0; i < nb; i++) mine[i] = bl_net_block(&a, BL_BLOCK_BUFFERS, NULL)[i];
             CHECK(bl_pg_allgather(pg, mine, nb, all) == BL_OK, "gather");
             int same = 1;
             for (int r = 1; r < W; r++) same &= !memcmp(all, all + (size_t)r * nb, nb * sizeof(double));
             CHECK(same, "precise %s: statistics differ between processes", sync ? "sync" : "per-process");
-            double worst = rel(a.buffer_block, b.buffer_block, nb);
+            double worst = rel(bl_net_block(&a, BL_BLOCK_BUFFERS, NULL), bl_net_block(&b, BL_BLOCK_BUFFERS, NULL), nb);
             CHECK(worst <= 1e-6, "precise %s: %.3g from one process with the same groups",
                   sync ? "sync" : "per-process", worst);
             if (R == 0)

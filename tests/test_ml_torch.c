@@ -38,11 +38,11 @@ static void cmp(const char *what, const float *got, const char *ref_name, size_t
 static int cmp_params(bl_net *net, const char *prefix, int what)
 {
     int n = 0;
-    for (int i = 0; i < net->n_params; i++) {
-        const bl_param *p = &net->params[i];
+    for (int i = 0; i < bl_net_param_count(net); i++) {
+        const bl_param *p = bl_net_param_at(net, i);
         if (p->kind == BL_P_COUNT || (p->kind == BL_P_BUFFER) != (what == 2)) continue;
         float *t = malloc(sizeof(float) * p->count);
-        bl_param_export(p, what == 1 ? net->grad_block + p->offset : p->data, t);
+        bl_param_export(p, what == 1 ? bl_net_block(net, BL_BLOCK_GRADS, NULL) + p->offset : p->data, t);
         char ref[160];
         snprintf(ref, sizeof ref, "%s%s", prefix, p->name);
         if (what == 2) tol_abs = 2e-5, tol_rel = 1e-4;
@@ -84,21 +84,21 @@ static void cmp_logits(bl_net *net, const char *prefix, int B, const uint8_t *y,
 {
     float mean[64 * 10] = {0};
     char key[64];
-    for (int k = 0; k < net->n_outputs; k++) {
-        const float *z = net->t[net->outputs[k]].data;
-        for (int i = 0; i < B * 10; i++) mean[i] += z[i] / net->n_outputs;
+    for (int k = 0; k < bl_net_output_count(net); k++) {
+        const float *z = bl_net_tensor_at(net, bl_net_output(net, k))->data;
+        for (int i = 0; i < B * 10; i++) mean[i] += z[i] / bl_net_output_count(net);
         snprintf(key, sizeof key, "%s.%d", prefix, k);
         cmp(key, z, key, (size_t)B * 10);
     }
     cmp(prefix, mean, prefix, (size_t)B * 10);
     if (!y) return;
     float ref[64 * 10];
-    int want = 0, lev[BL_LAYER_MAX_IN], want_lev;
+    int want = 0, lev[BL_NET_MAX_OUTPUTS], want_lev;
     if (bl_st_get_f32(&st, prefix, ref, (size_t)B * 10)) return;
     for (int i = 0; i < B; i++) want += arg10(ref + 10 * i) == y[i];
     CHECK(correct == want, "%s: %d correct of the mean logits, the reference %d", scenario, correct, want);
     bl_net_output_correct(net, y, lev);
-    for (int k = 0; k < net->n_outputs; k++) {
+    for (int k = 0; k < bl_net_output_count(net); k++) {
         char name[64];
         snprintf(name, sizeof name, "%s.%d", prefix, k);
         if (bl_st_get_f32(&st, name, ref, (size_t)B * 10)) continue;
@@ -134,8 +134,8 @@ static void run(const char *dir, const char *file)
         bl_st_free(&st);
         return;
     }
-    for (int i = 0; i < net.n_params; i++) {
-        bl_param *p = &net.params[i];
+    for (int i = 0; i < bl_net_param_count(&net); i++) {
+        bl_param *p = bl_net_param_at(&net, i);
         if (p->kind == BL_P_COUNT) continue;
         float *t = malloc(sizeof(float) * p->count);
         CHECK(bl_st_get_f32(&st, p->name, t, p->count) == BL_OK, "%s", bl_error());

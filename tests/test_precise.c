@@ -51,14 +51,14 @@ static void direct_stats(bl_net *net, const bl_dataset *d, long N, uint64_t seed
     CHECK(bl_net_forward(net, &ctx, x, (int)N) == BL_OK, "forward: %s", bl_error());
     for (int k = 0; k < bl_net_bn_count(net); k++) {
         /* the inputs this BN core normalizes: one tensor, or every level of a multi-level layer */
-        const bl_layer *l = &net->layers[bl_net_bn_layer(net, k)];
-        const int C = net->t[l->in[0]].c;
+        const bl_layer *l = bl_net_layer_at(net, bl_net_bn_layer(net, k));
+        const int C = bl_net_tensor_at(net, l->in[0])->c;
         for (int c = 0; c < C; c++) {
             double s = 0, q = 0, m = 0;
             for (int pass = 0; pass < 2; pass++) { /* the mean, then squared deviations */
                 for (int j = 0; j < l->n_in; j++) {
-                    if (!(net->bn_in[k] >> j & 1)) continue;
-                    const bl_tensor *t = &net->t[l->in[j]];
+                    if (!(bl_net_bn_inputs(net, k) >> j & 1)) continue;
+                    const bl_tensor *t = bl_net_tensor_at(net, l->in[j]);
                     const size_t np = (size_t)N * t->h * t->w;
                     for (size_t p = 0; p < np; p++) {
                         const double v = t->data[p * C + c];

@@ -37,11 +37,11 @@ static int trained(const bl_param *p) { return p->kind != BL_P_BUFFER && p->kind
 /* Compares every trained parameter (data or gradient) with "<prefix><name>". */
 static void cmp_params(bl_net *net, const char *prefix, int grads)
 {
-    for (int i = 0; i < net->n_params; i++) {
-        const bl_param *p = &net->params[i];
+    for (int i = 0; i < bl_net_param_count(net); i++) {
+        const bl_param *p = bl_net_param_at(net, i);
         if (!trained(p)) continue;
         float *t = malloc(sizeof(float) * p->count);
-        bl_param_export(p, grads ? net->grad_block + p->offset : p->data, t);
+        bl_param_export(p, grads ? bl_net_block(net, BL_BLOCK_GRADS, NULL) + p->offset : p->data, t);
         char ref[160];
         snprintf(ref, sizeof ref, "%s%s", prefix, p->name);
         cmp(ref, t, ref, p->count);
@@ -51,8 +51,8 @@ static void cmp_params(bl_net *net, const char *prefix, int grads)
 
 static void cmp_buffers(bl_net *net, const char *prefix)
 {
-    for (int i = 0; i < net->n_params; i++) {
-        const bl_param *p = &net->params[i];
+    for (int i = 0; i < bl_net_param_count(net); i++) {
+        const bl_param *p = bl_net_param_at(net, i);
         if (p->kind != BL_P_BUFFER) continue;
         char ref[160];
         snprintf(ref, sizeof ref, "%s%s", prefix, p->name);
@@ -102,12 +102,12 @@ static void frozen_fd(bl_net *net, const float *x, const uint8_t *y, int B)
 {
     const float h = 1e-4f;
     const double L0 = forward_loss(net, x, y, B, 1);
-    float *g = malloc(sizeof(float) * net->n_param_floats);
-    memcpy(g, net->grad_block, sizeof(float) * net->n_param_floats);
+    float *g = malloc(sizeof(float) * bl_net_floats(net, BL_BLOCK_PARAMS));
+    memcpy(g, bl_net_block(net, BL_BLOCK_GRADS, NULL), sizeof(float) * bl_net_floats(net, BL_BLOCK_PARAMS));
     int n = 0, bad = 0;
     double worst = 0;
-    for (int i = 0; i < net->n_params; i++) {
-        bl_param *p = &net->params[i];
+    for (int i = 0; i < bl_net_param_count(net); i++) {
+        bl_param *p = bl_net_param_at(net, i);
         if (!trained(p)) continue;
         const size_t at[3] = {0, p->count / 2, p->count - 1};
         for (int k = 0; k < 3; k++) {
@@ -156,8 +156,8 @@ static void run(const char *dir, const char *file)
     CHECK(bl_resnet(&net, 8, 4, 10, 28, 28, 1, B) == BL_OK, "build: %s", bl_error());
     /* load the state dict (conv weights OIHW -> OHWI) */
     int loaded = 0;
-    for (int i = 0; i < net.n_params; i++) {
-        bl_param *p = &net.params[i];
+    for (int i = 0; i < bl_net_param_count(&net); i++) {
+        bl_param *p = bl_net_param_at(&net, i);
         if (p->kind == BL_P_COUNT) continue;
         float *t = malloc(sizeof(float) * p->count);
         CHECK(bl_st_get_f32(&st, p->name, t, p->count) == BL_OK, "%s", bl_error());
@@ -183,7 +183,7 @@ static void run(const char *dir, const char *file)
         }
         double loss = forward_loss(&net, x, y, B, 1);
         if (k == 0) {
-            cmp("logits", net.t[net.n_tensors - 1].data, "logits", (size_t)B * 10);
+            cmp("logits", bl_net_tensor_at(&net, bl_net_tensor_count(&net) - 1)->data, "logits", (size_t)B * 10);
             float l = (float)loss;
             cmp("loss", &l, "loss", 1);
             cmp_params(&net, "grad.", 1);

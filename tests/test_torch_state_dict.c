@@ -74,7 +74,7 @@ int main(int argc, char **argv)
         int idx[N];
         for (int i = 0; i < N; i++) idx[i] = i;
         bl_dataset_batch(&test, &info.recipe, idx, N, NULL, x, y);
-        const bl_tensor *out = &net.t[net.n_tensors - 1];
+        const bl_tensor *out = bl_net_tensor_at(&net, bl_net_tensor_count(&net) - 1);
         static double got[N * 10], want[N * 10];
         for (int i = 0; i < N * 10; i++) want[i] = logits[i];
         CHECK(bl_net_infer(&net, x, N) == BL_OK, "infer: %s", bl_error());

@@ -14,9 +14,12 @@ extern "C" {
 
 /* Adds a tensor of per-sample shape (h, w, c); *id receives its id. */
 bl_status bl_net_tensor(bl_net *net, int h, int w, int c, int *id);
-/* Adds a layer reading in[0..n_in) and writing a new tensor of shape (h, w, c); *out receives the
- * layer. state is owned by the layer once this succeeds (freed by ops->free); on failure it is
- * still the caller's. */
+/* Adds a constant tensor: one sample's values (h, w, c) NHWC, copied; every sample of a batch
+ * shares them, and they get no gradient. Only layers whose ops set const_inputs may read one. */
+bl_status bl_net_const(bl_net *net, int h, int w, int c, const float *values, int *id);
+/* Adds a layer reading in[0..n_in) (any number of inputs) and writing a new tensor of shape
+ * (h, w, c); *out receives the layer. state is owned by the layer once this succeeds (freed by
+ * ops->free); on failure it is still the caller's. */
 bl_status bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
                        int n_in, int h, int w, int c, void *state, bl_layer **out);
 /* The same with n_out outputs of shapes hwc[3k .. 3k+2], tensors out .. out + n_out - 1. */
@@ -30,8 +33,6 @@ bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int 
  * (optional: the group, > 0; bl_param.optional). */
 bl_status bl_net_declare_in(bl_net *net, const char *name, bl_param_kind kind, int ndim,
                             const int *shape, int ohwi, int optional, int *idx);
-/* Elements of one sample of tensor t. */
-static inline size_t bl_tsize(const bl_tensor *t) { return (size_t)t->h * t->w * t->c; }
 
 /* For init ops: Kaiming normal (std sqrt(2 / fan_in), fan_in = count / shape[0]), uniform in
  * [-bound, bound], and a constant. */
@@ -42,7 +43,7 @@ void bl_param_init_const(bl_param *p, float v);
  * user's). */
 static inline int bl_layer_owns(const bl_net *net, const bl_layer *l, int idx)
 {
-    return net->params[idx].owner == (int)(l - net->layers);
+    return bl_net_param_at(net, idx)->owner == (int)(l - bl_net_layer_at(net, 0));
 }
 
 #ifdef __cplusplus

@@ -27,9 +27,12 @@ void bl_gemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha, con
 /* ---- tensors and parameters ------------------------------------------------------------------ */
 typedef struct {
     int h, w, c;        /* per-sample shape; the batch is the net's */
-    float *data, *grad; /* (batch, h, w, c) */
+    float *data, *grad; /* (batch, h, w, c); a constant: (h, w, c), grad NULL */
     int users;          /* layers reading it (set at finalize) */
+    int constant;       /* fixed values shared by every sample (bl_net_const) */
 } bl_tensor;
+/* Elements of one sample of tensor t. */
+static inline size_t bl_tsize(const bl_tensor *t) { return (size_t)t->h * t->w * t->c; }
 
 typedef enum {
     BL_P_WEIGHT,  /* conv / linear weight: trained, weight decay */
@@ -192,7 +195,9 @@ typedef enum {
     BL_LAYER_GN,
     BL_LAYER_BN_PARTS, /* one BN over several inputs (bl_net_bn_levels) */
     BL_LAYER_ROI,      /* a crop head's RoIAlign */
-    BL_LAYER_SHUFFLE   /* a crop head's shuffle of rows */
+    BL_LAYER_SHUFFLE,  /* a crop head's shuffle of rows */
+    BL_LAYER_ELTWISE,  /* a binary elementwise op with broadcast (bl_net_eltwise) */
+    BL_LAYER_OTHER     /* an extender's */
 } bl_layer_kind;
 
 typedef struct {
@@ -216,50 +221,127 @@ typedef struct {
      * order (optional: the layer has none, or they need no values). bl_net_init_params calls the
      * layers in network order. */
     void (*init)(bl_layer *l, bl_net *net, bl_rng *r);
+    /* The layer may read constant tensors (bl_net_const): it broadcasts them over the batch and
+     * writes them no gradient. Other layers are refused one. */
+    int const_inputs;
 } bl_layer_ops;
 
-#define BL_LAYER_MAX_IN 4
+/* The most outputs a net declares (bl_net_set_outputs): the evaluation's per-output errors. */
+#define BL_NET_MAX_OUTPUTS 4
 
+/* A layer of the net: any number of inputs and outputs. Its ops read these fields (the layer API,
+ * bnlab/layer.h). */
 struct bl_layer {
     const bl_layer_ops *ops;
     char name[64];
-    int in[BL_LAYER_MAX_IN], n_in;
+    int *in, n_in;  /* the tensors it reads */
     int out, n_out; /* outputs: tensors out .. out + n_out - 1 */
-    int acc[BL_LAYER_MAX_IN]; /* backward adds into in[k]'s gradient (another consumer wrote it) */
-    int need_dx;  /* 0 for layers reading the network input */
-    int bn_index; /* its first BN core among the net's (network order), -1 for other kinds */
+    int *acc;       /* (n_in) backward adds into in[k]'s gradient (another consumer wrote it) */
+    int need_dx;    /* 0 when it reads the network input or a constant: no input gradient */
+    int bn_index;   /* its first BN core among the net's (network order), -1 for other kinds */
     void *state;
 };
 
+/* The net's fields are private to src/nn (compiled with BL_NET_INTERNAL): elsewhere their names
+ * are mangled, so code outside src/nn - the trainer, the commands, an extender's family - reads
+ * them through the accessors below and the layout may change under them. */
+#ifdef BL_NET_INTERNAL
+#define BL_NET_F(f) f
+#else
+#define BL_NET_F(f) f##_private_
+#endif
 struct bl_net {
-    int n_layers, n_tensors, n_params, cap_layers, cap_tensors, cap_params;
-    bl_layer *layers;
-    bl_tensor *t;  /* t[0] is the input */
-    bl_param *params;
-    int batch;     /* samples in the current forward */
-    int max_batch; /* activations are allocated for this many */
-    size_t n_param_floats, n_buffer_floats;
-    float *param_block, *grad_block, *optim_block, *buffer_block, *act_block;
+    int BL_NET_F(n_layers), BL_NET_F(n_tensors), BL_NET_F(n_params);
+    int BL_NET_F(cap_layers), BL_NET_F(cap_tensors), BL_NET_F(cap_params);
+    bl_layer *BL_NET_F(layers);
+    bl_tensor *BL_NET_F(t);  /* t[0] is the input */
+    bl_param *BL_NET_F(params);
+    int BL_NET_F(batch);     /* samples in the current forward */
+    int BL_NET_F(max_batch); /* activations are allocated for this many */
+    size_t BL_NET_F(n_param_floats), BL_NET_F(n_buffer_floats);
+    float *BL_NET_F(param_block), *BL_NET_F(grad_block), *BL_NET_F(optim_block);
+    float *BL_NET_F(buffer_block), *BL_NET_F(act_block);
     /* the BN cores, listed once at finalize: bn[i] belongs to layer bn_layer[i] and normalizes
      * the inputs in mask bn_in[i] (a plain BN layer: one core, its input) */
-    int n_bn;
-    int *bn_layer;
-    unsigned *bn_in;
-    bl_bn **bn;
+    int BL_NET_F(n_bn);
+    int *BL_NET_F(bn_layer);
+    unsigned *BL_NET_F(bn_in);
+    bl_bn **BL_NET_F(bn);
     /* the outputs (logits, one per level of a multi-level head): the loss is the mean of their
      * cross-entropies, the prediction the mean of their logits; default: the last tensor */
-    int n_outputs, outputs[BL_LAYER_MAX_IN];
-    int n_classes;
-    char arch[64];           /* e.g. "resnet20", "resnet20-ml": model.name */
-    int width;
-    bl_model model;          /* the model it was built from (family NULL: built by hand) */
+    int BL_NET_F(n_outputs), BL_NET_F(outputs)[BL_NET_MAX_OUTPUTS];
+    int BL_NET_F(n_classes);
+    char BL_NET_F(arch)[64];    /* e.g. "resnet20", "resnet20-ml": model.name */
+    int BL_NET_F(width);
+    bl_model BL_NET_F(model);   /* the model it was built from (family NULL: built by hand) */
     /* declaring only (bl_model_declare): every parameter checked as it is declared, finalize
      * allocates nothing */
-    bl_param_check declare_check;
-    void *declare_ctx;
-    bl_scratch ws;           /* im2col and friends, shared by all layers */
-    int finalized;
+    bl_param_check BL_NET_F(declare_check);
+    void *BL_NET_F(declare_ctx);
+    bl_scratch BL_NET_F(ws);    /* im2col and friends, shared by all layers */
+    int BL_NET_F(finalized);
 };
+
+/* ---- reading a net (the accessors) --------------------------------------------------------- */
+static inline int bl_net_tensor_count(const bl_net *net) { return net->BL_NET_F(n_tensors); }
+/* Tensor id (0: the input), or NULL out of range. */
+static inline bl_tensor *bl_net_tensor_at(const bl_net *net, int id)
+{
+    return id >= 0 && id < net->BL_NET_F(n_tensors) ? &net->BL_NET_F(t)[id] : (bl_tensor *)0;
+}
+static inline int bl_net_layer_count(const bl_net *net) { return net->BL_NET_F(n_layers); }
+static inline bl_layer *bl_net_layer_at(const bl_net *net, int i)
+{
+    return i >= 0 && i < net->BL_NET_F(n_layers) ? &net->BL_NET_F(layers)[i] : (bl_layer *)0;
+}
+static inline int bl_net_param_count(const bl_net *net) { return net->BL_NET_F(n_params); }
+/* Parameter i in declaration order (checkpoint order), or NULL. */
+static inline bl_param *bl_net_param_at(const bl_net *net, int i)
+{
+    return i >= 0 && i < net->BL_NET_F(n_params) ? &net->BL_NET_F(params)[i] : (bl_param *)0;
+}
+/* Samples in the current forward, and the most a forward may hold. */
+static inline int bl_net_batch(const bl_net *net) { return net->BL_NET_F(batch); }
+static inline int bl_net_max_batch(const bl_net *net) { return net->BL_NET_F(max_batch); }
+static inline int bl_net_classes(const bl_net *net) { return net->BL_NET_F(n_classes); }
+/* The model it was built from (its family NULL for a net built by hand), its name and width. */
+static inline const bl_model *bl_net_model(const bl_net *net) { return &net->BL_NET_F(model); }
+static inline const char *bl_net_arch(const bl_net *net) { return net->BL_NET_F(arch); }
+static inline int bl_net_width(const bl_net *net) { return net->BL_NET_F(width); }
+/* The outputs: how many, and output k's tensor id. */
+static inline int bl_net_output_count(const bl_net *net) { return net->BL_NET_F(n_outputs); }
+static inline int bl_net_output(const bl_net *net, int k)
+{
+    return k >= 0 && k < net->BL_NET_F(n_outputs) ? net->BL_NET_F(outputs)[k] : -1;
+}
+/* The memory blocks, one per role (after finalize): a parameter's value, gradient and momentum
+ * sit at param.offset in the first three, a buffer's at its offset in the fourth. */
+typedef enum { BL_BLOCK_PARAMS, BL_BLOCK_GRADS, BL_BLOCK_OPTIM, BL_BLOCK_BUFFERS } bl_block;
+static inline float *bl_net_block(const bl_net *net, bl_block b, size_t *floats)
+{
+    const int buf = b == BL_BLOCK_BUFFERS;
+    if (floats) *floats = buf ? net->BL_NET_F(n_buffer_floats) : net->BL_NET_F(n_param_floats);
+    return b == BL_BLOCK_PARAMS ? net->BL_NET_F(param_block)
+         : b == BL_BLOCK_GRADS  ? net->BL_NET_F(grad_block)
+         : b == BL_BLOCK_OPTIM  ? net->BL_NET_F(optim_block) : net->BL_NET_F(buffer_block);
+}
+static inline size_t bl_net_floats(const bl_net *net, bl_block b)
+{
+    size_t n;
+    (void)bl_net_block(net, b, &n);
+    return n;
+}
+/* Parameter idx's gradient (a layer's backward adds into it) and momentum. */
+static inline float *bl_net_param_grad(const bl_net *net, int idx)
+{
+    return net->BL_NET_F(grad_block) + net->BL_NET_F(params)[idx].offset;
+}
+static inline float *bl_net_param_optim(const bl_net *net, int idx)
+{
+    return net->BL_NET_F(optim_block) + net->BL_NET_F(params)[idx].offset;
+}
+/* Scratch memory shared by the layers (valid until the next layer's call). */
+static inline bl_scratch *bl_net_scratch(bl_net *net) { return &net->BL_NET_F(ws); }
 
 bl_status bl_net_init(bl_net *net, int h, int w, int c, int max_batch);
 void bl_net_free(bl_net *net);
@@ -278,6 +360,13 @@ bl_status bl_net_bn(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_relu(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out);
 bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out);
+/* y = a op b elementwise, broadcast as NumPy (and ONNX) broadcast (batch, h, w, c): in each of h,
+ * w and c the two sizes agree or one is 1, and a constant tensor (bl_net_const) is one sample for
+ * the whole batch. y has the larger size of each; a squeeze-excitation scale is x (h, w, c) times
+ * s (1, 1, c), a bias a constant (1, 1, c). The backward sums each input's gradient over the
+ * places it was broadcast to; constants get none. Refused: two constants (fold them first). */
+typedef enum { BL_ELT_ADD, BL_ELT_SUB, BL_ELT_MUL, BL_ELT_DIV } bl_elt_op;
+bl_status bl_net_eltwise(bl_net *net, const char *name, bl_elt_op op, int a, int b, int *out);
 bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out);
 /* A linear layer on every position (row) of the input: (h, w, c) -> (h, w, cout), weight
  * name.weight (cout, c), and name.bias when bias. */
@@ -317,7 +406,7 @@ void bl_net_set_levels_pop(bl_net *net, int merged);
 /* Forward on x: (n, h, w, c) NHWC, n <= max_batch. Output: the last tensor. ctx: how each BN
  * layer normalizes (NULL: every one with batch statistics over the whole batch). */
 bl_status bl_net_forward(bl_net *net, const bl_ctx *ctx, const float *x, int n);
-/* The forward up to and including layer `last` (an index into net->layers); no backward may
+/* The forward up to and including layer `last` (bl_net_layer_at); no backward may
  * follow. */
 bl_status bl_net_forward_to(bl_net *net, const bl_ctx *ctx, const float *x, int n, int last);
 /* The stride-1 3x3 convolutions use Winograd F(2x2, 3x3) where supported (default on); off: the
@@ -338,7 +427,8 @@ bl_status bl_net_loss_over(bl_net *net, const uint8_t *labels, long mean_over, d
                            int *correct);
 /* The count of correct argmax of each output on its own (outputs[k] -> correct[k]). */
 void bl_net_output_correct(const bl_net *net, const uint8_t *labels, int *correct);
-/* Declares the net's outputs (before finalize): tensors of equal size, at most BL_LAYER_MAX_IN. */
+/* Declares the net's outputs (before finalize): tensors of equal size, at most
+ * BL_NET_MAX_OUTPUTS. */
 bl_status bl_net_set_outputs(bl_net *net, const int *t, int n);
 /* Backward of the last forward, with its context. */
 bl_status bl_net_backward(bl_net *net, const bl_ctx *ctx);
@@ -347,19 +437,24 @@ void bl_net_zero_grad(bl_net *net);
  * names where a divergence started. */
 const char *bl_net_first_nonfinite(const bl_net *net);
 /* BN layers, in network order (for commits, PreciseBN, inspection); O(1). */
-static inline int bl_net_bn_count(const bl_net *net) { return net->n_bn; }
+static inline int bl_net_bn_count(const bl_net *net) { return net->BL_NET_F(n_bn); }
 static inline bl_bn *bl_net_bn_at(const bl_net *net, int i)
 {
-    return i >= 0 && i < net->n_bn ? net->bn[i] : (bl_bn *)0;
+    return i >= 0 && i < net->BL_NET_F(n_bn) ? net->BL_NET_F(bn)[i] : (bl_bn *)0;
 }
-/* The layer (index into net->layers) of the i-th BN core, or -1. */
+/* The layer (bl_net_layer_at) of the i-th BN core, or -1. */
 static inline int bl_net_bn_layer(const bl_net *net, int i)
 {
-    return i >= 0 && i < net->n_bn ? net->bn_layer[i] : -1;
+    return i >= 0 && i < net->BL_NET_F(n_bn) ? net->BL_NET_F(bn_layer)[i] : -1;
+}
+/* The mask of the inputs of its layer that BN core i normalizes (bit k: in[k]), 0 out of range. */
+static inline unsigned bl_net_bn_inputs(const bl_net *net, int i)
+{
+    return i >= 0 && i < net->BL_NET_F(n_bn) ? net->BL_NET_F(bn_in)[i] : 0u;
 }
 /* The BN core of a BN layer, or NULL for a layer of another kind (the typed accessor). */
 bl_bn *bl_layer_bn(const bl_layer *l);
-/* Where BN core i sits: its layer (index into net->layers) and, in a layer of several cores (one
+/* Where BN core i sits: its layer (bl_net_layer_at) and, in a layer of several cores (one
  * BN over several inputs: a multi-level layer), which: parts = the layer's inputs, part k < parts
  * normalizes input k, part == parts the pooled core over all of them; a plain BN layer: part 0 of
  * parts 1. layer -1 for an i out of range. */

@@ -146,7 +146,7 @@ typedef struct {
     double loss; /* mean cross-entropy */
     int n;
     int outputs; /* a net with several outputs (a multi-level head's levels; 0 for one), each's error: */
-    double err_level[BL_LAYER_MAX_IN];
+    double err_level[BL_NET_MAX_OUTPUTS];
 } bl_eval_result;
 
 /* Population statistics (bn = BL_BN_POPULATION), or mini-batch statistics (BL_BN_BATCH) of ghost
@@ -381,7 +381,8 @@ typedef struct {
     double img_per_s, seconds;
     /* a multi-level head: the population and PreciseBN errors of each level (when measured) */
     int outputs;
-    double test_err_population_level[BL_LAYER_MAX_IN], test_err_precise_level[BL_LAYER_MAX_IN];
+    double test_err_population_level[BL_NET_MAX_OUTPUTS];
+    double test_err_precise_level[BL_NET_MAX_OUTPUTS];
 } bl_epoch_metrics;
 
 typedef struct {

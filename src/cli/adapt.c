@@ -171,7 +171,7 @@ int cmd_adapt(int argc, char **argv)
         if (out[0]) printf(",\"out\":\"%s\"", out);
         printf("}\n");
     } else {
-        printf("%s (%s w=%d): target %s", pos[0], net.arch, net.width, name);
+        printf("%s (%s w=%d): target %s", pos[0], bl_net_arch(&net), bl_net_width(&net), name);
         if (severity) printf(" severity %d", severity);
         printf(", %d held-out images\n", r.n_eval);
         char a[96], b[96];

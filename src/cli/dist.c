@@ -12,7 +12,9 @@
 static bl_status hook_grads(void *ctx, bl_net *net)
 {
     cli_dist *d = ctx;
-    return bl_pg_sum_float(d->pg, net->grad_block, net->n_param_floats);
+    size_t n;
+    float *g = bl_net_block(net, BL_BLOCK_GRADS, &n);
+    return bl_pg_sum_float(d->pg, g, n);
 }
 
 static bl_status hook_agree(void *ctx, int *flags, int n)
@@ -36,8 +38,11 @@ static void poison_check(cli_dist *d, bl_net *net, long step)
     const char *p = getenv("BNLAB_TEST_POISON");
     int r;
     long s;
-    if (p && sscanf(p, "%d:%ld", &r, &s) == 2 && r == bl_pg_rank(d->pg) && s == step)
-        for (size_t i = 0; i < net->n_param_floats; i++) net->param_block[i] = 0.0f / 0.0f;
+    if (p && sscanf(p, "%d:%ld", &r, &s) == 2 && r == bl_pg_rank(d->pg) && s == step) {
+        size_t n;
+        float *w = bl_net_block(net, BL_BLOCK_PARAMS, &n);
+        for (size_t i = 0; i < n; i++) w[i] = 0.0f / 0.0f;
+    }
 }
 
 static bl_status hook_route(void *ctx, const int *counts, const int *perm, int dir, int d,

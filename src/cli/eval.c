@@ -92,10 +92,10 @@ int cmd_eval(int argc, char **argv)
     }
     /* a head's choices, where the model has them (the multi-level head's) */
     char head_pop[16] = "", head_norm[16] = "";
-    const bl_family_opt *hp = bl_family_opt_find(net.model.family, "head_pop"),
-                        *hn = bl_family_opt_find(net.model.family, "head_norm");
-    if (hp) bl_model_format(&net.model, hp, head_pop, sizeof head_pop);
-    if (hn) bl_model_format(&net.model, hn, head_norm, sizeof head_norm);
+    const bl_family_opt *hp = bl_family_opt_find(bl_net_model(&net)->family, "head_pop"),
+                        *hn = bl_family_opt_find(bl_net_model(&net)->family, "head_norm");
+    if (hp) bl_model_format(bl_net_model(&net), hp, head_pop, sizeof head_pop);
+    if (hn) bl_model_format(bl_net_model(&net), hn, head_norm, sizeof head_norm);
     bl_eval_result r;
     rc = bl_evaluate(&net, &d, &info.recipe, stats ? BL_BN_BATCH : BL_BN_POPULATION, norm_batch,
                      seed, compose, &r);
@@ -110,7 +110,8 @@ int cmd_eval(int argc, char **argv)
         printf(",\"split\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d", split ? "train" : "test",
                bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source), info.epoch);
         if (r.outputs) {
-            printf(",\"arch\":\"%s\",\"head_pop\":\"%s\",\"err_level\":[", net.arch, head_pop);
+            printf(",\"arch\":\"%s\",\"head_pop\":\"%s\",\"err_level\":[", bl_net_arch(&net),
+                   head_pop);
             for (int k = 0; k < r.outputs; k++) printf("%s%.4f", k ? "," : "", r.err_level[k]);
             printf("]");
             level_shift(&net, 1);
@@ -118,8 +119,8 @@ int cmd_eval(int argc, char **argv)
         printf("}\n");
     } else {
         printf("%s (%s w=%d, epoch %d): %s error %.2f%%, loss %.4f, %d images, %s statistics",
-               pos[0], net.arch, net.width, info.epoch, split ? "train" : "test", r.err, r.loss,
-               r.n, stats ? "mini-batch" : "population");
+               pos[0], bl_net_arch(&net), bl_net_width(&net), info.epoch, split ? "train" : "test",
+               r.err, r.loss, r.n, stats ? "mini-batch" : "population");
         if (stats) printf(" (groups of %d, %s)\n", norm_batch, compose ? "one class each" : "random");
         else printf(" (%s)\n", bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source));
         if (r.outputs) {

@@ -70,7 +70,8 @@ int cmd_inspect(int argc, char **argv)
     } else {
         printf("%s (%s w=%d, epoch %d): stored (%s) statistics vs PreciseBN on %ld training "
                "images and %d mini-batches of %d\n",
-               pos[0], net.arch, net.width, info.epoch, src, c.samples, c.batches, c.batch);
+               pos[0], bl_net_arch(&net), bl_net_width(&net), info.epoch, src, c.samples,
+               c.batches, c.batch);
         printf("%-22s %4s %10s %10s %10s %10s %10s %8s\n", "layer", "C", "shift", "shift max",
                "|logvar|", "KL mean", "KL max", "outside");
         for (int k = 0; k < r.layers; k++) {

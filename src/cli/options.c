@@ -362,7 +362,7 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
         return 2;
     }
     /* the families' open options given: the net's family must have them (then it applies them) */
-    bl_model m = net->model;
+    bl_model m = *bl_net_model(net);
     int any = 0;
     for (int k = 0; k < f->fam.n; k++) {
         if (!f->fam.value[k]) continue;
@@ -371,7 +371,7 @@ int cli_open_checkpoint(const char *cmd, const char *path, int max_batch, const 
             char who[512];
             bl_family_list(who, sizeof who, f->fam.fopt[k]->name, 0);
             fprintf(stderr, "bnlab %s: %s applies to %s; %s is a %s\n", cmd, f->fam.opt[k].name,
-                    who, path, net->arch);
+                    who, path, bl_net_arch(net));
             bl_net_free(net);
             bl_ckpt_info_free(info);
             return 2;

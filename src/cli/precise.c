@@ -71,9 +71,10 @@ int cmd_precise(int argc, char **argv)
                                   &fo, opts, n, &net, &info)))
         return rc;
     c.recipe = info.recipe;
-    if (c.plan.head_bn_images && !(net.model.family->plan_uses & BL_PLAN_HEAD_BN_IMAGES)) {
+    const bl_family *fam = bl_net_model(&net)->family;
+    if (c.plan.head_bn_images && !(fam->plan_uses & BL_PLAN_HEAD_BN_IMAGES)) {
         fprintf(stderr, "bnlab precise: --head-bn-images applies to a head that normalizes its own "
-                "groups (resnetN-crops); %s is a %s\n", pos[0], net.arch);
+                "groups (resnetN-crops); %s is a %s\n", pos[0], bl_net_arch(&net));
         bl_net_free(&net), bl_ckpt_info_free(&info);
         return 2;
     }
@@ -119,9 +120,10 @@ int cmd_precise(int argc, char **argv)
     } else {
         printf("%s (%s w=%d, epoch %d): %s statistics of %d BN layers from %ld training images, "
                "batch %d%s, augmentation %s, %.1f forward passes, %.1f s\n",
-               pos[0], net.arch, net.width, info.epoch, c.sequential ? "exact sequential" :
-               "PreciseBN", r.layers, c.samples, c.batch, c.sequential ? " (no effect on the "
-               "result)" : "", c.augment ? "on" : "off", r.forwards, secs);
+               pos[0], bl_net_arch(&net), bl_net_width(&net), info.epoch,
+               c.sequential ? "exact sequential" : "PreciseBN", r.layers, c.samples, c.batch,
+               c.sequential ? " (no effect on the result)" : "", c.augment ? "on" : "off",
+               r.forwards, secs);
         printf("%-28s %8s %s\n", "layer", "channels", "largest standard error of a channel mean "
                "(in channel std)");
         int worst = 0;

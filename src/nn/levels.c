@@ -5,6 +5,8 @@
  * named like PyTorch's: name.weight or name.{k}.weight; pooled statistics name.running_mean, per
  * level name.{k}.running_mean (both always kept: training never reads them, so every model can
  * be evaluated either way). */
+#define BL_LEVELS_MAX 4 /* levels of one multi-level BN layer */
+
 #include "nn/net.h"
 
 #include <stdio.h>
@@ -13,10 +15,10 @@
 
 typedef struct {
     int n, merged_sgd, merged_pop, affine_levels;
-    bl_bn core[BL_LAYER_MAX_IN + 1]; /* levels 0..n-1, then the pool */
-    bl_bn *part[BL_LAYER_MAX_IN];
-    int gamma[BL_LAYER_MAX_IN], beta[BL_LAYER_MAX_IN];
-    int mean[BL_LAYER_MAX_IN + 1], var[BL_LAYER_MAX_IN + 1], count[BL_LAYER_MAX_IN + 1];
+    bl_bn core[BL_LEVELS_MAX + 1]; /* levels 0..n-1, then the pool */
+    bl_bn *part[BL_LEVELS_MAX];
+    int gamma[BL_LEVELS_MAX], beta[BL_LEVELS_MAX];
+    int mean[BL_LEVELS_MAX + 1], var[BL_LEVELS_MAX + 1], count[BL_LEVELS_MAX + 1];
     bl_bn_parts parts;
 } levels_state;
 
@@ -72,9 +74,9 @@ static bl_status levels_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     levels_state *s = l->state;
     const bl_bn_use *u = bl_ctx_use(ctx, l->bn_index);
-    bl_shape sh[BL_LAYER_MAX_IN];
-    const float *x[BL_LAYER_MAX_IN];
-    float *y[BL_LAYER_MAX_IN];
+    bl_shape sh[BL_LEVELS_MAX];
+    const float *x[BL_LEVELS_MAX];
+    float *y[BL_LEVELS_MAX];
     shapes(l, net, sh);
     for (int k = 0; k < s->n; k++) x[k] = net->t[l->in[k]].data, y[k] = net->t[l->out + k].data;
     const int merged = u->mode == BL_BN_BATCH ? s->merged_sgd : s->merged_pop;
@@ -86,8 +88,8 @@ static bl_status levels_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 static bl_status levels_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     levels_state *s = l->state;
-    const float *x[BL_LAYER_MAX_IN], *dy[BL_LAYER_MAX_IN];
-    float *dx[BL_LAYER_MAX_IN];
+    const float *x[BL_LEVELS_MAX], *dy[BL_LEVELS_MAX];
+    float *dx[BL_LEVELS_MAX];
     /* inputs whose gradient another consumer wrote first get theirs in scratch, added after */
     size_t need = 0, at = 0;
     for (int k = 0; k < s->n; k++)
@@ -178,10 +180,10 @@ static bl_status declare_levels(bl_net *net, levels_state *s, const char *name, 
 bl_status bl_net_bn_levels(bl_net *net, const char *name, const int *in, int n, int merged_sgd,
                            int affine_levels, int *out)
 {
-    if (n < 1 || n > BL_LAYER_MAX_IN)
+    if (n < 1 || n > BL_LEVELS_MAX)
         return bl_fail(BL_ERR_ARG, "bn-levels '%s': %d levels: use 1..%d", name, n,
-                       BL_LAYER_MAX_IN);
-    int hwc[3 * BL_LAYER_MAX_IN];
+                       BL_LEVELS_MAX);
+    int hwc[3 * BL_LEVELS_MAX];
     for (int k = 0; k < n; k++) {
         if (in[k] < 0 || in[k] >= net->n_tensors)
             return bl_fail(BL_ERR_ARG, "bn-levels '%s': bad input %d", name, k);

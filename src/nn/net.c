@@ -41,6 +41,22 @@ bl_status bl_net_tensor(bl_net *net, int h, int w, int c, int *id)
     return BL_OK;
 }
 
+bl_status bl_net_const(bl_net *net, int h, int w, int c, const float *values, int *id)
+{
+    if (net->finalized) return bl_fail(BL_ERR_STATE, "net: constant added after finalize");
+    if (h < 1 || w < 1 || c < 1 || (size_t)h * w * c > ((size_t)1 << 28))
+        return bl_fail(BL_ERR_ARG, "net: constant of shape (%d, %d, %d): use 1..2^28 values", h,
+                       w, c);
+    float *v = bl_callocn((size_t)h * w * c, sizeof(float));
+    if (!v) return bl_fail(BL_ERR_NOMEM, "net: out of memory for a constant (%d, %d, %d)", h, w, c);
+    bl_status st = bl_net_tensor(net, h, w, c, id);
+    if (st) return free(v), st;
+    memcpy(v, values, sizeof(float) * (size_t)h * w * c);
+    net->t[*id].data = v;
+    net->t[*id].constant = 1;
+    return BL_OK;
+}
+
 bl_status bl_net_layer(bl_net *net, const bl_layer_ops *ops, const char *name, const int *in,
                        int n_in, int h, int w, int c, void *state, bl_layer **out)
 {
@@ -52,21 +68,30 @@ bl_status bl_net_layer_n(bl_net *net, const bl_layer_ops *ops, const char *name,
                          int n_in, const int *hwc, int n_out, void *state, bl_layer **out)
 {
     if (net->finalized) return bl_fail(BL_ERR_STATE, "net: layer '%s' added after finalize", name);
-    if (n_in < 1 || n_in > BL_LAYER_MAX_IN || n_out < 1)
-        return bl_fail(BL_ERR_ARG, "net: layer '%s' with %d inputs and %d outputs (1..%d inputs)",
-                       name, n_in, n_out, BL_LAYER_MAX_IN);
-    for (int k = 0; k < n_in; k++)
+    if (n_in < 1 || n_out < 1)
+        return bl_fail(BL_ERR_ARG, "net: layer '%s' with %d inputs and %d outputs (at least one "
+                       "of each)", name, n_in, n_out);
+    for (int k = 0; k < n_in; k++) {
         if (in[k] < 0 || in[k] >= net->n_tensors)
             return bl_fail(BL_ERR_ARG, "net: layer '%s' reads tensor %d, which does not exist",
                            name, in[k]);
+        if (net->t[in[k]].constant && !ops->const_inputs)
+            return bl_fail(BL_ERR_ARG, "net: layer '%s' (%s) reads constant tensor %d, and a %s "
+                           "layer takes batch tensors only", name, ops->kind_name, in[k],
+                           ops->kind_name);
+    }
     int t = net->n_tensors, id;
+    int *io = bl_callocn(2 * (size_t)n_in, sizeof(int));
+    if (!io) return bl_fail(BL_ERR_NOMEM, "layer '%s': out of memory", name);
     bl_status st = grow((void **)&net->layers, &net->cap_layers, net->n_layers + 1, sizeof(bl_layer));
     for (int k = 0; k < n_out && !st; k++)
         st = bl_net_tensor(net, hwc[3 * k], hwc[3 * k + 1], hwc[3 * k + 2], &id);
-    if (st) return bl_fail_ctx(st, "layer '%s'", name);
+    if (st) return free(io), bl_fail_ctx(st, "layer '%s'", name);
     bl_layer *l = &net->layers[net->n_layers++];
     l->ops = ops;
     snprintf(l->name, sizeof l->name, "%s", name);
+    l->in = io;
+    l->acc = io + n_in;
     for (int k = 0; k < n_in; k++) l->in[k] = in[k];
     l->n_in = n_in;
     l->out = t;
@@ -119,7 +144,8 @@ bl_status bl_net_finalize(bl_net *net)
     net->n_buffer_floats = nb;
     size_t act = 0;
     for (int i = 0; i < net->n_tensors; i++)
-        act += 2 * (((size_t)net->max_batch * bl_tsize(&net->t[i]) + 15) & ~(size_t)15);
+        if (!net->t[i].constant)
+            act += 2 * (((size_t)net->max_batch * bl_tsize(&net->t[i]) + 15) & ~(size_t)15);
     net->param_block = bl_calloc((np ? np : 1) * sizeof(float));
     net->grad_block = bl_calloc((np ? np : 1) * sizeof(float));
     net->optim_block = bl_calloc((np ? np : 1) * sizeof(float));
@@ -136,6 +162,7 @@ bl_status bl_net_finalize(bl_net *net)
     }
     float *a = net->act_block;
     for (int i = 0; i < net->n_tensors; i++) {
+        if (net->t[i].constant) continue; /* its own values, no gradient */
         size_t n = ((size_t)net->max_batch * bl_tsize(&net->t[i]) + 15) & ~(size_t)15;
         net->t[i].data = a;
         net->t[i].grad = a + n;
@@ -152,14 +179,20 @@ bl_status bl_net_finalize(bl_net *net)
         for (int k = 0; k < l->n_in; k++) {
             l->acc[k] = written[l->in[k]];
             written[l->in[k]] = 1;
-            if (l->in[k] == 0) l->need_dx = 0;
+            if (l->in[k] == 0 || net->t[l->in[k]].constant) l->need_dx = 0;
         }
     }
     free(written);
     /* the BN cores, listed once: commits, PreciseBN and the forward context index them */
     int kb = 0;
-    for (int li = 0; li < net->n_layers; li++)
-        if (net->layers[li].ops->cores) kb += net->layers[li].ops->cores(&net->layers[li], NULL, NULL);
+    for (int li = 0; li < net->n_layers; li++) {
+        const bl_layer *l = &net->layers[li];
+        if (!l->ops->cores) continue;
+        if (l->n_in > 32) /* bn_in is a mask of the inputs */
+            return bl_fail(BL_ERR_ARG, "net: BN layer '%s' reads %d inputs (at most 32)", l->name,
+                           l->n_in);
+        kb += l->ops->cores((bl_layer *)l, NULL, NULL);
+    }
     net->bn_layer = bl_malloc(sizeof(int) * (size_t)(kb ? kb : 1));
     net->bn_in = bl_malloc(sizeof(unsigned) * (size_t)(kb ? kb : 1));
     net->bn = bl_malloc(sizeof(bl_bn *) * (size_t)(kb ? kb : 1));
@@ -172,7 +205,13 @@ bl_status bl_net_finalize(bl_net *net)
         int k = l->ops->cores(l, net->bn + net->n_bn, net->bn_in + net->n_bn);
         for (int j = 0; j < k; j++) net->bn_layer[net->n_bn++] = li;
     }
-    if (!net->n_outputs) net->outputs[0] = net->n_tensors - 1, net->n_outputs = 1;
+    if (!net->n_outputs) {
+        if (net->n_tensors == 1 || net->t[net->n_tensors - 1].constant)
+            return bl_fail(BL_ERR_ARG, "net: the last tensor is %s: declare the outputs "
+                           "(bl_net_set_outputs)",
+                           net->n_tensors == 1 ? "the input" : "a constant");
+        net->outputs[0] = net->n_tensors - 1, net->n_outputs = 1;
+    }
     net->finalized = 1;
     for (int li = 0; li < net->n_layers; li++) {
         bl_layer *l = &net->layers[li];
@@ -212,8 +251,12 @@ bl_status bl_net_bn_commit(bl_net *net, bl_estimator est)
 
 void bl_net_free(bl_net *net)
 {
-    for (int i = 0; i < net->n_layers; i++)
+    for (int i = 0; i < net->n_layers; i++) {
         if (net->layers[i].ops->free) net->layers[i].ops->free(&net->layers[i]);
+        free(net->layers[i].in); /* acc shares its allocation */
+    }
+    for (int i = 0; i < net->n_tensors; i++)
+        if (net->t[i].constant) free(net->t[i].data);
     free(net->layers);
     free(net->t);
     free(net->params);
@@ -318,8 +361,8 @@ void bl_net_zero_grad(bl_net *net)
 bl_status bl_net_set_outputs(bl_net *net, const int *t, int n)
 {
     if (net->finalized) return bl_fail(BL_ERR_STATE, "net: outputs set after finalize");
-    if (n < 1 || n > BL_LAYER_MAX_IN)
-        return bl_fail(BL_ERR_ARG, "net: %d outputs: use 1..%d", n, BL_LAYER_MAX_IN);
+    if (n < 1 || n > BL_NET_MAX_OUTPUTS)
+        return bl_fail(BL_ERR_ARG, "net: %d outputs: use 1..%d", n, BL_NET_MAX_OUTPUTS);
     if (n > 1 && (t[0] < 0 || t[0] >= net->n_tensors || bl_tsize(&net->t[t[0]]) > BL_MAX_MEAN_LOGITS))
         return bl_fail(BL_ERR_ARG, "net: several outputs of more than %d classes",
                        BL_MAX_MEAN_LOGITS);
@@ -327,6 +370,9 @@ bl_status bl_net_set_outputs(bl_net *net, const int *t, int n)
         if (t[k] < 0 || t[k] >= net->n_tensors || bl_tsize(&net->t[t[k]]) != bl_tsize(&net->t[t[0]]))
             return bl_fail(BL_ERR_ARG, "net: output %d (tensor %d) does not exist or differs in "
                            "size from output 0", k, t[k]);
+        else if (t[k] == 0 || net->t[t[k]].constant)
+            return bl_fail(BL_ERR_ARG, "net: output %d (tensor %d) is the input or a constant: "
+                           "an output is a layer's", k, t[k]);
     for (int k = 0; k < n; k++) net->outputs[k] = t[k];
     net->n_outputs = n;
     return BL_OK;

@@ -27,7 +27,7 @@ bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c,
     if (target->n < 2)
         return bl_fail(BL_ERR_ARG, "adapt: the target split has %d images: need at least 2",
                        target->n);
-    const bl_tensor *in = &net->t[0];
+    const bl_tensor *in = bl_net_tensor_at(net, 0);
     if (target->h != in->h || target->w != in->w || c->recipe.channels != in->c)
         return bl_fail(BL_ERR_ARG, "adapt: the target images are %dx%dx%d, the model takes "
                        "%dx%dx%d (its recipe: %s)", target->h, target->w, c->recipe.channels,

@@ -179,12 +179,12 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     bl_st_writer w = {0};
     bl_status st = BL_OK;
     size_t maxc = 1;
-    for (int i = 0; i < net->n_params; i++)
-        if (net->params[i].count > maxc) maxc = net->params[i].count;
+    for (int i = 0; i < bl_net_param_count(net); i++)
+        if (bl_net_param_at(net, i)->count > maxc) maxc = bl_net_param_at(net, i)->count;
     float *t = bl_malloc(maxc * sizeof(float));
     if (!t) return BL_ERR_NOMEM; /* the reason is the allocation's */
-    for (int i = 0; i < net->n_params && !st; i++) {
-        const bl_param *p = &net->params[i];
+    for (int i = 0; i < bl_net_param_count(net) && !st; i++) {
+        const bl_param *p = bl_net_param_at(net, i);
         int64_t s[4];
         shape64(p, s);
         if (p->kind == BL_P_COUNT) {
@@ -194,23 +194,23 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
         bl_param_export(p, p->data, t);
         st = bl_st_add(&w, p->name, BL_F32, p->ndim, s, t);
     }
-    for (int i = 0; i < net->n_params && !st; i++) {
-        const bl_param *p = &net->params[i];
+    for (int i = 0; i < bl_net_param_count(net) && !st; i++) {
+        const bl_param *p = bl_net_param_at(net, i);
         if (p->kind == BL_P_COUNT || p->kind == BL_P_BUFFER) continue;
         int64_t s[4];
         shape64(p, s);
         char name[160];
         snprintf(name, sizeof name, "optim.%s.momentum_buffer", p->name);
-        bl_param_export(p, net->optim_block + p->offset, t);
+        bl_param_export(p, bl_net_block(net, BL_BLOCK_OPTIM, NULL) + p->offset, t);
         st = bl_st_add(&w, name, BL_F32, p->ndim, s, t);
     }
     free(t);
     char v[64];
-    const bl_tensor *in = &net->t[0];
+    const bl_tensor *in = bl_net_tensor_at(net, 0);
     meta(&w, &st, "format", FORMAT);
-    meta(&w, &st, "arch", net->arch);
-    snprintf(v, sizeof v, "%d", net->width), meta(&w, &st, "width", v);
-    snprintf(v, sizeof v, "%d", net->n_classes), meta(&w, &st, "classes", v);
+    meta(&w, &st, "arch", bl_net_arch(net));
+    snprintf(v, sizeof v, "%d", bl_net_width(net)), meta(&w, &st, "width", v);
+    snprintf(v, sizeof v, "%d", bl_net_classes(net)), meta(&w, &st, "classes", v);
     snprintf(v, sizeof v, "%d,%d,%d", in->h, in->w, in->c), meta(&w, &st, "input", v);
     /* an info whose recipe was never set (all zero) records the Fashion-MNIST one */
     const bl_recipe rc = info && info->recipe.channels ? info->recipe : bl_recipe_fmnist();
@@ -225,7 +225,7 @@ bl_status bl_checkpoint_save(const bl_net *net, const char *path, const bl_ckpt_
     meta(&w, &st, "recipe", rj);
     meta(&w, &st, "estimator", estimator(net));
     char *hj = NULL;
-    if (!st) st = bl_model_opts_json(&net->model, &hj);
+    if (!st) st = bl_model_opts_json(bl_net_model(net), &hj);
     if (hj) meta(&w, &st, "head", hj);
     free(hj);
     if (info) {
@@ -261,8 +261,10 @@ static int is_bnlab(const bl_safetensors *st)
 static int optional_absent(const bl_net *net, const bl_safetensors *st, const bl_param *p)
 {
     if (!p->optional || bl_st_find(st, p->name)) return 0;
-    for (int i = 0; i < net->n_params; i++)
-        if (net->params[i].optional == p->optional && bl_st_find(st, net->params[i].name)) return 0;
+    for (int i = 0; i < bl_net_param_count(net); i++)
+        if (bl_net_param_at(net, i)->optional == p->optional &&
+            bl_st_find(st, bl_net_param_at(net, i)->name))
+            return 0;
     return 1;
 }
 
@@ -277,18 +279,18 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
     if (foreign && with_optim)
         return bl_fail(BL_ERR_FORMAT, "%s: a state_dict without bnlab metadata holds no optimizer "
                        "state to resume from", path);
-    if (!foreign && (!arch || strcmp(arch, net->arch)))
+    if (!foreign && (!arch || strcmp(arch, bl_net_arch(net))))
         return bl_fail(BL_ERR_FORMAT, "%s: checkpoint of a %s, the model is a %s", path,
-                       arch ? arch : "(unknown)", net->arch);
+                       arch ? arch : "(unknown)", bl_net_arch(net));
     size_t maxc = 1;
-    for (int i = 0; i < net->n_params; i++)
-        if (net->params[i].count > maxc) maxc = net->params[i].count;
+    for (int i = 0; i < bl_net_param_count(net); i++)
+        if (bl_net_param_at(net, i)->count > maxc) maxc = bl_net_param_at(net, i)->count;
     float *t = bl_malloc(maxc * sizeof(float));
     if (!t) return BL_ERR_NOMEM; /* the reason is the allocation's */
     bl_status rc = BL_OK;
     /* first check that every tensor is there with the right size, so a bad file changes nothing */
-    for (int i = 0; i < net->n_params && !rc; i++) {
-        const bl_param *p = &net->params[i];
+    for (int i = 0; i < bl_net_param_count(net) && !rc; i++) {
+        const bl_param *p = bl_net_param_at(net, i);
         if (p->kind == BL_P_COUNT || optional_absent(net, st, p)) continue;
         rc = bl_st_get_f32(st, p->name, t, p->count);
         if (!rc && with_optim && p->kind != BL_P_BUFFER) {
@@ -297,8 +299,8 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
             rc = bl_st_get_f32(st, name, t, p->count);
         }
     }
-    for (int i = 0; i < net->n_params && !rc; i++) {
-        bl_param *p = &net->params[i];
+    for (int i = 0; i < bl_net_param_count(net) && !rc; i++) {
+        bl_param *p = bl_net_param_at(net, i);
         char name[160];
         if (optional_absent(net, st, p)) continue;
         if (p->kind == BL_P_COUNT) {
@@ -314,7 +316,7 @@ static bl_status load_into(bl_net *net, const bl_safetensors *st, const char *pa
         if (!with_optim || p->kind == BL_P_BUFFER) continue;
         snprintf(name, sizeof name, "optim.%s.momentum_buffer", p->name);
         if ((rc = bl_st_get_f32(st, name, t, p->count))) break;
-        bl_param_import(p, t, net->optim_block + p->offset);
+        bl_param_import(p, t, bl_net_block(net, BL_BLOCK_OPTIM, NULL) + p->offset);
     }
     free(t);
     if (rc) return bl_fail_ctx(rc, "%s", path);

@@ -35,7 +35,7 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
                             bl_bn_mode bn, int norm_batch, uint64_t seed, int by_class,
                             const bl_shard *sh, bl_eval_result *r)
 {
-    int chunk = net->max_batch, g = norm_batch;
+    int chunk = bl_net_max_batch(net), g = norm_batch;
     const int world = sh && sh->world > 1 && sh->reducer ? sh->world : 1, rank = world > 1 ? sh->rank : 0;
     if (bn == BL_BN_BATCH) {
         if (g < 1) return bl_fail(BL_ERR_ARG, "mini-batch evaluation needs a normalization batch");
@@ -61,9 +61,9 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
     if (!st && bn == BL_BN_BATCH) st = bl_eval_order(d, seed, by_class, order);
     else if (!st)
         for (int i = 0; i < d->n; i++) order[i] = i;
-    const int L = net->n_outputs > 1 ? net->n_outputs : 0;
+    const int L = bl_net_output_count(net) > 1 ? bl_net_output_count(net) : 0;
     /* [wrong, loss, wrong per level..., failed] */
-    double sums[3 + BL_LAYER_MAX_IN] = {0};
+    double sums[3 + BL_NET_MAX_OUTPUTS] = {0};
     for (int s = lo; s < hi && !st; s += chunk) {
         int n = hi - s < chunk ? hi - s : chunk;
         bl_dataset_batch(d, recipe, order + s, n, NULL, x, y);
@@ -81,7 +81,7 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
         sums[1] += ls;
         sums[0] += n - ok;
         if (!st && L) {
-            int okl[BL_LAYER_MAX_IN];
+            int okl[BL_NET_MAX_OUTPUTS];
             bl_net_output_correct(net, y, okl);
             for (int k = 0; k < L; k++) sums[2 + k] += n - okl[k];
         }
@@ -90,11 +90,11 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
     if (world > 1) {
         char reason[512];
         snprintf(reason, sizeof reason, "%s", st ? bl_error() : "");
-        sums[2 + BL_LAYER_MAX_IN] = st != BL_OK;
-        bl_status sr = sh->reducer->sum(sh->reducer->ctx, sums, 3 + BL_LAYER_MAX_IN);
+        sums[2 + BL_NET_MAX_OUTPUTS] = st != BL_OK;
+        bl_status sr = sh->reducer->sum(sh->reducer->ctx, sums, 3 + BL_NET_MAX_OUTPUTS);
         if (sr) return sr;
         if (st) return bl_fail(st, "%s", reason);
-        if (sums[2 + BL_LAYER_MAX_IN] > 0)
+        if (sums[2 + BL_NET_MAX_OUTPUTS] > 0)
             return bl_fail(BL_ERR_STATE, "evaluation failed on another process");
     }
     if (st) return st;

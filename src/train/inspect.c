@@ -39,9 +39,9 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
                      bl_inspect_report *r)
 {
     const int K = bl_net_bn_count(net);
-    if (c->batch < 2 || c->batch > net->max_batch || c->batches < 2)
+    if (c->batch < 2 || c->batch > bl_net_max_batch(net) || c->batches < 2)
         return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d: use cfg.batch in 2..%d and at "
-                       "least 2 batches", c->batches, c->batch, net->max_batch);
+                       "least 2 batches", c->batches, c->batch, bl_net_max_batch(net));
     if ((long)c->batch * c->batches > d->n)
         return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d need %ld images, the split has "
                        "%d", c->batches, c->batch, (long)c->batch * c->batches, d->n);

@@ -28,14 +28,16 @@ bl_status bl_pop_save(bl_net *net, bl_pop_snapshot *p)
     const int K = bl_net_bn_count(net);
     memset(p, 0, sizeof *p);
     p->layers = K;
-    p->stats = bl_alloc((net->n_buffer_floats ? net->n_buffer_floats : 1) * sizeof(float));
+    size_t nb;
+    const float *buf = bl_net_block(net, BL_BLOCK_BUFFERS, &nb);
+    p->stats = bl_alloc((nb ? nb : 1) * sizeof(float));
     p->src = bl_malloc(sizeof(bl_estimator) * (size_t)(K ? K : 1));
     p->tracked = bl_malloc(sizeof(int64_t) * (size_t)(K ? K : 1));
     if (!p->stats || !p->src || !p->tracked) {
         bl_pop_free(p);
         return bl_fail(BL_ERR_NOMEM, "out of memory saving the population statistics");
     }
-    memcpy(p->stats, net->buffer_block, net->n_buffer_floats * sizeof(float));
+    memcpy(p->stats, buf, nb * sizeof(float));
     for (int k = 0; k < K; k++) {
         const bl_bn *bn = bl_net_bn_at(net, k);
         p->src[k] = bn->pop_source;
@@ -46,7 +48,9 @@ bl_status bl_pop_save(bl_net *net, bl_pop_snapshot *p)
 
 void bl_pop_restore(bl_net *net, const bl_pop_snapshot *p)
 {
-    memcpy(net->buffer_block, p->stats, net->n_buffer_floats * sizeof(float));
+    size_t nb;
+    float *buf = bl_net_block(net, BL_BLOCK_BUFFERS, &nb);
+    memcpy(buf, p->stats, nb * sizeof(float));
     for (int k = 0; k < p->layers; k++) {
         bl_bn *bn = bl_net_bn_at(net, k);
         bn->pop_source = p->src[k];
@@ -87,20 +91,20 @@ bl_status bl_precise_samples(int n, long samples, uint64_t seed, int *idx)
  * squares. */
 static bl_status sample_mean_sums(const bl_net *net, int k, int n, double *s1, double *s2)
 {
-    const bl_layer *l = &net->layers[bl_net_bn_layer(net, k)];
-    const unsigned mask = net->bn_in[k];
-    const int C = net->t[l->in[0]].c;
+    const bl_layer *l = bl_net_layer_at(net, bl_net_bn_layer(net, k));
+    const unsigned mask = bl_net_bn_inputs(net, k);
+    const int C = bl_net_tensor_at(net, l->in[0])->c;
     double *m = bl_callocn((size_t)n * C, sizeof(double));
     if (!m) return bl_fail(BL_ERR_NOMEM, "precise: out of memory");
     size_t pixels = 0;
     for (int j = 0; j < l->n_in; j++)
-        if (mask >> j & 1) pixels += (size_t)net->t[l->in[j]].h * net->t[l->in[j]].w;
+        if (mask >> j & 1) pixels += bl_tsize(bl_net_tensor_at(net, l->in[j])) / C;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         double *mi = m + (size_t)i * C;
         for (int j = 0; j < l->n_in; j++) {
             if (!(mask >> j & 1)) continue;
-            const bl_tensor *t = &net->t[l->in[j]];
+            const bl_tensor *t = bl_net_tensor_at(net, l->in[j]);
             const size_t hw = (size_t)t->h * t->w;
             const float *xi = t->data + (size_t)i * hw * C;
             for (size_t p = 0; p < hw; p++)
@@ -140,9 +144,9 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     if (c->samples < 1 || c->samples > d->n)
         return bl_fail(BL_ERR_ARG, "precise: %ld samples requested, the split has %d: use "
                        "cfg.samples between 1 and %d", c->samples, d->n, d->n);
-    if (c->batch < 1 || c->batch > net->max_batch)
+    if (c->batch < 1 || c->batch > bl_net_max_batch(net))
         return bl_fail(BL_ERR_ARG, "precise: batch %d outside 1..%d (the net's batch)", c->batch,
-                       net->max_batch);
+                       bl_net_max_batch(net));
     for (int k = 0; k < K; k++) {
         const bl_bn *bn = bl_net_bn_at(net, k);
         if (bn->cfg.stats_domains != 1)
@@ -198,7 +202,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     for (int pass = 0; pass < passes && !st; pass++) {
         const int first = c->sequential ? lfirst[pass] : 0;
         const int last = c->sequential ? lfirst[pass + 1] - 1 : K - 1;
-        const int stop = c->sequential ? bl_net_bn_layer(net, first) : net->n_layers - 1;
+        const int stop = c->sequential ? bl_net_bn_layer(net, first) : bl_net_layer_count(net) - 1;
         for (int k = first; k <= last; k++) bl_bn_precise_reset(bl_net_bn_at(net, k));
         for (long s = 0; s < N && !st; s += B) {
             int off, n;
@@ -243,7 +247,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
             if ((st = bl_bn_precise_apply(bn))) break;
             r->max_se[k] = max_se(bn, s1 + (size_t)k * maxc, s2 + (size_t)k * maxc, N);
         }
-        r->forwards += (double)(stop + 1) / net->n_layers;
+        r->forwards += (double)(stop + 1) / bl_net_layer_count(net);
     }
     free(lfirst);
     if (st) bl_pop_restore(net, &saved);

@@ -4,11 +4,13 @@
 void bl_sgd_step(bl_net *net, const bl_sgd *o, double lr)
 {
     const float m = (float)o->momentum, flr = (float)lr;
-    for (int i = 0; i < net->n_params; i++) {
-        const bl_param *p = &net->params[i];
+    float *grads = bl_net_block(net, BL_BLOCK_GRADS, NULL);
+    float *optim = bl_net_block(net, BL_BLOCK_OPTIM, NULL);
+    for (int i = 0; i < bl_net_param_count(net); i++) {
+        const bl_param *p = bl_net_param_at(net, i);
         if (p->kind == BL_P_BUFFER || p->kind == BL_P_COUNT) continue;
         float wd = (float)((p->kind == BL_P_WEIGHT || o->wd_bn) ? o->wd : 0.0);
-        float *w = p->data, *g = net->grad_block + p->offset, *buf = net->optim_block + p->offset;
+        float *w = p->data, *g = grads + p->offset, *buf = optim + p->offset;
         const size_t n = p->count;
         const int nest = o->nesterov;
 #pragma omp parallel for simd schedule(static) if (n > 65536)

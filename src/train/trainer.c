@@ -726,7 +726,7 @@ static bl_status epoch_end(bl_trainer *t)
                               .test_err_population = pop.err, .test_err_minibatch = mb.err,
                               .train_err_minibatch = tmb.err, .test_err_precise = pre.err,
                               .estimator = t->final_src, .img_per_s = ips, .seconds = secs};
-        m.outputs = net->n_outputs > 1 ? net->n_outputs : 0;
+        m.outputs = bl_net_output_count(net) > 1 ? bl_net_output_count(net) : 0;
         for (int k = 0; k < m.outputs; k++) {
             m.test_err_population_level[k] = pop.err >= 0 ? pop.err_level[k] : -1;
             m.test_err_precise_level[k] = pre.err >= 0 ? pre.err_level[k] : -1;

@@ -25,8 +25,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             /* what was loaded is used: inference of two images (the statistics and weights as
              * the file has them: an error for unusable ones, never a crash) */
             static float x[2 * 28 * 28];
-            const bl_tensor *in = &net.t[0];
-            if (net.model.family == &bl_family_resnet && in->h * in->w * in->c <= 28 * 28)
+            const bl_tensor *in = bl_net_tensor_at(&net, 0);
+            if (bl_net_model(&net)->family == &bl_family_resnet && in->h * in->w * in->c <= 28 * 28)
                 bl_net_infer(&net, x, 2);
             bl_net_free(&net);
             bl_ckpt_info_free(&info);
