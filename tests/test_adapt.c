@@ -8,7 +8,8 @@
 
 static int same_stats(const bl_net *a, const float *saved)
 {
-    return !memcmp(bl_net_block(a, BL_BLOCK_BUFFERS, NULL), saved, bl_net_floats(a, BL_BLOCK_BUFFERS) * sizeof(float));
+    return !memcmp(bl_net_block(a, BL_BLOCK_BUFFERS, NULL), saved,
+                   bl_net_floats(a, BL_BLOCK_BUFFERS) * sizeof(float));
 }
 
 int main(int argc, char **argv)
@@ -31,7 +32,8 @@ int main(int argc, char **argv)
     }
     CHECK(bl_corrupt_dataset(&test, BL_CORRUPT_CONTRAST, 5, 1, &target) == BL_OK, "%s", bl_error());
     float *orig = malloc(bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
-    memcpy(orig, bl_net_block(&net, BL_BLOCK_BUFFERS, NULL), bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
+    memcpy(orig, bl_net_block(&net, BL_BLOCK_BUFFERS, NULL),
+           bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
 
     bl_adapt_cfg c;
     bl_adapt_defaults(&c);
@@ -68,9 +70,11 @@ int main(int argc, char **argv)
           "record: %.80s", rec ? rec : bl_error());
     free(rec);
     float *adapted = malloc(bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
-    memcpy(adapted, bl_net_block(&net, BL_BLOCK_BUFFERS, NULL), bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
+    memcpy(adapted, bl_net_block(&net, BL_BLOCK_BUFFERS, NULL),
+           bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
     CHECK(!same_stats(&net, orig), "keep: the target statistics stay");
-    memcpy(bl_net_block(&net, BL_BLOCK_BUFFERS, NULL), orig, bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
+    memcpy(bl_net_block(&net, BL_BLOCK_BUFFERS, NULL), orig,
+           bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
     for (int i = 0; i < 5000; i++) idx[i] = i;
     CHECK(bl_dataset_subset(&target, idx, 5000, &pool) == BL_OK, "%s", bl_error());
     bl_precise_cfg pc;
@@ -79,7 +83,8 @@ int main(int argc, char **argv)
     bl_precise_report pr;
     CHECK(bl_precise(&net, &pool, &pc, &pr) == BL_OK && same_stats(&net, adapted),
           "keep = PreciseBN of 500 pool images without augmentation");
-    memcpy(bl_net_block(&net, BL_BLOCK_BUFFERS, NULL), orig, bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
+    memcpy(bl_net_block(&net, BL_BLOCK_BUFFERS, NULL), orig,
+           bl_net_floats(&net, BL_BLOCK_BUFFERS) * sizeof(float));
 
     /* the clean test set's own statistics change little */
     bl_adapt_report rc;

@@ -12,8 +12,10 @@ static void fill(bl_net *net, uint64_t seed)
     bl_net_init_params(net, seed);
     bl_rng r;
     bl_rng_seed(&r, seed + 1);
-    for (size_t k = 0; k < bl_net_floats(net, BL_BLOCK_PARAMS); k++) bl_net_block(net, BL_BLOCK_OPTIM, NULL)[k] = (float)bl_rng_normal(&r);
-    for (size_t k = 0; k < bl_net_floats(net, BL_BLOCK_BUFFERS); k++) bl_net_block(net, BL_BLOCK_BUFFERS, NULL)[k] = (float)bl_rng_uniform(&r);
+    for (size_t k = 0; k < bl_net_floats(net, BL_BLOCK_PARAMS); k++)
+        bl_net_block(net, BL_BLOCK_OPTIM, NULL)[k] = (float)bl_rng_normal(&r);
+    for (size_t k = 0; k < bl_net_floats(net, BL_BLOCK_BUFFERS); k++)
+        bl_net_block(net, BL_BLOCK_BUFFERS, NULL)[k] = (float)bl_rng_uniform(&r);
     for (int i = 0; i < bl_net_bn_count(net); i++) bl_net_bn_at(net, i)->num_batches_tracked[0] = 7 + i;
 }
 
@@ -28,7 +30,8 @@ static int same(const bl_net *a, const bl_net *b)
         }
         ok &= !memcmp(p->data, q->data, p->count * sizeof(float));
         if (p->kind != BL_P_BUFFER)
-            ok &= !memcmp(bl_net_block(a, BL_BLOCK_OPTIM, NULL) + p->offset, bl_net_block(b, BL_BLOCK_OPTIM, NULL) + q->offset,
+            ok &= !memcmp(bl_net_block(a, BL_BLOCK_OPTIM, NULL) + p->offset,
+                          bl_net_block(b, BL_BLOCK_OPTIM, NULL) + q->offset,
                           p->count * sizeof(float));
     }
     return ok;
@@ -70,7 +73,9 @@ int main(int argc, char **argv)
     /* opened from its metadata alone */
     bl_net c;
     CHECK(bl_checkpoint_open(path, 4, NULL, &c, NULL) == BL_OK, "open: %s", bl_error());
-    CHECK(!memcmp(bl_net_block(&a, BL_BLOCK_PARAMS, NULL), bl_net_block(&c, BL_BLOCK_PARAMS, NULL), bl_net_floats(&a, BL_BLOCK_PARAMS) * sizeof(float)), "open: params");
+    CHECK(!memcmp(bl_net_block(&a, BL_BLOCK_PARAMS, NULL), bl_net_block(&c, BL_BLOCK_PARAMS, NULL),
+                  bl_net_floats(&a, BL_BLOCK_PARAMS) * sizeof(float)),
+          "open: params");
     bl_net_free(&c);
 
     /* truncated at several points, and corrupt bytes: an error naming the file, b unchanged */

@@ -88,7 +88,8 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
                             }
                         }
                 }
-    for (size_t i = 0; i < nw; i++) got[i] = bl_net_block(&net, BL_BLOCK_GRADS, NULL)[w2->offset + i];
+    for (size_t i = 0; i < nw; i++)
+        got[i] = bl_net_block(&net, BL_BLOCK_GRADS, NULL)[w2->offset + i];
     snprintf(what, sizeof what, "conv dW (n=%d k=%d s=%d threads=%d)", n, k, s, threads);
     CHECK_CLOSE(what, got, dw, nw, 1e-4, 1e-4);
     for (size_t i = 0; i < na; i++) got[i] = a->grad[i];

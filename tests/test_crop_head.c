@@ -32,7 +32,8 @@ static void variant(const bl_safetensors *st, const char *v)
           "%s: %d rows per image, %d BN layers", v, bl_net_shuffle_rows(&net), bl_net_bn_count(&net));
     /* the map is the net's input here: its gradient is the RoIAlign layer's to write */
     for (int i = 0; i < bl_net_layer_count(&net); i++)
-        if (bl_net_layer_at(&net, i)->ops->kind == BL_LAYER_ROI) bl_net_layer_at(&net, i)->need_dx = 1;
+        if (bl_net_layer_at(&net, i)->ops->kind == BL_LAYER_ROI)
+            bl_net_layer_at(&net, i)->need_dx = 1;
     for (size_t k = 0; k < sizeof pnames / sizeof *pnames; k++) {
         const bl_param *p = bl_net_param(&net, pnames[k]);
         if (!p && hd.head_norm != BL_HEAD_BN && strstr(pnames[k], "norm")) p = NULL;
@@ -84,7 +85,8 @@ static void variant(const bl_safetensors *st, const char *v)
     const double gtol = hd.head_norm == BL_HEAD_GN ? 2e-4 : 5e-5;
     snprintf(name, sizeof name, "%s.dx", v);
     ref = st_get(st, name, (size_t)N * H * W * C);
-    CHECK(worst_rel(bl_net_tensor_at(&net, 0)->grad, ref, (size_t)N * H * W * C) <= gtol, "%s: map gradient %.3g", v,
+    CHECK(worst_rel(bl_net_tensor_at(&net, 0)->grad, ref, (size_t)N * H * W * C) <= gtol,
+          "%s: map gradient %.3g", v,
           worst_rel(bl_net_tensor_at(&net, 0)->grad, ref, (size_t)N * H * W * C));
     free(ref);
     for (size_t k = 0; k < sizeof pnames / sizeof *pnames; k++) {
@@ -125,12 +127,15 @@ static void shuffle_layers(void)
     CHECK(bl_net_forward(&net, &c, x, 4) == BL_OK, "forward");
     int moved = 1;
     for (int r = 0; r < 12; r++)
-        moved &= bl_net_tensor_at(&net, t1)->data[2 * r] == x[2 * perm[r]] && bl_net_tensor_at(&net, t1)->data[2 * r + 1] == x[2 * perm[r] + 1];
+        moved &= bl_net_tensor_at(&net, t1)->data[2 * r] == x[2 * perm[r]] &&
+                 bl_net_tensor_at(&net, t1)->data[2 * r + 1] == x[2 * perm[r] + 1];
     CHECK(moved, "slot s does not hold row perm[s]");
-    CHECK(!memcmp(bl_net_tensor_at(&net, t2)->data, x, sizeof x), "shuffle then unshuffle is not the identity");
+    CHECK(!memcmp(bl_net_tensor_at(&net, t2)->data, x, sizeof x),
+          "shuffle then unshuffle is not the identity");
     memcpy(bl_net_tensor_at(&net, t2)->grad, dy, sizeof dy);
     CHECK(bl_net_backward(&net, &c) == BL_OK, "backward");
-    CHECK(!memcmp(bl_net_tensor_at(&net, 0)->grad, dy, sizeof dy), "the gradient through both is not dy");
+    CHECK(!memcmp(bl_net_tensor_at(&net, 0)->grad, dy, sizeof dy),
+          "the gradient through both is not dy");
     int back = 1;
     for (int r = 0; r < 12; r++) back &= bl_net_tensor_at(&net, t1)->grad[2 * r] == dy[2 * perm[r]];
     CHECK(back, "the unshuffle's gradient");
@@ -201,10 +206,12 @@ static void model(void)
     const bl_draw src = {BL_SEED_EVAL_CROPS, BL_STREAM_EVAL, ids, NULL};
     c1 = c0;
     c1.draw = &src;
-    CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK && !memcmp(z0, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data, sizeof z0),
+    CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK &&
+              !memcmp(z0, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data, sizeof z0),
           "the evaluation crops of ids 0..3 differ from the default ones");
     ids[0] = 7; /* another sample index: other crops */
-    CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK && memcmp(z0, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data, 30 * sizeof(float)),
+    CHECK(bl_net_forward(&net, &c1, x, 4) == BL_OK &&
+              memcmp(z0, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data, 30 * sizeof(float)),
           "sample 7's crops equal sample 0's");
     /* the logits' gradient, per crop, through the unshuffle: the loss is the mean over crops */
     uint8_t y[4] = {1, 2, 3, 4};

@@ -114,8 +114,10 @@ int main(void)
     CHECK(st == BL_OK && ev == BL_TRAIN_STOPPED && steps == 30, "30 steps: %ld, event %d: %s",
           steps, (int)ev, bl_error());
     bl_net *net = bl_trainer_net(t);
-    CHECK(bl_net_model(net)->family == &tiny && bl_net_bn_count(net) == 3, "the trained net: family %s, "
-          "%d BN layers", bl_net_model(net)->family ? bl_net_model(net)->family->name : "none",
+    CHECK(bl_net_model(net)->family == &tiny && bl_net_bn_count(net) == 3,
+          "the trained net: family %s, "
+          "%d BN layers",
+          bl_net_model(net)->family ? bl_net_model(net)->family->name : "none",
           bl_net_bn_count(net));
 
     /* the checkpoint of the stop opens by its architecture name: the family, its option, the
@@ -127,8 +129,10 @@ int main(void)
     st = bl_checkpoint_open(path, 256, NULL, &back, &info);
     CHECK(st == BL_OK, "open: %s", bl_error());
     if (st) return check_done("test_custom_family");
-    CHECK(bl_net_model(&back)->family == &tiny && ((const tiny_opts *)bl_model_opts_c(bl_net_model(&back)))->channels == 6 &&
-              info.step == 30, "reopened: family %s, channels %d, step %ld",
+    CHECK(bl_net_model(&back)->family == &tiny &&
+              ((const tiny_opts *)bl_model_opts_c(bl_net_model(&back)))->channels == 6 &&
+              info.step == 30,
+          "reopened: family %s, channels %d, step %ld",
           bl_net_model(&back)->family ? bl_net_model(&back)->family->name : "none",
           ((const tiny_opts *)bl_model_opts_c(bl_net_model(&back)))->channels, info.step);
     CHECK(same_params(net, &back), "the reopened checkpoint differs from the trained net");

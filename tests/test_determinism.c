@@ -36,7 +36,8 @@ static state train(const char *model, int threads, uint64_t seed, double lr, int
     while (!st && ev == BL_TRAIN_STEPPED) st = bl_trainer_step(t, &ev);
     CHECK(!st && ev == BL_TRAIN_STOPPED, "%s: %d steps: %s", model, steps, bl_error());
     const bl_net *net = bl_trainer_net(t);
-    const size_t np = bl_net_floats(net, BL_BLOCK_PARAMS), nb = bl_net_floats(net, BL_BLOCK_BUFFERS);
+    const size_t np = bl_net_floats(net, BL_BLOCK_PARAMS),
+                 nb = bl_net_floats(net, BL_BLOCK_BUFFERS);
     s.n = 2 * np + nb;
     s.v = malloc(s.n * sizeof(float));
     memcpy(s.v, bl_net_block(net, BL_BLOCK_PARAMS, NULL), np * sizeof(float));
@@ -124,10 +125,12 @@ int main(int argc, char **argv)
     CHECK(!bl_checkpoint_open(path, 256, &spec, &net, &info), "open: %s", bl_error());
     float *l1 = logits(&net, &probe, 1), *l2 = logits(&net, &probe, 2);
     int diff = 0;
-    for (int i = 0; i < 256 * bl_net_classes(&net); i++) diff += memcmp(&l1[i], &l2[i], sizeof(float)) != 0;
+    for (int i = 0; i < 256 * bl_net_classes(&net); i++)
+        diff += memcmp(&l1[i], &l2[i], sizeof(float)) != 0;
     CHECK(diff == 0, "evaluation: %d of %d logits differ between 1 and 2 threads", diff,
           256 * bl_net_classes(&net));
-    printf("evaluation, 1 vs 2 threads: %d of %d logits differ\n", diff, 256 * bl_net_classes(&net));
+    printf("evaluation, 1 vs 2 threads: %d of %d logits differ\n", diff,
+           256 * bl_net_classes(&net));
     free(l1), free(l2);
     bl_net_free(&net);
     bl_ckpt_info_free(&info);

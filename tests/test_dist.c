@@ -450,7 +450,8 @@ int main(int argc, char **argv)
             int same = 1;
             for (int r = 1; r < W; r++) same &= !memcmp(all, all + (size_t)r * nb, nb * sizeof(double));
             CHECK(same, "precise %s: statistics differ between processes", sync ? "sync" : "per-process");
-            double worst = rel(bl_net_block(&a, BL_BLOCK_BUFFERS, NULL), bl_net_block(&b, BL_BLOCK_BUFFERS, NULL), nb);
+            double worst = rel(bl_net_block(&a, BL_BLOCK_BUFFERS, NULL),
+                               bl_net_block(&b, BL_BLOCK_BUFFERS, NULL), nb);
             CHECK(worst <= 1e-6, "precise %s: %.3g from one process with the same groups",
                   sync ? "sync" : "per-process", worst);
             if (R == 0)

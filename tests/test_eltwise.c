@@ -34,8 +34,10 @@ static bl_status leaf_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 
 static void leaf_free(bl_layer *l) { free(l->state); }
 
-static const bl_layer_ops leaf_ops = {.kind = BL_LAYER_OTHER, .kind_name = "leaf",
-                                      .forward = leaf_forward, .backward = leaf_backward,
+static const bl_layer_ops leaf_ops = {.kind = BL_LAYER_OTHER,
+                                      .kind_name = "leaf",
+                                      .forward = leaf_forward,
+                                      .backward = leaf_backward,
                                       .free = leaf_free};
 
 /* n_out outputs of shapes hwc[3k..], values v[k] (held, not copied); *first: the first id. */
@@ -78,8 +80,8 @@ static bl_status sum_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     return BL_OK;
 }
 
-static const bl_layer_ops sum_ops = {.kind = BL_LAYER_OTHER, .kind_name = "sum",
-                                     .forward = sum_forward, .backward = sum_backward};
+static const bl_layer_ops sum_ops = {
+    .kind = BL_LAYER_OTHER, .kind_name = "sum", .forward = sum_forward, .backward = sum_backward};
 
 /* One fixture case: the net leaf(batch operands) -> eltwise, checked against the fixture and by
  * central differences. */
@@ -114,8 +116,10 @@ static void run_case(const bl_safetensors *st, int k, bl_elt_op op)
         if (!konst[j]) memcpy(shapes + 3 * nb, hwc[j], sizeof hwc[j]), bv[nb++] = v[j];
     if (!rc) rc = add_leaf(&net, nb, shapes, bv, &leaf);
     for (int j = 0, b = 0; j < 2 && !rc; j++)
-        if (konst[j]) rc = bl_net_const(&net, hwc[j][0], hwc[j][1], hwc[j][2], v[j], &id[j]);
-        else id[j] = leaf + b++;
+        if (konst[j])
+            rc = bl_net_const(&net, hwc[j][0], hwc[j][1], hwc[j][2], v[j], &id[j]);
+        else
+            id[j] = leaf + b++;
     if (!rc) rc = bl_net_eltwise(&net, "elt", op, id[0], id[1], &y);
     if (!rc) rc = bl_net_finalize(&net);
     CHECK(rc == BL_OK, "case %d: build: %s", k, bl_error());
@@ -192,7 +196,8 @@ static void shared_reads(void)
 {
     enum { N = 2, C = 5 };
     float a[N * C], b[N * C], dy[N * C];
-    for (int i = 0; i < N * C; i++) a[i] = 0.3f * i - 1, b[i] = 0.7f - 0.2f * i, dy[i] = 1 + 0.1f * i;
+    for (int i = 0; i < N * C; i++)
+        a[i] = 0.3f * i - 1, b[i] = 0.7f - 0.2f * i, dy[i] = 1 + 0.1f * i;
     const int hwc[6] = {1, 1, C, 1, 1, C};
     float *v[2] = {a, b};
     for (int variant = 0; variant < 2; variant++) {
@@ -201,8 +206,10 @@ static void shared_reads(void)
         bl_status rc = bl_net_init(&net, 1, 1, 1, N);
         if (!rc) rc = add_leaf(&net, 2, hwc, v, &t);
         if (!rc) rc = bl_net_eltwise(&net, "m", BL_ELT_MUL, t, variant ? t + 1 : t, &y1);
-        if (!rc && variant) rc = bl_net_eltwise(&net, "s", BL_ELT_ADD, y1, t, &y);
-        else y = y1;
+        if (!rc && variant)
+            rc = bl_net_eltwise(&net, "s", BL_ELT_ADD, y1, t, &y);
+        else
+            y = y1;
         if (!rc) rc = bl_net_finalize(&net);
         float x[N] = {0};
         if (!rc) rc = bl_net_forward(&net, NULL, x, N);
@@ -216,7 +223,8 @@ static void shared_reads(void)
                 const double want = variant ? (double)dy[i] * b[i] + dy[i] : 2.0 * a[i] * dy[i];
                 worst = fmax(worst, fabs(g[i] - want));
             }
-            CHECK(worst <= 1e-6, "%s: gradient off by %.3g", variant ? "a * b + a" : "a * a", worst);
+            CHECK(worst <= 1e-6, "%s: gradient off by %.3g", variant ? "a * b + a" : "a * a",
+                  worst);
         }
         bl_net_free(&net);
     }
@@ -268,7 +276,8 @@ static void refusals(void)
     int a, b, k1, k2, out;
     CHECK(bl_net_init(&net, 4, 5, 6, 2) == BL_OK, "init");
     CHECK(bl_net_relu(&net, "r", 0, &a) == BL_OK && bl_net_const(&net, 1, 1, 6, c6, &k1) == BL_OK &&
-              bl_net_const(&net, 1, 1, 4, c6, &k2) == BL_OK, "a batch tensor and two constants");
+              bl_net_const(&net, 1, 1, 4, c6, &k2) == BL_OK,
+          "a batch tensor and two constants");
     bl_status st = bl_net_eltwise(&net, "bad", BL_ELT_ADD, a, k2, &out);
     CHECK(st == BL_ERR_ARG && strstr(bl_error(), "(4, 5, 6) and (1, 1, 4) do not broadcast"),
           "shapes that do not broadcast: %s", bl_error());
@@ -281,15 +290,16 @@ static void refusals(void)
     CHECK(st == BL_ERR_ARG && strstr(bl_error(), "reads constant tensor"),
           "a relu reading a constant: %s", bl_error());
     st = bl_net_const(&net, 0, 1, 6, c6, &out);
-    CHECK(st == BL_ERR_ARG && strstr(bl_error(), "constant of shape (0, 1, 6)"), "empty constant: %s",
-          bl_error());
+    CHECK(st == BL_ERR_ARG && strstr(bl_error(), "constant of shape (0, 1, 6)"),
+          "empty constant: %s", bl_error());
     CHECK(bl_net_set_outputs(&net, &k1, 1) == BL_ERR_ARG && strstr(bl_error(), "a constant"),
           "a constant as the output: %s", bl_error());
     CHECK(bl_net_eltwise(&net, "ok", BL_ELT_MUL, a, k1, &b) == BL_OK, "x * c: %s", bl_error());
     bl_net_free(&net);
     /* the last tensor a constant: the outputs must be declared */
     CHECK(bl_net_init(&net, 1, 1, 6, 2) == BL_OK && bl_net_relu(&net, "r", 0, &a) == BL_OK &&
-              bl_net_const(&net, 1, 1, 6, c6, &k1) == BL_OK, "init 2");
+              bl_net_const(&net, 1, 1, 6, c6, &k1) == BL_OK,
+          "init 2");
     CHECK(bl_net_finalize(&net) == BL_ERR_ARG && strstr(bl_error(), "declare the outputs"),
           "last tensor a constant: %s", bl_error());
     bl_net_free(&net);

@@ -135,12 +135,18 @@ int main(int argc, char **argv)
         float *y = malloc(sizeof(float) * numel), *dxr = malloc(sizeof(float) * numel);
         float dg[8] = {0}, db[8] = {0};
         double mean[20], rstd[20];
-        CHECK(bl_gn_forward(s, 4, 1e-5, bl_net_tensor_at(&net, t1)->data, gw->data, gb->data, y, mean, rstd) == BL_OK &&
-                  !memcmp(y, bl_net_tensor_at(&net, t2)->data, sizeof(float) * numel), "the layer's output is the kernel's");
-        CHECK(bl_gn_backward(s, 4, bl_net_tensor_at(&net, t1)->data, bl_net_tensor_at(&net, t2)->grad, gw->data, mean, rstd, dxr, dg, db) == BL_OK &&
-                  !memcmp(dxr, bl_net_tensor_at(&net, t1)->grad, sizeof(float) * numel), "the layer's input gradient");
+        CHECK(bl_gn_forward(s, 4, 1e-5, bl_net_tensor_at(&net, t1)->data, gw->data, gb->data, y,
+                            mean, rstd) == BL_OK &&
+                  !memcmp(y, bl_net_tensor_at(&net, t2)->data, sizeof(float) * numel),
+              "the layer's output is the kernel's");
+        CHECK(bl_gn_backward(s, 4, bl_net_tensor_at(&net, t1)->data,
+                             bl_net_tensor_at(&net, t2)->grad, gw->data, mean, rstd, dxr, dg,
+                             db) == BL_OK &&
+                  !memcmp(dxr, bl_net_tensor_at(&net, t1)->grad, sizeof(float) * numel),
+              "the layer's input gradient");
         CHECK(!memcmp(dg, bl_net_block(&net, BL_BLOCK_GRADS, NULL) + gw->offset, sizeof dg) &&
-                  !memcmp(db, bl_net_block(&net, BL_BLOCK_GRADS, NULL) + gb->offset, sizeof db), "the layer's parameter gradients");
+                  !memcmp(db, bl_net_block(&net, BL_BLOCK_GRADS, NULL) + gb->offset, sizeof db),
+              "the layer's parameter gradients");
         free(y), free(dxr);
         bl_net_free(&net);
         bl_net bad;

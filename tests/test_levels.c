@@ -216,7 +216,8 @@ static void test_shared_weight(void)
 {
     bl_net tied, untied;
     tiny(&tied, 1), tiny(&untied, 0);
-    CHECK(bl_net_param_count(&tied) == bl_net_param_count(&untied) - 1, "a shared weight is declared once");
+    CHECK(bl_net_param_count(&tied) == bl_net_param_count(&untied) - 1,
+          "a shared weight is declared once");
     const bl_param *w = bl_net_param(&tied, "w"), *u1 = bl_net_param(&untied, "w"),
                    *u2 = bl_net_param(&untied, "w2");
     /* the same values everywhere */
@@ -240,7 +241,8 @@ static void test_shared_weight(void)
     double a[54], r[54];
     for (size_t i = 0; i < w->count; i++)
         a[i] = bl_net_block(&tied, BL_BLOCK_GRADS, NULL)[w->offset + i],
-        r[i] = (double)bl_net_block(&untied, BL_BLOCK_GRADS, NULL)[u1->offset + i] + bl_net_block(&untied, BL_BLOCK_GRADS, NULL)[u2->offset + i];
+        r[i] = (double)bl_net_block(&untied, BL_BLOCK_GRADS, NULL)[u1->offset + i] +
+               bl_net_block(&untied, BL_BLOCK_GRADS, NULL)[u2->offset + i];
     CHECK(w->count == 54, "weight size %zu", w->count);
     CHECK_CLOSE("shared weight gradient = sum of the untied copies'", a, r, w->count, 1e-6, 1e-5);
     /* a clash: the same name with another shape */
@@ -266,8 +268,8 @@ static void test_pooled_only_file(void)
     bl_model_option(&m, "head_width", 8);
     bl_net net;
     CHECK(bl_model_build(&net, &m, 10, 12, 12, 1, 2) == BL_OK, "%s", bl_error());
-    CHECK(bl_net_output_count(&net) == 3 && bl_net_bn_count(&net) == 9 + 8, "ml net: %d outputs, %d BN cores",
-          bl_net_output_count(&net), bl_net_bn_count(&net));
+    CHECK(bl_net_output_count(&net) == 3 && bl_net_bn_count(&net) == 9 + 8,
+          "ml net: %d outputs, %d BN cores", bl_net_output_count(&net), bl_net_bn_count(&net));
     char full[64], pooled[64];
     snprintf(full, sizeof full, "/tmp/bnlab_levels_%d.safetensors", (int)getpid());
     snprintf(pooled, sizeof pooled, "/tmp/bnlab_levels_%d_pooled.safetensors", (int)getpid());
@@ -344,7 +346,8 @@ static void test_pooled_only_file(void)
           "full file, per level: %s", bl_error());
     CHECK(((bl_resnet_ml_opts *)bl_model_opts(&info.model))->head_width == 8 &&
               ((const bl_resnet_ml_opts *)bl_model_opts_c(bl_net_model(&back)))->head_width == 8 &&
-              !strcmp(bl_net_arch(&back), "resnet8-ml"), "head restored");
+              !strcmp(bl_net_arch(&back), "resnet8-ml"),
+          "head restored");
     bl_net_free(&back);
     bl_ckpt_info_free(&info);
     remove(full), remove(pooled);

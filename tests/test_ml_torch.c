@@ -42,7 +42,8 @@ static int cmp_params(bl_net *net, const char *prefix, int what)
         const bl_param *p = bl_net_param_at(net, i);
         if (p->kind == BL_P_COUNT || (p->kind == BL_P_BUFFER) != (what == 2)) continue;
         float *t = malloc(sizeof(float) * p->count);
-        bl_param_export(p, what == 1 ? bl_net_block(net, BL_BLOCK_GRADS, NULL) + p->offset : p->data, t);
+        bl_param_export(
+            p, what == 1 ? bl_net_block(net, BL_BLOCK_GRADS, NULL) + p->offset : p->data, t);
         char ref[160];
         snprintf(ref, sizeof ref, "%s%s", prefix, p->name);
         if (what == 2) tol_abs = 2e-5, tol_rel = 1e-4;

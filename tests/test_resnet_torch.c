@@ -41,7 +41,8 @@ static void cmp_params(bl_net *net, const char *prefix, int grads)
         const bl_param *p = bl_net_param_at(net, i);
         if (!trained(p)) continue;
         float *t = malloc(sizeof(float) * p->count);
-        bl_param_export(p, grads ? bl_net_block(net, BL_BLOCK_GRADS, NULL) + p->offset : p->data, t);
+        bl_param_export(p, grads ? bl_net_block(net, BL_BLOCK_GRADS, NULL) + p->offset : p->data,
+                        t);
         char ref[160];
         snprintf(ref, sizeof ref, "%s%s", prefix, p->name);
         cmp(ref, t, ref, p->count);
@@ -103,7 +104,8 @@ static void frozen_fd(bl_net *net, const float *x, const uint8_t *y, int B)
     const float h = 1e-4f;
     const double L0 = forward_loss(net, x, y, B, 1);
     float *g = malloc(sizeof(float) * bl_net_floats(net, BL_BLOCK_PARAMS));
-    memcpy(g, bl_net_block(net, BL_BLOCK_GRADS, NULL), sizeof(float) * bl_net_floats(net, BL_BLOCK_PARAMS));
+    memcpy(g, bl_net_block(net, BL_BLOCK_GRADS, NULL),
+           sizeof(float) * bl_net_floats(net, BL_BLOCK_PARAMS));
     int n = 0, bad = 0;
     double worst = 0;
     for (int i = 0; i < bl_net_param_count(net); i++) {
@@ -183,7 +185,8 @@ static void run(const char *dir, const char *file)
         }
         double loss = forward_loss(&net, x, y, B, 1);
         if (k == 0) {
-            cmp("logits", bl_net_tensor_at(&net, bl_net_tensor_count(&net) - 1)->data, "logits", (size_t)B * 10);
+            cmp("logits", bl_net_tensor_at(&net, bl_net_tensor_count(&net) - 1)->data, "logits",
+                (size_t)B * 10);
             float l = (float)loss;
             cmp("loss", &l, "loss", 1);
             cmp_params(&net, "grad.", 1);

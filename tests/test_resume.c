@@ -167,7 +167,9 @@ int main(void)
         bl_net back;
         CHECK(bl_resnet(&back, 8, 4, 10, 28, 28, 1, 2) == BL_OK, "%s", bl_error());
         CHECK(bl_checkpoint_load(&back, path, 1, NULL) == BL_OK &&
-                  !memcmp(bl_net_block(&back, BL_BLOCK_PARAMS, NULL), bl_net_block(&net, BL_BLOCK_PARAMS, NULL), bl_net_floats(&net, BL_BLOCK_PARAMS) * sizeof(float)),
+                  !memcmp(bl_net_block(&back, BL_BLOCK_PARAMS, NULL),
+                          bl_net_block(&net, BL_BLOCK_PARAMS, NULL),
+                          bl_net_floats(&net, BL_BLOCK_PARAMS) * sizeof(float)),
               "after kill -9 #%d the checkpoint does not load: %s", k, bl_error());
         bl_net_free(&back);
     }

@@ -153,8 +153,11 @@ int main(void)
     snprintf(ckpt, sizeof ckpt, "%s/last.safetensors", ref);
     bl_net whole;
     CHECK(bl_checkpoint_open(ckpt, 32, NULL, &whole, NULL) == BL_OK, "%s", bl_error());
-    CHECK(!memcmp(bl_net_block(&whole, BL_BLOCK_PARAMS, NULL), bl_net_block(&resumed, BL_BLOCK_PARAMS, NULL), bl_net_floats(&whole, BL_BLOCK_PARAMS) * sizeof(float)) &&
-              !memcmp(bl_net_block(&whole, BL_BLOCK_BUFFERS, NULL), bl_net_block(&resumed, BL_BLOCK_BUFFERS, NULL),
+    CHECK(!memcmp(bl_net_block(&whole, BL_BLOCK_PARAMS, NULL),
+                  bl_net_block(&resumed, BL_BLOCK_PARAMS, NULL),
+                  bl_net_floats(&whole, BL_BLOCK_PARAMS) * sizeof(float)) &&
+              !memcmp(bl_net_block(&whole, BL_BLOCK_BUFFERS, NULL),
+                      bl_net_block(&resumed, BL_BLOCK_BUFFERS, NULL),
                       bl_net_floats(&whole, BL_BLOCK_BUFFERS) * sizeof(float)),
           "stepped and stopped/resumed vs bl_train: the weights differ");
     bl_net_free(&whole);

@@ -78,16 +78,20 @@ int main(int argc, char **argv)
         const bl_net *na = bl_trainer_net(a), *nb = bl_trainer_net(b);
         double d2 = 0, g2 = 0;
         for (size_t i = 0; i < bl_net_floats(na, BL_BLOCK_PARAMS); i++) {
-            const double d = (double)bl_net_block(na, BL_BLOCK_GRADS, NULL)[i] - bl_net_block(nb, BL_BLOCK_GRADS, NULL)[i];
-            d2 += d * d, g2 += (double)bl_net_block(na, BL_BLOCK_GRADS, NULL)[i] * bl_net_block(na, BL_BLOCK_GRADS, NULL)[i];
+            const double d = (double)bl_net_block(na, BL_BLOCK_GRADS, NULL)[i] -
+                             bl_net_block(nb, BL_BLOCK_GRADS, NULL)[i];
+            d2 += d * d, g2 += (double)bl_net_block(na, BL_BLOCK_GRADS, NULL)[i] *
+                               bl_net_block(na, BL_BLOCK_GRADS, NULL)[i];
         }
         long flips = 0;
         double minpre = INFINITY;
         for (int li = 0; li < bl_net_layer_count(na); li++) {
             const bl_layer *l = bl_net_layer_at(na, li);
             if (l->ops->kind != BL_LAYER_RELU) continue;
-            const size_t n = (size_t)bl_net_batch(na) * (size_t)bl_net_tensor_at(na, l->out)->h * bl_net_tensor_at(na, l->out)->w * bl_net_tensor_at(na, l->out)->c;
-            const float *ya = bl_net_tensor_at(na, l->out)->data, *yb = bl_net_tensor_at(nb, l->out)->data;
+            const size_t n = (size_t)bl_net_batch(na) * (size_t)bl_net_tensor_at(na, l->out)->h *
+                             bl_net_tensor_at(na, l->out)->w * bl_net_tensor_at(na, l->out)->c;
+            const float *ya = bl_net_tensor_at(na, l->out)->data,
+                        *yb = bl_net_tensor_at(nb, l->out)->data;
             const float *pa = bl_net_tensor_at(na, l->in[0])->data;
             for (size_t k = 0; k < n; k++)
                 if ((ya[k] > 0) != (yb[k] > 0)) {
