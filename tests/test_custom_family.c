@@ -81,8 +81,41 @@ static int same_params(const bl_net *a, const bl_net *b)
     return 1;
 }
 
+/* The backbone's normalization is the family's choice: a ResNet backbone with GroupNorm after
+ * every convolution, through a constructor of the extender's own. */
+static bl_status gn2(bl_net *net, const char *name, int in, int *out)
+{
+    return bl_net_gn(net, name, in, 2, out);
+}
+
+static void gn_backbone(void)
+{
+    bl_net net;
+    int stage[3], t;
+    bl_status st = bl_net_init(&net, 28, 28, 1, 4);
+    if (!st) st = bl_resnet_backbone(&net, 8, 4, 3, gn2, stage);
+    if (!st) st = bl_net_gap(&net, "avgpool", stage[2], &t);
+    if (!st) st = bl_net_linear(&net, "fc", t, 10, &t);
+    if (!st) st = bl_net_finalize(&net);
+    CHECK(st == BL_OK, "a GN backbone: %s", bl_error());
+    if (st) {
+        bl_net_free(&net);
+        return;
+    }
+    const bl_param *g = bl_net_param(&net, "layer2.0.shortcut.1.weight");
+    CHECK(bl_net_bn_count(&net) == 0 && g && g->count == 8 && !bl_net_param(&net, "bn1.running_mean"),
+          "GN in every normalization slot: %d BN cores", bl_net_bn_count(&net));
+    bl_net_init_params(&net, 1);
+    float x[4 * 28 * 28];
+    for (int i = 0; i < 4 * 28 * 28; i++) x[i] = (float)(i % 29) / 29;
+    CHECK(bl_net_forward(&net, NULL, x, 4) == BL_OK && !bl_net_first_nonfinite(&net),
+          "GN backbone forward: %s", bl_error());
+    bl_net_free(&net);
+}
+
 int main(void)
 {
+    gn_backbone();
     bl_threads_set(2);
     CHECK(bl_model_init(&(bl_model){0}, "tinycnn") == BL_ERR_ARG, "tinycnn known before it was "
           "registered");

@@ -485,6 +485,15 @@ bl_status bl_gn_backward(bl_shape s, int groups, const float *x, const float *dy
 void bl_param_export(const bl_param *p, const float *src, float *dst);
 void bl_param_import(const bl_param *p, const float *src, float *dst);
 
+/* A normalization layer's constructor, as bl_net_bn: what a backbone puts after each convolution
+ * (a family's choice: BN, or a wrapper of GroupNorm or of a layer of its own). */
+typedef bl_status (*bl_norm_layer)(bl_net *net, const char *name, int in, int *out);
+/* The CIFAR ResNet's stem and `stages` stages (1..3) on the net's input, each normalization
+ * made by `norm` (NULL: bl_net_bn) under the PyTorch names (bn1, layer1.0.bn1, ...,
+ * layer2.0.shortcut.1); stage_out[s] receives stage s's output tensor. Families build their
+ * heads on it. */
+bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, bl_norm_layer norm,
+                             int *stage_out);
 /* The CIFAR ResNet, depth 6n+2 (resnet8/14/20/32/56), option-B shortcuts, width w (the family
  * "resnet": bl_model_build with bl_model_init(m, "resnet20") does the same). On failure the net is
  * freed. */

@@ -259,7 +259,7 @@ static bl_status build(bl_net *net, const bl_model *m, int classes)
     const bl_resnet_crops_opts *hd = bl_model_opts_c(m);
     bl_status st;
     int stage[2], t;
-    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, 2, stage));
+    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, 2, bl_net_bn, stage));
     TRY(bl_crop_head(net, stage[1], hd, classes, &t));
     return bl_net_finalize(net);
 }

@@ -67,7 +67,7 @@ static bl_status build(bl_net *net, const bl_model *m, int classes)
     const bl_resnet_ml_opts *hd = bl_model_opts_c(m);
     bl_status st;
     int stage[3], lv[LEVELS];
-    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, 3, stage));
+    TRY(bl_resnet_begin(net, hd->depth, m->width, classes, 3, bl_net_bn, stage));
     for (int k = 0; k < LEVELS; k++) {
         char name[64];
         snprintf(name, sizeof name, "lateral.%d", k);

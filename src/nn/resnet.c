@@ -27,12 +27,16 @@ bl_status bl_resnet_check(int depth, int width, int classes)
     return BL_OK;
 }
 
-bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, int *stage_out)
+bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, bl_norm_layer norm,
+                             int *stage_out)
 {
     bl_status st;
+    if (stages < 1 || stages > 3)
+        return bl_fail(BL_ERR_ARG, "resnet: %d stages (1..3)", stages);
+    if (!norm) norm = bl_net_bn;
     int n = (depth - 2) / 6, t, in_planes = width;
     TRY(bl_net_conv(net, "conv1", 0, width, 3, 1, 1, &t));
-    TRY(bl_net_bn(net, "bn1", t, &t));
+    TRY(norm(net, "bn1", t, &t));
     TRY(bl_net_relu(net, "relu", t, &t));
     for (int stage = 1; stage <= stages; stage++) {
         int planes = width << (stage - 1);
@@ -42,13 +46,13 @@ bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, int 
 #define NAME(s) (snprintf(name, sizeof name, "%s.%s", p, s), name)
             snprintf(p, sizeof p, "layer%d.%d", stage, j);
             TRY(bl_net_conv(net, NAME("conv1"), x, planes, 3, stride, 1, &t));
-            TRY(bl_net_bn(net, NAME("bn1"), t, &t));
+            TRY(norm(net, NAME("bn1"), t, &t));
             TRY(bl_net_relu(net, NAME("relu1"), t, &t));
             TRY(bl_net_conv(net, NAME("conv2"), t, planes, 3, 1, 1, &t));
-            TRY(bl_net_bn(net, NAME("bn2"), t, &t));
+            TRY(norm(net, NAME("bn2"), t, &t));
             if (stride != 1 || in_planes != planes) {
                 TRY(bl_net_conv(net, NAME("shortcut.0"), x, planes, 1, stride, 0, &sc));
-                TRY(bl_net_bn(net, NAME("shortcut.1"), sc, &sc));
+                TRY(norm(net, NAME("shortcut.1"), sc, &sc));
             }
             TRY(bl_net_add(net, NAME("add"), t, sc, &t));
             TRY(bl_net_relu(net, NAME("relu2"), t, &t));
@@ -61,10 +65,10 @@ bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, int 
 }
 
 bl_status bl_resnet_begin(bl_net *net, int depth, int width, int classes, int stages,
-                          int *stage_out)
+                          bl_norm_layer norm, int *stage_out)
 {
     bl_status st = bl_resnet_check(depth, width, classes);
-    return st ? st : bl_resnet_backbone(net, depth, width, stages, stage_out);
+    return st ? st : bl_resnet_backbone(net, depth, width, stages, norm, stage_out);
 }
 
 /* ---- the family "resnet" -------------------------------------------------------------------------- */
@@ -78,7 +82,7 @@ static bl_status build(bl_net *net, const bl_model *m, int classes)
     const bl_resnet_opts *o = bl_model_opts_c(m);
     bl_status st;
     int stage[3], t;
-    TRY(bl_resnet_begin(net, o->depth, m->width, classes, 3, stage));
+    TRY(bl_resnet_begin(net, o->depth, m->width, classes, 3, bl_net_bn, stage));
     TRY(bl_net_gap(net, "avgpool", stage[2], &t));
     TRY(bl_net_linear(net, "fc", t, classes, &t));
     return bl_net_finalize(net);

@@ -9,11 +9,10 @@
 int bl_resnet_name(const char *name, const char *suffix, int *depth);
 /* Depth, width and classes of a ResNet. */
 bl_status bl_resnet_check(int depth, int width, int classes);
-/* The stem and `stages` stages (1..3); stage_out[s] receives stage s's output tensor. */
-bl_status bl_resnet_backbone(bl_net *net, int depth, int width, int stages, int *stage_out);
-/* A ResNet family's build up to its head: the checks and the backbone. */
+/* A ResNet family's build up to its head: the checks and the backbone (bl_resnet_backbone, nn.h)
+ * with the family's normalization layer. */
 bl_status bl_resnet_begin(bl_net *net, int depth, int width, int classes, int stages,
-                          int *stage_out);
+                          bl_norm_layer norm, int *stage_out);
 
 #define TRY(expr)                                                                                  \
     do {                                                                                           \
