@@ -2,6 +2,9 @@
 BUILD ?= build
 JOBS  ?= $(shell nproc)
 DEPS  := scripts/install-deps.sh
+# REQUIRE_ONNX=1 (CI): configuring fails without protobuf-c and onnx.proto instead of leaving the
+# ONNX commands out
+ONNX_REQ := $(if $(REQUIRE_ONNX),-DBL_REQUIRE_ONNX=ON,)
 
 .PHONY: all build test test-asan fuzz install demo bench deps clean repro
 
@@ -11,7 +14,7 @@ deps:
 	@$(DEPS) build
 
 build:
-	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DBL_NATIVE=ON
+	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DBL_NATIVE=ON $(ONNX_REQ)
 	@cmake --build $(BUILD) -j $(JOBS)
 
 # The README's test command: installs what is missing, builds, runs every test, CTEST_JOBS at a
@@ -23,7 +26,7 @@ test: deps build
 
 # The unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: deps
-	@test -f build-asan/CMakeCache.txt || cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DBL_SANITIZE=ON -DBL_BENCH=OFF -DBL_NATIVE=ON
+	@test -f build-asan/CMakeCache.txt || cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DBL_SANITIZE=ON -DBL_BENCH=OFF -DBL_NATIVE=ON $(ONNX_REQ)
 	@cmake --build build-asan -j $(JOBS)
 	@cd build-asan && OMP_WAIT_POLICY=passive ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --output-on-failure -j $(CTEST_JOBS)
@@ -34,7 +37,7 @@ SECONDS ?= 60
 fuzz:
 	@$(DEPS) fuzz
 	@test -f build-fuzz/CMakeCache.txt || CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug \
-	  -DBL_FUZZ=ON -DBL_SANITIZE=ON -DBL_BENCH=OFF -DBL_WITH_MPI=OFF -DBL_NATIVE=OFF >/dev/null
+	  -DBL_FUZZ=ON -DBL_SANITIZE=ON -DBL_BENCH=OFF -DBL_WITH_MPI=OFF -DBL_NATIVE=OFF $(ONNX_REQ) >/dev/null
 	@cmake --build build-fuzz -j $(JOBS) --target fuzz
 	@FUZZ_PARALLEL=$(if $(PARALLEL),1,0) tests/fuzz/run.sh build-fuzz $(SECONDS)
 

@@ -34,6 +34,12 @@ bl_status bl_net_declare(bl_net *net, const char *name, bl_param_kind kind, int 
 bl_status bl_net_declare_in(bl_net *net, const char *name, bl_param_kind kind, int ndim,
                             const int *shape, int ohwi, int optional, int *idx);
 
+/* declare, or share the parameter when one of this name, kind and shape exists already (a clash of
+ * shapes is an error). */
+bl_status bl_net_declare_shared(bl_net *net, const char *name, bl_param_kind kind, int ndim,
+                                const int *shape, int ohwi, int *idx);
+/* A backward op for layers without one: an error naming the layer (forward-only layers). */
+bl_status bl_layer_no_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx);
 /* For init ops: Kaiming normal (std sqrt(2 / fan_in), fan_in = count / shape[0]), uniform in
  * [-bound, bound], and a constant. */
 void bl_param_init_normal(bl_param *p, bl_rng *r, double std);

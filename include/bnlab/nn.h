@@ -197,6 +197,12 @@ typedef enum {
     BL_LAYER_ROI,      /* a crop head's RoIAlign */
     BL_LAYER_SHUFFLE,  /* a crop head's shuffle of rows */
     BL_LAYER_ELTWISE,  /* a binary elementwise op with broadcast (bl_net_eltwise) */
+    BL_LAYER_CONV_GENERAL, /* the layers of imported graphs (forward only) */
+    BL_LAYER_POOL,
+    BL_LAYER_UNARY,
+    BL_LAYER_GATHER,
+    BL_LAYER_CONCAT,
+    BL_LAYER_SOFTMAX,
     BL_LAYER_OTHER     /* an extender's */
 } bl_layer_kind;
 
@@ -367,6 +373,55 @@ bl_status bl_net_gap(bl_net *net, const char *name, int in, int *out);
  * places it was broadcast to; constants get none. Refused: two constants (fold them first). */
 typedef enum { BL_ELT_ADD, BL_ELT_SUB, BL_ELT_MUL, BL_ELT_DIV } bl_elt_op;
 bl_status bl_net_eltwise(bl_net *net, const char *name, bl_elt_op op, int a, int b, int *out);
+/* A BN layer whose parameters have the given names (gamma, beta, running mean, running var: an
+ * imported graph's initializers), epsilon and momentum, without num_batches_tracked. */
+bl_status bl_net_bn_named(bl_net *net, const char *name, int in, const char *const names[4],
+                          double eps, double momentum, int *out);
+/* A linear layer on the flattened sample with parameters of the given names: weight (cout, the
+ * input's size), bias (cout) or NULL; shared when declared already. */
+bl_status bl_net_linear_named(bl_net *net, const char *name, int in, int cout, const char *weight,
+                              const char *bias, int *out);
+
+/* ---- the layers of imported graphs (forward only: their backward is an error) -------------------
+ * A convolution as ONNX defines it: kernel kh x kw, strides, dilations, pads (top, left, bottom,
+ * right), groups; weight (cout, cin / groups, kh, kw) and an optional bias, by name (shared when
+ * declared already). Group 1 through im2col + SGEMM, depthwise by a direct loop. */
+typedef struct {
+    int cout, kh, kw, sh, sw, dh, dw, groups;
+    int pad[4]; /* top, left, bottom, right */
+} bl_conv_spec;
+bl_status bl_net_conv_general(bl_net *net, const char *name, int in, const bl_conv_spec *s,
+                              const char *weight, const char *bias, int *out);
+/* The output size of s on an h x w input (BL_ERR_ARG: the kernel does not fit). */
+bl_status bl_conv_out(const bl_conv_spec *s, int h, int w, int *ho, int *wo);
+/* Max or average pooling as ONNX (and PyTorch) define it. */
+typedef struct {
+    int max;                     /* 1: MaxPool, 0: AveragePool */
+    int kh, kw, sh, sw, dh, dw;  /* dilations: MaxPool only */
+    int pad[4];                  /* top, left, bottom, right */
+    int ceil_mode, count_include_pad;
+} bl_pool_spec;
+bl_status bl_net_pool(bl_net *net, const char *name, int in, const bl_pool_spec *s, int *out);
+/* Activations: clip to [a, b] (ReLU6: 0, 6), sigmoid, hard sigmoid max(0, min(1, a x + b)),
+ * hard swish x * max(0, min(1, x / 6 + 1/2)), leaky relu (slope a). */
+typedef enum {
+    BL_UNARY_RELU,
+    BL_UNARY_CLIP,
+    BL_UNARY_SIGMOID,
+    BL_UNARY_HARDSIGMOID,
+    BL_UNARY_HARDSWISH,
+    BL_UNARY_LEAKY_RELU
+} bl_unary_op;
+bl_status bl_net_unary(bl_net *net, const char *name, bl_unary_op op, int in, float a, float b,
+                       int *out);
+/* Output element k of each sample = input element map[k] of that sample; the output's shape is
+ * (h, w, c) (a flatten in another order, a transpose, a slice). map is copied. */
+bl_status bl_net_gather(bl_net *net, const char *name, int in, int h, int w, int c,
+                        const int *map, int *out);
+/* The channels of n inputs of one height and width, in order. */
+bl_status bl_net_concat(bl_net *net, const char *name, const int *in, int n, int *out);
+/* The softmax over each position's channels. */
+bl_status bl_net_softmax(bl_net *net, const char *name, int in, int *out);
 bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out);
 /* A linear layer on every position (row) of the input: (h, w, c) -> (h, w, cout), weight
  * name.weight (cout, c), and name.bias when bias. */

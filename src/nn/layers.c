@@ -348,7 +348,8 @@ bl_status bl_net_conv_param(bl_net *net, const char *name, const char *weight, i
 /* ---- BatchNorm --------------------------------------------------------------------------------- */
 typedef struct {
     bl_bn bn;
-    int gamma, beta, mean, var, count;
+    int gamma, beta, mean, var, count; /* count < 0: none (an imported graph's BN) */
+    double eps, momentum;
 } bn_state;
 
 bl_bn *bl_layer_bn(const bl_layer *l)
@@ -362,13 +363,14 @@ static bl_status bn_bind(bl_layer *l, bl_net *net)
     int c = net->t[l->in[0]].c;
     bl_bn_config cfg = bl_bn_config_default(c);
     cfg.name = l->name;
+    cfg.eps = s->eps, cfg.momentum = s->momentum;
     bl_status st = bl_bn_init(&s->bn, &cfg);
     if (st) return st;
     bl_bn_bind(&s->bn, pdata(net, s->gamma), pdata(net, s->beta), pgrad(net, s->gamma),
                pgrad(net, s->beta), pdata(net, s->mean), pdata(net, s->var));
     for (int i = 0; i < c; i++) s->bn.gamma[i] = 1, s->bn.beta[i] = 0, s->bn.pop_mean[i] = 0,
                                 s->bn.pop_var[i] = 1;
-    net->params[s->count].i64 = s->bn.num_batches_tracked;
+    if (s->count >= 0) net->params[s->count].i64 = s->bn.num_batches_tracked;
     return BL_OK;
 }
 
@@ -434,24 +436,26 @@ static int bn_fusable(const bl_layer *b)
     return bn->cfg.stats_domains == 1 && bn->cfg.affine_domains == 1 && bn->kernel == BL_KERNEL_FAST;
 }
 
-bl_status bl_net_bn(bl_net *net, const char *name, int in, int *out)
+/* A BN layer with parameters of the given names (gamma, beta, mean, var) and, when count is
+ * non-NULL, a num_batches_tracked. */
+static bl_status bn_make(bl_net *net, const char *name, int in, const char *const names[4],
+                         const char *count, double eps, double momentum, int *out)
 {
     if (in < 0 || in >= net->n_tensors) return bl_fail(BL_ERR_ARG, "bn '%s': bad input", name);
+    if (!(eps > 0) || !(momentum >= 0 && momentum <= 1))
+        return bl_fail(BL_ERR_ARG, "bn '%s': epsilon %g must be positive and momentum %g in "
+                       "[0, 1]", name, eps, momentum);
     const bl_tensor *x = &net->t[in];
     bn_state *s = bl_callocn(1, sizeof *s);
     if (!s) return bl_fail(BL_ERR_NOMEM, "bn '%s': out of memory", name);
-    char pn[96];
     int c = x->c;
-    static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
     int *idx[4] = {&s->gamma, &s->beta, &s->mean, &s->var};
+    s->eps = eps, s->momentum = momentum, s->count = -1;
     bl_status st = BL_OK;
-    for (int k = 0; k < 4 && !st; k++) {
-        snprintf(pn, sizeof pn, "%s.%s", name, suffix[k]);
-        st = bl_net_declare(net, pn, k < 2 ? BL_P_BN : BL_P_BUFFER, 1, &c, 0, idx[k]);
-    }
-    snprintf(pn, sizeof pn, "%s.num_batches_tracked", name);
+    for (int k = 0; k < 4 && !st; k++)
+        st = bl_net_declare(net, names[k], k < 2 ? BL_P_BN : BL_P_BUFFER, 1, &c, 0, idx[k]);
     bl_layer *l;
-    if (!st) st = bl_net_declare(net, pn, BL_P_COUNT, 0, NULL, 0, &s->count);
+    if (!st && count) st = bl_net_declare(net, count, BL_P_COUNT, 0, NULL, 0, &s->count);
     if (!st) st = bl_net_layer(net, &bn_ops, name, &in, 1, x->h, x->w, c, s, &l);
     if (st) {
         free(s);
@@ -459,6 +463,23 @@ bl_status bl_net_bn(bl_net *net, const char *name, int in, int *out)
     }
     *out = l->out;
     return BL_OK;
+}
+
+bl_status bl_net_bn(bl_net *net, const char *name, int in, int *out)
+{
+    char pn[5][96];
+    static const char *suffix[5] = {"weight", "bias", "running_mean", "running_var",
+                                    "num_batches_tracked"};
+    for (int k = 0; k < 5; k++) snprintf(pn[k], sizeof pn[k], "%s.%s", name, suffix[k]);
+    const char *const names[4] = {pn[0], pn[1], pn[2], pn[3]};
+    const bl_bn_config d = bl_bn_config_default(1);
+    return bn_make(net, name, in, names, pn[4], d.eps, d.momentum, out);
+}
+
+bl_status bl_net_bn_named(bl_net *net, const char *name, int in, const char *const names[4],
+                          double eps, double momentum, int *out)
+{
+    return bn_make(net, name, in, names, NULL, eps, momentum, out);
 }
 
 /* ---- ReLU, add, global average pooling --------------------------------------------------------- */
@@ -635,8 +656,9 @@ static const bl_layer_ops linear_ops = {.kind = BL_LAYER_LINEAR, .kind_name = "l
                                         .forward = linear_forward, .backward = linear_backward,
                                         .free = free_state, .init = linear_init};
 
-static bl_status linear_make(bl_net *net, const char *name, int in, int cout, int bias, int rows,
-                             int *out)
+/* weight and bias: the parameters' names (bias NULL: none) */
+static bl_status linear_make(bl_net *net, const char *name, int in, int cout, const char *weight,
+                             const char *bias, int rows, int *out)
 {
     if (in < 0 || in >= net->n_tensors || cout < 1)
         return bl_fail(BL_ERR_ARG, "linear '%s': bad arguments (input %d, %d outputs)", name, in,
@@ -648,13 +670,10 @@ static bl_status linear_make(bl_net *net, const char *name, int in, int cout, in
     s->cin = rows ? x->c : (int)bl_tsize(x);
     s->cout = cout;
     s->b = -1;
-    char pn[96];
     int ws[2] = {cout, s->cin};
-    snprintf(pn, sizeof pn, "%s.weight", name);
     bl_layer *l;
-    bl_status st = bl_net_declare(net, pn, BL_P_WEIGHT, 2, ws, 0, &s->w);
-    snprintf(pn, sizeof pn, "%s.bias", name);
-    if (!st && bias) st = bl_net_declare(net, pn, BL_P_BIAS, 1, &cout, 0, &s->b);
+    bl_status st = declare_or_share(net, weight, BL_P_WEIGHT, 2, ws, 0, &s->w);
+    if (!st && bias) st = declare_or_share(net, bias, BL_P_BIAS, 1, &cout, 0, &s->b);
     if (!st)
         st = bl_net_layer(net, &linear_ops, name, &in, 1, rows ? x->h : 1, rows ? x->w : 1, cout,
                           s, &l);
@@ -668,12 +687,28 @@ static bl_status linear_make(bl_net *net, const char *name, int in, int cout, in
 
 bl_status bl_net_linear(bl_net *net, const char *name, int in, int cout, int *out)
 {
-    return linear_make(net, name, in, cout, 1, 0, out);
+    char w[96], b[96];
+    snprintf(w, sizeof w, "%s.weight", name), snprintf(b, sizeof b, "%s.bias", name);
+    return linear_make(net, name, in, cout, w, b, 0, out);
 }
 
 bl_status bl_net_linear_rows(bl_net *net, const char *name, int in, int cout, int bias, int *out)
 {
-    return linear_make(net, name, in, cout, bias, 1, out);
+    char w[96], b[96];
+    snprintf(w, sizeof w, "%s.weight", name), snprintf(b, sizeof b, "%s.bias", name);
+    return linear_make(net, name, in, cout, w, bias ? b : NULL, 1, out);
+}
+
+bl_status bl_net_linear_named(bl_net *net, const char *name, int in, int cout, const char *weight,
+                              const char *bias, int *out)
+{
+    return linear_make(net, name, in, cout, weight, bias, 0, out);
+}
+
+bl_status bl_net_declare_shared(bl_net *net, const char *name, bl_param_kind kind, int ndim,
+                                const int *shape, int ohwi, int *idx)
+{
+    return declare_or_share(net, name, kind, ndim, shape, ohwi, idx);
 }
 
 /* ---- GroupNorm ----------------------------------------------------------------------------------- */

@@ -465,6 +465,13 @@ const bl_param *bl_net_param(const bl_net *net, const char *name)
     return NULL;
 }
 
+bl_status bl_layer_no_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
+{
+    (void)net, (void)ctx;
+    return bl_fail(BL_ERR_STATE, "layer '%s' (%s) has no backward: an imported graph is evaluated "
+                   "and its statistics estimated, not trained", l->name, l->ops->kind_name);
+}
+
 void bl_param_init_normal(bl_param *p, bl_rng *r, double std)
 {
     for (size_t k = 0; k < p->count; k++) p->data[k] = (float)(std * bl_rng_normal(r));
