@@ -9,4 +9,5 @@
 #include "bnlab/train.h"
 #include "bnlab/dist.h"
 #include "bnlab/data.h"
+#include "bnlab/onnx.h"
 #endif

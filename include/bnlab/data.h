@@ -51,6 +51,25 @@ bl_status bl_png_save_gray(const char *path, int w, int h, const uint8_t *pixels
 /* Fashion-MNIST split "train" or "test" from dir (NULL: BL_FMNIST_DIR). */
 bl_status bl_fmnist_load(const char *dir, const char *split, bl_dataset *out);
 void bl_dataset_free(bl_dataset *d);
+
+/* ---- .npy arrays (NumPy's format 1.0 to 3.0, C order) --------------------------------------------
+ * float32, float64 (read as float), uint8 and int64 arrays of up to 8 dimensions; little-endian.
+ * Other dtypes, Fortran order, object arrays and truncated data are BL_ERR_FORMAT naming the file
+ * and what it holds. */
+typedef enum { BL_NPY_F32, BL_NPY_U8, BL_NPY_I64 } bl_npy_type;
+typedef struct {
+    bl_npy_type type;
+    int ndim;
+    long long shape[8];
+    size_t count;
+    float *f;      /* F32 (float64 converted) */
+    uint8_t *u8;   /* U8 */
+    int64_t *i64;  /* I64 */
+} bl_npy;
+bl_status bl_npy_read(const char *path, bl_npy *out);
+/* Writes a float32 array atomically. */
+bl_status bl_npy_write_f32(const char *path, const float *v, int ndim, const long long *shape);
+void bl_npy_free(bl_npy *a);
 /* Moves the samples order[0..n) of src into a new dataset (e.g. a validation split). */
 bl_status bl_dataset_subset(const bl_dataset *src, const int *order, int n, bl_dataset *out);
 

@@ -143,7 +143,8 @@ bl_status bl_model_option(bl_model *m, const char *name, double v);
 bl_status bl_model_rename(bl_model *m, const char *name);
 /* Whether the option is at the family's default. */
 int bl_model_is_default(const bl_model *m, const bl_family_opt *o);
-/* Builds the named model's net (NULL opts: its defaults); on failure the net is freed. */
+/* Builds the named model's net (NULL opts: its defaults); on failure the net is freed. classes 0:
+ * the family's graph decides them (an imported one: its first output's size). */
 bl_status bl_model_build(struct bl_net *net, const bl_model *m, int classes, int h, int w, int c,
                          int max_batch);
 /* Declares the model's net without allocating it: check is called with every parameter as it is

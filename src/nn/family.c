@@ -193,7 +193,8 @@ bl_status bl_model_build(bl_net *net, const bl_model *m, int classes, int h, int
     net->model = r;
     snprintf(net->arch, sizeof net->arch, "%s", r.name);
     net->width = r.width;
-    net->n_classes = classes;
+    /* classes 0: the family's graph decides (an imported one): its first output's size */
+    net->n_classes = classes ? classes : (int)bl_tsize(&net->t[net->outputs[0]]);
     return BL_OK;
 }
 

@@ -1,0 +1,182 @@
+/* NumPy's .npy format (numpy.lib.format): the magic "\x93NUMPY", a version, a header length (2
+ * bytes in 1.0, 4 in 2.0 and 3.0) and a Python dict literal {'descr': '<f4', 'fortran_order':
+ * False, 'shape': (64, 3, 32, 32), }, then the data in C order. Only the three keys are read. */
+#define _POSIX_C_SOURCE 200809L
+#include "bnlab/data.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+void bl_npy_free(bl_npy *a)
+{
+    free(a->f);
+    free(a->u8);
+    free(a->i64);
+    memset(a, 0, sizeof *a);
+}
+
+/* the value after 'key': in the header dict, or NULL */
+static const char *dict_value(const char *h, const char *key)
+{
+    char k[32];
+    snprintf(k, sizeof k, "'%s'", key);
+    const char *p = strstr(h, k);
+    if (!p) return NULL;
+    p += strlen(k);
+    while (*p == ' ' || *p == ':') p++;
+    return p;
+}
+
+static bl_status parse_header(const char *path, const char *h, bl_npy *a, int *esize, int *f64)
+{
+    const char *d = dict_value(h, "descr"), *fo = dict_value(h, "fortran_order"),
+               *sh = dict_value(h, "shape");
+    if (!d || !fo || !sh)
+        return bl_fail(BL_ERR_FORMAT, "%s: the .npy header lacks descr, fortran_order or shape",
+                       path);
+    *f64 = 0;
+    if (!strncmp(d, "'<f4'", 5)) a->type = BL_NPY_F32, *esize = 4;
+    else if (!strncmp(d, "'<f8'", 5)) a->type = BL_NPY_F32, *esize = 8, *f64 = 1;
+    else if (!strncmp(d, "'|u1'", 5) || !strncmp(d, "'<u1'", 5)) a->type = BL_NPY_U8, *esize = 1;
+    else if (!strncmp(d, "'<i8'", 5)) a->type = BL_NPY_I64, *esize = 8;
+    else {
+        char what[16] = {0};
+        sscanf(d, "'%15[^']", what);
+        return bl_fail(BL_ERR_FORMAT, "%s: dtype '%s': bnlab reads float32, float64, uint8 and "
+                       "int64 .npy arrays (little-endian)", path, what);
+    }
+    if (strncmp(fo, "False", 5))
+        return bl_fail(BL_ERR_FORMAT, "%s: a Fortran-order array: save it C-contiguous "
+                       "(np.ascontiguousarray)", path);
+    if (*sh != '(') return bl_fail(BL_ERR_FORMAT, "%s: malformed shape in the header", path);
+    sh++;
+    a->ndim = 0;
+    a->count = 1;
+    while (*sh && *sh != ')') {
+        while (*sh == ' ' || *sh == ',') sh++;
+        if (*sh == ')') break;
+        char *end;
+        errno = 0;
+        long long v = strtoll(sh, &end, 10);
+        if (end == sh || errno || v < 0 || v > (1LL << 40) || a->ndim == 8)
+            return bl_fail(BL_ERR_FORMAT, "%s: malformed shape in the header (at most 8 "
+                           "dimensions)", path);
+        if (v && a->count > ((size_t)1 << 40) / (size_t)v)
+            return bl_fail(BL_ERR_FORMAT, "%s: the shape holds too many values", path);
+        a->shape[a->ndim++] = v;
+        a->count *= (size_t)v;
+        sh = end;
+    }
+    if (*sh != ')') return bl_fail(BL_ERR_FORMAT, "%s: malformed shape in the header", path);
+    return BL_OK;
+}
+
+bl_status bl_npy_read(const char *path, bl_npy *a)
+{
+    memset(a, 0, sizeof *a);
+    FILE *f = fopen(path, "rb");
+    if (!f) return bl_fail(BL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return bl_fail(BL_ERR_IO, "%s is a directory, not a .npy file", path);
+    }
+    unsigned char pre[12];
+    bl_status rc = BL_OK;
+    char *h = NULL;
+    size_t hl = 0, pre_len = 0;
+    if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6)) {
+        rc = bl_fail(BL_ERR_FORMAT, "%s: not a .npy file (no \\x93NUMPY magic)", path);
+        goto out;
+    }
+    if (pre[6] == 1) hl = pre[8] | (size_t)pre[9] << 8, pre_len = 10;
+    else if (pre[6] == 2 || pre[6] == 3) {
+        if (fread(pre + 10, 1, 2, f) != 2) {
+            rc = bl_fail(BL_ERR_FORMAT, "%s: truncated .npy header", path);
+            goto out;
+        }
+        hl = pre[8] | (size_t)pre[9] << 8 | (size_t)pre[10] << 16 | (size_t)pre[11] << 24;
+        pre_len = 12;
+    } else {
+        rc = bl_fail(BL_ERR_FORMAT, "%s: .npy version %d.%d", path, pre[6], pre[7]);
+        goto out;
+    }
+    (void)pre_len;
+    if (hl > (1u << 20) || !(h = bl_malloc(hl + 1)) || fread(h, 1, hl, f) != hl) {
+        rc = h || hl > (1u << 20) ? bl_fail(BL_ERR_FORMAT, "%s: truncated or oversized .npy "
+                                            "header", path)
+                                  : bl_fail(BL_ERR_NOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    h[hl] = 0;
+    int esize = 1, f64 = 0;
+    if ((rc = parse_header(path, h, a, &esize, &f64))) goto out;
+    const size_t n = a->count ? a->count : 1;
+    void *raw = bl_malloc(n * (size_t)esize);
+    if (!raw) {
+        rc = bl_fail(BL_ERR_NOMEM, "%s: out of memory for %zu values", path, a->count);
+        goto out;
+    }
+    if (fread(raw, (size_t)esize, a->count, f) != a->count) {
+        free(raw);
+        rc = bl_fail(BL_ERR_FORMAT, "%s: the header promises %zu values; the file holds fewer "
+                     "(truncated)", path, a->count);
+        goto out;
+    }
+    if (a->type == BL_NPY_U8) a->u8 = raw;
+    else if (a->type == BL_NPY_I64) a->i64 = raw;
+    else if (!f64) a->f = raw;
+    else {
+        if (!(a->f = bl_malloc(n * sizeof(float)))) {
+            free(raw);
+            rc = bl_fail(BL_ERR_NOMEM, "%s: out of memory", path);
+            goto out;
+        }
+        for (size_t k = 0; k < a->count; k++) {
+            double v;
+            memcpy(&v, (char *)raw + 8 * k, 8);
+            a->f[k] = (float)v;
+        }
+        free(raw);
+    }
+out:
+    free(h);
+    fclose(f);
+    if (rc) bl_npy_free(a);
+    return rc;
+}
+
+bl_status bl_npy_write_f32(const char *path, const float *v, int ndim, const long long *shape)
+{
+    char hdr[256];
+    size_t count = 1;
+    int o = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+    for (int k = 0; k < ndim; k++) {
+        o += snprintf(hdr + o, sizeof hdr - (size_t)o, "%lld%s", shape[k],
+                      ndim == 1 ? "," : k + 1 < ndim ? ", " : "");
+        count *= (size_t)shape[k];
+    }
+    o += snprintf(hdr + o, sizeof hdr - (size_t)o, "), }");
+    /* padded with spaces and a newline so the data starts on a 64-byte boundary */
+    size_t total = 10 + (size_t)o + 1;
+    size_t pad = (64 - total % 64) % 64;
+    char pre[10] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0, 0, 0};
+    const size_t hl = (size_t)o + pad + 1;
+    pre[8] = (char)(hl & 0xff), pre[9] = (char)(hl >> 8);
+    bl_afile af;
+    bl_status rc = bl_afile_open(&af, path);
+    if (rc) return rc;
+    char spaces[64];
+    memset(spaces, ' ', sizeof spaces);
+    rc = bl_afile_write(&af, pre, 10);
+    if (!rc) rc = bl_afile_write(&af, hdr, (size_t)o);
+    if (!rc) rc = bl_afile_write(&af, spaces, pad);
+    if (!rc) rc = bl_afile_write(&af, "\n", 1);
+    if (!rc) rc = bl_afile_write(&af, v, count * sizeof(float));
+    if (!rc) rc = bl_afile_commit(&af);
+    else bl_afile_abort(&af);
+    return rc;
+}

@@ -1,0 +1,57 @@
+/* Inside the ONNX import: the loaded model, tensors read out of TensorProtos, attributes. */
+#ifndef BNLAB_ONNX_IMPL_H
+#define BNLAB_ONNX_IMPL_H
+
+#include <stdint.h>
+
+#include "bnlab/layer.h"
+#include "bnlab/onnx.h"
+#include "onnx.pb-c.h"
+
+#define OX_MAX_RANK 8
+/* The batch in folded shape arithmetic (Shape of a runtime tensor): a Reshape target whose first
+ * value is this keeps the batch. Any other arithmetic on it is refused. */
+#define OX_BATCH ((int64_t)-(1LL << 40))
+
+struct bl_onnx {
+    char *path;
+    uint8_t *file;
+    size_t size;
+    Onnx__ModelProto *model;
+    const Onnx__GraphProto *graph;
+    int opset;
+    char producer[96];
+    const Onnx__ValueInfoProto *input; /* the graph input that is no initializer */
+    int in_c, in_h, in_w;              /* fixed per-sample input shape (0: not yet) */
+    int n_bn;
+};
+
+/* A constant tensor read out of a TensorProto (or an attribute, or folded): float or int64. */
+typedef struct {
+    int rank;
+    int64_t dims[OX_MAX_RANK];
+    size_t count;
+    int is_int;  /* int64 values (i), else float (f) */
+    float *f;
+    int64_t *i;
+} ox_const;
+
+void ox_const_free(ox_const *c);
+/* Reads t (FLOAT, DOUBLE, FLOAT16 as float; INT64, INT32, INT8, UINT8, BOOL as int64). `what`
+ * names it in errors. Raw data that is shorter than the dims claim, and external data, are
+ * refused. */
+bl_status ox_tensor_read(const bl_onnx *m, const Onnx__TensorProto *t, const char *what,
+                         ox_const *out);
+
+/* Attributes of a node: the attribute, or NULL. */
+const Onnx__AttributeProto *ox_attr(const Onnx__NodeProto *n, const char *name);
+int64_t ox_attr_int(const Onnx__NodeProto *n, const char *name, int64_t def);
+float ox_attr_float(const Onnx__NodeProto *n, const char *name, float def);
+/* ints: up to max values into v, *count the number (0 when absent). */
+bl_status ox_attr_ints(const Onnx__NodeProto *n, const char *name, int64_t *v, int max,
+                       int *count);
+const char *ox_attr_string(const Onnx__NodeProto *n, const char *name, char *buf, size_t len);
+/* "node 'NAME' (Op, opset K)" for messages. */
+const char *ox_node_desc(const bl_onnx *m, const Onnx__NodeProto *n, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,134 @@
+/* ONNX import against PyTorch (fixtures from tools/gen_onnx_fixtures.py, tests/fixtures/onnx):
+ * each model built on the engine, its outputs on the shared input against PyTorch's within 1e-4
+ * of the largest |output|, fused inference and the plain forward with population statistics
+ * alike; its BN parameters found under the initializers' names. Bad files refused by name. */
+#define _POSIX_C_SOURCE 200809L
+#include "bnlab/bnlab.h"
+#include "check.h"
+#include "st_fixture.h"
+
+static const char *dir = "tests/fixtures/onnx";
+
+/* the shared input, normalized as the fixture's metadata says: (n, 3, 32, 32) NCHW -> NHWC */
+static float *load_inputs(const bl_safetensors *ref, int *n, int *h, int *w, int *c)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/inputs.npy", dir);
+    bl_npy a;
+    bl_status st = bl_npy_read(path, &a);
+    CHECK(st == BL_OK && a.type == BL_NPY_U8 && a.ndim == 4, "inputs.npy: %s", bl_error());
+    if (st) return NULL;
+    *n = (int)a.shape[0], *c = (int)a.shape[1], *h = (int)a.shape[2], *w = (int)a.shape[3];
+    float mean[4] = {0}, sd[4] = {1, 1, 1, 1};
+    sscanf(bl_st_meta(ref, "mean"), "%f,%f,%f", &mean[0], &mean[1], &mean[2]);
+    sscanf(bl_st_meta(ref, "std"), "%f,%f,%f", &sd[0], &sd[1], &sd[2]);
+    float *x = malloc(sizeof(float) * a.count);
+    for (int i = 0; i < *n; i++)
+        for (int ch = 0; ch < *c; ch++)
+            for (int y = 0; y < *h; y++)
+                for (int xx = 0; xx < *w; xx++) {
+                    const uint8_t v = a.u8[(((size_t)i * *c + ch) * *h + y) * *w + xx];
+                    x[(((size_t)i * *h + y) * *w + xx) * *c + ch] = (v / 255.0f - mean[ch]) / sd[ch];
+                }
+    bl_npy_free(&a);
+    return x;
+}
+
+static void model(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.ref.safetensors", dir, name);
+    bl_safetensors ref;
+    bl_status st = bl_st_read(path, &ref);
+    CHECK(st == BL_OK, "%s", bl_error());
+    if (st) return;
+    int n = 0, h = 0, w = 0, c = 0;
+    float *x = load_inputs(&ref, &n, &h, &w, &c);
+    snprintf(path, sizeof path, "%s/%s.onnx", dir, name);
+    bl_onnx *m = NULL;
+    st = bl_onnx_load(path, &m);
+    CHECK(st == BL_OK, "load %s: %s", name, bl_error());
+    int mc = 0, mh = 0, mw = 0;
+    if (!st) st = bl_onnx_input_shape(m, &mc, &mh, &mw);
+    CHECK(st == BL_OK && mc == c && mh == h && mw == w, "%s: input shape %d,%d,%d: %s", name, mc,
+          mh, mw, bl_error());
+    const int B = 16;
+    bl_net net;
+    if (!st) st = bl_onnx_build(m, B, &net);
+    CHECK(st == BL_OK, "build %s: %s", name, bl_error());
+    if (!st && x) {
+        const bl_st_entry *e = bl_st_find(&ref, "logits");
+        const int K = e ? (int)e->shape[1] : 0;
+        float *want = st_get(&ref, "logits", (size_t)n * K);
+        float *got = calloc((size_t)n * K, sizeof(float)), *plain = calloc((size_t)n * K, sizeof(float));
+        CHECK(bl_net_classes(&net) == K && bl_net_bn_count(&net) == bl_onnx_bn_count(m),
+              "%s: %d outputs (torch %d), %d BN layers (graph %d)", name, bl_net_classes(&net), K,
+              bl_net_bn_count(&net), bl_onnx_bn_count(m));
+        const bl_tensor *out = bl_net_tensor_at(&net, bl_net_output(&net, 0));
+        bl_ctx pop = bl_ctx_all(BL_BN_POPULATION, NULL);
+        for (int i = 0; i < n && !st; i += B) {
+            const int nb = n - i < B ? n - i : B;
+            st = bl_net_infer(&net, x + (size_t)i * h * w * c, nb);
+            if (!st) memcpy(got + (size_t)i * K, out->data, sizeof(float) * nb * K);
+            if (!st) st = bl_net_forward(&net, &pop, x + (size_t)i * h * w * c, nb);
+            if (!st) memcpy(plain + (size_t)i * K, out->data, sizeof(float) * nb * K);
+        }
+        CHECK(st == BL_OK, "%s: forward: %s", name, bl_error());
+        CHECK(worst_rel(got, want, (size_t)n * K) <= 1e-4, "%s: fused inference vs torch %.3g",
+              name, worst_rel(got, want, (size_t)n * K));
+        CHECK(worst_rel(plain, want, (size_t)n * K) <= 1e-4, "%s: plain forward vs torch %.3g",
+              name, worst_rel(plain, want, (size_t)n * K));
+        printf("%s: %d BN layers, outputs within %.2g (fused) and %.2g (plain) of PyTorch's\n",
+               name, bl_net_bn_count(&net), worst_rel(got, want, (size_t)n * K),
+               worst_rel(plain, want, (size_t)n * K));
+        free(want), free(got), free(plain);
+        bl_net_free(&net);
+    }
+    bl_onnx_free(m);
+    free(x);
+    bl_st_free(&ref);
+}
+
+/* bad files: each refused with the thing named */
+static void refusals(void)
+{
+    char path[] = "/tmp/bnlab_onnx_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    FILE *f = fdopen(fd, "wb");
+    fputs("this is not a protobuf at all, not even close", f);
+    fclose(f);
+    bl_onnx *m;
+    CHECK(bl_onnx_load(path, &m) == BL_ERR_FORMAT && strstr(bl_error(), "not an ONNX model"),
+          "garbage: %s", bl_error());
+    f = fopen(path, "wb");
+    fclose(f);
+    CHECK(bl_onnx_load(path, &m) == BL_ERR_FORMAT && strstr(bl_error(), "empty file"),
+          "empty: %s", bl_error());
+    /* a truncated model: the first half of a real one */
+    char src[512];
+    snprintf(src, sizeof src, "%s/resnet18_w8.onnx", dir);
+    FILE *in = fopen(src, "rb");
+    f = fopen(path, "wb");
+    char buf[4096];
+    size_t got, total = 0;
+    while (in && (got = fread(buf, 1, sizeof buf, in)) > 0 && total < 300000)
+        fwrite(buf, 1, got, f), total += got;
+    if (in) fclose(in);
+    fclose(f);
+    CHECK(bl_onnx_load(path, &m) == BL_ERR_FORMAT, "truncated: %s", bl_error());
+    remove(path);
+    CHECK(bl_onnx_load("/nonexistent/model.onnx", &m) == BL_ERR_IO &&
+              strstr(bl_error(), "cannot open"), "missing: %s", bl_error());
+    CHECK(bl_onnx_load("/tmp", &m) == BL_ERR_IO && strstr(bl_error(), "directory"),
+          "directory: %s", bl_error());
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) dir = argv[1];
+    bl_threads_set(2);
+    model("resnet18_w8");
+    refusals();
+    return check_done("test_onnx");
+}
