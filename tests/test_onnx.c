@@ -34,6 +34,73 @@ static float *load_inputs(const bl_safetensors *ref, int *n, int *h, int *w, int
     return x;
 }
 
+/* PreciseBN of the ONNX net over the shared input in file order, batches of 16, against
+ * PyTorch's pooled (or layer-by-layer) statistics: per channel |mean difference| / sd and
+ * |variance difference| / variance, the worst over every BN layer. */
+static void precise_vs_torch(const char *name, const bl_onnx *m, const bl_safetensors *ref,
+                             int sequential)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/inputs.npy", dir);
+    bl_npy a;
+    bl_dataset d;
+    bl_status st = bl_npy_read(path, &a);
+    if (!st) st = bl_dataset_from_npy(&a, NULL, path, &d);
+    bl_npy_free(&a);
+    CHECK(st == BL_OK, "%s: the input as a dataset: %s", name, bl_error());
+    if (st) return;
+    bl_net net;
+    st = bl_onnx_build(m, 16, &net);
+    CHECK(st == BL_OK, "%s: build: %s", name, bl_error());
+    if (st) {
+        bl_dataset_free(&d);
+        return;
+    }
+    bl_precise_cfg c;
+    bl_precise_defaults(&c);
+    c.samples = d.n, c.batch = 16, c.augment = 0, c.in_order = 1, c.sequential = sequential;
+    c.recipe.channels = d.c, c.recipe.pad = 0, c.recipe.flip = 0;
+    for (int k = 0; k < 3; k++) {
+        float mv[3], sv[3];
+        sscanf(bl_st_meta(ref, "mean"), "%f,%f,%f", &mv[0], &mv[1], &mv[2]);
+        sscanf(bl_st_meta(ref, "std"), "%f,%f,%f", &sv[0], &sv[1], &sv[2]);
+        c.recipe.mean[k] = mv[k], c.recipe.std[k] = sv[k];
+    }
+    bl_precise_report r;
+    st = bl_precise(&net, &d, &c, &r);
+    CHECK(st == BL_OK, "%s: precise: %s", name, bl_error());
+    double worst_mean = 0, worst_var = 0;
+    int layers = 0;
+    for (int i = 0; !st && i < bl_net_param_count(&net); i++) {
+        const bl_param *p = bl_net_param_at(&net, i);
+        const size_t len = strlen(p->name);
+        if (p->kind != BL_P_BUFFER || len < 13 || strcmp(p->name + len - 13, ".running_mean")) continue;
+        char key[160], vkey[160];
+        snprintf(key, sizeof key, "%s.%s", sequential ? "sequential" : "pooled", p->name);
+        snprintf(vkey, sizeof vkey, "%s.%.*s.running_var", sequential ? "sequential" : "pooled",
+                 (int)len - 13, p->name);
+        const bl_param *pv = NULL;
+        char vname[128];
+        snprintf(vname, sizeof vname, "%.*s.running_var", (int)len - 13, p->name);
+        pv = bl_net_param(&net, vname);
+        float *mu = st_get(ref, key, p->count), *var = st_get(ref, vkey, p->count);
+        for (size_t ch = 0; pv && ch < p->count; ch++) {
+            worst_mean = fmax(worst_mean, fabs(p->data[ch] - mu[ch]) / sqrt(var[ch]));
+            worst_var = fmax(worst_var, fabs(pv->data[ch] - var[ch]) / var[ch]);
+        }
+        layers += pv != NULL;
+        free(mu), free(var);
+    }
+    CHECK(layers == bl_net_bn_count(&net), "%s: %d BN layers compared of %d", name, layers,
+          bl_net_bn_count(&net));
+    CHECK(worst_mean <= 1e-5 && worst_var <= 1e-5, "%s: %s PreciseBN vs torch: mean %.3g sd, "
+          "variance %.3g", name, sequential ? "sequential" : "pooled", worst_mean, worst_var);
+    printf("%s: %s PreciseBN within %.2g sd (means) and %.2g (variances) of PyTorch's, %d "
+           "layers\n", name, sequential ? "sequential" : "pooled", worst_mean, worst_var, layers);
+    bl_net_free(&net);
+    bl_dataset_free(&d);
+}
+
 static void model(const char *name)
 {
     char path[512];
@@ -83,6 +150,8 @@ static void model(const char *name)
                worst_rel(plain, want, (size_t)n * K));
         free(want), free(got), free(plain);
         bl_net_free(&net);
+        precise_vs_torch(name, m, &ref, 0);
+        precise_vs_torch(name, m, &ref, 1);
     }
     bl_onnx_free(m);
     free(x);

@@ -16,7 +16,7 @@ static bl_dataset make_data(uint8_t *px, uint8_t *lab)
     for (int i = 0; i < NS * 784; i++) /* a per-image brightness, so images differ in mean */
         px[i] = (uint8_t)(bl_rng_below(&r, 128) + (i / 784 % 5) * 25);
     for (int i = 0; i < NS; i++) lab[i] = (uint8_t)(i % 10);
-    bl_dataset d = {NS, 28, 28, px, lab};
+    bl_dataset d = {.n = NS, .h = 28, .w = 28, .pixels = px, .labels = lab};
     return d;
 }
 

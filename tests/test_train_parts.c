@@ -72,7 +72,7 @@ int main(void)
     {
         static uint8_t lab2[1000], px2[1000];
         for (int i = 0; i < 1000; i++) lab2[i] = (uint8_t)((i * 7) % 10);
-        bl_dataset d2 = {1000, 1, 1, px2, lab2};
+        bl_dataset d2 = {.n = 1000, .h = 1, .w = 1, .pixels = px2, .labels = lab2};
         int o[1000], seen[1000] = {0}, pure[2] = {0, 0};
         for (int by = 0; by < 2; by++) {
             CHECK(bl_eval_order(&d2, 5, by, o) == BL_OK, "eval order: %s", bl_error());
@@ -96,7 +96,7 @@ int main(void)
     /* a tiny dataset: 3 images of 4x4 */
     uint8_t px[48], lab[3] = {1, 2, 3};
     for (int i = 0; i < 48; i++) px[i] = (uint8_t)(i * 5);
-    bl_dataset d = {3, 4, 4, px, lab};
+    bl_dataset d = {.n = 3, .h = 4, .w = 4, .pixels = px, .labels = lab};
     float x1[48], x2[32];
     uint8_t y1[3], y2[2];
     int idx1[3] = {0, 1, 2}, idx2[2] = {2, 0};

@@ -34,24 +34,6 @@ bl_status bl_recipe_check(const bl_recipe *r);
 /* The recipe as one JSON object, as checkpoints record it; returns what snprintf returns. */
 int bl_recipe_json(const bl_recipe *r, char *buf, size_t len);
 
-typedef struct {
-    int n, h, w;      /* images, rows, columns (one channel) */
-    uint8_t *pixels;  /* (n, h, w) */
-    uint8_t *labels;  /* (n) */
-} bl_dataset;
-
-/* Reads an IDX image file and its label file (gzip or plain). Corrupt or mismatched files are
- * BL_ERR_FORMAT with the file named. */
-bl_status bl_idx_load(const char *images_path, const char *labels_path, bl_dataset *out);
-/* Writes a dataset as two gzip IDX files (each atomically: temporary file, fsync, rename), which
- * bl_idx_load reads back. */
-bl_status bl_idx_save(const bl_dataset *d, const char *images_path, const char *labels_path);
-/* A grayscale image as PNG (8 bits, zlib), atomically; pixels: (h, w). */
-bl_status bl_png_save_gray(const char *path, int w, int h, const uint8_t *pixels);
-/* Fashion-MNIST split "train" or "test" from dir (NULL: BL_FMNIST_DIR). */
-bl_status bl_fmnist_load(const char *dir, const char *split, bl_dataset *out);
-void bl_dataset_free(bl_dataset *d);
-
 /* ---- .npy arrays (NumPy's format 1.0 to 3.0, C order) --------------------------------------------
  * float32, float64 (read as float), uint8 and int64 arrays of up to 8 dimensions; little-endian.
  * Other dtypes, Fortran order, object arrays and truncated data are BL_ERR_FORMAT naming the file
@@ -70,6 +52,40 @@ bl_status bl_npy_read(const char *path, bl_npy *out);
 /* Writes a float32 array atomically. */
 bl_status bl_npy_write_f32(const char *path, const float *v, int ndim, const long long *shape);
 void bl_npy_free(bl_npy *a);
+
+typedef struct {
+    int n, h, w;      /* images, rows, columns */
+    uint8_t *pixels;  /* (n, h, w, c) HWC, normalized by the recipe in batches; or NULL */
+    uint8_t *labels;  /* (n), or NULL: no labels (PreciseBN and inspect need none) */
+    int c;            /* channels (0 means 1: the Fashion-MNIST loaders leave it) */
+    float *values;    /* (n, h, w, c) HWC floats taken as they are (no recipe normalization),
+                       * instead of pixels */
+} bl_dataset;
+static inline int bl_dataset_channels(const bl_dataset *d) { return d->c > 0 ? d->c : 1; }
+/* Values of one sample (h * w * channels). */
+static inline size_t bl_dataset_sample(const bl_dataset *d)
+{
+    return (size_t)d->h * d->w * bl_dataset_channels(d);
+}
+/* A dataset from an array of images (n, C, H, W) NCHW - uint8 (normalized by the recipe in
+ * batches) or float (taken as they are) - and optional labels (n) of uint8 or int64 in
+ * [0, 255]; what = the file, for errors. */
+bl_status bl_dataset_from_npy(const bl_npy *images, const bl_npy *labels, const char *what,
+                              bl_dataset *out);
+
+/* Reads an IDX image file and its label file (gzip or plain). Corrupt or mismatched files are
+ * BL_ERR_FORMAT with the file named. */
+bl_status bl_idx_load(const char *images_path, const char *labels_path, bl_dataset *out);
+/* Writes a dataset as two gzip IDX files (each atomically: temporary file, fsync, rename), which
+ * bl_idx_load reads back. */
+bl_status bl_idx_save(const bl_dataset *d, const char *images_path, const char *labels_path);
+/* A grayscale image as PNG (8 bits, zlib), atomically; pixels: (h, w). */
+bl_status bl_png_save_gray(const char *path, int w, int h, const uint8_t *pixels);
+/* Fashion-MNIST split "train" or "test" from dir (NULL: BL_FMNIST_DIR). */
+bl_status bl_fmnist_load(const char *dir, const char *split, bl_dataset *out);
+void bl_dataset_free(bl_dataset *d);
+
+
 /* Moves the samples order[0..n) of src into a new dataset (e.g. a validation split). */
 bl_status bl_dataset_subset(const bl_dataset *src, const int *order, int n, bl_dataset *out);
 
@@ -81,8 +97,8 @@ typedef struct {
     uint64_t seed;
     int epoch;
 } bl_augment;
-/* x: (n, h, w, 1) floats normalized by the recipe; y: (n) labels; idx: dataset indices. aug NULL:
- * normalization only. */
+/* x: (n, h, w, c) floats normalized by the recipe (float values as they are); y: (n) labels (0
+ * without labels; y may be NULL); idx: dataset indices. aug NULL: normalization only. */
 void bl_dataset_batch(const bl_dataset *d, const bl_recipe *r, const int *idx, int n,
                       const bl_augment *aug, float *x, uint8_t *y);
 

@@ -184,6 +184,8 @@ typedef struct {
     int augment;    /* default 1 */
     uint64_t seed;  /* sample choice and augmentation; default 1 */
     int sequential; /* default 0 */
+    int in_order;   /* 1: the first `samples` images in the data's order (no permutation), so
+                     * batches are the data's consecutive runs; default 0 */
     bl_recipe recipe; /* normalization and augmentation; default Fashion-MNIST's */
     /* Across processes: each batch of `batch` is split into shares (bl_batch_share over rank of
      * world), each process normalizing its share; the pooled moments of the processes are merged
@@ -230,6 +232,9 @@ void bl_pop_free(bl_pop_snapshot *p);
 bl_status bl_precise_samples(int n, long samples, uint64_t seed, int *idx);
 bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
                      bl_precise_report *r);
+/* Whether the data's images (h, w, channels) are what the net takes; an error naming both, as
+ * `who` ("precise"), when not. */
+bl_status bl_data_fits(const bl_net *net, const bl_dataset *d, const char *who);
 
 /* ---- inspect (inspect.c): stored BN statistics against fresh PreciseBN ones and the spread of
  * mini-batch statistics, per layer; the net is left as it was. docs/inspect.md. */

@@ -70,14 +70,12 @@ void bl_batch_share(int batch, int rank, int world, int *offset, int *count)
 void bl_dataset_batch(const bl_dataset *d, const bl_recipe *rc, const int *idx, int n,
                       const bl_augment *aug, float *x, uint8_t *y)
 {
-    const int H = d->h, W = d->w;
-    const float mean = rc->mean[0], std = rc->std[0];
-    const float black = (0.0f - mean) / std;
+    const int H = d->h, W = d->w, C = bl_dataset_channels(d);
+    const size_t S = bl_dataset_sample(d);
     const int pad = aug ? rc->pad : 0, flip_on = aug ? rc->flip : 0;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
-        const uint8_t *img = d->pixels + (size_t)idx[i] * H * W;
-        float *o = x + (size_t)i * H * W;
+        float *o = x + (size_t)i * S;
         int dy = 0, dx = 0, flip = 0;
         if (pad || flip_on) {
             bl_rng r;
@@ -88,31 +86,42 @@ void bl_dataset_batch(const bl_dataset *d, const bl_recipe *rc, const int *idx, 
             }
             if (flip_on) flip = (int)(bl_rng_u64(&r) >> 63);
         }
-        for (int yy = 0; yy < H; yy++)
-            for (int xx = 0; xx < W; xx++) {
-                int sy = yy + dy, sx = (flip ? W - 1 - xx : xx) + dx;
-                o[yy * W + xx] = (sy < 0 || sy >= H || sx < 0 || sx >= W)
-                                     ? black
-                                     : (img[sy * W + sx] / 255.0f - mean) / std;
-            }
-        y[i] = d->labels[idx[i]];
+        for (int c = 0; c < C; c++) {
+            /* float values are taken as they are: padding is 0 */
+            const float mean = d->values ? 0.0f : rc->mean[c < BL_RECIPE_MAX_CHANNELS ? c : 0];
+            const float std = d->values ? 1.0f : rc->std[c < BL_RECIPE_MAX_CHANNELS ? c : 0];
+            const float black = d->values ? 0.0f : (0.0f - mean) / std;
+            for (int yy = 0; yy < H; yy++)
+                for (int xx = 0; xx < W; xx++) {
+                    const int sy = yy + dy, sx = (flip ? W - 1 - xx : xx) + dx;
+                    const size_t at = ((size_t)idx[i] * H * W + (size_t)sy * W + sx) * C + c;
+                    float v = black;
+                    if (sy >= 0 && sy < H && sx >= 0 && sx < W)
+                        v = d->values ? d->values[at] : (d->pixels[at] / 255.0f - mean) / std;
+                    o[((size_t)yy * W + xx) * C + c] = v;
+                }
+        }
+        if (y) y[i] = d->labels ? d->labels[idx[i]] : 0;
     }
 }
 
 bl_status bl_dataset_subset(const bl_dataset *src, const int *order, int n, bl_dataset *out)
 {
     memset(out, 0, sizeof *out);
-    size_t px = (size_t)src->h * src->w;
-    out->pixels = bl_alloc((size_t)n * px + 1);
-    out->labels = bl_alloc((size_t)n + 1);
-    if (!out->pixels || !out->labels) {
+    const size_t px = bl_dataset_sample(src), es = src->values ? sizeof(float) : 1;
+    void *data = bl_alloc((size_t)n * px * es + 1);
+    out->labels = src->labels ? bl_alloc((size_t)n + 1) : NULL;
+    if (src->values) out->values = data;
+    else out->pixels = data;
+    if (!data || (src->labels && !out->labels)) {
         bl_dataset_free(out);
         return bl_fail(BL_ERR_NOMEM, "out of memory for a subset of %d images", n);
     }
+    const char *from = src->values ? (const char *)src->values : (const char *)src->pixels;
     for (int i = 0; i < n; i++) {
-        memcpy(out->pixels + (size_t)i * px, src->pixels + (size_t)order[i] * px, px);
-        out->labels[i] = src->labels[order[i]];
+        memcpy((char *)data + (size_t)i * px * es, from + (size_t)order[i] * px * es, px * es);
+        if (src->labels) out->labels[i] = src->labels[order[i]];
     }
-    out->n = n, out->h = src->h, out->w = src->w;
+    out->n = n, out->h = src->h, out->w = src->w, out->c = src->c;
     return BL_OK;
 }

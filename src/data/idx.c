@@ -144,6 +144,7 @@ void bl_dataset_free(bl_dataset *d)
 {
     bl_free(d->pixels);
     bl_free(d->labels);
+    bl_free(d->values);
     memset(d, 0, sizeof *d);
 }
 

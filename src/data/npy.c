@@ -180,3 +180,50 @@ bl_status bl_npy_write_f32(const char *path, const float *v, int ndim, const lon
     else bl_afile_abort(&af);
     return rc;
 }
+
+bl_status bl_dataset_from_npy(const bl_npy *im, const bl_npy *lab, const char *what,
+                              bl_dataset *out)
+{
+    memset(out, 0, sizeof *out);
+    if (im->ndim != 4 || im->type == BL_NPY_I64)
+        return bl_fail(BL_ERR_FORMAT, "%s: images must be (N, C, H, W) uint8 or float32; this "
+                       "array has %d dimensions%s", what, im->ndim,
+                       im->type == BL_NPY_I64 ? " of int64" : "");
+    const long long N = im->shape[0], C = im->shape[1], H = im->shape[2], W = im->shape[3];
+    if (N < 1 || N > (1LL << 31) - 1 || C < 1 || C > BL_RECIPE_MAX_CHANNELS || H < 1 ||
+        H > 4096 || W < 1 || W > 4096)
+        return bl_fail(BL_ERR_FORMAT, "%s: images (%lld, %lld, %lld, %lld): need N >= 1, C in "
+                       "1..%d, H and W in 1..4096 (NCHW)", what, N, C, H, W,
+                       BL_RECIPE_MAX_CHANNELS);
+    if (lab && (lab->ndim != 1 || lab->shape[0] != N || lab->type == BL_NPY_F32))
+        return bl_fail(BL_ERR_FORMAT, "%s: labels must be (%lld) uint8 or int64", what, N);
+    const size_t S = (size_t)C * H * W, es = im->type == BL_NPY_F32 ? sizeof(float) : 1;
+    void *data = bl_alloc((size_t)N * S * es + 1);
+    out->labels = lab ? bl_alloc((size_t)N + 1) : NULL;
+    if (im->type == BL_NPY_F32) out->values = data;
+    else out->pixels = data;
+    if (!data || (lab && !out->labels)) {
+        bl_dataset_free(out);
+        return bl_fail(BL_ERR_NOMEM, "%s: out of memory", what);
+    }
+    for (long long i = 0; i < N; i++) /* NCHW -> NHWC */
+        for (long long c = 0; c < C; c++)
+            for (long long y = 0; y < H; y++)
+                for (long long x = 0; x < W; x++) {
+                    const size_t src = (((size_t)i * C + c) * H + y) * W + x;
+                    const size_t dst = (((size_t)i * H + y) * W + x) * C + c;
+                    if (out->values) out->values[dst] = im->f[src];
+                    else out->pixels[dst] = im->u8[src];
+                }
+    for (long long i = 0; lab && i < N; i++) {
+        const long long v = lab->type == BL_NPY_U8 ? lab->u8[i] : lab->i64[i];
+        if (v < 0 || v > 255) {
+            bl_dataset_free(out);
+            return bl_fail(BL_ERR_FORMAT, "%s: label %lld of image %lld outside 0..255", what, v,
+                           i);
+        }
+        out->labels[i] = (uint8_t)v;
+    }
+    out->n = (int)N, out->h = (int)H, out->w = (int)W, out->c = (int)C;
+    return BL_OK;
+}

@@ -6,6 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+bl_status bl_data_fits(const bl_net *net, const bl_dataset *d, const char *who)
+{
+    const bl_tensor *in = bl_net_tensor_at(net, 0);
+    if (d->h == in->h && d->w == in->w && bl_dataset_channels(d) == in->c) return BL_OK;
+    return bl_fail(BL_ERR_ARG, "%s: the images are %dx%d with %d channel(s), the model takes "
+                   "%dx%d with %d", who, d->h, d->w, bl_dataset_channels(d), in->h, in->w, in->c);
+}
+
 bl_status bl_eval_order(const bl_dataset *d, uint64_t seed, int by_class, int *order)
 {
     bl_epoch_order(d->n, seed, BL_STREAM_EVAL, order);
@@ -45,11 +53,14 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
         chunk -= chunk % g;
     }
     if (d->n < 1) return bl_fail(BL_ERR_ARG, "evaluation on an empty split");
+    if (!d->labels) return bl_fail(BL_ERR_ARG, "evaluation needs labels: these images have none");
+    bl_status fit = bl_data_fits(net, d, "evaluation");
+    if (fit) return fit;
     int unit = bn == BL_BN_BATCH ? g : 1, off, cnt;
     bl_batch_share((d->n + unit - 1) / unit, rank, world, &off, &cnt);
     const int lo = off * unit, hi = (off + cnt) * unit < d->n ? (off + cnt) * unit : d->n;
     int *order = bl_malloc(sizeof(int) * d->n);
-    float *x = bl_alloc((size_t)chunk * d->h * d->w * sizeof(float));
+    float *x = bl_alloc((size_t)chunk * bl_dataset_sample(d) * sizeof(float));
     uint8_t *y = bl_malloc((size_t)chunk);
     /* mini-batch statistics of groups of g samples: the plan's groups, and a head's (the crop
      * head's: the crops of g images, its backbone on population statistics) */

@@ -39,6 +39,8 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
                      bl_inspect_report *r)
 {
     const int K = bl_net_bn_count(net);
+    bl_status fit = bl_data_fits(net, d, "inspect");
+    if (fit) return fit;
     if (c->batch < 2 || c->batch > bl_net_max_batch(net) || c->batches < 2)
         return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d: use cfg.batch in 2..%d and at "
                        "least 2 batches", c->batches, c->batch, bl_net_max_batch(net));
@@ -58,7 +60,7 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
     double *smu = bl_malloc(sizeof(double) * kc * 2), *svar = smu ? smu + kc : NULL;
     double *bm = bl_malloc(sizeof(double) * kc * c->batches), *tmp = bl_malloc(sizeof(double) * c->batches);
     int *idx = bl_malloc(sizeof(int) * (size_t)d->n);
-    float *x = bl_alloc((size_t)c->batch * d->h * d->w * sizeof(float));
+    float *x = bl_alloc((size_t)c->batch * bl_dataset_sample(d) * sizeof(float));
     uint8_t *y = bl_malloc((size_t)c->batch);
     if (!smu || !bm || !tmp || !idx || !x || !y) {
         st = bl_fail(BL_ERR_NOMEM, "inspect: out of memory");

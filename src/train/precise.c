@@ -141,6 +141,8 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     if (K < 1) return bl_fail(BL_ERR_ARG, "precise: the model has no BN layer");
     if (K > BL_PRECISE_MAX_LAYERS)
         return bl_fail(BL_ERR_ARG, "precise: %d BN layers, at most %d", K, BL_PRECISE_MAX_LAYERS);
+    bl_status fit = bl_data_fits(net, d, "precise");
+    if (fit) return fit;
     if (c->samples < 1 || c->samples > d->n)
         return bl_fail(BL_ERR_ARG, "precise: %ld samples requested, the split has %d: use "
                        "cfg.samples between 1 and %d", c->samples, d->n, d->n);
@@ -154,7 +156,8 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
                            "each domain with its own data (bnlab adapt)", bn->name);
     }
     const long N = c->samples;
-    const int B = c->batch, npix = d->h * d->w;
+    const int B = c->batch;
+    const size_t npix = bl_dataset_sample(d);
     const int world = c->reducer && c->world > 1 ? c->world : 1, rank = world > 1 ? c->rank : 0;
     if (world > 1 && (rank < 0 || rank >= world))
         return bl_fail(BL_ERR_ARG, "precise: rank %d of %d", rank, world);
@@ -181,7 +184,10 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     }
     /* kept to restore on failure, so an error leaves the model as it was */
     bl_pop_snapshot saved;
-    if ((st = bl_pop_save(net, &saved)) || (st = bl_precise_samples(d->n, N, c->seed, idx))) {
+    if (c->in_order)
+        for (int i = 0; i < d->n; i++) idx[i] = i;
+    if ((st = bl_pop_save(net, &saved)) ||
+        (!c->in_order && (st = bl_precise_samples(d->n, N, c->seed, idx)))) {
         bl_pop_free(&saved); /* safe after a failed save too: it leaves the snapshot empty */
         free(idx), bl_free(x), free(y), free(s1), free(s2);
         return st;
