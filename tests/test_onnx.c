@@ -71,6 +71,7 @@ static void precise_vs_torch(const char *name, const bl_onnx *m, const bl_safete
     CHECK(st == BL_OK, "%s: precise: %s", name, bl_error());
     double worst_mean = 0, worst_var = 0;
     int layers = 0;
+    char where[200] = "";
     for (int i = 0; !st && i < bl_net_param_count(&net); i++) {
         const bl_param *p = bl_net_param_at(&net, i);
         const size_t len = strlen(p->name);
@@ -86,17 +87,30 @@ static void precise_vs_torch(const char *name, const bl_onnx *m, const bl_safete
         float *mu = st_get(ref, key, p->count), *var = st_get(ref, vkey, p->count);
         for (size_t ch = 0; pv && ch < p->count; ch++) {
             worst_mean = fmax(worst_mean, fabs(p->data[ch] - mu[ch]) / sqrt(var[ch]));
-            worst_var = fmax(worst_var, fabs(pv->data[ch] - var[ch]) / var[ch]);
+            const double dv = fabs(pv->data[ch] - var[ch]) / var[ch];
+            if (dv > worst_var)
+                worst_var = dv, snprintf(where, sizeof where, "%s[%zu], variance %.3g", pv->name,
+                                         ch, var[ch]);
         }
         layers += pv != NULL;
         free(mu), free(var);
     }
     CHECK(layers == bl_net_bn_count(&net), "%s: %d BN layers compared of %d", name, layers,
           bl_net_bn_count(&net));
-    CHECK(worst_mean <= 1e-5 && worst_var <= 1e-5, "%s: %s PreciseBN vs torch: mean %.3g sd, "
-          "variance %.3g", name, sequential ? "sequential" : "pooled", worst_mean, worst_var);
-    printf("%s: %s PreciseBN within %.2g sd (means) and %.2g (variances) of PyTorch's, %d "
-           "layers\n", name, sequential ? "sequential" : "pooled", worst_mean, worst_var, layers);
+    /* the bar: 1e-5, or twice what PyTorch's own float32 forward reaches against its float64
+     * reference on this model (a deep one's last layers lose more to float32 rounding) */
+    const char *tag = sequential ? "sequential" : "pooled";
+    char km[64], kv[64];
+    snprintf(km, sizeof km, "f32_%s_mean", tag), snprintf(kv, sizeof kv, "f32_%s_var", tag);
+    const char *fm = bl_st_meta(ref, km), *fv = bl_st_meta(ref, kv);
+    const double t32m = fm ? atof(fm) : 0, t32v = fv ? atof(fv) : 0;
+    const double bar_m = fmax(1e-5, 2 * t32m), bar_v = fmax(1e-5, 2 * t32v);
+    CHECK(worst_mean <= bar_m && worst_var <= bar_v, "%s: %s PreciseBN vs torch: mean %.3g sd, "
+          "variance %.3g (at %s); bars %.3g and %.3g", name, tag, worst_mean, worst_var, where,
+          bar_m, bar_v);
+    printf("%s: %s PreciseBN within %.2g sd (means) and %.2g (variances) of PyTorch's float64, "
+           "%d layers (PyTorch's float32: %.2g and %.2g)\n", name, tag, worst_mean, worst_var,
+           layers, t32m, t32v);
     bl_net_free(&net);
     bl_dataset_free(&d);
 }
@@ -197,7 +211,10 @@ int main(int argc, char **argv)
 {
     if (argc > 1) dir = argv[1];
     bl_threads_set(2);
-    model("resnet18_w8");
+    static const char *models[] = {"resnet18_w8",         "mobilenet_v2_w02",
+                                   "mobilenet_v3_small_w025", "efficientnet_b0_w025",
+                                   "smallcat",            "plain_identity"};
+    for (size_t k = 0; k < sizeof models / sizeof *models; k++) model(models[k]);
     refusals();
     return check_done("test_onnx");
 }

@@ -18,8 +18,11 @@ Files:
                       of the BN's mean and var
       sequential.<init>  float64: the layer-by-layer mode - BN k's input moments pooled with the
                       BNs before it already using their new statistics
+      metadata f32_{pooled,sequential}_{mean,var}: how far PyTorch's own float32 forward lands
+                      from these float64 references (worst channel): what float32 can reach
 Inputs are normalized with torchvision's ImageNet mean and std. BN buffers are set to distinct
 values before export in every model but `plain_identity`, which keeps the exporter's sharing."""
+import copy
 import gzip
 import os
 import sys
@@ -27,6 +30,8 @@ import sys
 import numpy as np
 import torch
 import torch.nn as nn
+import torchvision
+from torchvision.models import efficientnet, mobilenetv3
 from torchvision.models.resnet import BasicBlock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +79,38 @@ class ResNet18Blocks(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class SmallCat(nn.Module):
+    """A small CNN whose layout mistakes show: channels concatenated, a 4x4 map flattened (C, H, W
+    order), a softmax at the end."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 6, 3, 2, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 4, 5, 2, 2, bias=False), nn.BatchNorm2d(4), nn.ReLU6())
+        self.c = nn.Sequential(nn.Conv2d(10, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                               nn.MaxPool2d(2, 2))
+        self.fc = nn.Linear(8 * 4 * 4, classes)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        return torch.softmax(self.fc(torch.flatten(self.c(y), 1)), 1)
+
+
+def mobilenet_v2():
+    return torchvision.models.mobilenet_v2(width_mult=0.2, num_classes=10)
+
+
+def mobilenet_v3_small():
+    setting, last = mobilenetv3._mobilenet_v3_conf("mobilenet_v3_small", width_mult=0.25)
+    return mobilenetv3.MobileNetV3(setting, last, num_classes=10)
+
+
+def efficientnet_b0():
+    setting, last = efficientnet._efficientnet_conf("efficientnet_b0", width_mult=0.25,
+                                                    depth_mult=0.5)
+    return efficientnet.EfficientNet(setting, 0.2, num_classes=10, last_channel=last)
+
+
 def distinct_buffers(model, g):
     """BN statistics unlike the export defaults (0 and 1), and unlike each other."""
     for m in model.modules():
@@ -111,19 +148,20 @@ def moments_of(model, x, which):
     return {n: (s[0] / s[2], s[1] / s[2] - (s[0] / s[2]) ** 2) for n, s in acc.items()}
 
 
-def references(model, x):
-    m64 = type(model)()
-    m64.load_state_dict(model.state_dict())
-    m64 = m64.double()
-    m64.train()  # pooled: every BN with its batch's statistics
-    pooled = moments_of(m64, x.double(), None)
-    m64.load_state_dict(model.state_dict())
+def references(model, x, dtype=torch.float64):
+    m64 = copy.deepcopy(model).to(dtype)
+    x = x.to(dtype)
+    m64.eval()  # pooled: every BN with its batch's statistics, the rest (dropout, stochastic
+    for _, bn in bns(m64):  # depth) as at inference
+        bn.train()
+    pooled = moments_of(m64, x, None)
+    m64 = copy.deepcopy(model).to(dtype)
     m64.eval()
     seq = {}
     for name, bn in bns(m64):  # layer by layer, each BN before it with its new statistics
-        mean, var = moments_of(m64, x.double(), name)[name]
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
+        mean, var = moments_of(m64, x, name)[name]
+        bn.running_mean.copy_(mean.to(dtype))
+        bn.running_var.copy_(var.to(dtype))
         seq[name] = (mean, var)
     return pooled, seq
 
@@ -144,6 +182,17 @@ def write(out_dir, name, model, raw, opset=13):
     with torch.no_grad():
         logits = model(x)
     pooled, seq = references(model, x)
+    # PyTorch's own float32 forward against the float64 reference: the precision a float32
+    # engine can reach on this model (the tests' bar is the larger of 1e-5 and twice this)
+    p32, s32 = references(model, x, torch.float32)
+    f32 = {}
+    for tag, ref, got in (("pooled", pooled, p32), ("sequential", seq, s32)):
+        em = ev = 0.0
+        for n in ref:
+            sd = ref[n][1].sqrt()
+            em = max(em, ((got[n][0] - ref[n][0]).abs() / sd).max().item())
+            ev = max(ev, ((got[n][1] - ref[n][1]).abs() / ref[n][1]).max().item())
+        f32[f"f32_{tag}_mean"], f32[f"f32_{tag}_var"] = f"{em:.3g}", f"{ev:.3g}"
     t = {"logits": logits}
     for n, _ in bns(model):
         for tag, d in (("pooled", pooled), ("sequential", seq)):
@@ -151,7 +200,7 @@ def write(out_dir, name, model, raw, opset=13):
             t[f"{tag}.{n}.running_var"] = d[n][1]
     save_safetensors(f"{out_dir}/{name}.ref.safetensors", t,
                      {"mean": ",".join(map(str, MEAN)), "std": ",".join(map(str, STD)),
-                      "batch": str(BATCH)})
+                      "batch": str(BATCH), **f32})
 
 
 def save_npy_u8(path, a):
@@ -164,9 +213,18 @@ def main(out_dir):
     save_npy_u8(f"{out_dir}/inputs.npy", raw)
     g = torch.Generator().manual_seed(5)
     torch.manual_seed(5)
-    m = ResNet18Blocks()
-    distinct_buffers(m, g)
-    write(out_dir, "resnet18_w8", m, raw)
+    models = [("resnet18_w8", ResNet18Blocks, 13, True),
+              ("mobilenet_v2_w02", mobilenet_v2, 13, True),
+              ("mobilenet_v3_small_w025", mobilenet_v3_small, 14, True),  # HardSwish, training_mode
+              ("efficientnet_b0_w025", efficientnet_b0, 13, True),       # SiLU, SE, eps 1e-3
+              ("smallcat", SmallCat, 13, True),
+              ("plain_identity", SmallCat, 13, False)]  # fresh buffers: the exporter shares them
+    for name, make, opset, distinct in models:
+        torch.manual_seed(5)
+        m = make()
+        if distinct:
+            distinct_buffers(m, g)
+        write(out_dir, name, m, raw, opset)
 
 
 if __name__ == "__main__":
