@@ -7,12 +7,12 @@
 #include "check.h"
 #include "st_fixture.h"
 
-static const char *dir = "tests/fixtures/onnx";
+static char dir[400] = "tests/fixtures/onnx";
 
 /* the shared input, normalized as the fixture's metadata says: (n, 3, 32, 32) NCHW -> NHWC */
 static float *load_inputs(const bl_safetensors *ref, int *n, int *h, int *w, int *c)
 {
-    char path[512];
+    char path[1024];
     snprintf(path, sizeof path, "%s/inputs.npy", dir);
     bl_npy a;
     bl_status st = bl_npy_read(path, &a);
@@ -40,7 +40,7 @@ static float *load_inputs(const bl_safetensors *ref, int *n, int *h, int *w, int
 static void precise_vs_torch(const char *name, const bl_onnx *m, const bl_safetensors *ref,
                              int sequential)
 {
-    char path[512];
+    char path[1024];
     snprintf(path, sizeof path, "%s/inputs.npy", dir);
     bl_npy a;
     bl_dataset d;
@@ -117,7 +117,7 @@ static void precise_vs_torch(const char *name, const bl_onnx *m, const bl_safete
 
 static void model(const char *name)
 {
-    char path[512];
+    char path[1024];
     snprintf(path, sizeof path, "%s/%s.ref.safetensors", dir, name);
     bl_safetensors ref;
     bl_status st = bl_st_read(path, &ref);
@@ -189,7 +189,7 @@ static void refusals(void)
     CHECK(bl_onnx_load(path, &m) == BL_ERR_FORMAT && strstr(bl_error(), "empty file"),
           "empty: %s", bl_error());
     /* a truncated model: the first half of a real one */
-    char src[512];
+    char src[1024];
     snprintf(src, sizeof src, "%s/resnet18_w8.onnx", dir);
     FILE *in = fopen(src, "rb");
     f = fopen(path, "wb");
@@ -209,7 +209,7 @@ static void refusals(void)
 
 int main(int argc, char **argv)
 {
-    if (argc > 1) dir = argv[1];
+    if (argc > 1) snprintf(dir, sizeof dir, "%s/onnx", argv[1]); /* the fixtures directory */
     bl_threads_set(2);
     static const char *models[] = {"resnet18_w8",         "mobilenet_v2_w02",
                                    "mobilenet_v3_small_w025", "efficientnet_b0_w025",
