@@ -3,6 +3,8 @@
  * of the largest |output|, fused inference and the plain forward with population statistics
  * alike; its BN parameters found under the initializers' names. Bad files refused by name. */
 #define _POSIX_C_SOURCE 200809L
+#include <unistd.h>
+
 #include "bnlab/bnlab.h"
 #include "check.h"
 #include "st_fixture.h"
@@ -32,6 +34,62 @@ static float *load_inputs(const bl_safetensors *ref, int *n, int *h, int *w, int
                 }
     bl_npy_free(&a);
     return x;
+}
+
+/* The re-estimated statistics written back: the patched model, built again, holds them exactly,
+ * and every other parameter bit for bit as before; the safetensors of the statistics too. */
+static void write_back(const char *name, const bl_onnx *m, const bl_net *est)
+{
+    char out[] = "/tmp/bnlab_onnx_out_XXXXXX";
+    int fd = mkstemp(out);
+    close(fd);
+    int split = 0, unnamed = 0;
+    bl_status st = bl_onnx_save(m, est, out, "{\"estimator\":\"precise\"}", &split);
+    CHECK(st == BL_OK, "%s: save: %s", name, bl_error());
+    bl_onnx *back = NULL;
+    bl_net a, b;
+    if (!st) st = bl_onnx_load(out, &back);
+    CHECK(st == BL_OK, "%s: the written model loads: %s", name, bl_error());
+    if (!st) st = bl_onnx_build(back, 4, &b);
+    if (!st) st = bl_onnx_build(m, 4, &a);
+    CHECK(st == BL_OK, "%s: the written model builds: %s", name, bl_error());
+    if (!st) {
+        int same = 1, stats = 0, changed = 0;
+        for (int i = 0; i < bl_net_param_count(est); i++) {
+            const bl_param *p = bl_net_param_at(est, i), *q = bl_net_param_at(&b, i),
+                           *o = bl_net_param_at(&a, i);
+            if (p->kind == BL_P_COUNT) continue;
+            const int is_stat = p->kind == BL_P_BUFFER;
+            /* the parameters are declared in the same order: names agree but for split-offs */
+            same &= q && q->count == p->count;
+            if (!q || q->count != p->count) continue;
+            if (is_stat) {
+                stats++;
+                same &= !memcmp(q->data, p->data, sizeof(float) * p->count);
+                changed += memcmp(o->data, p->data, sizeof(float) * p->count) != 0;
+            } else {
+                same &= !strcmp(q->name, p->name) &&
+                        !memcmp(q->data, o->data, sizeof(float) * p->count);
+            }
+        }
+        CHECK(same && stats == 2 * bl_net_bn_count(est) && changed > 0,
+              "%s: written back: %d statistics (%d changed), the rest identical: %d", name, stats,
+              changed, same);
+        printf("%s: written back, %d statistics (%d split off), every other parameter identical\n",
+               name, stats, split);
+        bl_net_free(&a), bl_net_free(&b);
+    }
+    bl_onnx_free(back);
+    char sf[] = "/tmp/bnlab_onnx_stats_XXXXXX";
+    fd = mkstemp(sf);
+    close(fd);
+    st = bl_onnx_save_stats(m, est, sf, NULL, &unnamed);
+    bl_safetensors s;
+    if (!st) st = bl_st_read(sf, &s);
+    CHECK(st == BL_OK && s.n == 2 * bl_net_bn_count(est), "%s: --save-stats: %s (%d tensors)",
+          name, bl_error(), st ? 0 : s.n);
+    if (!st) bl_st_free(&s);
+    remove(out), remove(sf);
 }
 
 /* PreciseBN of the ONNX net over the shared input in file order, batches of 16, against
@@ -111,6 +169,7 @@ static void precise_vs_torch(const char *name, const bl_onnx *m, const bl_safete
     printf("%s: %s PreciseBN within %.2g sd (means) and %.2g (variances) of PyTorch's float64, "
            "%d layers (PyTorch's float32: %.2g and %.2g)\n", name, tag, worst_mean, worst_var,
            layers, t32m, t32v);
+    if (!sequential) write_back(name, m, &net);
     bl_net_free(&net);
     bl_dataset_free(&d);
 }

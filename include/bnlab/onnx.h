@@ -27,6 +27,17 @@ bl_status bl_onnx_set_input_shape(bl_onnx *m, int c, int h, int w);
  * initializers and Constant nodes). The net's output is the graph's first output, in ONNX's
  * (NCHW) element order. On failure the net is freed and the message names the node. */
 bl_status bl_onnx_build(const bl_onnx *m, int max_batch, bl_net *net);
+/* Writes the model to path (atomically) with the net's BN statistics (running mean and variance)
+ * in place of the file's: nothing else changes but a metadata_props entry "bnlab" = record (NULL:
+ * none). A statistic that another node reads too, or that comes through an Identity, is split off
+ * into an initializer of its own for that BN node (*split counts them). */
+bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, const char *record,
+                       int *split);
+/* The BN statistics alone as safetensors: each under the name of the initializer it came from
+ * (a PyTorch export's state_dict key: model.load_state_dict(stats, strict=False)), or, when it was
+ * shared, under the name the BN node reads it by (*unnamed counts those). */
+bl_status bl_onnx_save_stats(const bl_onnx *m, const bl_net *net, const char *path,
+                             const char *record, int *unnamed);
 /* The number of BatchNormalization nodes (0: BN folded away at export). */
 int bl_onnx_bn_count(const bl_onnx *m);
 /* The file's path, producer ("pytorch 1.13.0") and default-domain opset. */

@@ -26,12 +26,12 @@ static void pb_free(void *d, void *p)
     (void)d;
     free(p);
 }
-static ProtobufCAllocator pb_allocator = {pb_alloc, pb_free, NULL};
+ProtobufCAllocator ox_pb_allocator = {pb_alloc, pb_free, NULL};
 
 void bl_onnx_free(bl_onnx *m)
 {
     if (!m) return;
-    if (m->model) onnx__model_proto__free_unpacked(m->model, &pb_allocator);
+    if (m->model) onnx__model_proto__free_unpacked(m->model, &ox_pb_allocator);
     free(m->file);
     free(m->path);
     free(m);
@@ -118,7 +118,7 @@ bl_status bl_onnx_load(const char *path, bl_onnx **out)
     }
     bl_status rc = read_file(path, &m->file, &m->size);
     if (!rc) {
-        m->model = onnx__model_proto__unpack(&pb_allocator, m->size, m->file);
+        m->model = onnx__model_proto__unpack(&ox_pb_allocator, m->size, m->file);
         if (!m->model)
             rc = bl_fail(BL_ERR_FORMAT, "%s: not an ONNX model (the protobuf does not parse: a "
                          "truncated or corrupt file, or another format)", path);
@@ -338,4 +338,20 @@ const char *ox_node_desc(const bl_onnx *m, const Onnx__NodeProto *n, char *buf, 
     snprintf(buf, len, "node '%s' (%s, opset %d)", n->name && n->name[0] ? n->name : "(unnamed)",
              n->op_type ? n->op_type : "?", m->opset);
     return buf;
+}
+
+void ox_bn_names(const bl_onnx *m, int node, char names[4][96])
+{
+    const Onnx__NodeProto *n = m->graph->node[node];
+    for (int k = 0; k < 4; k++) {
+        const char *v = (size_t)k + 1 < n->n_input ? n->input[k + 1] : "";
+        int shared = 0;
+        for (int j = 0; j < node && !shared; j++) {
+            const Onnx__NodeProto *o = m->graph->node[j];
+            if (!o->op_type || strcmp(o->op_type, "BatchNormalization")) continue;
+            for (size_t q = 1; q < o->n_input && q < 5; q++) shared |= !strcmp(o->input[q], v);
+        }
+        if (shared) snprintf(names[k], 96, "%.80s#%d", v, node);
+        else snprintf(names[k], 96, "%s", v);
+    }
 }

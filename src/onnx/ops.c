@@ -863,11 +863,7 @@ static bl_status op_batchnorm(ox_build *b)
     /* each BN its own statistics: a name another BN declared already gets this node's suffix
      * (the statistic is split off when written back) */
     char names[4][96];
-    for (int k = 0; k < 4; k++) {
-        snprintf(names[k], sizeof names[k], "%s", p[k]->name);
-        if (bl_net_param(b->net, names[k]))
-            snprintf(names[k], sizeof names[k], "%.80s#%d", p[k]->name, b->node);
-    }
+    ox_bn_names(b->m, b->node, names);
     const char *const nm[4] = {names[0], names[1], names[2], names[3]};
     const double eps = ox_attr_float(b->nd, "epsilon", 1e-5f);
     const double mom = 1.0 - ox_attr_float(b->nd, "momentum", 0.9f); /* ONNX keeps the old */

@@ -43,3 +43,17 @@ int bl_onnx_bn_count(const bl_onnx *m) { return (void)m, 0; }
 const char *bl_onnx_path(const bl_onnx *m) { return (void)m, ""; }
 const char *bl_onnx_producer(const bl_onnx *m) { return (void)m, ""; }
 int bl_onnx_opset(const bl_onnx *m) { return (void)m, 0; }
+bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, const char *record,
+                       int *split)
+{
+    (void)m, (void)net, (void)path, (void)record;
+    *split = 0;
+    return absent();
+}
+bl_status bl_onnx_save_stats(const bl_onnx *m, const bl_net *net, const char *path,
+                             const char *record, int *unnamed)
+{
+    (void)m, (void)net, (void)path, (void)record;
+    *unnamed = 0;
+    return absent();
+}
