@@ -108,6 +108,12 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_precise(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+/* An inspect report, as a table or JSON (epoch < 0: none). */
+void cli_inspect_print(const char *path, const char *desc, const char *src, int epoch,
+                       const bl_inspect_cfg *c, const bl_inspect_report *r, int json);
+/* The ONNX commands (onnx.c): whether the command line names a model.onnx, and the command. */
+int cli_is_onnx(int argc, char **argv);
+int cmd_onnx(const char *cmd, int argc, char **argv);
 int cmd_corrupt(int argc, char **argv);
 int cmd_adapt(int argc, char **argv);
 

@@ -5,6 +5,48 @@
 #include <stdio.h>
 #include <string.h>
 
+void cli_inspect_print(const char *path, const char *desc, const char *src, int epoch,
+                       const bl_inspect_cfg *c, const bl_inspect_report *r, int json)
+{
+    if (json) {
+        printf("{\"checkpoint\":\"%s\",\"estimator\":\"%s\",\"epoch\":", path, src);
+        if (epoch >= 0) printf("%d", epoch);
+        else printf("null");
+        printf(",\"verdict\":\"%s\",\"flagged\":%d,\"samples\":%ld,\"batch\":%d,"
+               "\"batches\":%d,\"layers\":[", r->flagged ? "off" : "consistent", r->flagged,
+               c->samples, c->batch, c->batches);
+        for (int k = 0; k < r->layers; k++) {
+            const bl_inspect_row *w = &r->row[k];
+            printf("%s{\"name\":\"%s\",\"channels\":%d,\"shift_mean\":%.5g,\"shift_max\":%.5g,"
+                   "\"logvar_max\":%.5g,\"kl_mean\":%.5g,\"kl_max\":%.5g,\"outside\":%.4f,"
+                   "\"flagged\":%s}", k ? "," : "", w->name, w->channels, w->shift_mean,
+                   w->shift_max, w->logvar_max, w->kl_mean, w->kl_max, w->outside,
+                   w->flagged ? "true" : "false");
+        }
+        printf("]}\n");
+        return;
+    }
+    printf("%s (%s): stored (%s) statistics vs PreciseBN on %ld images and %d mini-batches of "
+           "%d\n", path, desc, src, c->samples, c->batches, c->batch);
+    printf("%-22s %4s %10s %10s %10s %10s %10s %8s\n", "layer", "C", "shift", "shift max",
+           "|logvar|", "KL mean", "KL max", "outside");
+    for (int k = 0; k < r->layers; k++) {
+        const bl_inspect_row *w = &r->row[k];
+        printf("%-22s %4d %10.4f %10.4f %10.4f %10.2e %10.2e %7.0f%%%s\n", w->name, w->channels,
+               w->shift_mean, w->shift_max, w->logvar_max, w->kl_mean, w->kl_max, 100 * w->outside,
+               w->flagged ? "  <- off" : "");
+    }
+    printf("shift: |stored - precise mean| in precise std; KL(precise || stored) per channel; "
+           "outside: channels whose stored mean is outside the 5-95%% range of the mini-batch "
+           "means. Flagged: KL max > %g or outside > %.0f%%.\n",
+           BL_INSPECT_KL_MAX, 100 * BL_INSPECT_OUTSIDE_MAX);
+    if (r->flagged)
+        printf("verdict: stored statistics are off in %d of %d layers: run bnlab precise\n",
+               r->flagged, r->layers);
+    else
+        printf("verdict: consistent (no layer flagged)\n");
+}
+
 int cmd_inspect(int argc, char **argv)
 {
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
@@ -53,42 +95,11 @@ int cmd_inspect(int argc, char **argv)
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
     if ((rc = bl_inspect(&net, &train, &c, &r))) {
         cli_error("inspect", opts, n);
-    } else if (json) {
-        printf("{\"checkpoint\":\"%s\",\"estimator\":\"%s\",\"epoch\":%d,\"verdict\":\"%s\","
-               "\"flagged\":%d,\"samples\":%ld,\"batch\":%d,\"batches\":%d,\"layers\":[",
-               pos[0], src, info.epoch, r.flagged ? "off" : "consistent", r.flagged, c.samples,
-               c.batch, c.batches);
-        for (int k = 0; k < r.layers; k++) {
-            const bl_inspect_row *w = &r.row[k];
-            printf("%s{\"name\":\"%s\",\"channels\":%d,\"shift_mean\":%.5g,\"shift_max\":%.5g,"
-                   "\"logvar_max\":%.5g,\"kl_mean\":%.5g,\"kl_max\":%.5g,\"outside\":%.4f,"
-                   "\"flagged\":%s}", k ? "," : "", w->name, w->channels, w->shift_mean,
-                   w->shift_max, w->logvar_max, w->kl_mean, w->kl_max, w->outside,
-                   w->flagged ? "true" : "false");
-        }
-        printf("]}\n");
     } else {
-        printf("%s (%s w=%d, epoch %d): stored (%s) statistics vs PreciseBN on %ld training "
-               "images and %d mini-batches of %d\n",
-               pos[0], bl_net_arch(&net), bl_net_width(&net), info.epoch, src, c.samples,
-               c.batches, c.batch);
-        printf("%-22s %4s %10s %10s %10s %10s %10s %8s\n", "layer", "C", "shift", "shift max",
-               "|logvar|", "KL mean", "KL max", "outside");
-        for (int k = 0; k < r.layers; k++) {
-            const bl_inspect_row *w = &r.row[k];
-            printf("%-22s %4d %10.4f %10.4f %10.4f %10.2e %10.2e %7.0f%%%s\n", w->name,
-                   w->channels, w->shift_mean, w->shift_max, w->logvar_max, w->kl_mean, w->kl_max,
-                   100 * w->outside, w->flagged ? "  <- off" : "");
-        }
-        printf("shift: |stored - precise mean| in precise std; KL(precise || stored) per channel; "
-               "outside: channels whose stored mean is outside the 5-95%% range of the mini-batch "
-               "means. Flagged: KL max > %g or outside > %.0f%%.\n",
-               BL_INSPECT_KL_MAX, 100 * BL_INSPECT_OUTSIDE_MAX);
-        if (r.flagged)
-            printf("verdict: stored statistics are off in %d of %d layers: run bnlab precise\n",
-                   r.flagged, r.layers);
-        else
-            printf("verdict: consistent (no layer flagged)\n");
+        char desc[160];
+        snprintf(desc, sizeof desc, "%s w=%d, epoch %d", bl_net_arch(&net), bl_net_width(&net),
+                 info.epoch);
+        cli_inspect_print(pos[0], desc, src, info.epoch, &c, &r, json);
     }
     bl_dataset_free(&train);
     bl_net_free(&net), bl_ckpt_info_free(&info);

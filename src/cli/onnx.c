@@ -1,0 +1,405 @@
+/* bnlab eval / precise / inspect on a model.onnx (docs/onnx.md): the network a user brings, fed
+ * from --tensors (a .npy of NCHW images, uint8 normalized by --mean/--std or float32 as they
+ * are, labels from --labels) or from the Fashion-MNIST IDX splits. The commands take the options
+ * they take on checkpoints where those apply; results go back as a patched ONNX (-o) and as
+ * safetensors of the statistics (--save-stats). */
+#include "cli/cli.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+typedef struct {
+    char tensors[1024], labels[1024], mean[128], std[128], shape[64], data_dir[1024];
+    int split, threads, json;
+} onnx_data;
+
+static int floats3(const char *s, float *v, int max)
+{
+    int n = 0;
+    const char *p = s;
+    while (*p && n < max) {
+        char *end;
+        v[n++] = strtof(p, &end);
+        if (end == p) return -1;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return *p ? -1 : n;
+}
+
+/* The model, its input shape fixed, and the data as a dataset with its recipe. */
+static int open_all(const char *cmd, const char *path, const onnx_data *o, bl_onnx **m,
+                    bl_dataset *d, bl_recipe *r)
+{
+    memset(d, 0, sizeof *d);
+    bl_status st = bl_onnx_load(path, m);
+    if (st) return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 1;
+    int c, h, w;
+    if (o->shape[0]) {
+        if (sscanf(o->shape, "%d,%d,%d", &c, &h, &w) != 3) {
+            fprintf(stderr, "bnlab %s: --input-shape '%s': give C,H,W (e.g. 3,224,224)\n", cmd,
+                    o->shape);
+            return 2;
+        }
+        if ((st = bl_onnx_set_input_shape(*m, c, h, w)))
+            return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 2;
+    }
+    if (o->tensors[0]) {
+        bl_npy im, lab;
+        memset(&lab, 0, sizeof lab);
+        st = bl_npy_read(o->tensors, &im);
+        if (!st && o->labels[0]) st = bl_npy_read(o->labels, &lab);
+        if (!st) st = bl_dataset_from_npy(&im, o->labels[0] ? &lab : NULL, o->tensors, d);
+        bl_npy_free(&im), bl_npy_free(&lab);
+        if (st) return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 1;
+    } else {
+        if (cli_load_fmnist(cmd, o->data_dir, o->split ? "train" : "test", d)) return 1;
+    }
+    /* a symbolic input takes the data's shape */
+    if (bl_onnx_input_shape(*m, &c, &h, &w) &&
+        (st = bl_onnx_set_input_shape(*m, bl_dataset_channels(d), d->h, d->w)))
+        return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 2;
+    /* the normalization of uint8 images: given, or ImageNet's (3 channels), or Fashion-MNIST's */
+    const int C = bl_dataset_channels(d);
+    memset(r, 0, sizeof *r);
+    snprintf(r->name, sizeof r->name, "%s", o->tensors[0] ? "tensors" : "fashion-mnist");
+    r->channels = C > BL_RECIPE_MAX_CHANNELS ? BL_RECIPE_MAX_CHANNELS : C, r->classes = 256;
+    static const float in_mean[3] = {0.485f, 0.456f, 0.406f}, in_std[3] = {0.229f, 0.224f, 0.225f};
+    for (int k = 0; k < r->channels; k++) {
+        r->mean[k] = C == 3 ? in_mean[k] : C == 1 ? 0.2860f : 0.5f;
+        r->std[k] = C == 3 ? in_std[k] : C == 1 ? 0.3530f : 0.5f;
+    }
+    const char *given[2] = {o->mean, o->std};
+    for (int k = 0; k < 2; k++) {
+        if (!given[k][0]) continue;
+        float v[BL_RECIPE_MAX_CHANNELS];
+        const int n = floats3(given[k], v, BL_RECIPE_MAX_CHANNELS);
+        if (n != C && n != 1) {
+            fprintf(stderr, "bnlab %s: --%s '%s': give %d comma-separated values (one per "
+                    "channel)\n", cmd, k ? "std" : "mean", given[k], C);
+            return 2;
+        }
+        for (int q = 0; q < r->channels; q++) (k ? r->std : r->mean)[q] = v[n == 1 ? 0 : q];
+    }
+    if ((st = bl_recipe_check(r))) return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 2;
+    return 0;
+}
+
+#define ONNX_DATA_OPTS(o)                                                                          \
+    {"--tensors", OPT_STR, (o)->tensors, sizeof (o)->tensors, 0, 0, NULL,                          \
+     "images as .npy, (N, C, H, W): uint8 (normalized by --mean/--std) or float32 (as they are); " \
+     "default: the Fashion-MNIST split"},                                                          \
+    {"--labels", OPT_STR, (o)->labels, sizeof (o)->labels, 0, 0, NULL,                             \
+     "their labels as .npy, (N) uint8 or int64 (eval's error)"},                                   \
+    {"--mean", OPT_STR, (o)->mean, sizeof (o)->mean, 0, 0, NULL,                                   \
+     "per-channel mean of uint8 images in [0, 1] (default ImageNet's: 0.485,0.456,0.406)"},        \
+    {"--std", OPT_STR, (o)->std, sizeof (o)->std, 0, 0, NULL,                                      \
+     "per-channel std (default ImageNet's: 0.229,0.224,0.225)"},                                   \
+    {"--input-shape", OPT_STR, (o)->shape, sizeof (o)->shape, 0, 0, NULL,                          \
+     "C,H,W of a model whose input has symbolic dimensions (default: the data's)"},                \
+    {"--split", OPT_CHOICE, &(o)->split, 0, 0, 0, "test|train", "the Fashion-MNIST split"},        \
+    {"--data-dir", OPT_STR, (o)->data_dir, sizeof (o)->data_dir, 0, 0, NULL,                       \
+     "Fashion-MNIST IDX files"},                                                                   \
+    {"--threads", OPT_INT, &(o)->threads, 0, 1, 256, NULL, "threads"},                             \
+    {"--json", OPT_ONOFF, &(o)->json, 0, 0, 0, NULL, "print one JSON object"}
+
+static void data_defaults(onnx_data *o)
+{
+    memset(o, 0, sizeof *o);
+    o->threads = 2;
+    snprintf(o->data_dir, sizeof o->data_dir, "%s", BL_FMNIST_DIR);
+}
+
+/* ---- eval ---------------------------------------------------------------------------------- */
+static int onnx_eval(int argc, char **argv)
+{
+    onnx_data o;
+    data_defaults(&o);
+    char outputs[1024] = "";
+    int batch = 64, stats = 0, norm_batch = 16;
+    const cli_opt opts[] = {
+        {"--outputs", OPT_STR, outputs, sizeof outputs, 0, 0, NULL,
+         "write the first output for every input, (N, K) float32 .npy, to compare with your "
+         "framework"},
+        {"--stats", OPT_CHOICE, &stats, 0, 0, 0, "population|minibatch",
+         "BN statistics: the stored ones, or each group's own"},
+        {"--norm-batch", OPT_INT, &norm_batch, 0, 1, 65536, NULL,
+         "mini-batch statistics: samples per normalization group"},
+        {"--batch", OPT_INT, &batch, 0, 1, 65536, NULL, "evaluation batch (memory)"},
+        ONNX_DATA_OPTS(&o),
+    };
+    const int n = sizeof opts / sizeof *opts;
+    const char *pos[1];
+    int np;
+    int rc = cli_parse("eval", "MODEL.onnx [options]", argc, argv, opts, n, pos, 1, &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (np != 1) return fprintf(stderr, "bnlab eval: which model?\n"), 2;
+    bl_threads_set(o.threads);
+    bl_onnx *m = NULL;
+    bl_dataset d;
+    bl_recipe r;
+    if ((rc = open_all("eval", pos[0], &o, &m, &d, &r))) return bl_onnx_free(m), bl_dataset_free(&d), rc;
+    if (stats && norm_batch > batch) batch = norm_batch;
+    bl_net net;
+    bl_status st = bl_onnx_build(m, batch, &net);
+    if (!st) st = bl_data_fits(&net, &d, "the data");
+    if (st) {
+        fprintf(stderr, "bnlab eval: %s\n", bl_error());
+        bl_onnx_free(m), bl_dataset_free(&d);
+        return 1;
+    }
+    const int K = bl_net_classes(&net);
+    if (stats && !d.labels) {
+        fprintf(stderr, "bnlab eval: --stats minibatch reports an error rate: give --labels\n");
+        rc = 2;
+    } else if (stats) {
+        bl_eval_result er;
+        if ((st = bl_evaluate(&net, &d, &r, BL_BN_BATCH, norm_batch, 1, 0, &er))) {
+            cli_error("eval", opts, n);
+            rc = 1;
+        } else if (o.json) {
+            printf("{\"err\":%.4f,\"loss\":%.6f,\"n\":%d,\"stats\":\"minibatch\",\"norm_batch\":%d}\n",
+                   er.err, er.loss, er.n, norm_batch);
+        } else {
+            printf("%s: error %.2f%%, loss %.4f, %d images, mini-batch statistics (groups of %d)\n",
+                   pos[0], er.err, er.loss, er.n, norm_batch);
+        }
+    } else {
+        /* population statistics: every output kept, the error when there are labels */
+        float *all = bl_malloc(sizeof(float) * (size_t)d.n * K);
+        float *x = bl_alloc(sizeof(float) * (size_t)batch * bl_dataset_sample(&d));
+        int *idx = bl_malloc(sizeof(int) * (size_t)batch);
+        long wrong = 0;
+        int finite = 1;
+        if (!all || !x || !idx) st = bl_fail(BL_ERR_NOMEM, "out of memory for %d outputs", d.n);
+        const bl_tensor *out = bl_net_tensor_at(&net, bl_net_output(&net, 0));
+        for (int i = 0; i < d.n && !st; i += batch) {
+            const int nb = d.n - i < batch ? d.n - i : batch;
+            for (int k = 0; k < nb; k++) idx[k] = i + k;
+            bl_dataset_batch(&d, &r, idx, nb, NULL, x, NULL);
+            if ((st = bl_net_infer(&net, x, nb))) break;
+            memcpy(all + (size_t)i * K, out->data, sizeof(float) * (size_t)nb * K);
+        }
+        for (int i = 0; !st && i < d.n; i++) {
+            const float *z = all + (size_t)i * K;
+            int arg = 0;
+            for (int k = 0; k < K; k++) {
+                finite &= isfinite(z[k]);
+                if (z[k] > z[arg]) arg = k;
+            }
+            if (d.labels) wrong += arg != d.labels[i];
+        }
+        if (!st && outputs[0]) {
+            const long long shape[2] = {d.n, K};
+            st = bl_npy_write_f32(outputs, all, 2, shape);
+        }
+        if (st) {
+            fprintf(stderr, "bnlab eval: %s\n", bl_error());
+            rc = 1;
+        } else if (o.json) {
+            printf("{\"n\":%d,\"outputs\":%d,\"stats\":\"population\",\"finite\":%s", d.n, K,
+                   finite ? "true" : "false");
+            if (d.labels) printf(",\"err\":%.4f", 100.0 * wrong / d.n);
+            printf("}\n");
+        } else {
+            printf("%s (%s, opset %d): %d images, %d outputs each, population statistics",
+                   pos[0], bl_onnx_producer(m), bl_onnx_opset(m), d.n, K);
+            if (d.labels) printf(": error %.2f%%", 100.0 * wrong / d.n);
+            else printf(" (no labels: no error rate)");
+            printf("%s%s%s\n", finite ? "" : "; some outputs are NaN or Inf",
+                   outputs[0] ? "; outputs in " : "", outputs);
+        }
+        free(all), bl_free(x), free(idx);
+    }
+    bl_net_free(&net);
+    bl_onnx_free(m), bl_dataset_free(&d);
+    return rc;
+}
+
+/* ---- precise ------------------------------------------------------------------------------- */
+static void progress(void *ctx, long done, long total)
+{
+    (void)ctx;
+    fprintf(stderr, "\rprecise: %ld / %ld samples (%.0f%%)   ", done, total, 100.0 * done / total);
+    if (done == total) fprintf(stderr, "\n");
+}
+
+static int no_bn(const char *cmd, const char *path)
+{
+    fprintf(stderr, "bnlab %s: %s has no BatchNormalization node: its BN was folded into the "
+            "convolutions at export, so there are no statistics to %s. Export it with BN kept:\n"
+            "  %s\n(PyTorch 1.13's default export folds every BN, even with constant folding "
+            "off.) bnlab eval runs it as it is.\n", cmd, path,
+            strcmp(cmd, "precise") ? "inspect" : "recompute", bl_onnx_export_recipe);
+    return 1;
+}
+
+static int onnx_precise(int argc, char **argv)
+{
+    onnx_data o;
+    data_defaults(&o);
+    char out[1024] = "", save_stats[1024] = "";
+    bl_precise_cfg c;
+    bl_precise_defaults(&c);
+    c.augment = 0, c.samples = 0;
+    const cli_opt opts[] = {
+        {"--out|-o", OPT_STR, out, sizeof out, 0, 0, NULL,
+         "the model with the new statistics (.onnx; only they change)"},
+        {"--save-stats", OPT_STR, save_stats, sizeof save_stats, 0, 0, NULL,
+         "also the statistics alone, safetensors under the initializers' names "
+         "(model.load_state_dict(stats, strict=False))"},
+        {"--samples", OPT_LONG, &c.samples, 0, 0, 1e9, NULL, "images used (0: all)"},
+        {"--batch", OPT_INT, &c.batch, 0, 1, 65536, NULL,
+         "images per batch; each BN layer normalizes by its batch's statistics"},
+        {"--seed", OPT_U64, &c.seed, 0, 0, 9e15, NULL, "seed of the sample choice"},
+        {"--in-order", OPT_ONOFF, &c.in_order, 0, 0, 0, NULL,
+         "the first --samples images in file order (no shuffle)"},
+        {"--sequential", OPT_ONOFF, &c.sequential, 0, 0, 0, NULL,
+         "exact mode: layer by layer, earlier layers already on their new statistics"},
+        ONNX_DATA_OPTS(&o),
+    };
+    const int n = sizeof opts / sizeof *opts;
+    const char *pos[1];
+    int np;
+    int rc = cli_parse("precise", "MODEL.onnx -o OUT.onnx [options]", argc, argv, opts, n, pos, 1,
+                       &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (np != 1 || (!out[0] && !save_stats[0])) {
+        fprintf(stderr, "bnlab precise: %s; usage: bnlab precise MODEL.onnx -o OUT.onnx "
+                "[--save-stats STATS.safetensors] [options]\n",
+                np != 1 ? "which model?" : "where to? (-o OUT.onnx or --save-stats)");
+        return 2;
+    }
+    if (out[0] && !strcmp(out, pos[0])) {
+        fprintf(stderr, "bnlab precise: -o %s would overwrite the input: write to another file\n",
+                out);
+        return 2;
+    }
+    bl_threads_set(o.threads);
+    bl_onnx *m = NULL;
+    bl_dataset d;
+    if ((rc = open_all("precise", pos[0], &o, &m, &d, &c.recipe)))
+        return bl_onnx_free(m), bl_dataset_free(&d), rc;
+    if (!bl_onnx_bn_count(m)) {
+        rc = no_bn("precise", pos[0]);
+        bl_onnx_free(m), bl_dataset_free(&d);
+        return rc;
+    }
+    if (!c.samples || c.samples > d.n) c.samples = d.n;
+    if (c.batch > c.samples) c.batch = (int)c.samples;
+    if (isatty(2)) c.progress = progress;
+    bl_net net;
+    bl_precise_report r;
+    bl_status st = bl_onnx_build(m, c.batch, &net);
+    if (!st) st = bl_precise(&net, &d, &c, &r);
+    char *rec = st ? NULL : bl_precise_record(&c, &r, &net);
+    if (!st && !rec) st = BL_ERR_NOMEM;
+    int split = 0, unnamed = 0;
+    if (!st && out[0]) st = bl_onnx_save(m, &net, out, rec, &split);
+    if (!st && save_stats[0]) st = bl_onnx_save_stats(m, &net, save_stats, rec, &unnamed);
+    if (st) {
+        cli_error("precise", opts, n);
+        rc = 1;
+    } else if (o.json) {
+        printf("{\"layers\":%d,\"samples\":%ld,\"batch\":%d,\"sequential\":%s,\"forwards\":%.2f,"
+               "\"worst_se\":%.6f,\"split\":%d}\n", r.layers, r.samples, c.batch,
+               c.sequential ? "true" : "false", r.forwards, r.worst_se, split);
+    } else {
+        printf("%s: %s statistics of %d BN layers from %ld images, batch %d, %.1f forward "
+               "passes; largest standard error of a channel mean %.4f std\n", pos[0],
+               c.sequential ? "exact sequential" : "PreciseBN", r.layers, r.samples, c.batch,
+               r.forwards, r.worst_se);
+        if (out[0])
+            printf("wrote %s: only the BN statistics changed%s\n", out,
+                   split ? " (shared ones split off into initializers of their own)" : "");
+        if (save_stats[0])
+            printf("wrote %s: %d tensors%s\n", save_stats, 2 * r.layers,
+                   unnamed ? " (some shared statistics under the names their BN reads them by)" : "");
+    }
+    free(rec);
+    bl_net_free(&net);
+    bl_onnx_free(m), bl_dataset_free(&d);
+    return rc;
+}
+
+/* ---- inspect ------------------------------------------------------------------------------- */
+static int onnx_inspect(int argc, char **argv)
+{
+    onnx_data o;
+    data_defaults(&o);
+    bl_inspect_cfg c = {.samples = 0, .precise_batch = 64, .batch = 16, .batches = 0, .seed = 1};
+    const cli_opt opts[] = {
+        {"--samples", OPT_LONG, &c.samples, 0, 0, 1e9, NULL, "PreciseBN images (0: all)"},
+        {"--precise-batch", OPT_INT, &c.precise_batch, 0, 1, 65536, NULL, "PreciseBN's batch"},
+        {"--batch", OPT_INT, &c.batch, 0, 2, 65536, NULL, "mini-batch size for the spread"},
+        {"--batches", OPT_INT, &c.batches, 0, 0, 1e6, NULL,
+         "mini-batches for the spread (0: as many as the data holds, at most 100)"},
+        {"--seed", OPT_U64, &c.seed, 0, 0, 9e15, NULL, "seed"},
+        ONNX_DATA_OPTS(&o),
+    };
+    const int n = sizeof opts / sizeof *opts;
+    const char *pos[1];
+    int np;
+    int rc = cli_parse("inspect", "MODEL.onnx [options]", argc, argv, opts, n, pos, 1, &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (np != 1) return fprintf(stderr, "bnlab inspect: which model?\n"), 2;
+    bl_threads_set(o.threads);
+    bl_onnx *m = NULL;
+    bl_dataset d;
+    if ((rc = open_all("inspect", pos[0], &o, &m, &d, &c.recipe)))
+        return bl_onnx_free(m), bl_dataset_free(&d), rc;
+    if (!bl_onnx_bn_count(m)) {
+        rc = no_bn("inspect", pos[0]);
+        bl_onnx_free(m), bl_dataset_free(&d);
+        return rc;
+    }
+    if (!c.samples || c.samples > d.n) c.samples = d.n;
+    if (c.precise_batch > c.samples) c.precise_batch = (int)c.samples;
+    if (!c.batches) c.batches = d.n / c.batch > 100 ? 100 : d.n / c.batch;
+    bl_net net;
+    static bl_inspect_report r;
+    const int mb = c.batch > c.precise_batch ? c.batch : c.precise_batch;
+    bl_status st = bl_onnx_build(m, mb, &net);
+    if (!st) st = bl_inspect(&net, &d, &c, &r);
+    if (st) {
+        cli_error("inspect", opts, n);
+        rc = 1;
+    } else {
+        char desc[160];
+        snprintf(desc, sizeof desc, "%s, opset %d", bl_onnx_producer(m), bl_onnx_opset(m));
+        cli_inspect_print(pos[0], desc, "stored", -1, &c, &r, o.json);
+    }
+    bl_net_free(&net);
+    bl_onnx_free(m), bl_dataset_free(&d);
+    return rc;
+}
+#endif
+
+int cli_is_onnx(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const size_t l = strlen(argv[i]);
+        /* the value of an option (-o out.onnx) is not the model: every option takes one */
+        if (argv[i][0] != '-' && l > 5 && !strcmp(argv[i] + l - 5, ".onnx") &&
+            !(i > 1 && argv[i - 1][0] == '-'))
+            return 1;
+    }
+    return 0;
+}
+
+int cmd_onnx(const char *cmd, int argc, char **argv)
+{
+#if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+    if (!strcmp(cmd, "eval")) return onnx_eval(argc, argv);
+    if (!strcmp(cmd, "precise")) return onnx_precise(argc, argv);
+    return onnx_inspect(argc, argv);
+#else
+    (void)argc, (void)argv;
+    fprintf(stderr, "bnlab %s: built without zlib or cJSON (scripts/install-deps.sh)\n", cmd);
+    return 1;
+#endif
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The ONNX commands from the command line (ctest cli_onnx): eval with --outputs (the file's size
+# and its NCHW output order checked against the float model with BN folded at export), precise
+# -o and --save-stats (the patched model evaluates differently from the original and again the
+# same on a second read), inspect; a model without BN refused by precise and inspect with the
+# export recipe; bad input: the input file as the output, a missing tensors file, a wrong
+# --input-shape, --stats minibatch without labels, images of the wrong shape.
+# usage: cli_onnx.sh BNLAB FIXTURE_DIR
+set -u
+bnlab=$1 fx=$2
+dir=$(mktemp -d /tmp/bnlab_onnx_cli_XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+failed=0
+fail() { echo "FAIL: $*"; failed=1; }
+in=(--tensors "$fx/inputs.npy")
+expect() { # expect RC PATTERN NAME COMMAND...
+  local rc=$1 pat=$2 name=$3; shift 3
+  "$@" >"$dir/$name.log" 2>&1
+  local got=$?
+  [ "$got" = "$rc" ] || fail "$name: exit $got, not $rc: $(tail -2 "$dir/$name.log")"
+  grep -q -- "$pat" "$dir/$name.log" || fail "$name: no '$pat' in: $(tail -2 "$dir/$name.log")"
+}
+expect 0 "64 images, 10 outputs" eval "$bnlab" eval "$fx/smallcat.onnx" "${in[@]}" --outputs "$dir/o.npy"
+size=$(stat -c %s "$dir/o.npy" 2>/dev/null || echo 0)
+[ "$size" = $((128 + 64 * 10 * 4)) ] || fail "outputs.npy of $size bytes, not $((128 + 2560))"
+expect 0 "outputs in" folded "$bnlab" eval "$fx/smallcat_folded.onnx" "${in[@]}" --outputs "$dir/f.npy"
+worst=$(paste <(tail -c 2560 "$dir/o.npy" | od -An -tf4 -w4 -v) \
+              <(tail -c 2560 "$dir/f.npy" | od -An -tf4 -w4 -v) |
+        awk '{d = $1 - $2; if (d < 0) d = -d; if (d > w) w = d} END {printf "%g", w}')
+awk -v w="$worst" 'BEGIN {exit !(w <= 1e-5)}' ||
+  fail "the model with BN folded at export gives other outputs (worst difference $worst)"
+expect 0 "only the BN statistics changed" precise "$bnlab" precise "$fx/smallcat.onnx" "${in[@]}" \
+  --batch 16 -o "$dir/p.onnx" --save-stats "$dir/p.safetensors"
+[ -s "$dir/p.safetensors" ] || fail "no --save-stats file"
+expect 0 "outputs in" eval2 "$bnlab" eval "$dir/p.onnx" "${in[@]}" --outputs "$dir/p.npy"
+cmp -s "$dir/o.npy" "$dir/p.npy" && fail "the re-estimated model gives the old outputs"
+expect 0 "outputs in" eval3 "$bnlab" eval "$dir/p.onnx" "${in[@]}" --outputs "$dir/p2.npy"
+cmp -s "$dir/p.npy" "$dir/p2.npy" || fail "two evaluations of the written model differ"
+expect 0 "verdict: stored statistics are off" inspect "$bnlab" inspect "$fx/smallcat.onnx" "${in[@]}"
+expect 0 "verdict: consistent" inspect2 "$bnlab" inspect "$dir/p.onnx" "${in[@]}" --batch 16
+expect 1 "TrainingMode.PRESERVE" nobn_precise "$bnlab" precise "$fx/smallcat_folded.onnx" "${in[@]}" -o "$dir/x.onnx"
+expect 1 "no BatchNormalization node" nobn_inspect "$bnlab" inspect "$fx/smallcat_folded.onnx" "${in[@]}"
+[ -e "$dir/x.onnx" ] && fail "precise of a model without BN wrote a file"
+expect 2 "would overwrite the input" same "$bnlab" precise "$fx/smallcat.onnx" "${in[@]}" -o "$fx/smallcat.onnx"
+expect 1 "cannot open" missing "$bnlab" eval "$fx/smallcat.onnx" --tensors "$dir/none.npy"
+expect 2 "disagrees" shape "$bnlab" eval "$fx/smallcat.onnx" "${in[@]}" --input-shape 3,28,28
+expect 2 "give --labels" mb "$bnlab" eval "$fx/smallcat.onnx" "${in[@]}" --stats minibatch
+expect 1 "the images are 28x28" fmnist "$bnlab" eval "$fx/smallcat.onnx"
+[ $failed = 0 ] && echo "cli_onnx: all passed"
+exit $failed
