@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bnlab=${1:-build/bnlab}
 c=tests/fuzz/corpus
-mkdir -p $c/fuzz_checkpoint $c/fuzz_idx $c/fuzz_options
+mkdir -p $c/fuzz_checkpoint $c/fuzz_idx $c/fuzz_options $c/fuzz_onnx $c/fuzz_npy
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -63,3 +63,20 @@ printf -- '--data-mean\0 0.5\0--data-std\0 0.25\0--model\0resnet20\0--width\0 8\
 printf -- 'resnet20-ml\0{"norm":"bn","sgd":"level","width":32}' > $c/$opts/seed-names
 printf -- 'bad cfg.norm_batch and (cfg.lr\0contrast' > $c/$opts/seed-error
 echo "seeds in $c: $(ls $c/fuzz_checkpoint | wc -l) checkpoints, $(ls $c/fuzz_idx | wc -l) IDX pairs, $(ls $c/$opts | wc -l) command lines"
+
+# ONNX models: the small fixtures (tools/gen_onnx_fixtures.py); .npy arrays of each dtype
+for f in smallcat plain_identity smallcat_folded; do
+  cp tests/fixtures/onnx/$f.onnx $c/fuzz_onnx/seed-$f
+done
+/usr/bin/python3 - "$c/fuzz_npy" <<'PY'
+import sys
+import numpy as np
+d = sys.argv[1] + "/"
+rng = np.random.default_rng(1)
+np.save(d + "seed-u8.npy", rng.integers(0, 255, (2, 3, 4, 4), dtype=np.uint8))
+np.save(d + "seed-f4.npy", rng.standard_normal((2, 1, 3, 3)).astype(np.float32))
+np.save(d + "seed-f8.npy", rng.standard_normal((1, 2, 2, 2)))
+np.save(d + "seed-i8.npy", np.arange(5, dtype=np.int64))
+with open(d + "seed-v2.npy", "wb") as f:
+    np.lib.format.write_array(f, np.zeros((1, 1, 2, 2), np.uint8), version=(2, 0))
+PY

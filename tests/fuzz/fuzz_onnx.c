@@ -1,0 +1,35 @@
+/* libFuzzer target: an ONNX model through the loader and the graph builder, then one inference of
+ * zeros when it builds. Input: the model's bytes. A symbolic input gets (C, H, W) from the first
+ * input byte's bits (1-3 channels, 4-19 pixels a side), so shape-dependent paths are reached. */
+#include "bnlab/bnlab.h"
+#include "fuzz_util.h"
+
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char path[256];
+    fuzz_path(path, sizeof path, "model.onnx");
+    if (fuzz_write(path, data, size)) return 0;
+    bl_onnx *m = NULL;
+    if (!bl_onnx_load(path, &m)) {
+        int c, h, w;
+        if (bl_onnx_input_shape(m, &c, &h, &w)) {
+            const int b = size ? data[0] : 0;
+            bl_onnx_set_input_shape(m, c ? c : 1 + b % 3, h ? h : 4 + b % 16, w ? w : 4 + b / 16 % 16);
+        }
+        bl_net net;
+        /* small inputs only: a fuzzed header may declare a huge image */
+        if (!bl_onnx_input_shape(m, &c, &h, &w) && (long)c * h * w <= 3 * 64 * 64 &&
+            !bl_onnx_build(m, 2, &net)) {
+            float *x = calloc((size_t)2 * c * h * w, sizeof(float));
+            if (x) bl_net_infer(&net, x, 2);
+            free(x);
+            bl_net_free(&net);
+        }
+        bl_onnx_free(m);
+    }
+    bl_error_clear();
+    unlink(path);
+    return 0;
+}
