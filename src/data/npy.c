@@ -80,9 +80,9 @@ bl_status bl_npy_read(const char *path, bl_npy *a)
     FILE *f = fopen(path, "rb");
     if (!f) return bl_fail(BL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    if (fstat(fileno(f), &sb) || S_ISDIR(sb.st_mode)) {
         fclose(f);
-        return bl_fail(BL_ERR_IO, "%s is a directory, not a .npy file", path);
+        return bl_fail(BL_ERR_IO, "%s is a directory or cannot be examined, not a .npy file", path);
     }
     unsigned char pre[12];
     bl_status rc = BL_OK;
@@ -114,6 +114,14 @@ bl_status bl_npy_read(const char *path, bl_npy *a)
     h[hl] = 0;
     int esize = 1, f64 = 0;
     if ((rc = parse_header(path, h, a, &esize, &f64))) goto out;
+    /* the data must be in the file before anything of its claimed size is allocated */
+    const long here = ftell(f);
+    if (here < 0 || (uint64_t)a->count * (uint64_t)esize > (uint64_t)(sb.st_size - here)) {
+        rc = bl_fail(BL_ERR_FORMAT, "%s: the header promises %zu values of %d bytes; the file "
+                     "holds %lld bytes after it (truncated)", path, a->count, esize,
+                     (long long)(sb.st_size - (here < 0 ? 0 : here)));
+        goto out;
+    }
     const size_t n = a->count ? a->count : 1;
     void *raw = bl_malloc(n * (size_t)esize);
     if (!raw) {

@@ -5,6 +5,7 @@
  * model carries the loaded graph. */
 #include "onnx/graph.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,6 +232,15 @@ static bl_status fill(ox_build *b)
         bl_param_import(p, src, p->data);
         if (l->scale != 1.0f)
             for (size_t k = 0; k < p->count; k++) p->data[k] *= l->scale;
+        /* NaN or Inf in a weight is a corrupt model; in BN statistics it is what precise mends
+         * (and inspect reports) */
+        for (size_t k = 0; p->kind != BL_P_BUFFER && k < p->count; k++)
+            if (!isfinite(p->data[k])) {
+                st = bl_fail(BL_ERR_FORMAT, "%s: '%s' holds %s at element %zu: a corrupt model "
+                             "(a weight must be finite)", b->m->path, l->name,
+                             p->data[k] != p->data[k] ? "NaN" : "Inf", k);
+                break;
+            }
     }
     free(tmp);
     return st;
