@@ -46,5 +46,12 @@ expect 1 "cannot open" missing "$bnlab" eval "$fx/smallcat.onnx" --tensors "$dir
 expect 2 "disagrees" shape "$bnlab" eval "$fx/smallcat.onnx" "${in[@]}" --input-shape 3,28,28
 expect 2 "give --labels" mb "$bnlab" eval "$fx/smallcat.onnx" "${in[@]}" --stats minibatch
 expect 1 "the images are 28x28" fmnist "$bnlab" eval "$fx/smallcat.onnx"
+# non-finite statistics (mixed precision): inspect says so and how to mend it; precise mends it
+expect 0 "2 of 6 channels with non-finite statistics" nan_inspect "$bnlab" inspect "$fx/nanstats.onnx" "${in[@]}"
+grep -q "fix: bnlab precise" "$dir/nan_inspect.log" || fail "no fix command for non-finite statistics"
+expect 1 "are unusable (mean 0.264663, var nan): re-estimate" nan_eval "$bnlab" eval "$fx/nanstats.onnx" "${in[@]}"
+expect 0 "only the BN statistics changed" nan_precise "$bnlab" precise "$fx/nanstats.onnx" "${in[@]}" -o "$dir/mended.onnx"
+expect 0 "outputs in" nan_mended "$bnlab" eval "$dir/mended.onnx" "${in[@]}" --outputs "$dir/m.npy"
+grep -q "NaN" "$dir/nan_mended.log" && fail "the mended model still gives NaN"
 [ $failed = 0 ] && echo "cli_onnx: all passed"
 exit $failed

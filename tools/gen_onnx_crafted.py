@@ -17,6 +17,7 @@ gen_onnx_fixtures.py, in crafted_*.ref.safetensors as "logits"; metadata precise
                    C (1, K), Softmax axis 1
   crafted_opset11  opset 11: auto_pad SAME_UPPER with stride 2, Squeeze/Unsqueeze by attribute,
                    Sigmoid, Concat of three, a Constant node, Reshape to (0, -1), Cast
+nanstats.onnx: smallcat (gen_onnx_fixtures.py) with NaN and Inf in one BN's running variance.
 Bad graphs (bad_*.onnx): unsupported op, a cycle, a missing input, a weight of the wrong
 channels, raw data shorter than its dims, external data, NaN in a weight."""
 import os
@@ -214,6 +215,15 @@ def main(out):
                          {"mean": ",".join(map(str, MEAN)), "std": ",".join(map(str, STD)),
                           "precise": "0"})
     bad_graphs(out)
+    # the mixed-precision failure: smallcat with non-finite running statistics in one BN
+    m = onnx.load(f"{out}/smallcat.onnx")
+    for t_ in m.graph.initializer:
+        if t_.name.endswith("running_var"):
+            v = numpy_helper.to_array(t_).copy()
+            v[0], v[1] = np.nan, np.inf
+            t_.CopyFrom(numpy_helper.from_array(v, t_.name))
+            break
+    onnx.save(m, f"{out}/nanstats.onnx")
 
 
 if __name__ == "__main__":

@@ -327,6 +327,29 @@ static int onnx_precise(int argc, char **argv)
 }
 
 /* ---- inspect ------------------------------------------------------------------------------- */
+/* The stored statistics' health before any forward: non-finite means or variances (mixed
+ * precision gone wrong), dead channels (zero variance or zero gamma). Returns the layers with a
+ * non-finite statistic; prints one line per layer with a finding. */
+static int health(const bl_net *net, int json, int *dead_total)
+{
+    int bad_layers = 0;
+    *dead_total = 0;
+    for (int k = 0; k < bl_net_bn_count(net); k++) {
+        const bl_bn *bn = bl_net_bn_at(net, k);
+        int nonfinite = 0, dead = 0;
+        for (int c = 0; c < bn->cfg.channels; c++) {
+            nonfinite += !isfinite(bn->pop_mean[c]) || !isfinite(bn->pop_var[c]);
+            dead += bn->pop_var[c] == 0 || bn->gamma[c] == 0;
+        }
+        bad_layers += nonfinite > 0;
+        *dead_total += dead;
+        if ((nonfinite || dead) && !json)
+            printf("health: %s: %d of %d channels with non-finite statistics, %d dead (zero "
+                   "variance or zero gamma)\n", bn->name, nonfinite, bn->cfg.channels, dead);
+    }
+    return bad_layers;
+}
+
 static int onnx_inspect(int argc, char **argv)
 {
     onnx_data o;
@@ -364,14 +387,34 @@ static int onnx_inspect(int argc, char **argv)
     static bl_inspect_report r;
     const int mb = c.batch > c.precise_batch ? c.batch : c.precise_batch;
     bl_status st = bl_onnx_build(m, mb, &net);
-    if (!st) st = bl_inspect(&net, &d, &c, &r);
+    int bad = 0, dead = 0;
+    if (!st) bad = health(&net, o.json, &dead);
+    if (!st && bad) {
+        /* nothing to compare non-finite statistics with: say so, and how to mend them */
+        if (o.json)
+            printf("{\"checkpoint\":\"%s\",\"verdict\":\"non-finite\",\"nonfinite_layers\":%d,"
+                   "\"dead_channels\":%d}\n", pos[0], bad, dead);
+        else
+            printf("verdict: %d BN layers hold non-finite statistics (mixed-precision training, "
+                   "an overflow): the model's outputs are not usable\n", bad);
+    } else if (!st) {
+        st = bl_inspect(&net, &d, &c, &r);
+        if (!st) {
+            char desc[160];
+            snprintf(desc, sizeof desc, "%s, opset %d", bl_onnx_producer(m), bl_onnx_opset(m));
+            cli_inspect_print(pos[0], desc, "stored", -1, &c, &r, o.json);
+            if (!o.json && dead)
+                printf("health: %d dead channels in all (zero variance or zero gamma): pruned "
+                       "or never active; harmless to the statistics' estimate\n", dead);
+        }
+    }
     if (st) {
         cli_error("inspect", opts, n);
         rc = 1;
-    } else {
-        char desc[160];
-        snprintf(desc, sizeof desc, "%s, opset %d", bl_onnx_producer(m), bl_onnx_opset(m));
-        cli_inspect_print(pos[0], desc, "stored", -1, &c, &r, o.json);
+    } else if (!o.json && (bad || r.flagged)) {
+        /* the exact command that mends what was found */
+        printf("fix: bnlab precise %s%s%s -o fixed.onnx --save-stats fixed_stats.safetensors\n",
+               pos[0], o.tensors[0] ? " --tensors " : "", o.tensors);
     }
     bl_net_free(&net);
     bl_onnx_free(m), bl_dataset_free(&d);
