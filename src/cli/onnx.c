@@ -310,9 +310,15 @@ static int onnx_precise(int argc, char **argv)
                c.sequential ? "true" : "false", r.forwards, r.worst_se, split);
     } else {
         printf("%s: %s statistics of %d BN layers from %ld images, batch %d, %.1f forward "
-               "passes; largest standard error of a channel mean %.4f std\n", pos[0],
-               c.sequential ? "exact sequential" : "PreciseBN", r.layers, r.samples, c.batch,
-               r.forwards, r.worst_se);
+               "passes\n", pos[0], c.sequential ? "exact sequential" : "PreciseBN", r.layers,
+               r.samples, c.batch, r.forwards);
+        printf("%-40s %8s %s\n", "layer", "channels", "largest standard error of a channel mean "
+               "(in channel std)");
+        for (int k = 0; k < r.layers; k++) {
+            const bl_bn *bn = bl_net_bn_at(&net, k);
+            printf("%-40s %8d %.4f\n", bn->name, bn->cfg.channels, r.max_se[k]);
+        }
+        printf("worst: %.4f std; it shrinks as 1/sqrt(--samples)\n", r.worst_se);
         if (out[0])
             printf("wrote %s: only the BN statistics changed%s\n", out,
                    split ? " (shared ones split off into initializers of their own)" : "");
