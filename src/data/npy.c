@@ -162,11 +162,13 @@ bl_status bl_npy_write_f32(const char *path, const float *v, int ndim, const lon
     char hdr[256];
     size_t count = 1;
     int o = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+    if (ndim < 1 || ndim > 8) return bl_fail(BL_ERR_ARG, "%s: %d dimensions (1..8)", path, ndim);
     for (int k = 0; k < ndim; k++) {
         o += snprintf(hdr + o, sizeof hdr - (size_t)o, "%lld%s", shape[k],
                       ndim == 1 ? "," : k + 1 < ndim ? ", " : "");
         count *= (size_t)shape[k];
     }
+    if (o > 200) return bl_fail(BL_ERR_ARG, "%s: the shape does not fit a .npy header", path);
     o += snprintf(hdr + o, sizeof hdr - (size_t)o, "), }");
     /* padded with spaces and a newline so the data starts on a 64-byte boundary */
     size_t total = 10 + (size_t)o + 1;

@@ -70,9 +70,17 @@ static bl_status output_name(ox_build *b, int k, const char **name)
     return BL_OK;
 }
 
-bl_status ox_def_runtime(ox_build *b, int k, int t, int rank, const int64_t *dims, int spatial)
+bl_status ox_def_runtime(ox_build *b, int k, int t, int rank, const int64_t *dims_in, int spatial)
 {
     const char *name;
+    /* dims may point into the table, which growing moves */
+    int64_t dims[OX_MAX_RANK];
+    if (rank < 0 || rank > OX_MAX_RANK) return ox_fail(b, BL_ERR_FORMAT, "rank %d", rank);
+    memcpy(dims, dims_in, sizeof(int64_t) * (size_t)rank);
+    for (int d = 1; d < rank; d++)
+        if (dims[d] < 1 || dims[d] > (1LL << 31))
+            return ox_fail(b, BL_ERR_FORMAT, "dimension %d of the output is %lld", d,
+                           (long long)dims[d]);
     bl_status st = output_name(b, k, &name);
     if (!st) st = grow_values(b);
     if (st) return st;

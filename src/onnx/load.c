@@ -146,6 +146,16 @@ bl_status bl_onnx_load(const char *path, bl_onnx **out)
         m->n_bn += m->graph->node[i]->op_type &&
                    !strcmp(m->graph->node[i]->op_type, "BatchNormalization");
     if (!rc && !m->graph->n_output) rc = bl_fail(BL_ERR_FORMAT, "%s: the graph has no output", path);
+    for (size_t i = 0; !rc && i < m->graph->n_output; i++)
+        if (!m->graph->output[i]->name || !m->graph->output[i]->name[0])
+            rc = bl_fail(BL_ERR_FORMAT, "%s: graph output %zu has no name", path, i);
+    for (size_t i = 0; !rc && i < m->graph->n_node; i++) {
+        const Onnx__NodeProto *n = m->graph->node[i];
+        for (size_t k = 0; k < n->n_input && !rc; k++)
+            if (!n->input[k]) rc = bl_fail(BL_ERR_FORMAT, "%s: node %zu has a null input", path, i);
+        for (size_t k = 0; k < n->n_output && !rc; k++)
+            if (!n->output[k]) rc = bl_fail(BL_ERR_FORMAT, "%s: node %zu has a null output", path, i);
+    }
     if (rc) {
         bl_onnx_free(m);
         return rc;

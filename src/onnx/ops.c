@@ -55,8 +55,16 @@ static bl_status norm_axis(ox_build *b, int64_t a, int rank, int *out)
 static bl_status new_const(ox_build *b, ox_const *c, int is_int, int rank, const int64_t *dims)
 {
     memset(c, 0, sizeof *c);
+    if (rank < 0 || rank > OX_MAX_RANK) return ox_fail(b, BL_ERR_FORMAT, "rank %d", rank);
+    size_t count = 1;
+    for (int k = 0; k < rank; k++) {
+        if (dims[k] < 0 || dims[k] > (1LL << 31) || (dims[k] && count > ((size_t)1 << 31) / (size_t)dims[k]))
+            return ox_fail(b, BL_ERR_FORMAT, "a constant of dimension %lld (at most 2^31 "
+                           "values)", (long long)dims[k]);
+        count *= (size_t)dims[k];
+    }
     c->rank = rank, c->is_int = is_int;
-    c->count = (size_t)prod(dims, 0, rank);
+    c->count = count;
     memcpy(c->dims, dims, sizeof(int64_t) * (size_t)rank);
     const size_t n = c->count ? c->count : 1;
     if (is_int ? !(c->i = bl_callocn(n, sizeof(int64_t))) : !(c->f = bl_callocn(n, sizeof(float))))
@@ -175,10 +183,11 @@ static bl_status op_gather(ox_build *b)
     const int64_t inner = r ? prod(x->k.dims, axis + 1, r) : 1;
     int64_t dims[OX_MAX_RANK];
     int rank = 0;
+    if ((r ? r - 1 : 0) + ix->k.rank > OX_MAX_RANK)
+        return ox_fail(b, BL_ERR_FORMAT, "more than %d dimensions", OX_MAX_RANK);
     for (int k = 0; k < axis; k++) dims[rank++] = x->k.dims[k];
     for (int k = 0; k < ix->k.rank; k++) dims[rank++] = ix->k.dims[k];
     for (int k = axis + 1; k < r; k++) dims[rank++] = x->k.dims[k];
-    if (rank > OX_MAX_RANK) return ox_fail(b, BL_ERR_FORMAT, "more than %d dimensions", OX_MAX_RANK);
     ox_const c;
     if ((st = new_const(b, &c, x->k.is_int, rank, dims))) return st;
     size_t o = 0;
@@ -239,8 +248,15 @@ static bl_status op_slice(ox_build *b)
     for (int q = 0; q < ns; q++) {
         int a;
         if ((st = norm_axis(b, na ? axes[q] : q, r, &a))) return st;
-        const int64_t D = x->k.dims[a], s = nst ? steps[q] : 1;
+        const int64_t D = x->k.dims[a];
+        int64_t s = nst ? steps[q] : 1;
         if (s == 0) return ox_fail(b, BL_ERR_FORMAT, "step 0");
+        if (s > D + 1) s = D + 1; /* the same slice, without overflow */
+        if (s < -(D + 1)) s = -(D + 1);
+        if (starts[q] > (1LL << 40)) starts[q] = 1LL << 40;
+        if (starts[q] < -(1LL << 40)) starts[q] = -(1LL << 40);
+        if (ends[q] > (1LL << 40)) ends[q] = 1LL << 40;
+        if (ends[q] < -(1LL << 40)) ends[q] = -(1LL << 40);
         int64_t st0 = starts[q] < 0 ? starts[q] + D : starts[q];
         int64_t en = ends[q] < 0 ? ends[q] + D : ends[q];
         if (s > 0) {
@@ -347,6 +363,9 @@ static bl_status op_reshape(ox_build *b)
                            "over %lld", infer, (long long)per, (long long)rest);
         d[infer] = per / rest, rest *= d[infer];
     }
+    for (int k = 1; k < r; k++)
+        if (d[k] < 1 || d[k] > (1LL << 31))
+            return ox_fail(b, BL_ERR_FORMAT, "reshape to dimension %d of %lld", k, (long long)d[k]);
     if (!is_batch_dim(d[0]) && rest != per)
         return ox_fail(b, BL_ERR_FORMAT, "reshape to a first dimension of %lld with %lld values "
                        "per sample (a sample has %lld): bnlab keeps dimension 0 the batch, so a "
@@ -424,6 +443,7 @@ static bl_status op_transpose(ox_build *b)
     bl_status st = ox_input(b, 0, 0, &x);
     if (st) return st;
     const int r = x->is_const ? x->k.rank : x->rank;
+    if (r == 0) return ox_def_alias(b, 0, x); /* a scalar */
     int64_t perm[OX_MAX_RANK];
     int np = 0;
     if ((st = ox_attr_ints(b->nd, "perm", perm, OX_MAX_RANK, &np))) return ox_fail(b, st, "%s", bl_error());
@@ -501,6 +521,9 @@ static bl_status op_concat(ox_build *b)
             ox_value *x;
             ox_input(b, k, 0, &x);
             if (x->k.rank != r) return ox_fail(b, BL_ERR_FORMAT, "inputs of different ranks");
+            for (int j = 0; j < r; j++)
+                if (j != axis && x->k.dims[j] != x0->k.dims[j])
+                    return ox_fail(b, BL_ERR_FORMAT, "inputs differ in dimension %d", j);
             d[axis] += x->k.dims[axis];
         }
         ox_const c;
@@ -557,7 +580,7 @@ static bl_status fold_binary(ox_build *b, ox_value *x, ox_value *z, bl_elt_op op
         dx[k] = ix >= 0 ? x->k.dims[ix] : 1, dz[k] = iz >= 0 ? z->k.dims[iz] : 1;
         if (dx[k] != dz[k] && dx[k] != 1 && dz[k] != 1)
             return ox_fail(b, BL_ERR_FORMAT, "constants of shapes that do not broadcast");
-        d[k] = dx[k] > dz[k] ? dx[k] : dz[k];
+        d[k] = dx[k] == 1 ? dz[k] : dx[k]; /* NumPy: 0 against 1 is 0 */
     }
     const int is_int = x->k.is_int && z->k.is_int;
     ox_const c;
@@ -595,7 +618,12 @@ static bl_status const_operand(ox_build *b, ox_value *z, int out_rank, int *t)
         return ox_fail(b, BL_ERR_FORMAT, "constant '%s' has more dimensions than the tensor",
                        z->name);
     for (int k = 0; k < z->k.rank; k++) d[4 - z->k.rank + k] = z->k.dims[k];
-    if (out_rank == 2) d[1] = d[3], d[3] = 1, d[2] = 1; /* (N, K): K channels */
+    if (out_rank == 2) { /* (N, K): K channels */
+        if (d[2] != 1)
+            return ox_fail(b, BL_ERR_FORMAT, "constant '%s' of %lld rows against (N, K) features",
+                           z->name, (long long)d[2]);
+        d[1] = d[3], d[3] = 1, d[2] = 1;
+    }
     if (d[0] != 1)
         return ox_fail(b, BL_ERR_FORMAT, "constant '%s' spans the batch (dimension 0 of %lld)",
                        z->name, (long long)d[0]);
@@ -721,14 +749,23 @@ static bl_status op_softmax(ox_build *b)
         return st;
     int t, y;
     char ln[96];
-    if (x->rank == 2 && axis == 1) st = ox_flat(b, x, &t);
-    else if (x->rank == 4 && axis == 1) st = ox_spatial(b, x, &t);
-    else if (b->m->opset < 13 && axis == 1) st = ox_flat(b, x, &t), x->rank = 2; /* coerced */
-    else
+    const int rank = x->rank;
+    int64_t dims[OX_MAX_RANK];
+    memcpy(dims, x->dims, sizeof dims);
+    int spatial = 0;
+    if (b->m->opset < 13 && axis == 1 && (rank != 4 || dims[2] * dims[3] > 1)) {
+        /* before opset 13: over everything from the axis on, flattened */
+        st = ox_flat(b, x, &t);
+    } else if (rank == 2 && axis == 1) {
+        st = ox_flat(b, x, &t);
+    } else if (rank == 4 && axis == 1) {
+        st = ox_spatial(b, x, &t), spatial = 1;
+    } else {
         return ox_fail(b, BL_ERR_FORMAT, "a softmax over axis %d of a rank-%d tensor: bnlab "
-                       "takes it over channels (axis 1)", axis, x->rank);
+                       "takes it over channels (axis 1)", axis, rank);
+    }
     if (!st) st = bl_net_softmax(b->net, ox_layer_name(b, ln, sizeof ln), t, &y);
-    return st ? st : ox_def_runtime(b, 0, y, x->rank, x->dims, x->rank == 4);
+    return st ? st : ox_def_runtime(b, 0, y, rank, dims, spatial);
 }
 
 /* ---- convolution, BN, pooling, linear ---------------------------------------------------------- */
@@ -776,6 +813,9 @@ static bl_status pair(ox_build *b, const char *name, int def, int v[2])
     if (ox_attr_ints(b->nd, name, a, 2, &n) || (n && n != 2))
         return ox_fail(b, BL_ERR_FORMAT, "%s: %d values for a 2-D op (need 2)", name, n);
     v[0] = n ? (int)a[0] : def, v[1] = n ? (int)a[1] : def;
+    if (!n && def == 0) return BL_OK; /* absent, no default: 0 (the caller decides) */
+    if (n && (a[0] < 1 || a[1] < 1 || a[0] > 4096 || a[1] > 4096))
+        return ox_fail(b, BL_ERR_FORMAT, "%s %lld, %lld", name, (long long)a[0], (long long)a[1]);
     if (v[0] < 1 || v[1] < 1 || v[0] > 4096 || v[1] > 4096)
         return ox_fail(b, BL_ERR_FORMAT, "%s %d, %d", name, v[0], v[1]);
     return BL_OK;
@@ -805,9 +845,10 @@ static bl_status op_conv(ox_build *b)
     const int group = (int)ox_attr_int(b->nd, "group", 1);
     const int cout = (int)w->k.dims[0];
     int k[2] = {(int)w->k.dims[2], (int)w->k.dims[3]}, s[2], d[2], pad[4], ks[2];
-    if ((st = pair(b, "kernel_shape", k[0], ks)) || (st = pair(b, "strides", 1, s)) ||
+    if ((st = pair(b, "kernel_shape", 0, ks)) || (st = pair(b, "strides", 1, s)) ||
         (st = pair(b, "dilations", 1, d)))
         return st;
+    if (ks[0] == 0) ks[0] = k[0], ks[1] = k[1]; /* absent: the weight's */
     if (ks[0] != k[0] || ks[1] != k[1])
         return ox_fail(b, BL_ERR_FORMAT, "kernel_shape %dx%d, weight %dx%d", ks[0], ks[1], k[0], k[1]);
     if (group < 1 || c % group || w->k.dims[1] * group != c)
@@ -886,7 +927,9 @@ static bl_status pool(ox_build *b, int max)
     if (max && b->nd->n_output > 1 && b->nd->output[1][0])
         return ox_fail(b, BL_ERR_FORMAT, "MaxPool's indices output is not supported");
     int k[2], s[2], d[2] = {1, 1}, pad[4], t, y;
-    if ((st = pair(b, "kernel_shape", 0, k)) || (st = pair(b, "strides", 1, s)) ||
+    if (!(st = pair(b, "kernel_shape", 0, k)) && !k[0])
+        return ox_fail(b, BL_ERR_FORMAT, "no kernel_shape");
+    if (st || (st = pair(b, "strides", 1, s)) ||
         (max && (st = pair(b, "dilations", 1, d))) ||
         (st = pads_of(b, (int)x->dims[2], (int)x->dims[3], k, s, d, pad)) ||
         (st = ox_spatial(b, x, &t)))

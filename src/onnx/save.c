@@ -40,7 +40,10 @@ static bl_status set_floats(Onnx__TensorProto *t, const float *v, int c)
     memcpy(raw, v, sizeof(float) * (size_t)c);
     if (t->has_raw_data) free(t->raw_data.data);
     free(t->float_data), free(t->double_data), free(t->dims);
+    free(t->int32_data), free(t->int64_data), free(t->uint64_data);
     t->float_data = NULL, t->n_float_data = 0, t->double_data = NULL, t->n_double_data = 0;
+    t->int32_data = NULL, t->n_int32_data = 0, t->int64_data = NULL, t->n_int64_data = 0;
+    t->uint64_data = NULL, t->n_uint64_data = 0;
     t->dims = dims, t->n_dims = 1, dims[0] = c;
     t->has_data_type = 1, t->data_type = ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT;
     t->has_raw_data = 1, t->raw_data.data = raw, t->raw_data.len = sizeof(float) * (size_t)c;
@@ -58,7 +61,7 @@ static bl_status add_init(Onnx__GraphProto *g, const char *name, const float *v,
     t->name = nm;
     bl_status st = set_floats(t, v, c);
     if (st) return free(nm), free(t), free(arr), st;
-    memcpy(arr, g->initializer, sizeof *arr * g->n_initializer);
+    if (g->n_initializer) memcpy(arr, g->initializer, sizeof *arr * g->n_initializer);
     arr[g->n_initializer] = t;
     free(g->initializer);
     g->initializer = arr;
@@ -85,7 +88,7 @@ static bl_status set_meta(Onnx__ModelProto *mp, const char *value)
     }
     onnx__string_string_entry_proto__init(e);
     e->key = k, e->value = v;
-    memcpy(arr, mp->metadata_props, sizeof *arr * mp->n_metadata_props);
+    if (mp->n_metadata_props) memcpy(arr, mp->metadata_props, sizeof *arr * mp->n_metadata_props);
     arr[mp->n_metadata_props] = e;
     free(mp->metadata_props);
     mp->metadata_props = arr;
