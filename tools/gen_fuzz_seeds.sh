@@ -65,7 +65,7 @@ printf -- 'bad cfg.norm_batch and (cfg.lr\0contrast' > $c/$opts/seed-error
 echo "seeds in $c: $(ls $c/fuzz_checkpoint | wc -l) checkpoints, $(ls $c/fuzz_idx | wc -l) IDX pairs, $(ls $c/$opts | wc -l) command lines"
 
 # ONNX models: the small fixtures (tools/gen_onnx_fixtures.py); .npy arrays of each dtype
-for f in smallcat plain_identity smallcat_folded; do
+for f in smallcat plain_identity smallcat_folded nanstats $(cd tests/fixtures/onnx && ls bad_*.onnx crafted_*.onnx | sed "s/.onnx$//"); do
   cp tests/fixtures/onnx/$f.onnx $c/fuzz_onnx/seed-$f
 done
 /usr/bin/python3 - "$c/fuzz_npy" <<'PY'

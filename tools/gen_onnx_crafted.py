@@ -199,6 +199,17 @@ def bad_graphs(out):
     wn = w.copy()
     wn[1, 2, 0, 0] = np.nan
     save("nan", ok, [init("w", wn)])
+    # shape arithmetic on constants past the limits (the review's findings)
+    one8 = np.ones([1] * 8, np.float32)
+    save("gather_rank", [helper.make_node("Gather", ["g8", "i8"], ["gg"]), ok[0],
+                         helper.make_node("Relu", ["c"], ["logits"])],
+         [init("w", w), init("g8", one8), init("i8", np.zeros([1] * 8, np.int64))])
+    save("concat_dims", [helper.make_node("Concat", ["k1", "k2"], ["kk"], axis=1), ok[0],
+                         helper.make_node("Relu", ["c"], ["logits"])],
+         [init("w", w), init("k1", r(2, 3)), init("k2", r(1, 10))])
+    save("reshape_neg", [helper.make_node("Reshape", ["k6", "neg"], ["kr"]), ok[0],
+                         helper.make_node("Relu", ["c"], ["logits"])],
+         [init("w", w), init("k6", r(6)), init("neg", np.array([-2, -3], np.int64))])
 
 
 def main(out):
