@@ -238,6 +238,10 @@ static int no_bn(const char *cmd, const char *path)
     return 1;
 }
 
+static int onnx_precise_run(const char *model, const onnx_data *op, bl_precise_cfg *cp,
+                            const char *out, const char *save_stats, cli_dist *dist,
+                            const cli_opt *opts, int n);
+
 static int onnx_precise(int argc, char **argv)
 {
     onnx_data o;
@@ -260,6 +264,9 @@ static int onnx_precise(int argc, char **argv)
          "the first --samples images in file order (no shuffle)"},
         {"--sequential", OPT_ONOFF, &c.sequential, 0, 0, 0, NULL,
          "exact mode: layer by layer, earlier layers already on their new statistics"},
+        {"--norm-batch", OPT_INT, &c.plan.norm_batch, 0, 0, 65536, NULL,
+         "each BN layer normalizes ghost groups of N images of a batch (0: the whole --batch; "
+         "under mpirun each process normalizes its share)"},
         ONNX_DATA_OPTS(&o),
     };
     const int n = sizeof opts / sizeof *opts;
@@ -280,6 +287,24 @@ static int onnx_precise(int argc, char **argv)
         return 2;
     }
     bl_threads_set(o.threads);
+    /* under mpirun: each batch split into the processes' shares, the moments merged exactly in
+     * rank order (bl_precise); rank 0 writes the files */
+    cli_dist dist;
+    if (cli_dist_init(&dist, "precise")) return 1;
+    rc = onnx_precise_run(pos[0], &o, &c, out, save_stats, &dist, opts, n);
+    cli_dist_free(&dist);
+    return rc;
+}
+
+static int onnx_precise_run(const char *model, const onnx_data *op, bl_precise_cfg *cp,
+                            const char *out, const char *save_stats, cli_dist *dist,
+                            const cli_opt *opts, int n)
+{
+    const onnx_data o = *op;
+    bl_precise_cfg c = *cp;
+    const char *pos[1] = {model};
+    int rc;
+    if (dist->world > 1) c.reducer = &dist->red, c.rank = dist->rank, c.world = dist->world;
     bl_onnx *m = NULL;
     bl_dataset d;
     if ((rc = open_all("precise", pos[0], &o, &m, &d, &c.recipe)))
@@ -299,11 +324,13 @@ static int onnx_precise(int argc, char **argv)
     char *rec = st ? NULL : bl_precise_record(&c, &r, &net);
     if (!st && !rec) st = BL_ERR_NOMEM;
     int split = 0, unnamed = 0;
-    if (!st && out[0]) st = bl_onnx_save(m, &net, out, rec, &split);
-    if (!st && save_stats[0]) st = bl_onnx_save_stats(m, &net, save_stats, rec, &unnamed);
+    const int writer = dist->rank == 0;
+    if (!st && out[0] && writer) st = bl_onnx_save(m, &net, out, rec, &split);
+    if (!st && save_stats[0] && writer) st = bl_onnx_save_stats(m, &net, save_stats, rec, &unnamed);
     if (st) {
-        cli_error("precise", opts, n);
-        rc = 1;
+        /* bl_precise agrees its errors across the processes; a write fails on rank 0 alone */
+        rc = writer ? 1 : 0;
+        if (writer) cli_error("precise", opts, n);
     } else if (o.json) {
         printf("{\"layers\":%d,\"samples\":%ld,\"batch\":%d,\"sequential\":%s,\"forwards\":%.2f,"
                "\"worst_se\":%.6f,\"split\":%d}\n", r.layers, r.samples, c.batch,
