@@ -269,6 +269,9 @@ static bl_status family_build(bl_net *net, const bl_model *m, int classes)
 {
     (void)classes;
     const bl_onnx *om = ((const onnx_opts *)bl_model_opts_c(m))->onnx;
+    if (!om) /* a checkpoint naming the family: the graph lives in its .onnx file */
+        return bl_fail(BL_ERR_ARG, "an imported ONNX model is opened from its .onnx file (bnlab "
+                       "eval MODEL.onnx), not from a checkpoint");
     ox_build b = {.m = om, .net = net};
     bl_status st = BL_OK;
     /* the input, then every initializer as a constant */
