@@ -28,6 +28,12 @@ expect() { # expect RC PATTERN NAME COMMAND...
 expect 0 "64 images, 10 outputs" eval "$bnlab" eval "$fx/smallcat.onnx" "${in[@]}" --outputs "$dir/o.npy"
 size=$(stat -c %s "$dir/o.npy" 2>/dev/null || echo 0)
 [ "$size" = $((128 + 64 * 10 * 4)) ] || fail "outputs.npy of $size bytes, not $((128 + 2560))"
+# the same images from a safetensors file with labels, and from .npy with --labels
+expect 0 ": error" st "$bnlab" eval "$fx/smallcat.onnx" --tensors "$fx/inputs.safetensors" --outputs "$dir/st.npy"
+cmp -s "$dir/o.npy" "$dir/st.npy" || fail "the safetensors images give other outputs than the .npy ones"
+expect 0 ": error" lab "$bnlab" eval "$fx/smallcat.onnx" "${in[@]}" --labels "$fx/labels.npy"
+[ "$(grep -o 'error [0-9.]*%' "$dir/st.log")" = "$(grep -o 'error [0-9.]*%' "$dir/lab.log")" ] ||
+  fail "the error with labels differs between the two files"
 expect 0 "outputs in" folded "$bnlab" eval "$fx/smallcat_folded.onnx" "${in[@]}" --outputs "$dir/f.npy"
 worst=$(paste <(tail -c 2560 "$dir/o.npy" | od -An -tf4 -w4 -v) \
               <(tail -c 2560 "$dir/f.npy" | od -An -tf4 -w4 -v) |

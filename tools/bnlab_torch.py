@@ -66,7 +66,8 @@ def save_safetensors(path, tensors, metadata=None):
         header["__metadata__"] = metadata
     for name, t in tensors.items():
         t = t.detach().contiguous()
-        dtype = {torch.float64: "F64", torch.float32: "F32", torch.int64: "I64"}[t.dtype]
+        dtype = {torch.float64: "F64", torch.float32: "F32", torch.int64: "I64",
+                 torch.uint8: "U8"}[t.dtype]
         data = t.numpy().tobytes()
         header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
         blobs.append(data)

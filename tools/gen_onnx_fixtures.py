@@ -8,6 +8,8 @@ fixtures):
 Files:
   inputs.npy          uint8 (64, 3, 32, 32) NCHW: Fashion-MNIST test images padded to 32x32, the
                       channels the image, its mirror and its transpose (structured, not noise)
+  labels.npy          int64 (64): their Fashion-MNIST labels
+  inputs.safetensors  both in one file: "images" and "labels" (bnlab's --tensors reads either)
   NAME.onnx           the model, exported in eval mode with TrainingMode.PRESERVE and no constant
                       folding (opset 13 unless named), so every BatchNormalization stays
   NAME.ref.safetensors
@@ -212,6 +214,12 @@ def main(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     raw = inputs()
     save_npy_u8(f"{out_dir}/inputs.npy", raw)
+    # the same images with their Fashion-MNIST labels, as .npy and as one safetensors file
+    with gzip.open("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz", "rb") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:64].astype(np.int64)
+    np.save(f"{out_dir}/labels.npy", labels)
+    save_safetensors(f"{out_dir}/inputs.safetensors", {"images": torch.from_numpy(raw),
+                                                        "labels": torch.from_numpy(labels)})
     g = torch.Generator().manual_seed(5)
     torch.manual_seed(5)
     models = [("resnet18_w8", ResNet18Blocks, 13, True),

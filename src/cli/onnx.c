@@ -31,6 +31,55 @@ static int floats3(const char *s, float *v, int max)
     return *p ? -1 : n;
 }
 
+/* A safetensors file of images as an array: the tensor "images" (or the only 4-D one), uint8 or
+ * float32/64 (N, C, H, W), and "labels" (N) uint8 or int64 when there is one. */
+static bl_status st_arrays(const char *path, bl_npy *im, bl_npy *lab, int *has_labels)
+{
+    memset(im, 0, sizeof *im), memset(lab, 0, sizeof *lab);
+    *has_labels = 0;
+    bl_safetensors st;
+    bl_status rc = bl_st_read(path, &st);
+    if (rc) return rc;
+    const bl_st_entry *e = bl_st_find(&st, "images"), *l = bl_st_find(&st, "labels");
+    for (int i = 0; !e && i < st.n; i++)
+        if (st.e[i].ndim == 4) {
+            if (e) break;
+            e = &st.e[i];
+        }
+    if (!e || e->ndim != 4 || e->dtype == BL_I64) {
+        bl_st_free(&st);
+        return bl_fail(BL_ERR_FORMAT, "%s: no (N, C, H, W) uint8 or float tensor named 'images' "
+                       "(or a single 4-D one)", path);
+    }
+    const bl_st_entry *es[2] = {e, l};
+    bl_npy *out[2] = {im, lab};
+    for (int k = 0; k < 2 && !rc; k++) {
+        if (!es[k]) continue;
+        bl_npy *a = out[k];
+        a->ndim = es[k]->ndim;
+        for (int d = 0; d < a->ndim; d++) a->shape[d] = es[k]->shape[d];
+        a->count = bl_st_numel(es[k]);
+        const uint8_t *src = st.data + es[k]->begin;
+        const size_t n = a->count ? a->count : 1;
+        if (es[k]->dtype == BL_U8) {
+            a->type = BL_NPY_U8;
+            if ((a->u8 = bl_malloc(n))) memcpy(a->u8, src, a->count);
+        } else if (es[k]->dtype == BL_I64) {
+            a->type = BL_NPY_I64;
+            if ((a->i64 = bl_malloc(n * 8))) memcpy(a->i64, src, a->count * 8);
+        } else {
+            a->type = BL_NPY_F32;
+            if ((a->f = bl_malloc(n * sizeof(float))))
+                rc = bl_st_get_f32(&st, es[k]->name, a->f, a->count);
+        }
+        if (!rc && !a->u8 && !a->i64 && !a->f) rc = bl_fail(BL_ERR_NOMEM, "%s: out of memory", path);
+    }
+    *has_labels = l != NULL;
+    bl_st_free(&st);
+    if (rc) bl_npy_free(im), bl_npy_free(lab);
+    return rc;
+}
+
 /* The model, its input shape fixed, and the data as a dataset with its recipe. */
 static int open_all(const char *cmd, const char *path, const onnx_data *o, bl_onnx **m,
                     bl_dataset *d, bl_recipe *r)
@@ -51,9 +100,15 @@ static int open_all(const char *cmd, const char *path, const onnx_data *o, bl_on
     if (o->tensors[0]) {
         bl_npy im, lab;
         memset(&lab, 0, sizeof lab);
-        st = bl_npy_read(o->tensors, &im);
-        if (!st && o->labels[0]) st = bl_npy_read(o->labels, &lab);
-        if (!st) st = bl_dataset_from_npy(&im, o->labels[0] ? &lab : NULL, o->tensors, d);
+        const size_t tl = strlen(o->tensors);
+        int has_labels = 0;
+        if (tl > 12 && !strcmp(o->tensors + tl - 12, ".safetensors"))
+            st = st_arrays(o->tensors, &im, &lab, &has_labels);
+        else
+            st = bl_npy_read(o->tensors, &im);
+        if (!st && o->labels[0]) bl_npy_free(&lab), has_labels = 0;
+        if (!st && o->labels[0]) st = bl_npy_read(o->labels, &lab), has_labels = !st;
+        if (!st) st = bl_dataset_from_npy(&im, has_labels ? &lab : NULL, o->tensors, d);
         bl_npy_free(&im), bl_npy_free(&lab);
         if (st) return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 1;
     } else {
@@ -91,8 +146,8 @@ static int open_all(const char *cmd, const char *path, const onnx_data *o, bl_on
 
 #define ONNX_DATA_OPTS(o)                                                                          \
     {"--tensors", OPT_STR, (o)->tensors, sizeof (o)->tensors, 0, 0, NULL,                          \
-     "images as .npy, (N, C, H, W): uint8 (normalized by --mean/--std) or float32 (as they are); " \
-     "default: the Fashion-MNIST split"},                                                          \
+     "images as .npy or .safetensors ('images', and 'labels'), (N, C, H, W): uint8 (normalized " \
+     "by --mean/--std) or float (as they are); default: the Fashion-MNIST split"},                 \
     {"--labels", OPT_STR, (o)->labels, sizeof (o)->labels, 0, 0, NULL,                             \
      "their labels as .npy, (N) uint8 or int64 (eval's error)"},                                   \
     {"--mean", OPT_STR, (o)->mean, sizeof (o)->mean, 0, 0, NULL,                                   \
