@@ -36,6 +36,104 @@ static float *load_inputs(const bl_safetensors *ref, int *n, int *h, int *w, int
     return x;
 }
 
+#ifdef BL_TEST_PROTOBUF
+#include "onnx.pb-c.h"
+
+static Onnx__ModelProto *parse(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)n + 1);
+    Onnx__ModelProto *m = NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n)
+        m = onnx__model_proto__unpack(NULL, (size_t)n, buf);
+    fclose(f);
+    free(buf);
+    return m;
+}
+
+/* the message's encoding, for comparing two messages field by field */
+static int same_msg(const ProtobufCMessage *a, const ProtobufCMessage *b)
+{
+    const size_t na = protobuf_c_message_get_packed_size(a), nb = protobuf_c_message_get_packed_size(b);
+    if (na != nb) return 0;
+    uint8_t *pa = malloc(na + 1), *pb = malloc(nb + 1);
+    protobuf_c_message_pack(a, pa), protobuf_c_message_pack(b, pb);
+    const int same = !memcmp(pa, pb, na);
+    free(pa), free(pb);
+    return same;
+}
+
+static int is_bn_stat_input(const Onnx__GraphProto *g, const char *name)
+{
+    for (size_t i = 0; i < g->n_node; i++)
+        if (!strcmp(g->node[i]->op_type, "BatchNormalization"))
+            for (size_t k = 3; k < 5 && k < g->node[i]->n_input; k++)
+                if (!strcmp(g->node[i]->input[k], name)) return 1;
+    return 0;
+}
+
+/* The written model against the original, parsed: everything equal but the BN statistics'
+ * data, the BN inputs repointed to split-off copies, those copies, and the "bnlab" entry. */
+static void diff_models(const char *name, const char *orig, const char *written, int split)
+{
+    Onnx__ModelProto *a = parse(orig), *b = parse(written);
+    CHECK(a && b, "%s: parse both models with protobuf-c", name);
+    if (!a || !b) goto out;
+    const Onnx__GraphProto *ga = a->graph, *gb = b->graph;
+    int ok = a->ir_version == b->ir_version && a->n_opset_import == b->n_opset_import &&
+             ga->n_node == gb->n_node && ga->n_input == gb->n_input && ga->n_output == gb->n_output;
+    for (size_t i = 0; ok && i < a->n_opset_import; i++)
+        ok &= same_msg(&a->opset_import[i]->base, &b->opset_import[i]->base);
+    for (size_t i = 0; ok && i < ga->n_input; i++) ok &= same_msg(&ga->input[i]->base, &gb->input[i]->base);
+    for (size_t i = 0; ok && i < ga->n_output; i++) ok &= same_msg(&ga->output[i]->base, &gb->output[i]->base);
+    CHECK(ok, "%s: the model's header, inputs or outputs changed", name);
+    int repointed = 0, nodes_ok = 1;
+    for (size_t i = 0; nodes_ok && i < ga->n_node; i++) {
+        const Onnx__NodeProto *p = ga->node[i], *q = gb->node[i];
+        nodes_ok &= !strcmp(p->op_type, q->op_type) && p->n_input == q->n_input &&
+                    p->n_output == q->n_output && p->n_attribute == q->n_attribute;
+        for (size_t k = 0; nodes_ok && k < p->n_output; k++) nodes_ok &= !strcmp(p->output[k], q->output[k]);
+        for (size_t k = 0; nodes_ok && k < p->n_attribute; k++)
+            nodes_ok &= same_msg(&p->attribute[k]->base, &q->attribute[k]->base);
+        for (size_t k = 0; nodes_ok && k < p->n_input; k++) {
+            if (!strcmp(p->input[k], q->input[k])) continue;
+            /* only a BN's statistics, to a copy of its own */
+            nodes_ok &= !strcmp(p->op_type, "BatchNormalization") && (k == 3 || k == 4);
+            repointed++;
+        }
+    }
+    CHECK(nodes_ok && repointed == split, "%s: nodes changed beyond BN statistics (%d repointed, "
+          "%d split off)", name, repointed, split);
+    int inits_ok = gb->n_initializer == ga->n_initializer + (size_t)split, stats = 0;
+    for (size_t i = 0; inits_ok && i < ga->n_initializer; i++) {
+        const Onnx__TensorProto *p = ga->initializer[i], *q = NULL;
+        for (size_t j = 0; j < gb->n_initializer && !q; j++)
+            if (!strcmp(gb->initializer[j]->name, p->name)) q = gb->initializer[j];
+        inits_ok &= q != NULL;
+        if (!q) break;
+        if (is_bn_stat_input(gb, p->name)) { /* a statistic of its BN: same dims, new values */
+            stats++;
+            inits_ok &= p->n_dims == q->n_dims && p->dims[0] == q->dims[0];
+        } else {
+            inits_ok &= same_msg(&p->base, &q->base);
+        }
+    }
+    CHECK(inits_ok, "%s: initializers other than BN statistics changed", name);
+    int meta = 0;
+    for (size_t i = 0; i < b->n_metadata_props; i++) meta += !strcmp(b->metadata_props[i]->key, "bnlab");
+    CHECK(meta == 1, "%s: the 'bnlab' metadata entry (%d)", name, meta);
+    printf("%s: parsed and diffed: %zu nodes, %d statistics in place and %d split off changed, "
+           "nothing else\n", name, ga->n_node, stats, split);
+out:
+    if (a) onnx__model_proto__free_unpacked(a, NULL);
+    if (b) onnx__model_proto__free_unpacked(b, NULL);
+}
+#endif
+
 /* The re-estimated statistics written back: the patched model, built again, holds them exactly,
  * and every other parameter bit for bit as before; the safetensors of the statistics too. */
 static void write_back(const char *name, const bl_onnx *m, const bl_net *est)
@@ -80,6 +178,9 @@ static void write_back(const char *name, const bl_onnx *m, const bl_net *est)
         bl_net_free(&a), bl_net_free(&b);
     }
     bl_onnx_free(back);
+#ifdef BL_TEST_PROTOBUF
+    if (!st) diff_models(name, bl_onnx_path(m), out, split);
+#endif
     char sf[] = "/tmp/bnlab_onnx_stats_XXXXXX";
     fd = mkstemp(sf);
     close(fd);
