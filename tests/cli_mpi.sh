@@ -7,6 +7,8 @@
 #   - SIGINT to mpirun: every process stops at one step, one checkpoint;
 #   - a non-finite loss on rank 1 and an unwritable --out on rank 0 end every process with that
 #     rank's message and a non-zero status, within seconds;
+#   - precise and inspect of a checkpoint on 2 processes equal one process whose ghost groups
+#     are the shares (--norm-batch 100);
 #   - a batch that leaves a process no sample, --sync-bn with --norm-batch, and other commands
 #     under mpirun are refused.
 # The comparisons use --lr 0.001 on the whole training split: at lr 0.1 (and at some smaller
@@ -129,9 +131,32 @@ grep -q "leaves the last one no sample" "$dir/empty.log" || fail "empty share: m
   --max-steps 1 --threads 1 >"$dir/ghost.log" 2>&1 && fail "--sync-bn --norm-batch: status 0"
 grep -q "sync-bn with --norm-batch 32" "$dir/ghost.log" || fail "--sync-bn --norm-batch: message"
 
-# commands other than train run in one process
+# precise and inspect of a built-in checkpoint: 2 processes = one whose ghost groups are the
+# shares; the test error (sharded) and the inspect report the same
+run pre_one "$bnlab" precise "$(ck mpi_rank)" --samples 1200 --batch 200 --norm-batch 100 \
+  --threads 1 -o "$dir/pre_one.safetensors"
+run pre_mpi "${mpirun[@]}" -np 2 "$bnlab" precise "$(ck mpi_rank)" --samples 1200 --batch 200 \
+  --threads 1 -o "$dir/pre_mpi.safetensors"
+# the weights are the same bits, so every difference is in the statistics
+"$close" "$dir/pre_one.safetensors" "$dir/pre_mpi.safetensors" 1e-6 ||
+  fail "precise on 2 processes: the checkpoints differ"
+[ -n "$(grep -o 'test error: .*' "$dir/pre_one.log")" ] &&
+  [ "$(grep -o 'test error: .*' "$dir/pre_one.log")" = "$(grep -o 'test error: .*' "$dir/pre_mpi.log")" ] ||
+  fail "precise on 2 processes: other test errors: $(grep -h 'test error' "$dir"/pre_*.log)"
+echo "precise on 2 processes: $(grep -o 'test error: .*' "$dir/pre_mpi.log")"
+insp=(--samples 1200 --batch 64 --batches 10 --threads 1 --json)
+run insp_one "$bnlab" inspect "$(ck mpi_rank)" "${insp[@]}" --norm-batch 100
+run insp_mpi "${mpirun[@]}" -np 2 "$bnlab" inspect "$(ck mpi_rank)" "${insp[@]}"
+nums() { jq -r '.flagged, (.layers[] | .shift_mean, .shift_max, .logvar_max, .kl_mean, .kl_max, .outside)' "$1"; }
+w=$(paste <(nums "$dir/insp_one.log") <(nums "$dir/insp_mpi.log") |
+    awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; d /= (s > 1 ? s : 1); if (d > w) w = d} END {print NR ? w + 0 : "none"}')
+awk -v w="$w" 'BEGIN {exit !(w != "none" && w <= 1e-4)}' ||
+  fail "inspect on 2 processes vs --norm-batch 100: figures differ by $w"
+echo "inspect on 2 processes vs one: figures within $w"
+
+# commands other than train, precise and inspect run in one process
 "${mpirun[@]}" -np 2 "$bnlab" eval "$(ck mpi_rank)" >"$dir/eval.log" 2>&1 && fail "eval under mpirun: status 0"
-grep -q "under mpirun only train and precise of a model.onnx use the processes" "$dir/eval.log" || fail "eval under mpirun: message"
+grep -q "under mpirun only train, precise and inspect use the processes" "$dir/eval.log" || fail "eval under mpirun: message"
 
 [ $failed = 0 ] && echo "cli_mpi: all passed"
 exit $failed

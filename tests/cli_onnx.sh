@@ -7,7 +7,7 @@
 # --input-shape, --stats minibatch without labels, images of the wrong shape.
 # Under mpirun (when given): precise of an ONNX model on 2 processes equals one process whose
 # ghost groups are the shares (--norm-batch 8), and on 3 processes (shares 6, 6, 4) with the
-# sequential mode equals --norm-batch 6.
+# sequential mode equals --norm-batch 6; inspect on 2 and 3 processes equals one process.
 # usage: cli_onnx.sh BNLAB FIXTURE_DIR [MPIRUN [MPIRUN ARGS...]]
 set -u
 bnlab=$1 fx=$2
@@ -89,7 +89,23 @@ if [ ${#mpirun[@]} -gt 0 ]; then
     done
     close "$dir/one$np.npy" "$dir/mpi$np.npy" "$np processes (sequential $seq) vs --norm-batch $nb"
   done
-  expect 2 "only train and precise of a model.onnx" mpi_eval "${mpirun[@]}" -np 2 "$bnlab" eval \
+  # inspect: the mini-batches dealt out (4 of 16 over 3 processes: 2, 1, 1), the PreciseBN
+  # reference's shares as one process's ghost groups; every figure of the report within 1e-4
+  for run in "2 32 64" "3 48 48"; do
+    set -- $run
+    common=(--precise-batch "$2" --samples "$3" --threads 1 --json on)
+    expect 0 '"verdict"' "ione_$1" "$bnlab" inspect "$fx/mobilenet_v3_small_w025.onnx" "${in[@]}" \
+      "${common[@]}" --norm-batch 16
+    expect 0 '"verdict"' "impi_$1" "${mpirun[@]}" -np "$1" "$bnlab" inspect \
+      "$fx/mobilenet_v3_small_w025.onnx" "${in[@]}" "${common[@]}"
+    nums() { jq -r '.flagged, (.layers[] | .shift_mean, .shift_max, .logvar_max, .kl_mean, .kl_max, .outside)' "$1"; }
+    w=$(paste <(nums "$dir/ione_$1.log") <(nums "$dir/impi_$1.log") |
+        awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; d /= (s > 1 ? s : 1); if (d > w) w = d} END {print NR ? w + 0 : "none"}')
+    awk -v w="$w" 'BEGIN {exit !(w != "none" && w <= 1e-4)}' ||
+      fail "inspect on $1 processes vs --norm-batch 16: figures differ by $w"
+    echo "inspect on $1 processes vs one: figures within $w"
+  done
+  expect 2 "only train, precise and inspect use" mpi_eval "${mpirun[@]}" -np 2 "$bnlab" eval \
     "$fx/smallcat.onnx" "${in[@]}"
 fi
 [ $failed = 0 ] && echo "cli_onnx: all passed"

@@ -247,6 +247,13 @@ typedef struct {
     int batches;       /* how many mini-batches, default 100 */
     uint64_t seed;
     bl_recipe recipe;  /* default Fashion-MNIST's */
+    int norm_batch;    /* the PreciseBN reference's ghost groups (bl_precise_cfg.plan); 0: none */
+    /* Across processes: the mini-batches of the spread dealt out (batch b to process b mod world)
+     * and their means summed into every process; the PreciseBN reference sharded as bl_precise
+     * shards it (each process normalizes its share of a batch, the moments merged exactly).
+     * Every process gets the whole report. reducer NULL: this process alone. */
+    const bl_reducer *reducer;
+    int rank, world;
 } bl_inspect_cfg;
 
 typedef struct {

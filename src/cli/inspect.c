@@ -64,6 +64,9 @@ int cmd_inspect(int argc, char **argv)
          "mini-batch size for the spread of mini-batch statistics"},
         {"--batches", OPT_INT, &c.batches, 0, 2, 30000, NULL, "mini-batches for that spread"},
         {"--seed", OPT_U64, &c.seed, 0, 0, 9e15, NULL, "seed of the images and augmentation"},
+        {"--norm-batch", OPT_INT, &c.norm_batch, 0, 0, 60000, NULL,
+         "the PreciseBN reference normalizes ghost groups of N images of its batch (0: the whole "
+         "batch; under mpirun each process normalizes its share)"},
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
@@ -81,14 +84,20 @@ int cmd_inspect(int argc, char **argv)
         return 2;
     }
     bl_threads_set(threads);
+    /* under mpirun: the mini-batches dealt out, the PreciseBN reference sharded (bl_inspect);
+     * rank 0 speaks */
+    cli_dist dist;
+    if (cli_dist_init(&dist, "inspect")) return 1;
+    if (dist.world > 1) c.reducer = &dist.red, c.rank = dist.rank, c.world = dist.world;
     bl_net net;
     bl_ckpt_info info;
     const int mb = c.batch > c.precise_batch ? c.batch : c.precise_batch;
-    if ((rc = cli_open_checkpoint("inspect", pos[0], mb, &fo, opts, n, &net, &info))) return rc;
+    if ((rc = cli_open_checkpoint("inspect", pos[0], mb, &fo, opts, n, &net, &info)))
+        return cli_dist_free(&dist), rc;
     c.recipe = info.recipe;
     bl_dataset train;
     if (cli_load_fmnist("inspect", data_dir, "train", &train)) {
-        bl_net_free(&net), bl_ckpt_info_free(&info);
+        bl_net_free(&net), bl_ckpt_info_free(&info), cli_dist_free(&dist);
         return 1;
     }
     static bl_inspect_report r;
@@ -103,6 +112,7 @@ int cmd_inspect(int argc, char **argv)
     }
     bl_dataset_free(&train);
     bl_net_free(&net), bl_ckpt_info_free(&info);
+    cli_dist_free(&dist);
     return rc ? 1 : 0;
 #else
     (void)argc, (void)argv;

@@ -96,15 +96,15 @@ int main(int argc, char **argv)
         );
         return 0;
     }
-    /* only train, and precise on an ONNX model, spread over processes: W copies of another
-     * command would each do all of it and write the same files */
+    /* only train, precise and inspect spread over processes: W copies of another command would
+     * each do all of it and write the same files */
     int rank;
-    const int spreads = !strcmp(argv[1], "train") ||
-                        (!strcmp(argv[1], "precise") && cli_is_onnx(argc - 1, argv + 1));
+    const int spreads = !strcmp(argv[1], "train") || !strcmp(argv[1], "precise") ||
+                        !strcmp(argv[1], "inspect");
     if (!spreads && bl_pg_launched(&rank) > 1) {
         if (rank == 0)
-            fprintf(stderr, "bnlab %s: runs in one process; under mpirun only train and precise "
-                    "of a model.onnx use the processes: run it without mpirun\n", argv[1]);
+            fprintf(stderr, "bnlab %s: runs in one process; under mpirun only train, precise and "
+                    "inspect use the processes: run it without mpirun\n", argv[1]);
         return 2;
     }
     if (!strcmp(argv[1], "demo")) return cmd_demo(argc - 1, argv + 1);

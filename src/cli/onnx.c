@@ -438,6 +438,9 @@ static int health(const bl_net *net, int json, int *dead_total)
     return bad_layers;
 }
 
+static int onnx_inspect_run(const char *model, const onnx_data *op, bl_inspect_cfg *cp,
+                            cli_dist *dist, const cli_opt *opts, int n);
+
 static int onnx_inspect(int argc, char **argv)
 {
     onnx_data o;
@@ -450,6 +453,9 @@ static int onnx_inspect(int argc, char **argv)
         {"--batches", OPT_INT, &c.batches, 0, 0, 1e6, NULL,
          "mini-batches for the spread (0: as many as the data holds, at most 100)"},
         {"--seed", OPT_U64, &c.seed, 0, 0, 9e15, NULL, "seed"},
+        {"--norm-batch", OPT_INT, &c.norm_batch, 0, 0, 65536, NULL,
+         "the PreciseBN reference normalizes ghost groups of N images of its batch (0: the whole "
+         "--precise-batch; under mpirun each process normalizes its share)"},
         ONNX_DATA_OPTS(&o),
     };
     const int n = sizeof opts / sizeof *opts;
@@ -459,6 +465,23 @@ static int onnx_inspect(int argc, char **argv)
     if (rc) return rc == 1 ? 0 : 2;
     if (np != 1) return fprintf(stderr, "bnlab inspect: which model?\n"), 2;
     bl_threads_set(o.threads);
+    /* under mpirun: the mini-batches dealt out and the PreciseBN reference sharded, merged
+     * exactly (bl_inspect); rank 0 speaks */
+    cli_dist dist;
+    if (cli_dist_init(&dist, "inspect")) return 1;
+    rc = onnx_inspect_run(pos[0], &o, &c, &dist, opts, n);
+    cli_dist_free(&dist);
+    return rc;
+}
+
+static int onnx_inspect_run(const char *model, const onnx_data *op, bl_inspect_cfg *cp,
+                            cli_dist *dist, const cli_opt *opts, int n)
+{
+    const onnx_data o = *op;
+    bl_inspect_cfg c = *cp;
+    const char *pos[1] = {model};
+    int rc;
+    if (dist->world > 1) c.reducer = &dist->red, c.rank = dist->rank, c.world = dist->world;
     bl_onnx *m = NULL;
     bl_dataset d;
     if ((rc = open_all("inspect", pos[0], &o, &m, &d, &c.recipe)))

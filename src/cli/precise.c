@@ -64,18 +64,24 @@ int cmd_precise(int argc, char **argv)
         return 2;
     }
     bl_threads_set(threads);
+    /* under mpirun: each batch split into the processes' shares, the moments merged exactly in
+     * rank order (bl_precise), the test split sharded; rank 0 speaks and writes */
+    cli_dist dist;
+    if (cli_dist_init(&dist, "precise")) return 1;
+    const bl_shard shard = {dist.rank, dist.world, &dist.red};
+    if (dist.world > 1) c.reducer = &dist.red, c.rank = dist.rank, c.world = dist.world;
     const int eval_batch = 256; /* activations are ~4 MB per image (resnet20) */
     bl_net net;
     bl_ckpt_info info;
     if ((rc = cli_open_checkpoint("precise", pos[0], c.batch > eval_batch ? c.batch : eval_batch,
                                   &fo, opts, n, &net, &info)))
-        return rc;
+        return cli_dist_free(&dist), rc;
     c.recipe = info.recipe;
     const bl_family *fam = bl_net_model(&net)->family;
     if (c.plan.head_bn_images && !(fam->plan_uses & BL_PLAN_HEAD_BN_IMAGES)) {
         fprintf(stderr, "bnlab precise: --head-bn-images applies to a head that normalizes its own "
                 "groups (resnetN-crops); %s is a %s\n", pos[0], bl_net_arch(&net));
-        bl_net_free(&net), bl_ckpt_info_free(&info);
+        bl_net_free(&net), bl_ckpt_info_free(&info), cli_dist_free(&dist);
         return 2;
     }
     /* keep the optimizer state too when there is one, so the output can still be trained on */
@@ -84,7 +90,7 @@ int cmd_precise(int argc, char **argv)
     if (cli_load_fmnist("precise", data_dir, "train", &train) ||
         (evaluate && cli_load_fmnist("precise", data_dir, "test", &test))) {
         bl_dataset_free(&train);
-        bl_net_free(&net), bl_ckpt_info_free(&info);
+        bl_net_free(&net), bl_ckpt_info_free(&info), cli_dist_free(&dist);
         return 1;
     }
     bl_eval_result before = {.err = -1}, after = {.err = -1};
@@ -92,7 +98,9 @@ int cmd_precise(int argc, char **argv)
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
     double t0 = 0, secs = 0;
     if (!json) c.progress = isatty(2) ? progress : NULL;
-    rc = evaluate ? bl_evaluate(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &before) : BL_OK;
+    rc = evaluate ? bl_evaluate_shard(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &shard,
+                                      &before)
+                  : BL_OK;
     if (rc == BL_ERR_STATE && bl_net_levels_check(&net)) {
         /* the per-level statistics this run estimates are not in the file: no "before" */
         if (!json) printf("note: no error before (%s)\n", bl_error());
@@ -100,12 +108,13 @@ int cmd_precise(int argc, char **argv)
         before.err = -1, rc = BL_OK;
     }
     if (!rc) t0 = cli_now(), rc = bl_precise(&net, &train, &c, &r), secs = cli_now() - t0;
-    if (!rc && evaluate) rc = bl_evaluate(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &after);
+    if (!rc && evaluate)
+        rc = bl_evaluate_shard(&net, &test, &c.recipe, BL_BN_POPULATION, 0, 0, 0, &shard, &after);
     if (!rc) {
         char *rec = bl_precise_record(&c, &r, &net);
         rc = rec ? BL_OK : BL_ERR_NOMEM;
         bl_ckpt_info_set(&info.precise, rec);
-        if (!rc) rc = bl_checkpoint_save(&net, out, &info);
+        if (!rc && dist.rank == 0) rc = bl_checkpoint_save(&net, out, &info);
     }
     if (rc) {
         cli_error("precise", opts, n);
@@ -144,6 +153,7 @@ int cmd_precise(int argc, char **argv)
     bl_dataset_free(&train);
     if (evaluate) bl_dataset_free(&test);
     bl_net_free(&net), bl_ckpt_info_free(&info);
+    cli_dist_free(&dist);
     return rc ? 1 : 0;
 #else
     (void)argc, (void)argv;

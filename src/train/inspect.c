@@ -47,6 +47,9 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
     if ((long)c->batch * c->batches > d->n)
         return bl_fail(BL_ERR_ARG, "inspect: %d mini-batches of %d need %ld images, the split has "
                        "%d", c->batches, c->batch, (long)c->batch * c->batches, d->n);
+    const int world = c->reducer && c->world > 1 ? c->world : 1, rank = world > 1 ? c->rank : 0;
+    if (world > 1 && (rank < 0 || rank >= world))
+        return bl_fail(BL_ERR_ARG, "inspect: rank %d of %d", rank, world);
     memset(r, 0, sizeof *r);
     r->layers = K;
     int maxc = 0;
@@ -58,7 +61,8 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
     if (st) return st;
     const size_t kc = (size_t)K * maxc;
     double *smu = bl_malloc(sizeof(double) * kc * 2), *svar = smu ? smu + kc : NULL;
-    double *bm = bl_malloc(sizeof(double) * kc * c->batches), *tmp = bl_malloc(sizeof(double) * c->batches);
+    /* zeroed: under processes each fills its own batches' columns and the sum is exact */
+    double *bm = bl_callocn(kc * c->batches, sizeof(double)), *tmp = bl_malloc(sizeof(double) * c->batches);
     int *idx = bl_malloc(sizeof(int) * (size_t)d->n);
     float *x = bl_alloc((size_t)c->batch * bl_dataset_sample(d) * sizeof(float));
     uint8_t *y = bl_malloc((size_t)c->batch);
@@ -74,7 +78,7 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
     /* the spread of mini-batch means: the model in training mode on `batches` disjoint batches */
     bl_epoch_order(d->n, c->seed, BL_STREAM_INSPECT, idx);
     const bl_augment aug = {c->seed, BL_STREAM_INSPECT};
-    for (int b = 0; b < c->batches && !st; b++) {
+    for (int b = rank; b < c->batches && !st; b += world) {
         const int *ids = idx + (size_t)b * c->batch;
         bl_dataset_batch(d, &c->recipe, ids, c->batch, &aug, x, y);
         /* each batch normalized as one group (the spread of whole-batch statistics) */
@@ -91,11 +95,22 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
                 bm[((size_t)k * maxc + ch) * c->batches + b] = bn->batch.mean[ch];
         }
     }
+    if (world > 1) {
+        /* a process that failed says so before the sum, so none waits in it */
+        double failed[1] = {st != BL_OK};
+        bl_status sr = c->reducer->sum(c->reducer->ctx, failed, 1);
+        if (!st && sr) st = sr;
+        else if (!st && failed[0] > 0)
+            st = bl_fail(BL_ERR_STATE, "inspect: the mini-batches failed on another process");
+        if (!st) st = c->reducer->sum(c->reducer->ctx, bm, kc * c->batches);
+    }
     if (st) goto out;
     bl_precise_cfg pc;
     bl_precise_defaults(&pc);
     pc.samples = c->samples, pc.batch = c->precise_batch, pc.seed = c->seed;
     pc.recipe = c->recipe;
+    pc.plan.norm_batch = c->norm_batch;
+    if (world > 1) pc.reducer = c->reducer, pc.rank = rank, pc.world = world;
     bl_precise_report pr;
     if ((st = bl_precise(net, d, &pc, &pr))) goto out;
     r->worst_se = pr.worst_se;
