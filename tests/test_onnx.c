@@ -193,6 +193,64 @@ static void write_back(const char *name, const bl_onnx *m, const bl_net *est)
     remove(out), remove(sf);
 }
 
+static uint8_t *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = len >= 0 ? malloc((size_t)len + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) free(buf), buf = NULL;
+    fclose(f);
+    *n = buf ? (size_t)len : 0;
+    return buf;
+}
+
+/* Where the statistics are each BN's own float32 raw data, the file's bytes are kept: the model
+ * written back with its own statistics is the input byte for byte plus one metadata_props entry
+ * at the end (encoded here by hand), and writing that output again replaces the entry instead of
+ * adding a second. `in_place` 0: a model that must be repacked (shared statistics). */
+static void splice_check(const char *name, const bl_onnx *m, int in_place)
+{
+    bl_net net;
+    bl_status st = bl_onnx_build(m, 4, &net);
+    CHECK(st == BL_OK, "%s: build: %s", name, bl_error());
+    if (st) return;
+    char o1[] = "/tmp/bnlab_splice1_XXXXXX", o2[] = "/tmp/bnlab_splice2_XXXXXX";
+    close(mkstemp(o1)), close(mkstemp(o2));
+    int split = 0;
+    size_t n0 = 0, n1 = 0, n2 = 0;
+    uint8_t *b0 = slurp(bl_onnx_path(m), &n0), *b1 = NULL, *b2 = NULL;
+    st = bl_onnx_save(m, &net, o1, "{\"run\":1}", &split);
+    CHECK(st == BL_OK && b0, "%s: save: %s", name, bl_error());
+    bl_net_free(&net);
+    bl_onnx *back = NULL;
+    if (!st) st = bl_onnx_load(o1, &back);
+    if (!st) st = bl_onnx_build(back, 4, &net);
+    if (!st) st = bl_onnx_save(back, &net, o2, "{\"run\":22}", &split), bl_net_free(&net);
+    CHECK(st == BL_OK, "%s: written again: %s", name, bl_error());
+    if (!st) b1 = slurp(o1, &n1), b2 = slurp(o2, &n2);
+    if (b0 && b1 && b2) {
+        const char *rec = "{\"run\":22}";
+        const size_t rl = strlen(rec), el = 2 + 5 + 2 + rl;
+        uint8_t tail[64] = {0x72, (uint8_t)el, 0x0a, 5, 'b', 'n', 'l', 'a', 'b', 0x12, (uint8_t)rl};
+        memcpy(tail + 11, rec, rl);
+        const int kept1 = n1 > n0 && !memcmp(b0, b1, n0);
+        const int kept2 = n2 == n0 + 2 + el && !memcmp(b0, b2, n0) && !memcmp(b2 + n0, tail, 2 + el);
+        if (in_place)
+            CHECK(kept1 && kept2, "%s: not spliced in place (%zu -> %zu -> %zu bytes, kept %d %d)",
+                  name, n0, n1, n2, kept1, kept2);
+        else
+            CHECK(!kept1, "%s: shared statistics, yet the file's bytes were kept", name);
+        printf("%s: written back %s: %zu -> %zu bytes, again %zu\n", name,
+               kept1 && kept2 ? "in place, the file's bytes kept" : "repacked", n0, n1, n2);
+    }
+    free(b0), free(b1), free(b2);
+    bl_onnx_free(back);
+    remove(o1), remove(o2);
+}
+
 /* PreciseBN of the ONNX net over the shared input in file order, batches of 16, against
  * PyTorch's pooled (or layer-by-layer) statistics: per channel |mean difference| / sd and
  * |variance difference| / variance, the worst over every BN layer. */
@@ -326,6 +384,7 @@ static void model(const char *name, const char *refname)
         free(want), free(got), free(plain);
         bl_net_free(&net);
         const char *pr = bl_st_meta(&ref, "precise");
+        if (bl_onnx_bn_count(m)) splice_check(name, m, strcmp(name, "plain_identity") != 0);
         if ((!pr || strcmp(pr, "0")) && bl_onnx_bn_count(m)) { /* crafted graphs: outputs only */
             precise_vs_torch(name, m, &ref, 0);
             precise_vs_torch(name, m, &ref, 1);

@@ -42,6 +42,23 @@ static bl_status need_const(ox_build *b, ox_value *v, const char *what)
     return BL_OK;
 }
 
+/* Indices, shapes and pads must be integers, as ONNX types them: a float constant there is
+ * refused (and no float is ever converted to an integer out of its range). */
+static bl_status need_ints(ox_build *b, ox_value *v, const char *what)
+{
+    bl_status st = need_const(b, v, what);
+    if (!st && !v->k.is_int)
+        return ox_fail(b, BL_ERR_FORMAT, "%s '%s' holds floats: ONNX types it int64", what, v->name);
+    return st;
+}
+
+/* a double as int64, saturating: ONNX leaves a Cast of a NaN or out-of-range float undefined,
+ * and C's conversion would be undefined behaviour */
+static int64_t sat_i64(double v)
+{
+    return v != v ? 0 : v >= 9.2e18 ? INT64_MAX : v <= -9.2e18 ? INT64_MIN : (int64_t)v;
+}
+
 /* an axis in [-rank, rank) to [0, rank) */
 static bl_status norm_axis(ox_build *b, int64_t a, int rank, int *out)
 {
@@ -161,7 +178,7 @@ static bl_status op_cast(ox_build *b)
         const double v = cget(&x->k, k);
         if (to_float) c.f[k] = (float)v;
         else if (to == ONNX__TENSOR_PROTO__DATA_TYPE__BOOL) c.i[k] = v != 0;
-        else c.i[k] = (int64_t)v;
+        else c.i[k] = sat_i64(v);
     }
     return ox_def_const(b, 0, &c);
 }
@@ -173,7 +190,7 @@ static bl_status op_gather(ox_build *b)
     bl_status st = ox_input(b, 0, 0, &x);
     if (!st) st = ox_input(b, 1, 0, &ix);
     if (!st) st = need_const(b, x, "Gather's data");
-    if (!st) st = need_const(b, ix, "Gather's indices");
+    if (!st) st = need_ints(b, ix, "Gather's indices");
     if (st) return st;
     int axis;
     if ((st = norm_axis(b, ox_attr_int(b->nd, "axis", 0), x->k.rank > 0 ? x->k.rank : 1, &axis)))
@@ -193,7 +210,7 @@ static bl_status op_gather(ox_build *b)
     size_t o = 0;
     for (int64_t p = 0; p < outer; p++)
         for (size_t q = 0; q < ix->k.count; q++) {
-            int64_t i = (int64_t)cget(&ix->k, q);
+            int64_t i = ix->k.i[q];
             if (i < 0) i += dim;
             if (i < 0 || i >= dim) {
                 ox_const_free(&c);
@@ -216,9 +233,9 @@ static bl_status ints_of(ox_build *b, int k, const char *attr, int64_t *v, int m
     bl_status st = ox_input(b, k, 1, &x);
     if (st) return st;
     if (x) {
-        if ((st = need_const(b, x, attr))) return st;
+        if ((st = need_ints(b, x, attr))) return st;
         if (x->k.count > (size_t)max) return ox_fail(b, BL_ERR_FORMAT, "%s: too many values", attr);
-        for (size_t q = 0; q < x->k.count; q++) v[q] = (int64_t)cget(&x->k, q);
+        for (size_t q = 0; q < x->k.count; q++) v[q] = x->k.i[q];
         *n = (int)x->k.count;
         return BL_OK;
     }
@@ -322,7 +339,7 @@ static bl_status op_reshape(ox_build *b)
     ox_value *x, *sh;
     bl_status st = ox_input(b, 0, 0, &x);
     if (!st) st = ox_input(b, 1, 0, &sh);
-    if (!st) st = need_const(b, sh, "Reshape's shape");
+    if (!st) st = need_ints(b, sh, "Reshape's shape");
     if (st) return st;
     const int r = (int)sh->k.count;
     if (r < 1 || r > OX_MAX_RANK) return ox_fail(b, BL_ERR_FORMAT, "a shape of %d dimensions", r);
@@ -332,7 +349,7 @@ static bl_status op_reshape(ox_build *b)
     int64_t d[OX_MAX_RANK];
     int infer = -1;
     for (int k = 0; k < r; k++) {
-        d[k] = (int64_t)cget(&sh->k, (size_t)k);
+        d[k] = sh->k.i[k];
         if (d[k] == 0 && !allowzero) {
             if (k >= xr) return ox_fail(b, BL_ERR_FORMAT, "dimension %d copies a missing one", k);
             d[k] = xd[k];

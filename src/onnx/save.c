@@ -1,6 +1,7 @@
 /* Results back to the user: the ONNX model with the net's BN statistics written into it, and the
- * statistics alone as safetensors under the initializers' names. The model is parsed again from
- * the loaded file's bytes, only the running mean and variance tensors of BatchNormalization nodes
+ * statistics alone as safetensors under the initializers' names. Where every statistic is its own
+ * node's float32 raw data, the file's bytes are kept and those bytes overwritten (splice.c).
+ * Otherwise the model is parsed again from the loaded file's bytes, only the running mean and variance tensors of BatchNormalization nodes
  * change (a statistic another node also reads, or one behind an Identity, is split off into an
  * initializer of its own and that BN node repointed), a metadata_props entry "bnlab" records the
  * run, and the result is packed and written atomically. */

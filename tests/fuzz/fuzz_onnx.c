@@ -1,6 +1,6 @@
 /* libFuzzer target: an ONNX model through the loader and the graph builder, then one inference of
- * zeros when it builds. Input: the model's bytes. A symbolic input gets (C, H, W) from the first
- * input byte's bits (1-3 channels, 4-19 pixels a side), so shape-dependent paths are reached. */
+ * zeros and the statistics written back (which must load again) when it builds. Input: the
+ * model's bytes. A symbolic input gets (C, H, W) from the first input byte's bits (1-3 channels, 4-19 pixels a side), so shape-dependent paths are reached. */
 #include "bnlab/bnlab.h"
 #include "fuzz_util.h"
 
@@ -25,6 +25,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             float *x = calloc((size_t)2 * c * h * w, sizeof(float));
             if (x) bl_net_infer(&net, x, 2);
             free(x);
+            /* the statistics written back (spliced in place or repacked): what is written must
+             * load again */
+            char out[256];
+            fuzz_path(out, sizeof out, "out.onnx");
+            int split;
+            if (!bl_onnx_save(m, &net, out, "{\"fuzz\":1}", &split)) {
+                bl_onnx *back = NULL;
+                if (bl_onnx_load(out, &back)) {
+                    fprintf(stderr, "fuzz_onnx: the written model does not load: %s\n", bl_error());
+                    abort();
+                }
+                bl_onnx_free(back);
+                unlink(out);
+            }
             bl_net_free(&net);
         }
         bl_onnx_free(m);
