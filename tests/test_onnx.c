@@ -396,6 +396,49 @@ static void model(const char *name, const char *refname)
 }
 
 /* bad files: each refused with the thing named */
+/* prepends n bytes to buf[*pos, ...) */
+static void prepend(uint8_t *buf, size_t *pos, const void *b, size_t n)
+{
+    *pos -= n;
+    memcpy(buf + *pos, b, n);
+}
+
+/* prepends the key and length of field `num` (< 16) whose payload is buf[*pos, end) */
+static void prepend_len(uint8_t *buf, size_t *pos, unsigned num, size_t end)
+{
+    uint8_t v[12];
+    size_t n = 0, len = end - *pos;
+    v[n++] = (uint8_t)(num << 3 | 2);
+    for (; len >= 0x80; len >>= 7) v[n++] = (uint8_t)(len | 0x80);
+    v[n++] = (uint8_t)len;
+    prepend(buf, pos, v, n);
+}
+
+/* A model whose graph holds an If node whose attribute holds a graph with an If node ... `depth`
+ * graphs deep, written backwards so each length is known (every message ends at the buffer's
+ * end). protobuf-c alone would recurse once per level, without a limit. */
+static void nested_graphs(const char *path, int depth)
+{
+    const size_t cap = (size_t)depth * 24 + 64;
+    uint8_t *buf = malloc(cap);
+    size_t pos = cap;
+    static const uint8_t attr_head[] = {0x0a, 1, 'g', 0xa0, 0x01, 5}; /* name "g", type GRAPH */
+    static const uint8_t node_head[] = {0x22, 2, 'I', 'f'};           /* op_type "If" */
+    static const uint8_t model_head[] = {0x08, 7, 0x42, 4, 0x0a, 0, 0x10, 13}; /* IR 7, opset 13 */
+    for (int k = 0; k < depth; k++) {
+        prepend_len(buf, &pos, 6, cap); /* AttributeProto.g */
+        prepend(buf, &pos, attr_head, sizeof attr_head);
+        prepend_len(buf, &pos, 5, cap); /* NodeProto.attribute */
+        prepend(buf, &pos, node_head, sizeof node_head);
+        prepend_len(buf, &pos, 1, cap); /* GraphProto.node */
+    }
+    prepend_len(buf, &pos, 7, cap); /* ModelProto.graph */
+    prepend(buf, &pos, model_head, sizeof model_head);
+    FILE *f = fopen(path, "wb");
+    if (f) fwrite(buf + pos, 1, cap - pos, f), fclose(f);
+    free(buf);
+}
+
 static void refusals(void)
 {
     char path[] = "/tmp/bnlab_onnx_XXXXXX";
@@ -423,6 +466,19 @@ static void refusals(void)
     if (in) fclose(in);
     fclose(f);
     CHECK(bl_onnx_load(path, &m) == BL_ERR_FORMAT, "truncated: %s", bl_error());
+    /* graphs nested 5000 deep (once a stack overflow in protobuf-c) are refused before parsing;
+     * 20 deep (61 messages) parse and fail on the If node */
+    nested_graphs(path, 5000);
+    CHECK(bl_onnx_load(path, &m) == BL_ERR_FORMAT && strstr(bl_error(), "nested more than 64"),
+          "nested 5000 deep: %s", bl_error());
+    nested_graphs(path, 20);
+    bl_status nst = bl_onnx_load(path, &m);
+    CHECK(nst == BL_OK || !strstr(bl_error(), "nested"), "nested 20 deep: %s", bl_error());
+    if (!nst) {
+        bl_net nn;
+        CHECK(bl_onnx_build(m, 1, &nn) != BL_OK, "a graph of If nodes builds");
+        bl_onnx_free(m);
+    }
     remove(path);
     CHECK(bl_onnx_load("/nonexistent/model.onnx", &m) == BL_ERR_IO &&
               strstr(bl_error(), "cannot open"), "missing: %s", bl_error());

@@ -3,6 +3,7 @@
  * input, every tensor's data against its dims. */
 #define _POSIX_C_SOURCE 200809L
 #include "onnx/onnx_impl.h"
+#include "onnx/wire.h"
 
 #include <errno.h>
 #include <math.h>
@@ -117,6 +118,12 @@ bl_status bl_onnx_load(const char *path, bl_onnx **out)
         return bl_fail(BL_ERR_NOMEM, "%s: out of memory", path);
     }
     bl_status rc = read_file(path, &m->file, &m->size);
+    /* protobuf-c recurses into nested messages without a limit: a file of graphs in graphs
+     * (100 KB of them) would overflow the stack */
+    const int depth = rc ? 0 : ox_wire_depth(m->file, m->size, OX_MAX_NESTING);
+    if (depth > OX_MAX_NESTING)
+        rc = bl_fail(BL_ERR_FORMAT, "%s: messages nested more than %d deep (graphs within graphs, "
+                     "or types within types): a corrupt or hostile file", path, OX_MAX_NESTING);
     if (!rc) {
         m->model = onnx__model_proto__unpack(&ox_pb_allocator, m->size, m->file);
         if (!m->model)

@@ -9,6 +9,9 @@
 #include "onnx.pb-c.h"
 
 #define OX_MAX_RANK 8
+/* how deeply messages may nest: a graph in a node's attribute is 3 levels below its graph (node,
+ * attribute, graph), so 64 allows 20 graphs within graphs; a real model's control flow is a few */
+#define OX_MAX_NESTING 64
 /* The batch in folded shape arithmetic (Shape of a runtime tensor): a Reshape target whose first
  * value is this keeps the batch. Any other arithmetic on it is refused. */
 #define OX_BATCH ((int64_t)-(1LL << 40))

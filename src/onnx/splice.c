@@ -9,77 +9,14 @@
 
 #include "bnlab/train.h"
 #include "onnx/onnx_impl.h"
+#include "onnx/wire.h"
 
 #define OX_META_KEY "bnlab"
 #define MAX_TARGETS 2048
 
-/* one field of a message: its number, wire type, where it starts and ends, and for a
- * length-delimited one where its payload starts and how long it is */
-typedef struct {
-    uint32_t num;
-    int wt;
-    size_t start, end, pay, plen;
-} wire_field;
-
-static int varint(const uint8_t *p, size_t end, size_t *i, uint64_t *v)
-{
-    *v = 0;
-    for (int s = 0; s < 64 && *i < end; s += 7) {
-        const uint8_t b = p[(*i)++];
-        *v |= (uint64_t)(b & 0x7f) << s;
-        if (!(b & 0x80)) return 1;
-    }
-    return 0;
-}
-
-/* the field at *i (before end), *i moved past it; 0 on anything malformed or a group */
-static int next_field(const uint8_t *p, size_t end, size_t *i, wire_field *f)
-{
-    uint64_t key, v;
-    f->start = *i;
-    if (!varint(p, end, i, &key) || key >> 3 == 0 || key >> 3 > UINT32_MAX) return 0;
-    f->num = (uint32_t)(key >> 3), f->wt = (int)(key & 7);
-    f->pay = f->plen = 0;
-    switch (f->wt) {
-    case 0:
-        if (!varint(p, end, i, &v)) return 0;
-        break;
-    case 1:
-    case 5: {
-        const size_t w = f->wt == 1 ? 8 : 4;
-        if (end - *i < w) return 0;
-        *i += w;
-        break;
-    }
-    case 2:
-        if (!varint(p, end, i, &v) || v > end - *i) return 0;
-        f->pay = *i, f->plen = (size_t)v;
-        *i += (size_t)v;
-        break;
-    default:
-        return 0;
-    }
-    f->end = *i;
-    return 1;
-}
-
-static int str_is(const uint8_t *p, const wire_field *f, const char *s)
+static int str_is(const uint8_t *p, const ox_wire_field *f, const char *s)
 {
     return f->wt == 2 && f->plen == strlen(s) && !memcmp(p + f->pay, s, f->plen);
-}
-
-static size_t varint_len(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) v >>= 7, n++;
-    return n;
-}
-
-static uint8_t *put_varint(uint8_t *o, uint64_t v)
-{
-    while (v >= 0x80) *o++ = (uint8_t)(v | 0x80), v >>= 7;
-    *o++ = (uint8_t)v;
-    return o;
 }
 
 /* one BN statistic to write: the initializer's name, the net's values, where its raw data is */
@@ -131,19 +68,19 @@ static int collect(const bl_onnx *m, const bl_net *net, target *t, int *nt)
 }
 
 /* Each target's raw data in the graph's initializers; 0 unless each is found exactly once. */
-static int locate(const uint8_t *p, const wire_field *graph, target *t, int nt)
+static int locate(const uint8_t *p, const ox_wire_field *graph, target *t, int nt)
 {
     size_t i = graph->pay;
     const size_t end = graph->pay + graph->plen;
-    wire_field f;
+    ox_wire_field f;
     while (i < end) {
-        if (!next_field(p, end, &i, &f)) return 0;
+        if (!ox_wire_next(p, end, &i, &f)) return 0;
         if (f.num != 5 || f.wt != 2) continue; /* GraphProto.initializer */
         size_t j = f.pay, name_at = 0, name_len = 0, raw_at = 0, raw_len = 0;
         int names = 0, raws = 0;
-        wire_field e;
+        ox_wire_field e;
         while (j < f.pay + f.plen) {
-            if (!next_field(p, f.pay + f.plen, &j, &e)) return 0;
+            if (!ox_wire_next(p, f.pay + f.plen, &j, &e)) return 0;
             if (e.num == 8 && e.wt == 2) names++, name_at = e.pay, name_len = e.plen;
             if (e.num == 9 && e.wt == 2) raws++, raw_at = e.pay, raw_len = e.plen;
         }
@@ -171,18 +108,18 @@ bl_status ox_splice(const bl_onnx *m, const bl_net *net, const char *record, uin
     const uint8_t *p = m->file;
     size_t i = 0, cut = 0;
     int graphs = 0;
-    wire_field f, graph = {0};
+    ox_wire_field f, graph = {0};
     size_t drop[16][2];
     int nd = 0;
     while (i < m->size) {
-        if (!next_field(p, m->size, &i, &f)) return free(t), BL_OK;
+        if (!ox_wire_next(p, m->size, &i, &f)) return free(t), BL_OK;
         if (f.num == 7 && f.wt == 2) graphs++, graph = f;
         if (f.num == 14 && f.wt == 2 && record) { /* ModelProto.metadata_props */
             size_t j = f.pay;
-            wire_field e;
+            ox_wire_field e;
             int ours = 0;
             while (j < f.pay + f.plen)
-                if (!next_field(p, f.pay + f.plen, &j, &e)) return free(t), BL_OK;
+                if (!ox_wire_next(p, f.pay + f.plen, &j, &e)) return free(t), BL_OK;
                 else if (e.num == 1) ours = str_is(p, &e, OX_META_KEY);
             if (ours && nd == 16) return free(t), BL_OK;
             if (ours) drop[nd][0] = f.start, drop[nd][1] = f.end, cut += f.end - f.start, nd++;
@@ -191,8 +128,8 @@ bl_status ox_splice(const bl_onnx *m, const bl_net *net, const char *record, uin
     if (graphs != 1 || !locate(p, &graph, t, nt)) return free(t), BL_OK;
     /* the new entry: key 1 "bnlab", value 2 record */
     const size_t kl = strlen(OX_META_KEY), vl = record ? strlen(record) : 0;
-    const size_t entry = record ? 1 + varint_len(kl) + kl + 1 + varint_len(vl) + vl : 0;
-    const size_t add = record ? 1 + varint_len(entry) + entry : 0;
+    const size_t entry = record ? 1 + ox_wire_varint_len(kl) + kl + 1 + ox_wire_varint_len(vl) + vl : 0;
+    const size_t add = record ? 1 + ox_wire_varint_len(entry) + entry : 0;
     const size_t len = m->size - cut + add;
     uint8_t *buf = bl_malloc(len ? len : 1);
     if (!buf) return free(t), bl_fail(BL_ERR_NOMEM, "out of memory");
@@ -211,12 +148,12 @@ bl_status ox_splice(const bl_onnx *m, const bl_net *net, const char *record, uin
     free(tmp), free(t);
     if (record) {
         *o++ = (14 << 3) | 2;
-        o = put_varint(o, entry);
+        o = ox_wire_put_varint(o, entry);
         *o++ = (1 << 3) | 2;
-        o = put_varint(o, kl);
+        o = ox_wire_put_varint(o, kl);
         memcpy(o, OX_META_KEY, kl), o += kl;
         *o++ = (2 << 3) | 2;
-        o = put_varint(o, vl);
+        o = ox_wire_put_varint(o, vl);
         memcpy(o, record, vl), o += vl;
     }
     *out = buf, *out_len = len;
