@@ -17,6 +17,9 @@ gen_onnx_fixtures.py, in crafted_*.ref.safetensors as "logits"; metadata precise
                    C (1, K), Softmax axis 1
   crafted_opset11  opset 11: auto_pad SAME_UPPER with stride 2, Squeeze/Unsqueeze by attribute,
                    Sigmoid, Concat of three, a Constant node, Reshape to (0, -1), Cast
+  crafted_twoslot  opset 13: one BN reading one initializer as its scale, mean and variance (an
+                   exporter's merge of equal tensors); its reference also holds the pooled
+                   PreciseBN statistics (float64, the 64 inputs) as "pooled_mean" and "pooled_var"
 nanstats.onnx: smallcat (gen_onnx_fixtures.py) with NaN and Inf in one BN's running variance.
 Bad graphs (bad_*.onnx): unsupported op, a cycle, a missing input, a weight of the wrong
 channels, raw data shorter than its dims, external data, NaN in a weight."""
@@ -235,6 +238,35 @@ def main(out):
             t_.CopyFrom(numpy_helper.from_array(v, t_.name))
             break
     onnx.save(m, f"{out}/nanstats.onnx")
+    crafted_twoslot(out, x)
+
+
+def crafted_twoslot(out, x):
+    # a generator of its own, so the graphs above keep their bytes
+    g = np.random.default_rng(22)
+    w = (0.3 * g.standard_normal((6, 3, 3, 3))).astype(np.float32)
+    s = (np.abs(g.standard_normal(6)) + 0.5).astype(np.float32)
+    b = (0.1 * g.standard_normal(6)).astype(np.float32)
+    wl = (0.3 * g.standard_normal((4, 6, 1, 1))).astype(np.float32)
+    n = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "s", "b", "s", "s"], ["y"], epsilon=1e-3),
+         helper.make_node("Relu", ["y"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+         helper.make_node("Conv", ["p", "wl"], ["l"]),
+         helper.make_node("Flatten", ["l"], ["logits"])]
+    m = model(n, [init("w", w), init("s", s), init("b", b), init("wl", wl)], [4], 13)
+    onnx.checker.check_model(m)
+    onnx.save(m, f"{out}/crafted_twoslot.onnx")
+    with torch.no_grad():
+        c = F.conv2d(x, t(w), padding=1)
+        sv = t(s).view(1, -1, 1, 1)
+        y = torch.relu((c - sv) / torch.sqrt(sv + 1e-3) * sv + t(b).view(1, -1, 1, 1))
+        logits = F.conv2d(y.mean((2, 3), keepdim=True), t(wl)).flatten(1)
+        mean, var = c.mean((0, 2, 3)), c.var((0, 2, 3), unbiased=False)
+    save_safetensors(f"{out}/crafted_twoslot.ref.safetensors",
+                     {"logits": logits.float(), "pooled_mean": mean, "pooled_var": var},
+                     {"mean": ",".join(map(str, MEAN)), "std": ",".join(map(str, STD)),
+                      "precise": "0"})
 
 
 if __name__ == "__main__":

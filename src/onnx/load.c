@@ -368,7 +368,12 @@ void ox_bn_names(const bl_onnx *m, int node, char names[4][96])
             if (!o->op_type || strcmp(o->op_type, "BatchNormalization")) continue;
             for (size_t q = 1; q < o->n_input && q < 5; q++) shared |= !strcmp(o->input[q], v);
         }
-        if (shared) snprintf(names[k], 96, "%.80s#%d", v, node);
+        /* one tensor in two slots of this node (scale and variance, say) is two parameters */
+        int again = 0;
+        for (int j = 0; j < k && !again; j++)
+            again = (size_t)j + 1 < n->n_input && !strcmp(n->input[j + 1], v);
+        if (again) snprintf(names[k], 96, "%.80s#%d.%d", v, node, k);
+        else if (shared) snprintf(names[k], 96, "%.80s#%d", v, node);
         else snprintf(names[k], 96, "%s", v);
     }
 }

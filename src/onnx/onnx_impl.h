@@ -55,8 +55,9 @@ bl_status ox_attr_ints(const Onnx__NodeProto *n, const char *name, int64_t *v, i
                        int *count);
 const char *ox_attr_string(const Onnx__NodeProto *n, const char *name, char *buf, size_t len);
 /* The net's parameter names of BatchNormalization node `node`'s scale, bias, mean and var: the
- * names it reads, or NAME#node when an earlier BN node reads the same name (each BN keeps its own
- * statistics; the writer splits shared ones off). */
+ * names it reads, or NAME#node when an earlier BN node reads the same name, or NAME#node.slot when
+ * an earlier slot of this node does (each BN keeps its own statistics; the writer splits shared
+ * ones off). */
 void ox_bn_names(const bl_onnx *m, int node, char names[4][96]);
 /* protobuf-c's allocator through bnlab's */
 extern ProtobufCAllocator ox_pb_allocator;
