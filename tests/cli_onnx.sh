@@ -66,6 +66,18 @@ expect 1 "are unusable (mean 0.264663, var nan): re-estimate" nan_eval "$bnlab" 
 expect 0 "only the BN statistics changed" nan_precise "$bnlab" precise "$fx/nanstats.onnx" "${in[@]}" -o "$dir/mended.onnx"
 expect 0 "outputs in" nan_mended "$bnlab" eval "$dir/mended.onnx" "${in[@]}" --outputs "$dir/m.npy"
 grep -q "NaN" "$dir/nan_mended.log" && fail "the mended model still gives NaN"
+# adapt: the held-out protocol with labels (plain, a prior, online), all images without; online
+# without labels refused, writing nothing
+lab=(--labels "$fx/labels.npy")
+expect 0 "error with target statistics (n = 32)" adapt "$bnlab" adapt "$fx/smallcat.onnx" "${in[@]}" "${lab[@]}" --batch 16
+expect 0 "prior N = 16" adapt_prior "$bnlab" adapt "$fx/smallcat.onnx" "${in[@]}" "${lab[@]}" --batch 16 --prior 16
+expect 0 "online (batches of 8" adapt_online "$bnlab" adapt "$fx/smallcat.onnx" "${in[@]}" "${lab[@]}" --batch 8 --online -o "$dir/online.onnx"
+expect 0 "population statistics" adapt_online_eval "$bnlab" eval "$dir/online.onnx" "${in[@]}"
+expect 0 "from 64 unlabelled images" adapt_nolab "$bnlab" adapt "$fx/smallcat.onnx" "${in[@]}" --prior 8 -o "$dir/adapted.onnx"
+[ -s "$dir/adapted.onnx" ] || fail "adapt -o wrote no model"
+expect 1 "needs labels" adapt_online_nolab "$bnlab" adapt "$fx/smallcat.onnx" "${in[@]}" --online -o "$dir/none.onnx"
+[ -e "$dir/none.onnx" ] && fail "adapt --online without labels wrote a file"
+expect 1 "TrainingMode.PRESERVE" adapt_nobn "$bnlab" adapt "$fx/smallcat_folded.onnx" "${in[@]}" -o "$dir/none.onnx"
 # the outputs of two models' evaluations within 1e-6 (rounding of another merge order)
 close() { # close A.npy B.npy NAME
   local w

@@ -470,6 +470,89 @@ static void two_slots(void)
     remove(out);
 }
 
+static double online_errs[8];
+static int online_batches;
+static void online_stream(void *ctx, long seen, double err)
+{
+    (void)ctx, (void)seen;
+    if (online_batches < 8) online_errs[online_batches] = err;
+    online_batches++;
+}
+
+/* bnlab adapt's formulas on crafted_twoslot against the generator's float64 reference (labels %
+ * 4): the source prior N = 32 mixed with the pool's statistics (the first 32 images), and the
+ * online mode over the other 32 in batches of 8 - its final statistics and the error after each
+ * batch. */
+static void adapt_formulas(void)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/crafted_twoslot.ref.safetensors", dir);
+    bl_safetensors ref;
+    if (bl_st_read(path, &ref)) {
+        CHECK(0, "%s", bl_error());
+        return;
+    }
+    int n = 0, h = 0, w = 0, c = 0;
+    float *x = load_inputs(&ref, &n, &h, &w, &c);
+    snprintf(path, sizeof path, "%s/labels.npy", dir);
+    bl_npy lab;
+    bl_status st = bl_npy_read(path, &lab);
+    CHECK(st == BL_OK && lab.type == BL_NPY_I64 && (int)lab.count == n, "labels.npy: %s", bl_error());
+    uint8_t *y = malloc((size_t)n);
+    for (int i = 0; !st && i < n; i++) y[i] = (uint8_t)(lab.i64[i] % 4);
+    if (!st) bl_npy_free(&lab);
+    snprintf(path, sizeof path, "%s/crafted_twoslot.onnx", dir);
+    bl_onnx *m = NULL;
+    if (!st) st = bl_onnx_load(path, &m);
+    bl_dataset d = {0};
+    d.n = n, d.h = h, d.w = w, d.c = c, d.values = x, d.labels = y;
+    bl_adapt_cfg cfg;
+    bl_adapt_defaults(&cfg);
+    cfg.recipe.channels = c, cfg.recipe.pad = 0, cfg.recipe.flip = 0;
+    for (int k = 0; k < 3; k++) cfg.recipe.mean[k] = 0, cfg.recipe.std[k] = 1;
+    cfg.prior = 32;
+    static const char *names[2][3] = {{"prior_mean", "prior_var", "prior"},
+                                      {"online_mean", "online_var", "online"}};
+    for (int mode = 0; mode < 2 && !st; mode++) {
+        bl_net net;
+        if ((st = bl_onnx_build(m, 32, &net))) break;
+        cfg.online = mode;
+        cfg.samples = 32, cfg.batch = mode ? 8 : 32;
+        cfg.stream = mode ? online_stream : NULL;
+        online_batches = 0;
+        static bl_adapt_report r;
+        st = bl_adapt(&net, &d, &cfg, 1, &r);
+        CHECK(st == BL_OK, "adapt %s: %s", names[mode][2], bl_error());
+        float *mu = st_get(&ref, names[mode][0], 6), *var = st_get(&ref, names[mode][1], 6);
+        const bl_bn *bn = bl_net_bn_at(&net, 0);
+        double wm = 0, wv = 0;
+        for (int ch = 0; !st && ch < 6; ch++) {
+            wm = fmax(wm, fabs(bn->pop_mean[ch] - mu[ch]) / sqrt(var[ch]));
+            wv = fmax(wv, fabs(bn->pop_var[ch] - var[ch]) / var[ch]);
+        }
+        CHECK(!st && wm <= 1e-5 && wv <= 1e-5, "adapt %s vs float64: mean %.3g sd, var %.3g",
+              names[mode][2], wm, wv);
+        if (mode) {
+            float *errs = st_get(&ref, "online_err", 4);
+            int same = online_batches == 4;
+            for (int b = 0; same && b < 4; b++) same = fabs(online_errs[b] - errs[b]) < 1e-4; /* float32 of the reference */
+            CHECK(same && fabs(r.err_online - errs[3]) < 1e-4,
+                  "adapt online: %d batches, errors %.2f %.2f %.2f %.2f, reference %.2f %.2f "
+                  "%.2f %.2f", online_batches, online_errs[0], online_errs[1], online_errs[2],
+                  online_errs[3], errs[0], errs[1], errs[2], errs[3]);
+            free(errs);
+        }
+        printf("adapt %s: statistics within %.2g sd and %.2g of the float64 formulas%s\n",
+               names[mode][2], wm, wv, mode ? ", the stream's errors equal" : "");
+        free(mu), free(var);
+        bl_net_free(&net);
+    }
+    CHECK(st == BL_OK, "adapt formulas: %s", bl_error());
+    bl_onnx_free(m);
+    free(x), free(y);
+    bl_st_free(&ref);
+}
+
 /* bad files: each refused with the thing named */
 /* prepends n bytes to buf[*pos, ...) */
 static void prepend(uint8_t *buf, size_t *pos, const void *b, size_t n)
@@ -598,6 +681,7 @@ int main(int argc, char **argv)
     for (size_t k = 0; k < sizeof models / sizeof *models; k++) model(models[k], models[k]);
     model("smallcat_folded", "smallcat"); /* BN folded at export: the same outputs */
     two_slots();
+    adapt_formulas();
     refusals();
     return check_done("test_onnx");
 }

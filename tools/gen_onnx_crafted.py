@@ -19,7 +19,11 @@ gen_onnx_fixtures.py, in crafted_*.ref.safetensors as "logits"; metadata precise
                    Sigmoid, Concat of three, a Constant node, Reshape to (0, -1), Cast
   crafted_twoslot  opset 13: one BN reading one initializer as its scale, mean and variance (an
                    exporter's merge of equal tensors); its reference also holds the pooled
-                   PreciseBN statistics (float64, the 64 inputs) as "pooled_mean" and "pooled_var"
+                   PreciseBN statistics (float64, the 64 inputs) as "pooled_mean" and "pooled_var",
+                   and bnlab adapt's formulas on it with labels % 4 (Schneider et al.'s prior N =
+                   32 on the pool, the first 32 images: "prior_mean", "prior_var"; the online mode
+                   on the other 32 in batches of 8 with that prior: the final "online_mean",
+                   "online_var" and the error after each batch, "online_err", %)
 nanstats.onnx: smallcat (gen_onnx_fixtures.py) with NaN and Inf in one BN's running variance.
 Bad graphs (bad_*.onnx): unsupported op, a cycle, a missing input, a weight of the wrong
 channels, raw data shorter than its dims, external data, NaN in a weight."""
@@ -263,8 +267,36 @@ def crafted_twoslot(out, x):
         y = torch.relu((c - sv) / torch.sqrt(sv + 1e-3) * sv + t(b).view(1, -1, 1, 1))
         logits = F.conv2d(y.mean((2, 3), keepdim=True), t(wl)).flatten(1)
         mean, var = c.mean((0, 2, 3)), c.var((0, 2, 3), unbiased=False)
+
+        def head(cb, mu, v):  # the model after the conv, with BN statistics mu, v
+            y = torch.relu((cb - mu.view(1, -1, 1, 1)) / torch.sqrt(v.view(1, -1, 1, 1) + 1e-3) *
+                           sv + t(b).view(1, -1, 1, 1))
+            return F.conv2d(y.mean((2, 3), keepdim=True), t(wl)).flatten(1)
+        # adapt's formulas: mu = (N mu_s + n mu_t) / (N + n), variances alike
+        prior, src = 32.0, t(s)
+        labels = torch.from_numpy(np.load(f"{out}/labels.npy") % 4)
+        cp = c[:32]
+        n = 32.0
+        prior_mean = (prior * src + n * cp.mean((0, 2, 3))) / (prior + n)
+        prior_var = (prior * src + n * cp.var((0, 2, 3), unbiased=False)) / (prior + n)
+        s1 = torch.zeros(6, dtype=torch.float64)
+        s2 = torch.zeros(6, dtype=torch.float64)
+        cnt, seen, wrong, errs = 0, 0, 0, []
+        for i in range(32, 64, 8):
+            cb = c[i:i + 8]
+            s1 += cb.sum((0, 2, 3))
+            s2 += (cb * cb).sum((0, 2, 3))
+            cnt += cb.shape[0] * cb.shape[2] * cb.shape[3]
+            seen += cb.shape[0]
+            mu_t, v_t = s1 / cnt, s2 / cnt - (s1 / cnt) ** 2
+            mu = (prior * src + seen * mu_t) / (prior + seen)
+            v = (prior * src + seen * v_t) / (prior + seen)
+            wrong += int((head(cb, mu, v).argmax(1) != labels[i:i + 8]).sum())
+            errs.append(100.0 * wrong / seen)
     save_safetensors(f"{out}/crafted_twoslot.ref.safetensors",
-                     {"logits": logits.float(), "pooled_mean": mean, "pooled_var": var},
+                     {"logits": logits.float(), "pooled_mean": mean, "pooled_var": var,
+                      "prior_mean": prior_mean, "prior_var": prior_var, "online_mean": mu,
+                      "online_var": v, "online_err": torch.tensor(errs, dtype=torch.float64)},
                      {"mean": ",".join(map(str, MEAN)), "std": ",".join(map(str, STD)),
                       "precise": "0"})
 

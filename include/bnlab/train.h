@@ -187,6 +187,11 @@ typedef struct {
     int in_order;   /* 1: the first `samples` images in the data's order (no permutation), so
                      * batches are the data's consecutive runs; default 0 */
     bl_recipe recipe; /* normalization and augmentation; default Fashion-MNIST's */
+    /* prior N > 0: each layer's new statistics mixed with the ones the net held, as Schneider et
+     * al. (NeurIPS 2020) do with a source prior: (N stored + samples new) / (N + samples), means
+     * and variances alike (linearly, no between-means term). Under sequential, layer k is
+     * estimated with the layers before it on their mixed statistics. 0: none (default). */
+    double prior;
     /* Across processes: each batch of `batch` is split into shares (bl_batch_share over rank of
      * world), each process normalizing its share; the pooled moments of the processes are merged
      * (reducer->merge_moments, rank order) before they become statistics. sync: the share's
@@ -228,6 +233,9 @@ typedef struct {
 bl_status bl_pop_save(bl_net *net, bl_pop_snapshot *p);
 void bl_pop_restore(bl_net *net, const bl_pop_snapshot *p);
 void bl_pop_free(bl_pop_snapshot *p);
+/* BN layer k's population statistics <- w x the snapshot's + (1 - w) x its own, means and
+ * variances alike (Schneider et al.'s source prior: w = N / (N + n)). */
+void bl_pop_mix(bl_net *net, const bl_pop_snapshot *src, int k, double w);
 /* The first `samples` indices of a seeded permutation of 0..n-1: the images bl_precise uses. */
 bl_status bl_precise_samples(int n, long samples, uint64_t seed, int *idx);
 bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
@@ -291,6 +299,16 @@ typedef struct {
     int draws;        /* independent draws of N (mean and spread reported), default 1 */
     uint64_t seed;    /* draw k uses seed + k; default 1 */
     bl_recipe recipe; /* the model's normalization */
+    /* prior N > 0: the target statistics mixed with the source's, (N source + n target) / (N +
+     * n) (bl_precise_cfg.prior); n is cfg.samples, or in the online mode the images seen so far */
+    double prior;
+    /* online: no pool; the held-out images streamed in batches of cfg.batch, in their order,
+     * batch t predicted with the statistics pooled over batches 1..t (each batch normalized by
+     * its own statistics, as PreciseBN's batches), mixed by the prior; samples and draws unused */
+    int online;
+    /* online: after each batch, the images seen and the error so far (%) */
+    void (*stream)(void *ctx, long seen, double err);
+    void *stream_ctx;
 } bl_adapt_cfg;
 
 typedef struct {
@@ -298,6 +316,7 @@ typedef struct {
     bl_eval_result source;            /* with the source (stored) statistics */
     double err_source, err_target, err_target_sd; /* %, target: mean over the draws */
     double err_draw[BL_ADAPT_MAX_DRAWS];
+    double err_online; /* %, the stream's error (online) */
     bl_precise_report precise;        /* of the first draw */
     bl_precise_cfg precise_cfg;       /* the first draw's PreciseBN (for bl_precise_record) */
 } bl_adapt_report;

@@ -10,6 +10,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* the online stream's progress on a terminal: the error so far */
+void cli_adapt_stream(void *ctx, long seen, double err)
+{
+    (void)ctx;
+    if (!isatty(2)) return;
+    fprintf(stderr, "\ronline: %ld images, error so far %.2f%%   ", seen, err);
+}
 
 int cmd_adapt(int argc, char **argv)
 {
@@ -36,6 +45,12 @@ int cmd_adapt(int argc, char **argv)
         {"--draws", OPT_INT, &c.draws, 0, 1, BL_ADAPT_MAX_DRAWS, NULL,
          "independent draws of N images (mean and spread of the error)"},
         {"--seed", OPT_U64, &c.seed, 0, 0, 9e15, NULL, "seed of the draws (draw k: seed + k)"},
+        {"--prior", OPT_DOUBLE, &c.prior, 0, 0, 1e12, NULL,
+         "N: mix the target statistics with the source's as (N source + n target) / (N + n), "
+         "n the target images used (Schneider et al. 2020; 0: target alone)"},
+        {"--online", OPT_ONOFF, &c.online, 0, 0, 0, NULL,
+         "stream the held-out images in batches of --batch: each batch predicted with the "
+         "statistics of all batches so far, mixed by --prior (no pool, --samples unused)"},
         {"--corrupt-seed", OPT_U64, &corrupt_seed, 0, 0, 9e15, NULL,
          "seed of the corruption (bnlab corrupt --seed)"},
         {"--out|-o", OPT_STR, out, sizeof out, 0, 0, NULL,
@@ -136,9 +151,11 @@ int cmd_adapt(int argc, char **argv)
     }
     static bl_adapt_report r;
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
+    if (c.online && !json) c.stream = cli_adapt_stream;
     const double t0 = cli_now();
     rc = bl_adapt(&net, &d, &c, out[0] != 0, &r);
     const double secs = cli_now() - t0;
+    if (c.stream && isatty(2)) fprintf(stderr, "\n");
     if (!rc && out[0]) {
         /* how the statistics were estimated, and on what (a target directory's path escaped) */
         bl_ckpt_info_set(&info.precise, bl_precise_record(&r.precise_cfg, &r.precise, &net));
@@ -146,7 +163,9 @@ int cmd_adapt(int argc, char **argv)
         int ok = a && cJSON_AddStringToObject(a, "target", name) &&
                  cJSON_AddNumberToObject(a, "severity", severity) &&
                  cJSON_AddNumberToObject(a, "corrupt_seed", (double)corrupt_seed) &&
-                 cJSON_AddNumberToObject(a, "samples", (double)c.samples) &&
+                 cJSON_AddNumberToObject(a, "samples", c.online ? r.n_eval : (double)c.samples) &&
+                 cJSON_AddNumberToObject(a, "prior", c.prior) &&
+                 cJSON_AddBoolToObject(a, "online", c.online) &&
                  cJSON_AddNumberToObject(a, "batch", c.batch) &&
                  cJSON_AddBoolToObject(a, "sequential", c.sequential) &&
                  cJSON_AddNumberToObject(a, "seed", (double)c.seed);
@@ -161,10 +180,11 @@ int cmd_adapt(int argc, char **argv)
         printf("{\"checkpoint\":\"%s\",\"target\":\"%s\",\"severity\":", pos[0], name);
         if (severity) printf("%d", severity);
         else printf("null");
-        printf(",\"samples\":%ld,\"batch\":%d,\"sequential\":%s,\"draws\":%d,\"seed\":%llu,"
-               "\"err_source\":%.4f,\"err_target\":%.4f,\"err_target_sd\":%.4f,\"n_eval\":%d,"
-               "\"n_pool\":%d,\"err_target_draws\":[", c.samples, c.batch,
-               c.sequential ? "true" : "false", r.draws, (unsigned long long)c.seed, r.err_source,
+        printf(",\"samples\":%ld,\"batch\":%d,\"sequential\":%s,\"prior\":%g,\"online\":%s,"
+               "\"draws\":%d,\"seed\":%llu,\"err_source\":%.4f,\"err_target\":%.4f,"
+               "\"err_target_sd\":%.4f,\"n_eval\":%d,\"n_pool\":%d,\"err_target_draws\":[",
+               c.online ? r.n_eval : c.samples, c.batch, c.sequential ? "true" : "false", c.prior,
+               c.online ? "true" : "false", r.draws, (unsigned long long)c.seed, r.err_source,
                r.err_target, r.err_target_sd, r.n_eval, r.n_pool);
         for (int k = 0; k < r.draws; k++) printf("%s%.4f", k ? "," : "", r.err_draw[k]);
         printf("],\"seconds\":%.2f", secs);
@@ -174,13 +194,18 @@ int cmd_adapt(int argc, char **argv)
         printf("%s (%s w=%d): target %s", pos[0], bl_net_arch(&net), bl_net_width(&net), name);
         if (severity) printf(" severity %d", severity);
         printf(", %d held-out images\n", r.n_eval);
-        char a[96], b[96];
+        char a[96], b[128], pr[48] = "";
         snprintf(a, sizeof a, "error with the source statistics (%s)", src);
-        snprintf(b, sizeof b, "error with target statistics (N = %ld)", c.samples);
+        if (c.prior > 0) snprintf(pr, sizeof pr, ", prior N = %g", c.prior);
+        if (c.online)
+            snprintf(b, sizeof b, "online, the stream's statistics so far%s", pr);
+        else
+            snprintf(b, sizeof b, "error with target statistics (n = %ld%s)", c.samples, pr);
         printf("  %-44s %6.2f%%\n  %-44s %6.2f%%", a, r.err_source, b, r.err_target);
         if (r.draws > 1) printf(" +- %.2f (sd over %d draws)", r.err_target_sd, r.draws);
         printf("\n  %s, batch %d, %.1f s%s%s\n",
-               c.sequential ? "exact sequential statistics" : "PreciseBN", c.batch, secs,
+               c.online ? "online" : c.sequential ? "exact sequential statistics" : "PreciseBN",
+               c.batch, secs,
                out[0] ? "; wrote " : "", out);
     }
     bl_dataset_free(&d);

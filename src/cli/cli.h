@@ -111,10 +111,42 @@ int cmd_inspect(int argc, char **argv);
 /* An inspect report, as a table or JSON (epoch < 0: none). */
 void cli_inspect_print(const char *path, const char *desc, const char *src, int epoch,
                        const bl_inspect_cfg *c, const bl_inspect_report *r, int json);
+/* The data options of the commands on a model.onnx (onnx_data.c): the struct, its defaults, the
+ * option table's rows, and the model opened (its input shape fixed from --input-shape or the
+ * data) with the data as a dataset and its recipe; 0, or the exit status after printing why. */
+typedef struct {
+    char tensors[1024], labels[1024], mean[128], std[128], shape[64], data_dir[1024];
+    int split, threads, json;
+} cli_onnx_data;
+void cli_onnx_data_defaults(cli_onnx_data *o);
+int cli_onnx_open(const char *cmd, const char *path, const cli_onnx_data *o, bl_onnx **m,
+                  bl_dataset *d, bl_recipe *r);
+#define ONNX_DATA_OPTS(o)                                                                          \
+    {"--tensors", OPT_STR, (o)->tensors, sizeof (o)->tensors, 0, 0, NULL,                          \
+     "images as .npy or .safetensors ('images', and 'labels'), (N, C, H, W): uint8 (normalized " \
+     "by --mean/--std) or float (as they are); default: the Fashion-MNIST split"},                 \
+    {"--labels", OPT_STR, (o)->labels, sizeof (o)->labels, 0, 0, NULL,                             \
+     "their labels as .npy, (N) uint8 or int64 (eval's error)"},                                   \
+    {"--mean", OPT_STR, (o)->mean, sizeof (o)->mean, 0, 0, NULL,                                   \
+     "per-channel mean of uint8 images in [0, 1] (default ImageNet's: 0.485,0.456,0.406)"},        \
+    {"--std", OPT_STR, (o)->std, sizeof (o)->std, 0, 0, NULL,                                      \
+     "per-channel std (default ImageNet's: 0.229,0.224,0.225)"},                                   \
+    {"--input-shape", OPT_STR, (o)->shape, sizeof (o)->shape, 0, 0, NULL,                          \
+     "C,H,W of a model whose input has symbolic dimensions (default: the data's)"},                \
+    {"--split", OPT_CHOICE, &(o)->split, 0, 0, 0, "test|train", "the Fashion-MNIST split"},        \
+    {"--data-dir", OPT_STR, (o)->data_dir, sizeof (o)->data_dir, 0, 0, NULL,                       \
+     "Fashion-MNIST IDX files"},                                                                   \
+    {"--threads", OPT_INT, &(o)->threads, 0, 1, 256, NULL, "threads"},                             \
+    {"--json", OPT_ONOFF, &(o)->json, 0, 0, 0, NULL, "print one JSON object"}
+
 /* The ONNX commands (onnx.c): whether the command line names a model.onnx, and the command. */
 int cli_is_onnx(int argc, char **argv);
+/* A model without BN given to `cmd`: the error and the export recipe that keeps BN; returns 1. */
+int cli_onnx_no_bn(const char *cmd, const char *path);
+int cli_onnx_adapt(int argc, char **argv); /* onnx_adapt.c */
 int cmd_onnx(const char *cmd, int argc, char **argv);
 int cmd_corrupt(int argc, char **argv);
+void cli_adapt_stream(void *ctx, long seen, double err); /* adapt --online's progress */
 int cmd_adapt(int argc, char **argv);
 
 #endif

@@ -109,7 +109,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "demo")) return cmd_demo(argc - 1, argv + 1);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
-    if ((!strcmp(argv[1], "eval") || !strcmp(argv[1], "precise") || !strcmp(argv[1], "inspect")) &&
+    if ((!strcmp(argv[1], "eval") || !strcmp(argv[1], "precise") || !strcmp(argv[1], "inspect") ||
+         !strcmp(argv[1], "adapt")) &&
         cli_is_onnx(argc - 1, argv + 1))
         return cmd_onnx(argv[1], argc - 1, argv + 1);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 1, argv + 1);

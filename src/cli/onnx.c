@@ -12,168 +12,11 @@
 #include <unistd.h>
 
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
-typedef struct {
-    char tensors[1024], labels[1024], mean[128], std[128], shape[64], data_dir[1024];
-    int split, threads, json;
-} onnx_data;
-
-static int floats3(const char *s, float *v, int max)
-{
-    int n = 0;
-    const char *p = s;
-    while (*p && n < max) {
-        char *end;
-        v[n++] = strtof(p, &end);
-        if (end == p) return -1;
-        p = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return -1;
-    }
-    return *p ? -1 : n;
-}
-
-/* A safetensors file of images as an array: the tensor "images" (or the only 4-D one), uint8 or
- * float32/64 (N, C, H, W), and "labels" (N) uint8 or int64 when there is one. */
-static bl_status st_arrays(const char *path, bl_npy *im, bl_npy *lab, int *has_labels)
-{
-    memset(im, 0, sizeof *im), memset(lab, 0, sizeof *lab);
-    *has_labels = 0;
-    bl_safetensors st;
-    bl_status rc = bl_st_read(path, &st);
-    if (rc) return rc;
-    const bl_st_entry *e = bl_st_find(&st, "images"), *l = bl_st_find(&st, "labels");
-    for (int i = 0; !e && i < st.n; i++)
-        if (st.e[i].ndim == 4) {
-            if (e) break;
-            e = &st.e[i];
-        }
-    if (!e || e->ndim != 4 || e->dtype == BL_I64) {
-        bl_st_free(&st);
-        return bl_fail(BL_ERR_FORMAT, "%s: no (N, C, H, W) uint8 or float tensor named 'images' "
-                       "(or a single 4-D one)", path);
-    }
-    const bl_st_entry *es[2] = {e, l};
-    bl_npy *out[2] = {im, lab};
-    for (int k = 0; k < 2 && !rc; k++) {
-        if (!es[k]) continue;
-        bl_npy *a = out[k];
-        a->ndim = es[k]->ndim;
-        for (int d = 0; d < a->ndim; d++) a->shape[d] = es[k]->shape[d];
-        a->count = bl_st_numel(es[k]);
-        const uint8_t *src = st.data + es[k]->begin;
-        const size_t n = a->count ? a->count : 1;
-        if (es[k]->dtype == BL_U8) {
-            a->type = BL_NPY_U8;
-            if ((a->u8 = bl_malloc(n))) memcpy(a->u8, src, a->count);
-        } else if (es[k]->dtype == BL_I64) {
-            a->type = BL_NPY_I64;
-            if ((a->i64 = bl_malloc(n * 8))) memcpy(a->i64, src, a->count * 8);
-        } else {
-            a->type = BL_NPY_F32;
-            if ((a->f = bl_malloc(n * sizeof(float))))
-                rc = bl_st_get_f32(&st, es[k]->name, a->f, a->count);
-        }
-        if (!rc && !a->u8 && !a->i64 && !a->f) rc = bl_fail(BL_ERR_NOMEM, "%s: out of memory", path);
-    }
-    *has_labels = l != NULL;
-    bl_st_free(&st);
-    if (rc) bl_npy_free(im), bl_npy_free(lab);
-    return rc;
-}
-
-/* The model, its input shape fixed, and the data as a dataset with its recipe. */
-static int open_all(const char *cmd, const char *path, const onnx_data *o, bl_onnx **m,
-                    bl_dataset *d, bl_recipe *r)
-{
-    memset(d, 0, sizeof *d);
-    bl_status st = bl_onnx_load(path, m);
-    if (st) return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 1;
-    int c, h, w;
-    if (o->shape[0]) {
-        if (sscanf(o->shape, "%d,%d,%d", &c, &h, &w) != 3) {
-            fprintf(stderr, "bnlab %s: --input-shape '%s': give C,H,W (e.g. 3,224,224)\n", cmd,
-                    o->shape);
-            return 2;
-        }
-        if ((st = bl_onnx_set_input_shape(*m, c, h, w)))
-            return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 2;
-    }
-    if (o->tensors[0]) {
-        bl_npy im, lab;
-        memset(&lab, 0, sizeof lab);
-        const size_t tl = strlen(o->tensors);
-        int has_labels = 0;
-        if (tl > 12 && !strcmp(o->tensors + tl - 12, ".safetensors"))
-            st = st_arrays(o->tensors, &im, &lab, &has_labels);
-        else
-            st = bl_npy_read(o->tensors, &im);
-        if (!st && o->labels[0]) bl_npy_free(&lab), has_labels = 0;
-        if (!st && o->labels[0]) st = bl_npy_read(o->labels, &lab), has_labels = !st;
-        if (!st) st = bl_dataset_from_npy(&im, has_labels ? &lab : NULL, o->tensors, d);
-        bl_npy_free(&im), bl_npy_free(&lab);
-        if (st) return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 1;
-    } else {
-        if (cli_load_fmnist(cmd, o->data_dir, o->split ? "train" : "test", d)) return 1;
-    }
-    /* a symbolic input takes the data's shape */
-    if (bl_onnx_input_shape(*m, &c, &h, &w) &&
-        (st = bl_onnx_set_input_shape(*m, bl_dataset_channels(d), d->h, d->w)))
-        return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 2;
-    /* the normalization of uint8 images: given, or ImageNet's (3 channels), or Fashion-MNIST's */
-    const int C = bl_dataset_channels(d);
-    memset(r, 0, sizeof *r);
-    snprintf(r->name, sizeof r->name, "%s", o->tensors[0] ? "tensors" : "fashion-mnist");
-    r->channels = C > BL_RECIPE_MAX_CHANNELS ? BL_RECIPE_MAX_CHANNELS : C, r->classes = 256;
-    static const float in_mean[3] = {0.485f, 0.456f, 0.406f}, in_std[3] = {0.229f, 0.224f, 0.225f};
-    for (int k = 0; k < r->channels; k++) {
-        r->mean[k] = C == 3 ? in_mean[k] : C == 1 ? 0.2860f : 0.5f;
-        r->std[k] = C == 3 ? in_std[k] : C == 1 ? 0.3530f : 0.5f;
-    }
-    const char *given[2] = {o->mean, o->std};
-    for (int k = 0; k < 2; k++) {
-        if (!given[k][0]) continue;
-        float v[BL_RECIPE_MAX_CHANNELS];
-        const int n = floats3(given[k], v, BL_RECIPE_MAX_CHANNELS);
-        if (n != C && n != 1) {
-            fprintf(stderr, "bnlab %s: --%s '%s': give %d comma-separated values (one per "
-                    "channel)\n", cmd, k ? "std" : "mean", given[k], C);
-            return 2;
-        }
-        for (int q = 0; q < r->channels; q++) (k ? r->std : r->mean)[q] = v[n == 1 ? 0 : q];
-    }
-    if ((st = bl_recipe_check(r))) return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 2;
-    return 0;
-}
-
-#define ONNX_DATA_OPTS(o)                                                                          \
-    {"--tensors", OPT_STR, (o)->tensors, sizeof (o)->tensors, 0, 0, NULL,                          \
-     "images as .npy or .safetensors ('images', and 'labels'), (N, C, H, W): uint8 (normalized " \
-     "by --mean/--std) or float (as they are); default: the Fashion-MNIST split"},                 \
-    {"--labels", OPT_STR, (o)->labels, sizeof (o)->labels, 0, 0, NULL,                             \
-     "their labels as .npy, (N) uint8 or int64 (eval's error)"},                                   \
-    {"--mean", OPT_STR, (o)->mean, sizeof (o)->mean, 0, 0, NULL,                                   \
-     "per-channel mean of uint8 images in [0, 1] (default ImageNet's: 0.485,0.456,0.406)"},        \
-    {"--std", OPT_STR, (o)->std, sizeof (o)->std, 0, 0, NULL,                                      \
-     "per-channel std (default ImageNet's: 0.229,0.224,0.225)"},                                   \
-    {"--input-shape", OPT_STR, (o)->shape, sizeof (o)->shape, 0, 0, NULL,                          \
-     "C,H,W of a model whose input has symbolic dimensions (default: the data's)"},                \
-    {"--split", OPT_CHOICE, &(o)->split, 0, 0, 0, "test|train", "the Fashion-MNIST split"},        \
-    {"--data-dir", OPT_STR, (o)->data_dir, sizeof (o)->data_dir, 0, 0, NULL,                       \
-     "Fashion-MNIST IDX files"},                                                                   \
-    {"--threads", OPT_INT, &(o)->threads, 0, 1, 256, NULL, "threads"},                             \
-    {"--json", OPT_ONOFF, &(o)->json, 0, 0, 0, NULL, "print one JSON object"}
-
-static void data_defaults(onnx_data *o)
-{
-    memset(o, 0, sizeof *o);
-    o->threads = 2;
-    snprintf(o->data_dir, sizeof o->data_dir, "%s", BL_FMNIST_DIR);
-}
-
 /* ---- eval ---------------------------------------------------------------------------------- */
 static int onnx_eval(int argc, char **argv)
 {
-    onnx_data o;
-    data_defaults(&o);
+    cli_onnx_data o;
+    cli_onnx_data_defaults(&o);
     char outputs[1024] = "";
     int batch = 64, stats = 0, norm_batch = 16;
     const cli_opt opts[] = {
@@ -197,7 +40,7 @@ static int onnx_eval(int argc, char **argv)
     bl_onnx *m = NULL;
     bl_dataset d;
     bl_recipe r;
-    if ((rc = open_all("eval", pos[0], &o, &m, &d, &r))) return bl_onnx_free(m), bl_dataset_free(&d), rc;
+    if ((rc = cli_onnx_open("eval", pos[0], &o, &m, &d, &r))) return bl_onnx_free(m), bl_dataset_free(&d), rc;
     if (stats && norm_batch > batch) batch = norm_batch;
     bl_net net;
     bl_status st = bl_onnx_build(m, batch, &net);
@@ -283,24 +126,25 @@ static void progress(void *ctx, long done, long total)
     if (done == total) fprintf(stderr, "\n");
 }
 
-static int no_bn(const char *cmd, const char *path)
+int cli_onnx_no_bn(const char *cmd, const char *path)
 {
     fprintf(stderr, "bnlab %s: %s has no BatchNormalization node: its BN was folded into the "
             "convolutions at export, so there are no statistics to %s. Export it with BN kept:\n"
             "  %s\n(PyTorch 1.13's default export folds every BN, even with constant folding "
             "off.) bnlab eval runs it as it is.\n", cmd, path,
-            strcmp(cmd, "precise") ? "inspect" : "recompute", bl_onnx_export_recipe);
+            !strcmp(cmd, "inspect") ? "inspect" : !strcmp(cmd, "adapt") ? "adapt" : "recompute",
+            bl_onnx_export_recipe);
     return 1;
 }
 
-static int onnx_precise_run(const char *model, const onnx_data *op, bl_precise_cfg *cp,
+static int onnx_precise_run(const char *model, const cli_onnx_data *op, bl_precise_cfg *cp,
                             const char *out, const char *save_stats, cli_dist *dist,
                             const cli_opt *opts, int n);
 
 static int onnx_precise(int argc, char **argv)
 {
-    onnx_data o;
-    data_defaults(&o);
+    cli_onnx_data o;
+    cli_onnx_data_defaults(&o);
     char out[1024] = "", save_stats[1024] = "";
     bl_precise_cfg c;
     bl_precise_defaults(&c);
@@ -351,21 +195,21 @@ static int onnx_precise(int argc, char **argv)
     return rc;
 }
 
-static int onnx_precise_run(const char *model, const onnx_data *op, bl_precise_cfg *cp,
+static int onnx_precise_run(const char *model, const cli_onnx_data *op, bl_precise_cfg *cp,
                             const char *out, const char *save_stats, cli_dist *dist,
                             const cli_opt *opts, int n)
 {
-    const onnx_data o = *op;
+    const cli_onnx_data o = *op;
     bl_precise_cfg c = *cp;
     const char *pos[1] = {model};
     int rc;
     if (dist->world > 1) c.reducer = &dist->red, c.rank = dist->rank, c.world = dist->world;
     bl_onnx *m = NULL;
     bl_dataset d;
-    if ((rc = open_all("precise", pos[0], &o, &m, &d, &c.recipe)))
+    if ((rc = cli_onnx_open("precise", pos[0], &o, &m, &d, &c.recipe)))
         return bl_onnx_free(m), bl_dataset_free(&d), rc;
     if (!bl_onnx_bn_count(m)) {
-        rc = no_bn("precise", pos[0]);
+        rc = cli_onnx_no_bn("precise", pos[0]);
         bl_onnx_free(m), bl_dataset_free(&d);
         return rc;
     }
@@ -438,13 +282,13 @@ static int health(const bl_net *net, int json, int *dead_total)
     return bad_layers;
 }
 
-static int onnx_inspect_run(const char *model, const onnx_data *op, bl_inspect_cfg *cp,
+static int onnx_inspect_run(const char *model, const cli_onnx_data *op, bl_inspect_cfg *cp,
                             cli_dist *dist, const cli_opt *opts, int n);
 
 static int onnx_inspect(int argc, char **argv)
 {
-    onnx_data o;
-    data_defaults(&o);
+    cli_onnx_data o;
+    cli_onnx_data_defaults(&o);
     bl_inspect_cfg c = {.samples = 0, .precise_batch = 64, .batch = 16, .batches = 0, .seed = 1};
     const cli_opt opts[] = {
         {"--samples", OPT_LONG, &c.samples, 0, 0, 1e9, NULL, "PreciseBN images (0: all)"},
@@ -474,20 +318,20 @@ static int onnx_inspect(int argc, char **argv)
     return rc;
 }
 
-static int onnx_inspect_run(const char *model, const onnx_data *op, bl_inspect_cfg *cp,
+static int onnx_inspect_run(const char *model, const cli_onnx_data *op, bl_inspect_cfg *cp,
                             cli_dist *dist, const cli_opt *opts, int n)
 {
-    const onnx_data o = *op;
+    const cli_onnx_data o = *op;
     bl_inspect_cfg c = *cp;
     const char *pos[1] = {model};
     int rc;
     if (dist->world > 1) c.reducer = &dist->red, c.rank = dist->rank, c.world = dist->world;
     bl_onnx *m = NULL;
     bl_dataset d;
-    if ((rc = open_all("inspect", pos[0], &o, &m, &d, &c.recipe)))
+    if ((rc = cli_onnx_open("inspect", pos[0], &o, &m, &d, &c.recipe)))
         return bl_onnx_free(m), bl_dataset_free(&d), rc;
     if (!bl_onnx_bn_count(m)) {
-        rc = no_bn("inspect", pos[0]);
+        rc = cli_onnx_no_bn("inspect", pos[0]);
         bl_onnx_free(m), bl_dataset_free(&d);
         return rc;
     }
@@ -550,6 +394,7 @@ int cmd_onnx(const char *cmd, int argc, char **argv)
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
     if (!strcmp(cmd, "eval")) return onnx_eval(argc, argv);
     if (!strcmp(cmd, "precise")) return onnx_precise(argc, argv);
+    if (!strcmp(cmd, "adapt")) return cli_onnx_adapt(argc, argv);
     return onnx_inspect(argc, argv);
 #else
     (void)argc, (void)argv;

@@ -1,5 +1,6 @@
 /* Adaptation of the population statistics to a target domain (PAPER.md, claim 7): the BN
- * statistics re-estimated by PreciseBN on N target images, the weights untouched, and the error
+ * statistics re-estimated by PreciseBN on N target images (optionally mixed with the source's by
+ * a prior, or estimated online as the images stream in), the weights untouched, and the error
  * with the source and with the target statistics measured on the same held-out target images.
  * The target split is cut once: the first half is the adaptation pool, the second half the
  * evaluation set (5000 + 5000 for a test split), so every N and every draw is evaluated on the
@@ -20,6 +21,51 @@ void bl_adapt_defaults(bl_adapt_cfg *c)
     c->recipe = bl_recipe_fmnist();
 }
 
+/* The online mode on the held-out images (cfg.online): each batch committed to every BN's pooled
+ * moments with batch statistics, the statistics of all batches so far applied and mixed with the
+ * source's, then the batch predicted with them. The net leaves with the last batch's. */
+static bl_status adapt_online(bl_net *net, const bl_dataset *eval, const bl_adapt_cfg *c,
+                              const bl_pop_snapshot *source, bl_adapt_report *r)
+{
+    const int K = bl_net_bn_count(net), B = c->batch;
+    float *x = bl_alloc((size_t)B * bl_dataset_sample(eval) * sizeof(float));
+    uint8_t *y = bl_malloc((size_t)B);
+    int *ids = bl_malloc(sizeof(int) * (size_t)B);
+    if (!x || !y || !ids) {
+        bl_free(x), free(y), free(ids);
+        return bl_fail(BL_ERR_NOMEM, "adapt: out of memory");
+    }
+    for (int k = 0; k < K; k++) bl_bn_precise_reset(bl_net_bn_at(net, k));
+    long wrong = 0, seen = 0;
+    bl_status st = BL_OK;
+    for (int s = 0; s < eval->n && !st; s += B) {
+        const int n = eval->n - s < B ? eval->n - s : B;
+        for (int i = 0; i < n; i++) ids[i] = s + i;
+        bl_dataset_batch(eval, &c->recipe, ids, n, NULL, x, y);
+        const bl_pass_spec spec = {.mode = BL_BN_BATCH, .n = n, .ids = ids, .seed = c->seed,
+                                   .stream = BL_STREAM_PRECISE};
+        bl_pass p;
+        if ((st = bl_pass_make(&p, net, NULL, &spec))) break;
+        st = bl_net_forward(net, &p.ctx, x, n);
+        bl_pass_free(&p);
+        seen += n;
+        for (int k = 0; k < K && !st; k++) {
+            bl_bn *bn = bl_net_bn_at(net, k);
+            if ((st = bl_bn_commit(bn, BL_EST_PRECISE)) || (st = bl_bn_precise_apply(bn))) break;
+            if (c->prior > 0) bl_pop_mix(net, source, k, c->prior / (c->prior + (double)seen));
+        }
+        double loss;
+        int ok = 0;
+        if (!st) st = bl_net_infer(net, x, n);
+        if (!st) st = bl_net_loss(net, y, 0, &loss, &ok);
+        wrong += n - ok;
+        if (!st && c->stream) c->stream(c->stream_ctx, seen, 100.0 * wrong / seen);
+    }
+    bl_free(x), free(y), free(ids);
+    if (!st) r->err_online = 100.0 * wrong / seen;
+    return st;
+}
+
 bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c, int keep,
                    bl_adapt_report *r)
 {
@@ -33,10 +79,16 @@ bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c,
                        "%dx%dx%d (its recipe: %s)", target->h, target->w, c->recipe.channels,
                        in->h, in->w, in->c, c->recipe.name);
     const int pool_n = target->n / 2, eval_n = target->n - pool_n;
-    if (c->samples < 1 || c->samples > pool_n)
+    if (!(c->prior >= 0 && c->prior < 1e15))
+        return bl_fail(BL_ERR_ARG, "adapt: cfg.prior %g: use 0 (none) or a number of source "
+                       "samples", c->prior);
+    if (c->online && (c->batch < 1 || c->batch > bl_net_max_batch(net)))
+        return bl_fail(BL_ERR_ARG, "adapt: cfg.batch %d outside 1..%d (the net's batch)", c->batch,
+                       bl_net_max_batch(net));
+    if (!c->online && (c->samples < 1 || c->samples > pool_n))
         return bl_fail(BL_ERR_ARG, "adapt: cfg.samples %ld: the adaptation pool (the first half "
                        "of the target split) has %d images", c->samples, pool_n);
-    if (c->draws < 1 || c->draws > BL_ADAPT_MAX_DRAWS)
+    if (!c->online && (c->draws < 1 || c->draws > BL_ADAPT_MAX_DRAWS))
         return bl_fail(BL_ERR_ARG, "adapt: cfg.draws %d: use 1..%d", c->draws, BL_ADAPT_MAX_DRAWS);
     int *idx = bl_malloc(sizeof(int) * (size_t)target->n);
     if (!idx) return bl_fail(BL_ERR_NOMEM, "adapt: out of memory");
@@ -52,8 +104,20 @@ bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c,
     bl_precise_cfg pc;
     bl_precise_defaults(&pc);
     pc.samples = c->samples, pc.batch = c->batch, pc.sequential = c->sequential;
-    pc.augment = 0, pc.recipe = c->recipe;
+    pc.augment = 0, pc.recipe = c->recipe, pc.prior = c->prior;
     double sum = 0, sq = 0;
+    if (!st && c->online) {
+        st = adapt_online(net, &eval, c, &source, r);
+        if (st || !keep) bl_pop_restore(net, &source);
+        bl_pop_free(&source);
+        bl_dataset_free(&pool);
+        bl_dataset_free(&eval);
+        if (st) return st;
+        r->draws = 0, r->n_pool = 0, r->n_eval = eval_n;
+        r->err_source = r->source.err;
+        r->err_target = r->err_online;
+        return BL_OK;
+    }
     for (int k = 0; k < c->draws && !st; k++) {
         /* draw k: its own choice of N pool images; the statistics of the source back after */
         pc.seed = c->seed + (uint64_t)k;

@@ -155,6 +155,7 @@ char *bl_precise_record(const bl_precise_cfg *c, const bl_precise_report *r, con
              cJSON_AddNumberToObject(o, "seed", (double)c->seed) &&
              cJSON_AddNumberToObject(o, "forwards", round(r->forwards * 1000) / 1000) &&
              cJSON_AddNumberToObject(o, "worst_se", digits(r->worst_se, 6));
+    if (ok && c->prior > 0) ok = cJSON_AddNumberToObject(o, "prior", c->prior) != NULL;
     if (ok && c->plan.norm_batch) ok = cJSON_AddNumberToObject(o, "norm_batch", c->plan.norm_batch) != NULL;
     if (ok && c->plan.head_bn_images)
         ok = cJSON_AddNumberToObject(o, "head_bn_images", c->plan.head_bn_images) != NULL;

@@ -58,6 +58,19 @@ void bl_pop_restore(bl_net *net, const bl_pop_snapshot *p)
     }
 }
 
+void bl_pop_mix(bl_net *net, const bl_pop_snapshot *src, int k, double w)
+{
+    size_t nb;
+    const float *buf = bl_net_block(net, BL_BLOCK_BUFFERS, &nb);
+    bl_bn *bn = bl_net_bn_at(net, k);
+    /* the statistics live in the buffers block: the snapshot holds them at the same offsets */
+    const float *sm = src->stats + (bn->pop_mean - buf), *sv = src->stats + (bn->pop_var - buf);
+    for (int c = 0; c < bn->cfg.channels; c++) {
+        bn->pop_mean[c] = (float)(w * sm[c] + (1 - w) * bn->pop_mean[c]);
+        bn->pop_var[c] = (float)(w * sv[c] + (1 - w) * bn->pop_var[c]);
+    }
+}
+
 void bl_pop_free(bl_pop_snapshot *p)
 {
     bl_free(p->stats), free(p->src), free(p->tracked);
@@ -164,6 +177,9 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
     if (c->plan.norm_batch < 0)
         return bl_fail(BL_ERR_ARG, "precise: cfg.norm_batch %d: use 0 (the whole batch) or more",
                        c->plan.norm_batch);
+    if (!(c->prior >= 0 && c->prior < 1e15))
+        return bl_fail(BL_ERR_ARG, "precise: cfg.prior %g: use 0 (none) or a number of source "
+                       "samples", c->prior);
     if (c->plan.head_bn_images < 0)
         return bl_fail(BL_ERR_ARG, "precise: cfg.head_bn_images %d: use 0 (like the other layers) "
                        "or more", c->plan.head_bn_images);
@@ -251,6 +267,7 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
                               (st = c->reducer->sum(c->reducer->ctx, s2 + (size_t)k * maxc, maxc))))
                 break;
             if ((st = bl_bn_precise_apply(bn))) break;
+            if (c->prior > 0) bl_pop_mix(net, &saved, k, c->prior / (c->prior + (double)N));
             r->max_se[k] = max_se(bn, s1 + (size_t)k * maxc, s2 + (size_t)k * maxc, N);
         }
         r->forwards += (double)(stop + 1) / bl_net_layer_count(net);
