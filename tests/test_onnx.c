@@ -210,18 +210,30 @@ static uint8_t *slurp(const char *path, size_t *n)
 /* Where the statistics are each BN's own float32 raw data, the file's bytes are kept: the model
  * written back with its own statistics is the input byte for byte plus one metadata_props entry
  * at the end (encoded here by hand), and writing that output again replaces the entry instead of
- * adding a second. `in_place` 0: a model that must be repacked (shared statistics). */
-static void splice_check(const char *name, const bl_onnx *m, int in_place)
+ * adding a second. The input gets a second copy of its ir_version field at the end first (valid
+ * protobuf, the same value), which a repack by protobuf-c would drop: an exporter's field order
+ * is what protobuf-c writes too, so without it a repack would pass. `in_place` 0: a model that
+ * must be repacked (shared statistics). */
+static void splice_check(const char *name, const bl_onnx *orig, int in_place)
 {
-    bl_net net;
-    bl_status st = bl_onnx_build(m, 4, &net);
-    CHECK(st == BL_OK, "%s: build: %s", name, bl_error());
-    if (st) return;
-    char o1[] = "/tmp/bnlab_splice1_XXXXXX", o2[] = "/tmp/bnlab_splice2_XXXXXX";
-    close(mkstemp(o1)), close(mkstemp(o2));
-    int split = 0;
     size_t n0 = 0, n1 = 0, n2 = 0;
-    uint8_t *b0 = slurp(bl_onnx_path(m), &n0), *b1 = NULL, *b2 = NULL;
+    uint8_t *b0 = slurp(bl_onnx_path(orig), &n0), *b1 = NULL, *b2 = NULL;
+    CHECK(b0 && n0 > 2 && b0[0] == 0x08 && b0[1] < 0x80, "%s: the file starts with ir_version", name);
+    if (!b0 || n0 < 2 || b0[0] != 0x08) return free(b0);
+    char v0[] = "/tmp/bnlab_splice0_XXXXXX", o1[] = "/tmp/bnlab_splice1_XXXXXX",
+         o2[] = "/tmp/bnlab_splice2_XXXXXX";
+    close(mkstemp(v0)), close(mkstemp(o1)), close(mkstemp(o2));
+    uint8_t *tmp = realloc(b0, n0 + 2);
+    if (tmp) b0 = tmp, b0[n0] = 0x08, b0[n0 + 1] = b0[1], n0 += 2;
+    FILE *vf = fopen(v0, "wb");
+    if (vf) fwrite(b0, 1, n0, vf), fclose(vf);
+    bl_onnx *m = NULL;
+    bl_net net;
+    bl_status st = bl_onnx_load(v0, &m);
+    if (!st) st = bl_onnx_build(m, 4, &net);
+    CHECK(st == BL_OK, "%s: build: %s", name, bl_error());
+    if (st) return bl_onnx_free(m), free(b0), (void)remove(v0);
+    int split = 0;
     st = bl_onnx_save(m, &net, o1, "{\"run\":1}", &split);
     CHECK(st == BL_OK && b0, "%s: save: %s", name, bl_error());
     bl_net_free(&net);
@@ -247,8 +259,8 @@ static void splice_check(const char *name, const bl_onnx *m, int in_place)
                kept1 && kept2 ? "in place, the file's bytes kept" : "repacked", n0, n1, n2);
     }
     free(b0), free(b1), free(b2);
-    bl_onnx_free(back);
-    remove(o1), remove(o2);
+    bl_onnx_free(back), bl_onnx_free(m);
+    remove(v0), remove(o1), remove(o2);
 }
 
 /* PreciseBN of the ONNX net over the shared input in file order, batches of 16, against

@@ -59,6 +59,12 @@ const char *ox_attr_string(const Onnx__NodeProto *n, const char *name, char *buf
  * an earlier slot of this node does (each BN keeps its own statistics; the writer splits shared
  * ones off). */
 void ox_bn_names(const bl_onnx *m, int node, char names[4][96]);
+/* The loaded file with the net's BN statistics written over their raw data and the "bnlab"
+ * metadata entry replaced (splice.c): *out (malloc'd, *out_len bytes), or *out NULL when some
+ * statistic cannot be written in place (shared, not float32 raw data) and the model must be
+ * repacked. */
+bl_status ox_splice(const bl_onnx *m, const bl_net *net, const char *record, uint8_t **out,
+                    size_t *out_len);
 /* protobuf-c's allocator through bnlab's */
 extern ProtobufCAllocator ox_pb_allocator;
 /* "node 'NAME' (Op, opset K)" for messages. */

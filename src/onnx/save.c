@@ -125,14 +125,29 @@ static bl_status write_stat(const bl_onnx *m, Onnx__GraphProto *g, int i, int k,
     return BL_OK;
 }
 
+/* buf (freed here) written atomically to path */
+static bl_status write_out(const char *path, uint8_t *buf, size_t len)
+{
+    bl_afile f;
+    bl_status st = bl_afile_open(&f, path);
+    if (!st) st = bl_afile_write(&f, buf, len);
+    if (!st) st = bl_afile_commit(&f);
+    else bl_afile_abort(&f);
+    free(buf);
+    return st;
+}
+
 bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, const char *record,
                        int *split)
 {
     *split = 0;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    bl_status st = ox_splice(m, net, record, &buf, &len);
+    if (st || buf) return st ? st : write_out(path, buf, len);
     Onnx__ModelProto *mp = onnx__model_proto__unpack(&ox_pb_allocator, m->size, m->file);
     if (!mp) return bl_fail(BL_ERR_NOMEM, "%s: out of memory parsing the model again", m->path);
     Onnx__GraphProto *g = mp->graph;
-    bl_status st = BL_OK;
     for (size_t i = 0; i < g->n_node && !st; i++) {
         if (!g->node[i]->op_type || strcmp(g->node[i]->op_type, "BatchNormalization")) continue;
         char names[4][96];
@@ -140,8 +155,6 @@ bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, co
         for (int k = 2; k < 4 && !st; k++) st = write_stat(m, g, (int)i, k, names, net, split);
     }
     if (!st && record) st = set_meta(mp, record);
-    uint8_t *buf = NULL;
-    size_t len = 0;
     if (!st) {
         len = onnx__model_proto__get_packed_size(mp);
         if (!(buf = bl_malloc(len ? len : 1))) st = bl_fail(BL_ERR_NOMEM, "out of memory");
@@ -149,15 +162,8 @@ bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, co
             st = bl_fail(BL_ERR_STATE, "%s: the model did not pack to its size", m->path);
     }
     onnx__model_proto__free_unpacked(mp, &ox_pb_allocator);
-    if (!st) {
-        bl_afile f;
-        st = bl_afile_open(&f, path);
-        if (!st) st = bl_afile_write(&f, buf, len);
-        if (!st) st = bl_afile_commit(&f);
-        else bl_afile_abort(&f);
-    }
-    free(buf);
-    return st;
+    if (st) return free(buf), st;
+    return write_out(path, buf, len);
 }
 
 /* the initializer a value comes from, through Identity nodes; NULL when none */
