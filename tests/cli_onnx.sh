@@ -78,6 +78,15 @@ expect 0 "from 64 unlabelled images" adapt_nolab "$bnlab" adapt "$fx/smallcat.on
 expect 1 "needs labels" adapt_online_nolab "$bnlab" adapt "$fx/smallcat.onnx" "${in[@]}" --online -o "$dir/none.onnx"
 [ -e "$dir/none.onnx" ] && fail "adapt --online without labels wrote a file"
 expect 1 "TrainingMode.PRESERVE" adapt_nobn "$bnlab" adapt "$fx/smallcat_folded.onnx" "${in[@]}" -o "$dir/none.onnx"
+# fold: checked on the images, the starved channels reported; refusals write nothing
+expect 0 "4 of 18 channels (22.2%) would get fewer than 4 bits" fold "$bnlab" fold "$fx/crafted_fold.onnx" "${in[@]}" -o "$dir/folded.onnx"
+grep -q "kept: n2: the output of cb is also read elsewhere" "$dir/fold.log" || fail "fold: the kept BN is not named"
+grep -q "check: the folded model's outputs within" "$dir/fold.log" || fail "fold: no check line"
+expect 0 "population statistics" fold_eval "$bnlab" eval "$dir/folded.onnx" "${in[@]}"
+expect 0 "check: none" fold_nodata "$bnlab" fold "$fx/smallcat.onnx" -o "$dir/folded2.onnx"
+expect 2 "where to?" fold_noout "$bnlab" fold "$fx/smallcat.onnx"
+expect 1 "TrainingMode.PRESERVE" fold_nobn "$bnlab" fold "$fx/smallcat_folded.onnx" -o "$dir/none.onnx"
+[ -e "$dir/none.onnx" ] && fail "fold of a model without BN wrote a file"
 # the outputs of two models' evaluations within 1e-6 (rounding of another merge order)
 close() { # close A.npy B.npy NAME
   local w

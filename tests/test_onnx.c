@@ -263,6 +263,64 @@ static void splice_check(const char *name, const bl_onnx *orig, int in_place)
     remove(v0), remove(o1), remove(o2);
 }
 
+/* bnlab fold: the folded model (read back) gives the unfolded net's outputs within 1e-4 of the
+ * largest |output|, with as many BN nodes as were kept; on crafted_fold the starved channels per
+ * folded layer are the generator's numpy count and the BN whose Conv output is also read by an
+ * Add is kept. x: n images (NHWC, normalized). */
+static void fold_check(const char *name, const bl_onnx *m, const bl_safetensors *ref,
+                       const float *x, int n, int h, int w, int c)
+{
+    bl_net net, back_net;
+    bl_onnx *back = NULL;
+    static bl_fold_report r;
+    char out[] = "/tmp/bnlab_fold_XXXXXX";
+    close(mkstemp(out));
+    bl_status st = bl_onnx_build(m, 16, &net);
+    if (!st) st = bl_onnx_fold(m, &net, out, NULL, &r);
+    CHECK(st == BL_OK, "%s: fold: %s", name, bl_error());
+    if (st) return;
+    st = bl_onnx_load(out, &back);
+    if (!st) st = bl_onnx_build(back, 16, &back_net);
+    CHECK(st == BL_OK, "%s: the folded model builds: %s", name, bl_error());
+    if (!st) {
+        const int K = bl_net_classes(&net);
+        float *y1 = calloc((size_t)n * K, sizeof(float)), *y2 = calloc((size_t)n * K, sizeof(float));
+        for (int i = 0; i < n && !st; i += 16) {
+            const int nb = n - i < 16 ? n - i : 16;
+            const float *xi = x + (size_t)i * h * w * c;
+            if (!(st = bl_net_infer(&net, xi, nb)))
+                memcpy(y1 + (size_t)i * K, bl_net_tensor_at(&net, bl_net_output(&net, 0))->data,
+                       sizeof(float) * nb * K);
+            if (!st && !(st = bl_net_infer(&back_net, xi, nb)))
+                memcpy(y2 + (size_t)i * K,
+                       bl_net_tensor_at(&back_net, bl_net_output(&back_net, 0))->data,
+                       sizeof(float) * nb * K);
+        }
+        const double d = worst_rel(y2, y1, (size_t)n * K);
+        CHECK(st == BL_OK && d <= 1e-4 && bl_net_classes(&back_net) == K,
+              "%s: folded outputs %.3g from the unfolded: %s", name, d, bl_error());
+        CHECK(bl_onnx_bn_count(back) == r.kept && r.folded + r.kept == bl_onnx_bn_count(m),
+              "%s: %d BN folded, %d kept, %d left in the file of %d", name, r.folded, r.kept,
+              bl_onnx_bn_count(back), bl_onnx_bn_count(m));
+        printf("%s: fold: %d BN folded, %d kept, outputs within %.2g; %d of %d channels under "
+               "4 bits\n", name, r.folded, r.kept, d, r.starved, r.channels);
+        free(y1), free(y2);
+        bl_net_free(&back_net);
+    }
+    const char *want = bl_st_meta(ref, "fold_starved");
+    if (want) {
+        char got[64] = "";
+        for (int k = 0; k < r.folded; k++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%d", k ? "," : "", r.row[k].starved);
+        CHECK(!strcmp(got, want) && r.kept == 1 && strstr(r.kept_why[0], "also read"),
+              "%s: starved channels %s, numpy %s; kept %d (%s)", name, got, want, r.kept,
+              r.kept ? r.kept_why[0] : "");
+    }
+    bl_net_free(&net);
+    bl_onnx_free(back);
+    remove(out);
+}
+
 /* PreciseBN of the ONNX net over the shared input in file order, batches of 16, against
  * PyTorch's pooled (or layer-by-layer) statistics: per channel |mean difference| / sd and
  * |variance difference| / variance, the worst over every BN layer. */
@@ -396,8 +454,10 @@ static void model(const char *name, const char *refname)
         free(want), free(got), free(plain);
         bl_net_free(&net);
         const char *pr = bl_st_meta(&ref, "precise");
-        if (bl_onnx_bn_count(m))
+        if (bl_onnx_bn_count(m)) {
             splice_check(name, m, strcmp(name, "plain_identity") && strcmp(name, "crafted_twoslot"));
+            fold_check(name, m, &ref, x, n, h, w, c);
+        }
         if ((!pr || strcmp(pr, "0")) && bl_onnx_bn_count(m)) { /* crafted graphs: outputs only */
             precise_vs_torch(name, m, &ref, 0);
             precise_vs_torch(name, m, &ref, 1);
@@ -689,7 +749,8 @@ int main(int argc, char **argv)
                                    "mobilenet_v3_small_w025", "efficientnet_b0_w025",
                                    "smallcat",            "plain_identity",
                                    "crafted_ops",         "crafted_opset7",
-                                   "crafted_opset11",     "crafted_twoslot"};
+                                   "crafted_opset11",     "crafted_twoslot",
+                                   "crafted_fold"};
     for (size_t k = 0; k < sizeof models / sizeof *models; k++) model(models[k], models[k]);
     model("smallcat_folded", "smallcat"); /* BN folded at export: the same outputs */
     two_slots();

@@ -24,6 +24,12 @@ gen_onnx_fixtures.py, in crafted_*.ref.safetensors as "logits"; metadata precise
                    32 on the pool, the first 32 images: "prior_mean", "prior_var"; the online mode
                    on the other 32 in batches of 8 with that prior: the final "online_mean",
                    "online_var" and the error after each batch, "online_err", %)
+  crafted_fold     opset 13, for bnlab fold: Conv + BN with three channels whose gamma is tiny
+                   (after folding they would get fewer than 4 bits under per-tensor int8), a
+                   Conv whose output a BN and an Add both read (the BN must stay), Gemm transB=1
+                   with C + BN on (N, C) with one such channel, Gemm transB=0 beta 0.5 without C
+                   + BN; metadata fold_starved: the starved channels per foldable BN, counted in
+                   numpy by the rule of docs/onnx.md (q = round(127 max|W'_c| / max|W'|) <= 7)
 nanstats.onnx: smallcat (gen_onnx_fixtures.py) with NaN and Inf in one BN's running variance.
 Bad graphs (bad_*.onnx): unsupported op, a cycle, a missing input, a weight of the wrong
 channels, raw data shorter than its dims, external data, NaN in a weight."""
@@ -243,6 +249,70 @@ def main(out):
             break
     onnx.save(m, f"{out}/nanstats.onnx")
     crafted_twoslot(out, x)
+    crafted_fold(out, x)
+
+
+def crafted_fold(out, x):
+    g = np.random.default_rng(23)
+
+    def rr(*shape, scale=1.0):
+        return (scale * g.standard_normal(shape)).astype(np.float32)
+
+    def bn(c, gamma=None):
+        ga = np.ones(c, np.float32) if gamma is None else np.asarray(gamma, np.float32)
+        return ga, rr(c, scale=0.1), rr(c, scale=0.3), (np.abs(rr(c)) + 0.5).astype(np.float32)
+    wa, ba = rr(8, 3, 3, 3, scale=0.3), rr(8, scale=0.1)
+    bn1 = bn(8, [1, 1.2, 0.9, 1.1, 1, 0.02, 0.03, 0.01])
+    wb = rr(8, 8, 1, 1, scale=0.3)
+    bn2 = bn(8)
+    wg1, cg1 = rr(6, 8, scale=0.3), rr(6, scale=0.1)
+    bn3 = bn(6, [1, 1, 0.9, 1, 0.005, 1.1])
+    wg2 = rr(6, 4, scale=0.3)
+    bn4 = bn(4)
+    inits = [init("wa", wa), init("ba", ba), init("wb", wb), init("wg1", wg1), init("cg1", cg1),
+             init("wg2", wg2)]
+    for k, arrs in enumerate([bn1, bn2, bn3, bn4]):
+        inits += [init(f"bn{k + 1}.{nm}", a) for nm, a in zip(["g", "b", "m", "v"], arrs)]
+
+    def bnn(k, i, o):
+        return helper.make_node("BatchNormalization", [i] + [f"bn{k}.{nm}" for nm in "gbmv"], [o])
+    n = [helper.make_node("Conv", ["input", "wa", "ba"], ["ca"], pads=[1, 1, 1, 1], strides=[2, 2]),
+         bnn(1, "ca", "n1"), helper.make_node("Relu", ["n1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "wb"], ["cb"]), bnn(2, "cb", "n2"),
+         helper.make_node("Add", ["cb", "n2"], ["s2"]),
+         helper.make_node("GlobalAveragePool", ["s2"], ["gp"]),
+         helper.make_node("Flatten", ["gp"], ["fl"]),
+         helper.make_node("Gemm", ["fl", "wg1", "cg1"], ["g1"], transB=1), bnn(3, "g1", "n3"),
+         helper.make_node("Relu", ["n3"], ["r3"]),
+         helper.make_node("Gemm", ["r3", "wg2"], ["g2"], beta=0.5), bnn(4, "g2", "logits")]
+    m = model(n, inits, [4], 13)
+    onnx.checker.check_model(m)
+    onnx.save(m, f"{out}/crafted_fold.onnx")
+
+    def bnf(y, arrs):
+        ga, be, mu, v = (t(a) for a in arrs)
+        sh = (1, -1, 1, 1) if y.dim() == 4 else (1, -1)
+        return (y - mu.view(sh)) / torch.sqrt(v.view(sh) + 1e-5) * ga.view(sh) + be.view(sh)
+    with torch.no_grad():
+        ca = F.conv2d(x, t(wa), t(ba), stride=2, padding=1)
+        cb = F.conv2d(torch.relu(bnf(ca, bn1)), t(wb))
+        fl = (cb + bnf(cb, bn2)).mean((2, 3))
+        g1 = fl @ t(wg1).T + t(cg1)
+        logits = bnf(torch.relu(bnf(g1, bn3)) @ t(wg2), bn4)
+
+    def starved(w, arrs, axis):  # the folded weight's channels along `axis` (numpy, float64)
+        ga, _, _, v = arrs
+        k = ga.astype(np.float64) / np.sqrt(v.astype(np.float64) + 1e-5)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        wf = np.abs(w.astype(np.float64) * k.reshape(shape))
+        cmax = wf.max(axis=tuple(d for d in range(w.ndim) if d != axis))
+        return int((np.rint(127 * cmax / wf.max()) <= 7).sum())
+    counts = [starved(wa, bn1, 0), starved(wg1, bn3, 0), starved(wg2, bn4, 1)]
+    save_safetensors(f"{out}/crafted_fold.ref.safetensors", {"logits": logits.float()},
+                     {"mean": ",".join(map(str, MEAN)), "std": ",".join(map(str, STD)),
+                      "precise": "0", "fold_starved": ",".join(map(str, counts))})
+    print("crafted_fold: starved per foldable BN", counts)
 
 
 def crafted_twoslot(out, x):

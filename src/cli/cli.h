@@ -144,6 +144,7 @@ int cli_is_onnx(int argc, char **argv);
 /* A model without BN given to `cmd`: the error and the export recipe that keeps BN; returns 1. */
 int cli_onnx_no_bn(const char *cmd, const char *path);
 int cli_onnx_adapt(int argc, char **argv); /* onnx_adapt.c */
+int cmd_fold(int argc, char **argv);       /* fold.c */
 int cmd_onnx(const char *cmd, int argc, char **argv);
 int cmd_corrupt(int argc, char **argv);
 void cli_adapt_stream(void *ctx, long seen, double err); /* adapt --online's progress */

@@ -23,12 +23,17 @@ static void usage(FILE *f)
             "  corrupt   write a corrupted Fashion-MNIST split (Fashion-MNIST-C: noise, blur,\n"
             "            contrast, jpeg, ... at severity 1-5) and a preview image\n"
             "  adapt     population statistics from a target domain (a corruption, or any IDX\n"
-            "            split): error with the source and with the target statistics\n"
+            "            split, or a model.onnx's images): error with the source and the target\n"
+            "            statistics; --prior N mixes them, --online adapts as images stream in\n"
+            "  fold      fold BN into the Conv or Gemm before it in a model.onnx, with a report\n"
+            "            of the channels per-tensor int8 would starve\n"
             "  demo      BN on real Fashion-MNIST features: ghost groups vs whole batch vs\n"
             "            population statistics; EMA vs PreciseBN estimates\n"
             "  version   print the version and the optional parts built in\n"
             "\n"
 
+            "eval, precise, inspect and adapt also take a model.onnx exported with BN kept\n"
+            "(docs/onnx.md).\n"
             "'bnlab <command> --help' lists a command's options and their defaults.\n",
             BNLAB_VERSION);
 }
@@ -117,6 +122,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "precise")) return cmd_precise(argc - 1, argv + 1);
     if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(argv[1], "corrupt")) return cmd_corrupt(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "fold")) return cmd_fold(argc - 1, argv + 1);
     if (!strcmp(argv[1], "adapt")) return cmd_adapt(argc - 1, argv + 1);
     fprintf(stderr, "bnlab: unknown command '%s'\n\n", argv[1]);
     usage(stderr);

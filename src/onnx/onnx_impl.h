@@ -65,6 +65,17 @@ void ox_bn_names(const bl_onnx *m, int node, char names[4][96]);
  * repacked. */
 bl_status ox_splice(const bl_onnx *m, const bl_net *net, const char *record, uint8_t **out,
                     size_t *out_len);
+/* Editing a parsed model (save.c): the initializer of that name (NULL: none); how many node
+ * inputs and graph outputs read a value; a tensor's values replaced by c floats (raw data, 1-D);
+ * a new 1-D float initializer; the "bnlab" metadata entry set; the initializer a value comes
+ * from through Identity nodes (NULL: none); buf (freed here) written to path atomically. */
+Onnx__TensorProto *ox_find_init(Onnx__GraphProto *g, const char *name);
+int ox_readers(const Onnx__GraphProto *g, const char *name);
+bl_status ox_set_floats(Onnx__TensorProto *t, const float *v, int c);
+bl_status ox_add_init(Onnx__GraphProto *g, const char *name, const float *v, int c);
+bl_status ox_set_meta(Onnx__ModelProto *mp, const char *value);
+const char *ox_source_of(const Onnx__GraphProto *g, const char *v);
+bl_status ox_write_file(const char *path, uint8_t *buf, size_t len);
 /* protobuf-c's allocator through bnlab's */
 extern ProtobufCAllocator ox_pb_allocator;
 /* "node 'NAME' (Op, opset K)" for messages. */

@@ -14,7 +14,7 @@
 
 #define OX_META_KEY "bnlab"
 
-static Onnx__TensorProto *find_init(Onnx__GraphProto *g, const char *name)
+Onnx__TensorProto *ox_find_init(Onnx__GraphProto *g, const char *name)
 {
     for (size_t i = 0; i < g->n_initializer; i++)
         if (g->initializer[i]->name && !strcmp(g->initializer[i]->name, name))
@@ -23,7 +23,7 @@ static Onnx__TensorProto *find_init(Onnx__GraphProto *g, const char *name)
 }
 
 /* readers of a value: node inputs and graph outputs */
-static int readers(const Onnx__GraphProto *g, const char *name)
+int ox_readers(const Onnx__GraphProto *g, const char *name)
 {
     int n = 0;
     for (size_t i = 0; i < g->n_node; i++)
@@ -33,7 +33,7 @@ static int readers(const Onnx__GraphProto *g, const char *name)
 }
 
 /* the tensor's values replaced by C floats, as raw little-endian data */
-static bl_status set_floats(Onnx__TensorProto *t, const float *v, int c)
+bl_status ox_set_floats(Onnx__TensorProto *t, const float *v, int c)
 {
     uint8_t *raw = bl_malloc(sizeof(float) * (size_t)c);
     int64_t *dims = bl_malloc(sizeof(int64_t));
@@ -52,7 +52,7 @@ static bl_status set_floats(Onnx__TensorProto *t, const float *v, int c)
 }
 
 /* a new initializer named `name` holding v, appended to the graph */
-static bl_status add_init(Onnx__GraphProto *g, const char *name, const float *v, int c)
+bl_status ox_add_init(Onnx__GraphProto *g, const char *name, const float *v, int c)
 {
     Onnx__TensorProto *t = bl_malloc(sizeof *t);
     Onnx__TensorProto **arr = bl_malloc(sizeof *arr * (g->n_initializer + 1));
@@ -60,7 +60,7 @@ static bl_status add_init(Onnx__GraphProto *g, const char *name, const float *v,
     if (!t || !arr || !nm) return free(t), free(arr), free(nm), bl_fail(BL_ERR_NOMEM, "out of memory");
     onnx__tensor_proto__init(t);
     t->name = nm;
-    bl_status st = set_floats(t, v, c);
+    bl_status st = ox_set_floats(t, v, c);
     if (st) return free(nm), free(t), free(arr), st;
     if (g->n_initializer) memcpy(arr, g->initializer, sizeof *arr * g->n_initializer);
     arr[g->n_initializer] = t;
@@ -70,7 +70,7 @@ static bl_status add_init(Onnx__GraphProto *g, const char *name, const float *v,
     return BL_OK;
 }
 
-static bl_status set_meta(Onnx__ModelProto *mp, const char *value)
+bl_status ox_set_meta(Onnx__ModelProto *mp, const char *value)
 {
     for (size_t i = 0; i < mp->n_metadata_props; i++)
         if (mp->metadata_props[i]->key && !strcmp(mp->metadata_props[i]->key, OX_META_KEY)) {
@@ -105,17 +105,17 @@ static bl_status write_stat(const bl_onnx *m, Onnx__GraphProto *g, int i, int k,
     if (!p) return bl_fail(BL_ERR_STATE, "%s: the net has no parameter '%s'", m->path, names[k]);
     Onnx__NodeProto *n = g->node[i];
     const char *v = n->input[k + 1];
-    Onnx__TensorProto *t = find_init(g, v);
-    if (t && readers(g, v) == 1 && !strchr(names[k], '#'))
-        return set_floats(t, p->data, (int)p->count);
+    Onnx__TensorProto *t = ox_find_init(g, v);
+    if (t && ox_readers(g, v) == 1 && !strchr(names[k], '#'))
+        return ox_set_floats(t, p->data, (int)p->count);
     if (m->model->ir_version < 4)
         return bl_fail(BL_ERR_FORMAT, "%s: BN node %d shares its statistics '%s', and IR version "
                        "%lld lists initializers among the inputs: re-export with opset_version="
                        "13 to write them back", m->path, i, v, (long long)m->model->ir_version);
     char nm[160];
     snprintf(nm, sizeof nm, "%.120s.bn%d", v, i);
-    for (int q = 2; find_init(g, nm) || readers(g, nm); q++) snprintf(nm, sizeof nm, "%.120s.bn%d_%d", v, i, q);
-    bl_status st = add_init(g, nm, p->data, (int)p->count);
+    for (int q = 2; ox_find_init(g, nm) || ox_readers(g, nm); q++) snprintf(nm, sizeof nm, "%.120s.bn%d_%d", v, i, q);
+    bl_status st = ox_add_init(g, nm, p->data, (int)p->count);
     char *dup = st ? NULL : bl_strdup(nm);
     if (!st && !dup) st = bl_fail(BL_ERR_NOMEM, "out of memory");
     if (st) return st;
@@ -126,7 +126,7 @@ static bl_status write_stat(const bl_onnx *m, Onnx__GraphProto *g, int i, int k,
 }
 
 /* buf (freed here) written atomically to path */
-static bl_status write_out(const char *path, uint8_t *buf, size_t len)
+bl_status ox_write_file(const char *path, uint8_t *buf, size_t len)
 {
     bl_afile f;
     bl_status st = bl_afile_open(&f, path);
@@ -144,7 +144,7 @@ bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, co
     uint8_t *buf = NULL;
     size_t len = 0;
     bl_status st = ox_splice(m, net, record, &buf, &len);
-    if (st || buf) return st ? st : write_out(path, buf, len);
+    if (st || buf) return st ? st : ox_write_file(path, buf, len);
     Onnx__ModelProto *mp = onnx__model_proto__unpack(&ox_pb_allocator, m->size, m->file);
     if (!mp) return bl_fail(BL_ERR_NOMEM, "%s: out of memory parsing the model again", m->path);
     Onnx__GraphProto *g = mp->graph;
@@ -154,7 +154,7 @@ bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, co
         ox_bn_names(m, (int)i, names);
         for (int k = 2; k < 4 && !st; k++) st = write_stat(m, g, (int)i, k, names, net, split);
     }
-    if (!st && record) st = set_meta(mp, record);
+    if (!st && record) st = ox_set_meta(mp, record);
     if (!st) {
         len = onnx__model_proto__get_packed_size(mp);
         if (!(buf = bl_malloc(len ? len : 1))) st = bl_fail(BL_ERR_NOMEM, "out of memory");
@@ -163,11 +163,11 @@ bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, co
     }
     onnx__model_proto__free_unpacked(mp, &ox_pb_allocator);
     if (st) return free(buf), st;
-    return write_out(path, buf, len);
+    return ox_write_file(path, buf, len);
 }
 
 /* the initializer a value comes from, through Identity nodes; NULL when none */
-static const char *source_of(const Onnx__GraphProto *g, const char *v)
+const char *ox_source_of(const Onnx__GraphProto *g, const char *v)
 {
     for (int depth = 0; depth < 64; depth++) {
         for (size_t i = 0; i < g->n_initializer; i++)
@@ -209,8 +209,8 @@ bl_status bl_onnx_save_stats(const bl_onnx *m, const bl_net *net, const char *pa
             }
             /* under the initializer's name (a PyTorch export's state_dict key) when it is that
              * BN's own; a shared one under the name the node reads it by */
-            const char *src = source_of(g, g->node[i]->input[k + 1]);
-            const char *key = src && !strchr(names[k], '#') && readers(g, src) == 1 ? src : names[k];
+            const char *src = ox_source_of(g, g->node[i]->input[k + 1]);
+            const char *key = src && !strchr(names[k], '#') && ox_readers(g, src) == 1 ? src : names[k];
             *unnamed += key != src;
             const int64_t shape[1] = {(int64_t)p->count};
             st = bl_st_add(&w, key, BL_F32, 1, shape, p->data);

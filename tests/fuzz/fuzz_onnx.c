@@ -1,6 +1,7 @@
 /* libFuzzer target: an ONNX model through the loader and the graph builder, then one inference of
- * zeros and the statistics written back (which must load again) when it builds. Input: the
- * model's bytes. A symbolic input gets (C, H, W) from the first input byte's bits (1-3 channels, 4-19 pixels a side), so shape-dependent paths are reached. */
+ * zeros, the statistics written back and the BN folded (each must load again) when it builds.
+ * Input: the model's bytes. A symbolic input gets (C, H, W) from the first input byte's bits
+ * (1-3 channels, 4-19 pixels a side), so shape-dependent paths are reached. */
 #include "bnlab/bnlab.h"
 #include "fuzz_util.h"
 
@@ -34,6 +35,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 bl_onnx *back = NULL;
                 if (bl_onnx_load(out, &back)) {
                     fprintf(stderr, "fuzz_onnx: the written model does not load: %s\n", bl_error());
+                    abort();
+                }
+                bl_onnx_free(back);
+                unlink(out);
+            }
+            /* and folded: what is written must load again too */
+            static bl_fold_report fr;
+            if (!bl_onnx_fold(m, &net, out, NULL, &fr)) {
+                bl_onnx *back = NULL;
+                if (bl_onnx_load(out, &back)) {
+                    fprintf(stderr, "fuzz_onnx: the folded model does not load: %s\n", bl_error());
                     abort();
                 }
                 bl_onnx_free(back);
