@@ -10,4 +10,5 @@
 #include "bnlab/dist.h"
 #include "bnlab/data.h"
 #include "bnlab/onnx.h"
+#include "bnlab/images.h"
 #endif

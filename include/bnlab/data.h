@@ -53,6 +53,14 @@ bl_status bl_npy_read(const char *path, bl_npy *out);
 bl_status bl_npy_write_f32(const char *path, const float *v, int ndim, const long long *shape);
 void bl_npy_free(bl_npy *a);
 
+/* Images read on demand instead of held in memory (an image folder, decoded batch by batch):
+ * fetch writes images idx[0..n) as (n, h, w, c) uint8 HWC; release frees ctx and the source. */
+typedef struct bl_data_source {
+    void *ctx;
+    bl_status (*fetch)(void *ctx, const int *idx, int n, uint8_t *out);
+    void (*release)(struct bl_data_source *s);
+} bl_data_source;
+
 typedef struct {
     int n, h, w;      /* images, rows, columns */
     uint8_t *pixels;  /* (n, h, w, c) HWC, normalized by the recipe in batches; or NULL */
@@ -60,6 +68,9 @@ typedef struct {
     int c;            /* channels (0 means 1: the Fashion-MNIST loaders leave it) */
     float *values;    /* (n, h, w, c) HWC floats taken as they are (no recipe normalization),
                        * instead of pixels */
+    bl_data_source *source; /* instead of pixels: uint8 images fetched per batch */
+    int *map;               /* with a source: image i is the source's map[i] (NULL: i) */
+    int owns_source;        /* bl_dataset_free releases the source (not a subset's) */
 } bl_dataset;
 static inline int bl_dataset_channels(const bl_dataset *d) { return d->c > 0 ? d->c : 1; }
 /* Values of one sample (h * w * channels). */
@@ -79,6 +90,11 @@ bl_status bl_idx_load(const char *images_path, const char *labels_path, bl_datas
 /* Writes a dataset as two gzip IDX files (each atomically: temporary file, fsync, rename), which
  * bl_idx_load reads back. */
 bl_status bl_idx_save(const bl_dataset *d, const char *images_path, const char *labels_path);
+/* A grey data set as a torchvision ImageFolder: dir/<class>/<index>.png with Fashion-MNIST's
+ * class folders ("0_tshirt_top" ... "9_ankle_boot": sorted order is label order), or dir/<index>
+ * .png without labels; each PNG written atomically. */
+bl_status bl_dataset_save_folder(const bl_dataset *d, const char *dir);
+const char *bl_fmnist_class_folder(int label); /* NULL outside 0..9 */
 /* A grayscale image as PNG (8 bits, zlib), atomically; pixels: (h, w). */
 bl_status bl_png_save_gray(const char *path, int w, int h, const uint8_t *pixels);
 /* Fashion-MNIST split "train" or "test" from dir (NULL: BL_FMNIST_DIR). */
@@ -98,9 +114,10 @@ typedef struct {
     int epoch;
 } bl_augment;
 /* x: (n, h, w, c) floats normalized by the recipe (float values as they are); y: (n) labels (0
- * without labels; y may be NULL); idx: dataset indices. aug NULL: normalization only. */
-void bl_dataset_batch(const bl_dataset *d, const bl_recipe *r, const int *idx, int n,
-                      const bl_augment *aug, float *x, uint8_t *y);
+ * without labels; y may be NULL); idx: dataset indices. aug NULL: normalization only. An error
+ * only from a source (an image that does not decode: named); x is then zeros. */
+bl_status bl_dataset_batch(const bl_dataset *d, const bl_recipe *r, const int *idx, int n,
+                           const bl_augment *aug, float *x, uint8_t *y);
 
 /* ---- corruptions (Fashion-MNIST-C) ----------------------------------------------------------------
  * ImageNet-C's / CIFAR-10-C's corruptions of grayscale images at severities 1-5, deterministic: an

@@ -117,11 +117,26 @@ void cli_inspect_print(const char *path, const char *desc, const char *src, int 
 typedef struct {
     char tensors[1024], labels[1024], mean[128], std[128], shape[64], data_dir[1024];
     int split, threads, json;
+    /* --images DIR: an image folder, preprocessed by --resize/--crop (-1: from the model's input
+     * size) and --color (0: from the model's channels, 1 rgb, 2 gray); the resolved recipe and
+     * what the folder held, as cli_onnx_open found them, for messages and records */
+    char images[1024];
+    int resize, crop, color;
+    char resolved[256];
 } cli_onnx_data;
 void cli_onnx_data_defaults(cli_onnx_data *o);
-int cli_onnx_open(const char *cmd, const char *path, const cli_onnx_data *o, bl_onnx **m,
+int cli_onnx_open(const char *cmd, const char *path, cli_onnx_data *o, bl_onnx **m,
                   bl_dataset *d, bl_recipe *r);
 #define ONNX_DATA_OPTS(o)                                                                          \
+    {"--images", OPT_STR, (o)->images, sizeof (o)->images, 0, 0, NULL,                             \
+     "an image folder (JPEG, PNG; class subfolders give the labels, as torchvision's ImageFolder)"}, \
+    {"--resize", OPT_INT, &(o)->resize, 0, -1, 32768, NULL,                                        \
+     "--images: shorter side to S (torchvision's Resize, bilinear with antialias; -1: the crop "   \
+     "x 256/224, 0: none)"},                                                                       \
+    {"--crop", OPT_INT, &(o)->crop, 0, -1, 32768, NULL,                                            \
+     "--images: CenterCrop(C) (-1: the model's input size, 0: none)"},                             \
+    {"--color", OPT_CHOICE, &(o)->color, 0, 0, 0, "auto|rgb|gray",                                 \
+     "--images: convert('RGB') or convert('L') (auto: by the model's input channels)"},            \
     {"--tensors", OPT_STR, (o)->tensors, sizeof (o)->tensors, 0, 0, NULL,                          \
      "images as .npy or .safetensors ('images', and 'labels'), (N, C, H, W): uint8 (normalized " \
      "by --mean/--std) or float (as they are); default: the Fashion-MNIST split"},                 \

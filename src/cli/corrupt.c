@@ -49,17 +49,21 @@ int cmd_corrupt(int argc, char **argv)
 {
 #ifdef BL_HAVE_ZLIB
     char name[64] = "", out[1024] = "", data_dir[1024];
-    int severity = 0, split = 0, threads = 2, show = 1;
+    int severity = 0, split = 0, threads = 2, show = 1, format = 0;
     uint64_t seed = 1;
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
     const cli_opt opts[] = {
         {"--corruption", OPT_STR, name, sizeof name, 0, 0, NULL,
          "gaussian_noise|shot_noise|impulse_noise|defocus_blur|motion_blur|glass_blur|contrast|"
-         "brightness|jpeg_compression|pixelate|elastic_transform|fog (required)"},
+         "brightness|jpeg_compression|pixelate|elastic_transform|fog, or clean: the split as it "
+         "is (required)"},
         {"--severity", OPT_INT, &severity, 0, 1, 5, NULL, "1 (mild) to 5 (strong) (required)"},
         {"--split", OPT_CHOICE, &split, 0, 0, 0, "test|train", "which Fashion-MNIST split"},
         {"--seed", OPT_U64, &seed, 0, 0, 9e15, NULL, "seed of the random draws"},
         {"--out|-o", OPT_STR, out, sizeof out, 0, 0, NULL, "output directory (required)"},
+        {"--format", OPT_CHOICE, &format, 0, 0, 0, "idx|png",
+         "IDX files for --data-dir, or an image folder for --images (DIR/<class>/<index>.png, "
+         "torchvision's ImageFolder layout)"},
         {"--preview", OPT_ONOFF, &show, 0, 0, 0, NULL, "also write DIR/preview.png"},
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
@@ -70,14 +74,19 @@ int cmd_corrupt(int argc, char **argv)
     int rc = cli_parse("corrupt", "--corruption NAME --severity S -o DIR [options]", argc, argv,
                        opts, n, pos, 0, &np);
     if (rc) return rc == 1 ? 0 : 2;
-    bl_corruption c;
-    if (!name[0] || !severity || !out[0]) {
+    bl_corruption c = BL_CORRUPT_COUNT;
+    const int clean = !strcmp(name, "clean");
+    if (clean && severity) {
+        fprintf(stderr, "bnlab corrupt: --corruption clean takes no --severity\n");
+        return 2;
+    }
+    if (!name[0] || (!severity && !clean) || !out[0]) {
         fprintf(stderr, "bnlab corrupt: %s; usage: bnlab corrupt --corruption NAME --severity S "
                         "-o DIR\n", !name[0] ? "which corruption? (--corruption)"
                         : !severity ? "how strong? (--severity 1..5)" : "where to? (-o DIR)");
         return 2;
     }
-    if (bl_corruption_parse(name, &c)) {
+    if (!clean && bl_corruption_parse(name, &c)) {
         fprintf(stderr, "bnlab corrupt: %s\n", bl_error());
         return 2;
     }
@@ -99,20 +108,32 @@ int cmd_corrupt(int argc, char **argv)
     snprintf(ip, sizeof ip, "%s/%s-images-idx3-ubyte.gz", out, pre);
     snprintf(lp, sizeof lp, "%s/%s-labels-idx1-ubyte.gz", out, pre);
     snprintf(pp, sizeof pp, "%s/preview.png", out);
-    bl_status st = bl_corrupt_dataset(&d, c, severity, seed, &cd);
+    char fp[1100];
+    snprintf(fp, sizeof fp, "%s/%s", out, sp);
+    bl_status st = clean ? BL_OK : bl_corrupt_dataset(&d, c, severity, seed, &cd);
     if (!st) {
-        st = bl_idx_save(&cd, ip, lp);
-        bl_dataset_free(&cd);
+        const bl_dataset *src = clean ? &d : &cd;
+        st = format ? bl_dataset_save_folder(src, fp) : bl_idx_save(src, ip, lp);
+        if (!clean) bl_dataset_free(&cd);
     }
-    if (!st && show) st = preview(&d, c, seed, pp);
+    if (!st && show && !clean) st = preview(&d, c, seed, pp);
+    const int written = d.n;
     bl_dataset_free(&d);
     if (st) {
         fprintf(stderr, "bnlab corrupt: %s\n", bl_error());
         return 1;
     }
-    printf("%s severity %d (seed %llu): %s split written to %s, %s%s%s\n", bl_corruption_name(c),
-           severity, (unsigned long long)seed, sp, ip, lp, show ? ", " : "", show ? pp : "");
-    printf("use it with --data-dir %s\n", out);
+    if (clean) printf("clean: ");
+    else printf("%s severity %d (seed %llu): ", bl_corruption_name(c), severity,
+                (unsigned long long)seed);
+    if (format)
+        printf("%s split written to %s (%d images in class folders)%s%s\n", sp, fp, written,
+               show && !clean ? ", " : "", show && !clean ? pp : "");
+    else
+        printf("%s split written to %s, %s%s%s\n", sp, ip, lp, show && !clean ? ", " : "",
+               show && !clean ? pp : "");
+    if (format) printf("use it with --images %s\n", fp);
+    else printf("use it with --data-dir %s\n", out);
     return 0;
 #else
     (void)argc, (void)argv;

@@ -22,8 +22,7 @@ static bl_status outputs(bl_net *net, const bl_dataset *d, const bl_recipe *r, f
     for (int s = 0; s < d->n && !st; s += B) {
         const int n = d->n - s < B ? d->n - s : B;
         for (int i = 0; i < n; i++) ids[i] = s + i;
-        bl_dataset_batch(d, r, ids, n, NULL, x, NULL);
-        if (!(st = bl_net_infer(net, x, n)))
+        if (!(st = bl_dataset_batch(d, r, ids, n, NULL, x, NULL)) && !(st = bl_net_infer(net, x, n)))
             memcpy(y + (size_t)s * K, bl_net_tensor_at(net, bl_net_output(net, 0))->data,
                    sizeof(float) * (size_t)n * K);
     }
@@ -82,7 +81,7 @@ static void print_report(const char *model, const char *out, const bl_fold_repor
     printf("wrote %s\n", out);
 }
 
-static int fold_run(const char *model, const cli_onnx_data *o, const char *out, const cli_opt *opts,
+static int fold_run(const char *model, cli_onnx_data *o, const char *out, const cli_opt *opts,
                     int n)
 {
     bl_onnx *m = NULL, *back = NULL;

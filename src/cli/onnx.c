@@ -78,8 +78,9 @@ static int onnx_eval(int argc, char **argv)
         for (int i = 0; i < d.n && !st; i += batch) {
             const int nb = d.n - i < batch ? d.n - i : batch;
             for (int k = 0; k < nb; k++) idx[k] = i + k;
-            bl_dataset_batch(&d, &r, idx, nb, NULL, x, NULL);
-            if ((st = bl_net_infer(&net, x, nb))) break;
+            if ((st = bl_dataset_batch(&d, &r, idx, nb, NULL, x, NULL)) ||
+                (st = bl_net_infer(&net, x, nb)))
+                break;
             memcpy(all + (size_t)i * K, out->data, sizeof(float) * (size_t)nb * K);
         }
         for (int i = 0; !st && i < d.n; i++) {
@@ -199,7 +200,7 @@ static int onnx_precise_run(const char *model, const cli_onnx_data *op, bl_preci
                             const char *out, const char *save_stats, cli_dist *dist,
                             const cli_opt *opts, int n)
 {
-    const cli_onnx_data o = *op;
+    cli_onnx_data o = *op;
     bl_precise_cfg c = *cp;
     const char *pos[1] = {model};
     int rc;
@@ -321,7 +322,7 @@ static int onnx_inspect(int argc, char **argv)
 static int onnx_inspect_run(const char *model, const cli_onnx_data *op, bl_inspect_cfg *cp,
                             cli_dist *dist, const cli_opt *opts, int n)
 {
-    const cli_onnx_data o = *op;
+    cli_onnx_data o = *op;
     bl_inspect_cfg c = *cp;
     const char *pos[1] = {model};
     int rc;

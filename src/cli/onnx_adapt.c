@@ -39,7 +39,7 @@ static char *record(const bl_adapt_cfg *c, const char *data, int labelled, int n
     return text;
 }
 
-static int adapt_run(const char *model, const cli_onnx_data *o, bl_adapt_cfg *c, const char *out,
+static int adapt_run(const char *model, cli_onnx_data *o, bl_adapt_cfg *c, const char *out,
                      const char *save_stats, const cli_opt *opts, int n)
 {
     bl_onnx *m = NULL;

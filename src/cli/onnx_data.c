@@ -2,6 +2,7 @@
  * uint8 normalized by --mean/--std or float32 as they are, labels from --labels or the file) or
  * the Fashion-MNIST IDX splits, and the model opened with its input shape fixed. */
 #include "cli/cli.h"
+#include "bnlab/images.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,7 +73,7 @@ static bl_status st_arrays(const char *path, bl_npy *im, bl_npy *lab, int *has_l
     return rc;
 }
 
-int cli_onnx_open(const char *cmd, const char *path, const cli_onnx_data *o, bl_onnx **m,
+int cli_onnx_open(const char *cmd, const char *path, cli_onnx_data *o, bl_onnx **m,
                   bl_dataset *d, bl_recipe *r)
 {
     memset(d, 0, sizeof *d);
@@ -88,7 +89,41 @@ int cli_onnx_open(const char *cmd, const char *path, const cli_onnx_data *o, bl_
         if ((st = bl_onnx_set_input_shape(*m, c, h, w)))
             return fprintf(stderr, "bnlab %s: %s\n", cmd, bl_error()), 2;
     }
-    if (o->tensors[0]) {
+    if (o->images[0] && o->tensors[0]) {
+        fprintf(stderr, "bnlab %s: --images or --tensors, not both\n", cmd);
+        return 2;
+    }
+    if (o->images[0]) {
+        /* the recipe: given, or from the model's input (CenterCrop to it, Resize to 256/224 of
+         * that as torchvision's ImageNet evaluation does) */
+        int mc = 0, mh = 0, mw = 0;
+        const int fixed = !bl_onnx_input_shape(*m, &mc, &mh, &mw);
+        bl_error_clear();
+        bl_img_recipe ir = {0, 0, 0};
+        if (o->crop >= 0) ir.crop = o->crop;
+        else if (fixed && mh == mw) ir.crop = mh;
+        else {
+            fprintf(stderr, "bnlab %s: the model's input is %s: give --crop (and --resize) for "
+                    "the images\n", cmd, fixed ? "not square" : "of symbolic size");
+            return 2;
+        }
+        ir.resize = o->resize >= 0 ? o->resize : (int)(ir.crop * 256.0 / 224 + 0.5);
+        ir.gray = o->color ? o->color == 2 : fixed && mc == 1;
+        int classes = 0;
+        char skipped[256] = "", rs[128];
+        if ((st = bl_dataset_from_folder(o->images, &ir, d, &classes, skipped, sizeof skipped)))
+            return fprintf(stderr, "bnlab %s: --images: %s\n", cmd, bl_error()), 1;
+        bl_img_recipe_str(&ir, rs, sizeof rs);
+        snprintf(o->resolved, sizeof o->resolved, "%s", rs); /* for the caller's records */
+        char what[96];
+        if (classes)
+            snprintf(what, sizeof what, "in %d class folders (labels 0..%d, sorted)", classes,
+                     classes - 1);
+        else
+            snprintf(what, sizeof what, "without class folders (no labels)");
+        fprintf(stderr, "%s: %d images %s%s%s; %s\n", o->images, d->n, what,
+                skipped[0] ? ", skipped " : "", skipped, rs);
+    } else if (o->tensors[0]) {
         bl_npy im, lab;
         memset(&lab, 0, sizeof lab);
         const size_t tl = strlen(o->tensors);
@@ -112,7 +147,8 @@ int cli_onnx_open(const char *cmd, const char *path, const cli_onnx_data *o, bl_
     /* the normalization of uint8 images: given, or ImageNet's (3 channels), or Fashion-MNIST's */
     const int C = bl_dataset_channels(d);
     memset(r, 0, sizeof *r);
-    snprintf(r->name, sizeof r->name, "%s", o->tensors[0] ? "tensors" : "fashion-mnist");
+    snprintf(r->name, sizeof r->name, "%s",
+             o->images[0] ? "images" : o->tensors[0] ? "tensors" : "fashion-mnist");
     r->channels = C > BL_RECIPE_MAX_CHANNELS ? BL_RECIPE_MAX_CHANNELS : C, r->classes = 256;
     static const float in_mean[3] = {0.485f, 0.456f, 0.406f}, in_std[3] = {0.229f, 0.224f, 0.225f};
     for (int k = 0; k < r->channels; k++) {
@@ -139,6 +175,7 @@ void cli_onnx_data_defaults(cli_onnx_data *o)
 {
     memset(o, 0, sizeof *o);
     o->threads = 2;
+    o->resize = o->crop = -1;
     snprintf(o->data_dir, sizeof o->data_dir, "%s", BL_FMNIST_DIR);
 }
 #endif

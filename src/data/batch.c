@@ -67,12 +67,28 @@ void bl_batch_share(int batch, int rank, int world, int *offset, int *count)
     *count = hi > lo ? (int)(hi - lo) : 0;
 }
 
-void bl_dataset_batch(const bl_dataset *d, const bl_recipe *rc, const int *idx, int n,
-                      const bl_augment *aug, float *x, uint8_t *y)
+bl_status bl_dataset_batch(const bl_dataset *d, const bl_recipe *rc, const int *idx, int n,
+                           const bl_augment *aug, float *x, uint8_t *y)
 {
     const int H = d->h, W = d->w, C = bl_dataset_channels(d);
     const size_t S = bl_dataset_sample(d);
     const int pad = aug ? rc->pad : 0, flip_on = aug ? rc->flip : 0;
+    /* a source's images fetched first; image i of the batch is then row i of that buffer */
+    uint8_t *fetched = NULL;
+    if (d->source && n > 0) {
+        fetched = bl_malloc((size_t)n * S);
+        int *src = bl_malloc(sizeof(int) * (size_t)n);
+        bl_status st = fetched && src ? BL_OK : bl_fail(BL_ERR_NOMEM, "out of memory for a batch");
+        for (int i = 0; !st && i < n; i++) src[i] = d->map ? d->map[idx[i]] : idx[i];
+        if (!st) st = d->source->fetch(d->source->ctx, src, n, fetched);
+        free(src);
+        if (st) {
+            free(fetched);
+            memset(x, 0, sizeof(float) * (size_t)n * S);
+            return st;
+        }
+    }
+    const uint8_t *pixels = fetched ? fetched : d->pixels;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         float *o = x + (size_t)i * S;
@@ -94,20 +110,39 @@ void bl_dataset_batch(const bl_dataset *d, const bl_recipe *rc, const int *idx, 
             for (int yy = 0; yy < H; yy++)
                 for (int xx = 0; xx < W; xx++) {
                     const int sy = yy + dy, sx = (flip ? W - 1 - xx : xx) + dx;
-                    const size_t at = ((size_t)idx[i] * H * W + (size_t)sy * W + sx) * C + c;
+                    const size_t img = fetched ? (size_t)i : (size_t)idx[i];
+                    const size_t at = (img * H * W + (size_t)sy * W + sx) * C + c;
                     float v = black;
                     if (sy >= 0 && sy < H && sx >= 0 && sx < W)
-                        v = d->values ? d->values[at] : (d->pixels[at] / 255.0f - mean) / std;
+                        v = d->values ? d->values[at] : (pixels[at] / 255.0f - mean) / std;
                     o[((size_t)yy * W + xx) * C + c] = v;
                 }
         }
         if (y) y[i] = d->labels ? d->labels[idx[i]] : 0;
     }
+    free(fetched);
+    return BL_OK;
 }
 
 bl_status bl_dataset_subset(const bl_dataset *src, const int *order, int n, bl_dataset *out)
 {
     memset(out, 0, sizeof *out);
+    if (src->source) {
+        /* a view of the same source: the images stay where they are, the indices are mapped */
+        out->map = bl_malloc(sizeof(int) * (size_t)(n ? n : 1));
+        out->labels = src->labels ? bl_alloc((size_t)n + 1) : NULL;
+        if (!out->map || (src->labels && !out->labels)) {
+            bl_dataset_free(out);
+            return bl_fail(BL_ERR_NOMEM, "out of memory for a subset of %d images", n);
+        }
+        for (int i = 0; i < n; i++) {
+            out->map[i] = src->map ? src->map[order[i]] : order[i];
+            if (src->labels) out->labels[i] = src->labels[order[i]];
+        }
+        out->source = src->source, out->owns_source = 0;
+        out->n = n, out->h = src->h, out->w = src->w, out->c = src->c;
+        return BL_OK;
+    }
     const size_t px = bl_dataset_sample(src), es = src->values ? sizeof(float) : 1;
     void *data = bl_alloc((size_t)n * px * es + 1);
     out->labels = src->labels ? bl_alloc((size_t)n + 1) : NULL;

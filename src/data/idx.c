@@ -145,6 +145,8 @@ void bl_dataset_free(bl_dataset *d)
     bl_free(d->pixels);
     bl_free(d->labels);
     bl_free(d->values);
+    free(d->map);
+    if (d->owns_source && d->source && d->source->release) d->source->release(d->source);
     memset(d, 0, sizeof *d);
 }
 

@@ -41,7 +41,7 @@ static bl_status adapt_online(bl_net *net, const bl_dataset *eval, const bl_adap
     for (int s = 0; s < eval->n && !st; s += B) {
         const int n = eval->n - s < B ? eval->n - s : B;
         for (int i = 0; i < n; i++) ids[i] = s + i;
-        bl_dataset_batch(eval, &c->recipe, ids, n, NULL, x, y);
+        if ((st = bl_dataset_batch(eval, &c->recipe, ids, n, NULL, x, y))) break;
         const bl_pass_spec spec = {.mode = BL_BN_BATCH, .n = n, .ids = ids, .seed = c->seed,
                                    .stream = BL_STREAM_PRECISE};
         bl_pass p;

@@ -77,7 +77,7 @@ bl_status bl_evaluate_shard(bl_net *net, const bl_dataset *d, const bl_recipe *r
     double sums[3 + BL_NET_MAX_OUTPUTS] = {0};
     for (int s = lo; s < hi && !st; s += chunk) {
         int n = hi - s < chunk ? hi - s : chunk;
-        bl_dataset_batch(d, recipe, order + s, n, NULL, x, y);
+        if ((st = bl_dataset_batch(d, recipe, order + s, n, NULL, x, y))) break;
         double ls = 0;
         int ok = 0;
         /* the draws (a crop head's crops) fixed per sample index, the same for every model */

@@ -80,7 +80,7 @@ bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
     const bl_augment aug = {c->seed, BL_STREAM_INSPECT};
     for (int b = rank; b < c->batches && !st; b += world) {
         const int *ids = idx + (size_t)b * c->batch;
-        bl_dataset_batch(d, &c->recipe, ids, c->batch, &aug, x, y);
+        if ((st = bl_dataset_batch(d, &c->recipe, ids, c->batch, &aug, x, y))) break;
         /* each batch normalized as one group (the spread of whole-batch statistics) */
         const bl_pass_spec spec = {.mode = BL_BN_BATCH, .n = c->batch, .ids = ids,
                                    .seed = c->seed, .stream = BL_STREAM_INSPECT};

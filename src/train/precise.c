@@ -230,7 +230,9 @@ bl_status bl_precise(bl_net *net, const bl_dataset *d, const bl_precise_cfg *c,
             int off, n;
             bl_batch_share(N - s < B ? (int)(N - s) : B, rank, world, &off, &n);
             if (!n && !plan.sync_bn) continue; /* an empty share: nothing here, no collective */
-            bl_dataset_batch(d, &c->recipe, idx + s + off, n, c->augment ? &aug : NULL, x, y);
+            if ((st = bl_dataset_batch(d, &c->recipe, idx + s + off, n, c->augment ? &aug : NULL, x,
+                                       y)))
+                break;
             /* per layer: batch statistics, or population for the layers already done */
             const bl_pass_spec spec = {.mode = BL_BN_BATCH, .n = n, .ids = idx + s + off,
                                        .seed = c->seed, .stream = BL_STREAM_PRECISE,

@@ -548,10 +548,10 @@ static bl_status sgd_step(bl_trainer *t)
     bl_net *net = &t->net;
     t->lr = bl_lr_at(c, t->info.step, t->T, t->W);
     const int *ids = t->order + t->s * c->batch + t->share_off;
-    bl_dataset_batch(&t->train, &t->c.recipe, ids, t->share_n, &t->aug, t->x, t->y);
-    bl_status st = BL_OK;
+    /* training data is in memory (never a source that can fail) */
+    bl_status st = bl_dataset_batch(&t->train, &t->c.recipe, ids, t->share_n, &t->aug, t->x, t->y);
     /* one permutation of the global batch's rows per step */
-    if (t->perm && !t->frozen)
+    if (!st && t->perm && !t->frozen)
         st = bl_shuffle_perm(t->info.seed, t->info.step, c->batch * t->shuffle_rows, t->perm);
     /* FrozenBN: population statistics; else the plan's batch statistics */
     const bl_pass_spec spec = {.mode = t->frozen ? BL_BN_POPULATION : BL_BN_BATCH,

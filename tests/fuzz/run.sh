@@ -9,7 +9,7 @@ set -uo pipefail
 build=$1 secs=$2
 shift 2
 src=$(cd "$(dirname "$0")" && pwd)
-targets=${*:-fuzz_checkpoint fuzz_idx fuzz_options fuzz_npy fuzz_onnx}
+targets=${*:-fuzz_checkpoint fuzz_idx fuzz_options fuzz_npy fuzz_onnx fuzz_image}
 mkdir -p "$build/artifacts"
 
 one() { # one TARGET: runs it, leaves its exit status in BUILD/TARGET.rc
