@@ -87,6 +87,22 @@ expect 0 "check: none" fold_nodata "$bnlab" fold "$fx/smallcat.onnx" -o "$dir/fo
 expect 2 "where to?" fold_noout "$bnlab" fold "$fx/smallcat.onnx"
 expect 1 "TrainingMode.PRESERVE" fold_nobn "$bnlab" fold "$fx/smallcat_folded.onnx" -o "$dir/none.onnx"
 [ -e "$dir/none.onnx" ] && fail "fold of a model without BN wrote a file"
+# --images: a folder (class folders give labels; the recipe printed); bad folders and images end
+# with the thing named and write nothing
+im="$(dirname "$fx")/images"
+expect 0 "9 images in 2 class folders (labels 0..1, sorted), skipped 2 .txt, 1 .webp; Resize(37) + CenterCrop(32), RGB" \
+  img_eval "$bnlab" eval "$fx/smallcat.onnx" --images "$im/folder"
+grep -q "9 images, 10 outputs each, population statistics: error" "$dir/img_eval.log" || fail "--images: no error rate"
+expect 0 "only the BN statistics changed" img_precise "$bnlab" precise "$fx/smallcat.onnx" --images "$im/folder" --batch 4 -o "$dir/img.onnx"
+mkdir -p "$dir/empty" "$dir/badfolder/x"
+cp "$im/folder/a_class/one.jpg" "$dir/badfolder/x/"
+cp "$im/bad/trunc_scan.jpg" "$dir/badfolder/x/"
+expect 1 "no images" img_empty "$bnlab" precise "$fx/smallcat.onnx" --images "$dir/empty" -o "$dir/none.onnx"
+expect 1 "trunc_scan.jpg" img_bad "$bnlab" precise "$fx/smallcat.onnx" --images "$dir/badfolder" -o "$dir/none.onnx"
+expect 1 "trunc_scan.jpg" img_bad_adapt "$bnlab" adapt "$fx/smallcat.onnx" --images "$dir/badfolder" -o "$dir/none.onnx"
+expect 1 "no such folder" img_missing "$bnlab" eval "$fx/smallcat.onnx" --images "$dir/nope"
+expect 2 "not both" img_both "$bnlab" eval "$fx/smallcat.onnx" --images "$im/folder" "${in[@]}"
+[ -e "$dir/none.onnx" ] && fail "a bad image folder let a command write its output"
 # the outputs of two models' evaluations within 1e-6 (rounding of another merge order)
 close() { # close A.npy B.npy NAME
   local w

@@ -306,6 +306,11 @@ typedef struct {
      * batch t predicted with the statistics pooled over batches 1..t (each batch normalized by
      * its own statistics, as PreciseBN's batches), mixed by the prior; samples and draws unused */
     int online;
+    /* permute: the target cut into halves (and streamed) in a permutation seeded by cfg.seed
+     * instead of its own order - for data in class order, as an image folder is, whose halves
+     * would otherwise hold different classes and whose stream would come one class at a time;
+     * 0 (default): the data's order (the Fashion-MNIST test split's is already random) */
+    int permute;
     /* online: after each batch, the images seen and the error so far (%) */
     void (*stream)(void *ctx, long seen, double err);
     void *stream_ctx;

@@ -123,6 +123,7 @@ typedef struct {
     char images[1024];
     int resize, crop, color;
     char resolved[256];
+    int resize_used, crop_used; /* the recipe resolved from -1 */
 } cli_onnx_data;
 void cli_onnx_data_defaults(cli_onnx_data *o);
 int cli_onnx_open(const char *cmd, const char *path, cli_onnx_data *o, bl_onnx **m,

@@ -77,7 +77,8 @@ static void print_report(const char *model, const char *out, const bl_fold_repor
         printf("check: the folded model's outputs within %.2g (of the largest |output|) of the "
                "unfolded model's\n", check);
     else
-        printf("check: none (give --tensors to compare the folded outputs on your images)\n");
+        printf("check: none (give --tensors or --images to compare the folded outputs on your "
+               "images)\n");
     printf("wrote %s\n", out);
 }
 
@@ -88,7 +89,7 @@ static int fold_run(const char *model, cli_onnx_data *o, const char *out, const 
     bl_dataset d = {0};
     bl_recipe rec;
     int rc;
-    const int data = o->tensors[0] != 0;
+    const int data = o->tensors[0] || o->images[0];
     if (data) {
         if ((rc = cli_onnx_open("fold", model, o, &m, &d, &rec)))
             return bl_onnx_free(m), bl_dataset_free(&d), rc;

@@ -369,8 +369,13 @@ static int onnx_inspect_run(const char *model, const cli_onnx_data *op, bl_inspe
         rc = 1;
     } else if (!o.json && (bad || r.flagged)) {
         /* the exact command that mends what was found */
-        printf("fix: bnlab precise %s%s%s -o fixed.onnx --save-stats fixed_stats.safetensors\n",
-               pos[0], o.tensors[0] ? " --tensors " : "", o.tensors);
+        char data[1200] = "";
+        if (o.tensors[0]) snprintf(data, sizeof data, " --tensors %s", o.tensors);
+        if (o.images[0])
+            snprintf(data, sizeof data, " --images %s --resize %d --crop %d%s", o.images,
+                     o.resize_used, o.crop_used, o.color ? (o.color == 2 ? " --color gray" : " --color rgb") : "");
+        printf("fix: bnlab precise %s%s -o fixed.onnx --save-stats fixed_stats.safetensors\n",
+               pos[0], data);
     }
     bl_net_free(&net);
     bl_onnx_free(m), bl_dataset_free(&d);

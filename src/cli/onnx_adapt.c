@@ -53,7 +53,10 @@ static int adapt_run(const char *model, cli_onnx_data *o, bl_adapt_cfg *c, const
         return rc;
     }
     const int labelled = d.labels != NULL;
-    const char *data = o->tensors[0] ? o->tensors : o->split ? "fashion-mnist train" : "fashion-mnist test";
+    char folder[1400];
+    snprintf(folder, sizeof folder, "%s (%s)", o->images, o->resolved);
+    const char *data = o->images[0] ? folder : o->tensors[0] ? o->tensors
+                     : o->split ? "fashion-mnist train" : "fashion-mnist test";
     bl_status st = BL_OK;
     if (c->online && !labelled)
         st = bl_fail(BL_ERR_ARG, "--online predicts the stream and reports its error: it needs "
@@ -136,6 +139,9 @@ int cli_onnx_adapt(int argc, char **argv)
     bl_adapt_cfg c;
     bl_adapt_defaults(&c);
     c.samples = 0, c.batch = 64;
+    /* a user's data may come in class order (an image folder always does): cut and stream it in
+     * a seeded permutation */
+    c.permute = 1;
     const cli_opt opts[] = {
         {"--out|-o", OPT_STR, out, sizeof out, 0, 0, NULL,
          "the model with the target statistics (.onnx; only they change)"},

@@ -66,6 +66,9 @@ static bl_status adapt_online(bl_net *net, const bl_dataset *eval, const bl_adap
     return st;
 }
 
+/* the stream of bl_epoch_order that permutes a target before it is cut (far from any epoch) */
+#define BL_ADAPT_SPLIT_STREAM 900001
+
 bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c, int keep,
                    bl_adapt_report *r)
 {
@@ -92,7 +95,9 @@ bl_status bl_adapt(bl_net *net, const bl_dataset *target, const bl_adapt_cfg *c,
         return bl_fail(BL_ERR_ARG, "adapt: cfg.draws %d: use 1..%d", c->draws, BL_ADAPT_MAX_DRAWS);
     int *idx = bl_malloc(sizeof(int) * (size_t)target->n);
     if (!idx) return bl_fail(BL_ERR_NOMEM, "adapt: out of memory");
-    for (int i = 0; i < target->n; i++) idx[i] = i;
+    if (c->permute) bl_epoch_order(target->n, c->seed, BL_ADAPT_SPLIT_STREAM, idx);
+    else
+        for (int i = 0; i < target->n; i++) idx[i] = i;
     bl_dataset pool = {0}, eval = {0};
     bl_status st = bl_dataset_subset(target, idx, pool_n, &pool);
     if (!st) st = bl_dataset_subset(target, idx + pool_n, eval_n, &eval);
