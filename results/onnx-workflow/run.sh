@@ -38,7 +38,7 @@ b inspect_precise inspect "$W/swa_precise.onnx" --images "$W/data/clean/train" "
 # 4. a new domain: contrast 5 (held-out protocol: the first half adapts, the second evaluates)
 b adapt adapt "$W/swa_precise.onnx" --images "$W/data/contrast5/test" "${img[@]}" --samples 1000 --batch 200 --draws 5 --json on
 for p in 16 256; do
-  b adapt_prior$p adapt "$W/swa_precise.onnx" --images "$W/data/contrast5/test" "${img[@]}" --samples 1000 --batch 200 --prior $p --json on
+  b adapt_prior$p adapt "$W/swa_precise.onnx" --images "$W/data/contrast5/test" "${img[@]}" --samples 1000 --batch 200 --draws 5 --prior $p --json on
 done
 b adapt_online adapt "$W/swa_precise.onnx" --images "$W/data/contrast5/test" "${img[@]}" --online on --batch 64 --json on
 b adapt_online_prior adapt "$W/swa_precise.onnx" --images "$W/data/contrast5/test" "${img[@]}" --online on --batch 64 --prior 256 --json on
