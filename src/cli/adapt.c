@@ -25,7 +25,7 @@ int cmd_adapt(int argc, char **argv)
 #if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
     bl_adapt_cfg c;
     bl_adapt_defaults(&c);
-    char target[96] = "", target_dir[1024] = "", out[1024] = "", data_dir[1024];
+    char target[96] = "", target_dir[1024] = "", out[1024] = "", data_dir[1024], images[1024] = "";
     int json = 0, threads = 2;
     uint64_t corrupt_seed = 1;
     cli_foreign fo;
@@ -35,6 +35,9 @@ int cmd_adapt(int argc, char **argv)
         {"--target", OPT_STR, target, sizeof target, 0, 0, NULL,
          "NAME[:SEVERITY]: a corruption of the test split (bnlab corrupt's names, severity 1-5, "
          "default 3), or clean: the clean test split"},
+        {"--images", OPT_STR, images, sizeof images, 0, 0, NULL,
+         "instead of --target: an image folder (class subfolders give the labels; resized and "
+         "cropped to the model's input; cut and streamed in a seeded permutation)"},
         {"--target-dir", OPT_STR, target_dir, sizeof target_dir, 0, 0, NULL,
          "instead of --target: the test split (t10k-*-idx*-ubyte.gz) in this directory"},
         {"--samples", OPT_LONG, &c.samples, 0, 1, 60000, NULL,
@@ -68,12 +71,13 @@ int cmd_adapt(int argc, char **argv)
     int rc = cli_parse("adapt", "CHECKPOINT --target NAME[:SEVERITY] [options]", argc, argv, opts,
                        n, pos, 1, &np);
     if (rc) return rc == 1 ? 0 : 2;
-    if (np != 1 || !target[0] == !target_dir[0]) {
+    const int given = !!target[0] + !!target_dir[0] + !!images[0];
+    if (np != 1 || given != 1) {
         fprintf(stderr, "bnlab adapt: %s; usage: bnlab adapt CHECKPOINT --target NAME[:SEVERITY] "
                         "[options]\n", np != 1 ? "which checkpoint?"
-                        : target[0] ? "--target or --target-dir, not both"
-                                    : "which target? (--target contrast:5, --target clean, or "
-                                      "--target-dir DIR)");
+                        : given > 1 ? "one of --target, --target-dir and --images"
+                                    : "which target? (--target contrast:5, --target clean, "
+                                      "--target-dir DIR or --images DIR)");
         return 2;
     }
     if (out[0] && !strcmp(out, pos[0])) {
@@ -109,8 +113,11 @@ int cmd_adapt(int argc, char **argv)
             fprintf(stderr, "bnlab adapt: --target clean takes no severity\n");
             return 2;
         }
-    } else {
+    } else if (target_dir[0]) {
         snprintf(name, sizeof name, "dir:%s", target_dir);
+    } else {
+        snprintf(name, sizeof name, "images:%s", images);
+        c.permute = 1; /* a folder comes in class order */
     }
     bl_threads_set(threads);
     const int eval_batch = 256;
@@ -121,7 +128,12 @@ int cmd_adapt(int argc, char **argv)
         return rc;
     c.recipe = info.recipe;
     bl_dataset d;
-    if (target_dir[0]) {
+    if (images[0]) {
+        if (cli_load_data("adapt", data_dir, images, "test", &net, &d)) {
+            bl_net_free(&net), bl_ckpt_info_free(&info);
+            return 1;
+        }
+    } else if (target_dir[0]) {
         char ip[1100], lp[1100];
         snprintf(ip, sizeof ip, "%s/t10k-images-idx3-ubyte.gz", target_dir);
         snprintf(lp, sizeof lp, "%s/t10k-labels-idx1-ubyte.gz", target_dir);

@@ -86,6 +86,11 @@ double cli_now(void);
 /* Loads a Fashion-MNIST split; on failure prints why and what to do, prefixed "bnlab CMD: ",
  * and returns non-zero (d is then empty). */
 int cli_load_fmnist(const char *cmd, const char *dir, const char *split, bl_dataset *d);
+/* The data of a command on a built-in model: the image folder `images` (Resize and CenterCrop to
+ * the model's input, grey or RGB by its channels; the recipe printed), or without one the
+ * Fashion-MNIST split; 0, or 1 after printing why. */
+int cli_load_data(const char *cmd, const char *dir, const char *images, const char *split,
+                  const bl_net *net, bl_dataset *d);
 
 /* Under mpirun (dist.c): the process group, quiet ranks other than 0, the trainer's hooks. */
 typedef struct {

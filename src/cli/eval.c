@@ -51,7 +51,7 @@ int cmd_eval(int argc, char **argv)
     uint64_t seed = 1;
     cli_foreign fo;
     cli_foreign_init(&fo);
-    char data_dir[1024];
+    char images[1024] = "", data_dir[1024];
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
     const cli_opt base[] = {
         {"--stats", OPT_CHOICE, &stats, 0, 0, 0, "population|minibatch",
@@ -68,6 +68,9 @@ int cmd_eval(int argc, char **argv)
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
+        {"--images", OPT_STR, images, sizeof images, 0, 0, NULL,
+         "the images to evaluate: a folder instead of Fashion-MNIST (class subfolders give the labels; resized and "
+         "cropped to the model's input)"},
         CLI_FOREIGN_OPTS(&fo),
     };
     cli_opt opts[64];
@@ -86,7 +89,7 @@ int cmd_eval(int argc, char **argv)
     bl_ckpt_info info;
     if ((rc = cli_open_checkpoint("eval", pos[0], batch, &fo, opts, n, &net, &info))) return rc;
     bl_dataset d;
-    if (cli_load_fmnist("eval", data_dir, split ? "train" : "test", &d)) {
+    if (cli_load_data("eval", data_dir, images, split ? "train" : "test", &net, &d)) {
         bl_net_free(&net), bl_ckpt_info_free(&info);
         return 1;
     }

@@ -55,7 +55,7 @@ int cmd_inspect(int argc, char **argv)
     int json = 0, threads = 2;
     cli_foreign fo;
     cli_foreign_init(&fo);
-    char data_dir[1024];
+    char images[1024] = "", data_dir[1024];
     snprintf(data_dir, sizeof data_dir, "%s", BL_FMNIST_DIR);
     const cli_opt base[] = {
         {"--samples", OPT_LONG, &c.samples, 0, 1, 60000, NULL,
@@ -70,6 +70,8 @@ int cmd_inspect(int argc, char **argv)
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
+        {"--images", OPT_STR, images, sizeof images, 0, 0, NULL,
+         "the images to compare with: a folder instead of the training split (resized and cropped to the model's input)"},
         CLI_FOREIGN_OPTS(&fo),
     };
     cli_opt opts[64];
@@ -96,7 +98,7 @@ int cmd_inspect(int argc, char **argv)
         return cli_dist_free(&dist), rc;
     c.recipe = info.recipe;
     bl_dataset train;
-    if (cli_load_fmnist("inspect", data_dir, "train", &train)) {
+    if (cli_load_data("inspect", data_dir, images, "train", &net, &train)) {
         bl_net_free(&net), bl_ckpt_info_free(&info), cli_dist_free(&dist);
         return 1;
     }

@@ -2,6 +2,7 @@
  * the printed configuration all come from that table. Unknown options are errors. */
 #define _POSIX_C_SOURCE 200809L
 #include "cli/cli.h"
+#include "bnlab/images.h"
 
 #include <errno.h>
 #include <math.h>
@@ -192,6 +193,29 @@ int cli_load_fmnist(const char *cmd, const char *dir, const char *split, bl_data
 #endif
     memset(d, 0, sizeof *d);
     return 1;
+}
+
+int cli_load_data(const char *cmd, const char *dir, const char *images, const char *split,
+                  const bl_net *net, bl_dataset *d)
+{
+    if (!images || !images[0]) return cli_load_fmnist(cmd, dir, split, d);
+    /* a built-in model's small square input: Resize and CenterCrop to it (both are no-ops on
+     * images of that size), grey or RGB by its channels */
+    const bl_tensor *in = bl_net_tensor_at(net, 0);
+    bl_img_recipe r = {in->h, in->h, in->c == 1};
+    int classes = 0;
+    char skipped[256] = "", rs[128];
+    if (in->h != in->w || bl_dataset_from_folder(images, &r, d, &classes, skipped, sizeof skipped)) {
+        fprintf(stderr, "bnlab %s: --images: %s\n", cmd,
+                in->h != in->w ? "the model's input is not square" : bl_error());
+        memset(d, 0, sizeof *d);
+        return 1;
+    }
+    bl_img_recipe_str(&r, rs, sizeof rs);
+    fprintf(stderr, "%s: %d images %s%s%s; %s\n", images, d->n,
+            classes ? "in class folders" : "without class folders (no labels)",
+            skipped[0] ? ", skipped " : "", skipped, rs);
+    return 0;
 }
 
 /* "cfg.norm_batch" -> "--norm-batch" when the command has that option; other text is kept. */

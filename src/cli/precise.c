@@ -19,7 +19,7 @@ int cmd_precise(int argc, char **argv)
     bl_precise_cfg c;
     bl_precise_defaults(&c);
     int evaluate = 1, json = 0, threads = 2;
-    char out[1024] = "", data_dir[1024];
+    char out[1024] = "", images[1024] = "", data_dir[1024];
     cli_foreign fo;
     cli_foreign_init(&fo);
     fo.reestimates = 1;
@@ -44,6 +44,8 @@ int cmd_precise(int argc, char **argv)
         {"--threads", OPT_INT, &threads, 0, 1, 256, NULL, "threads"},
         {"--json", OPT_ONOFF, &json, 0, 0, 0, NULL, "print one JSON object"},
         {"--data-dir", OPT_STR, data_dir, sizeof data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
+        {"--images", OPT_STR, images, sizeof images, 0, 0, NULL,
+         "the images for the statistics: a folder instead of the training split (resized and cropped to the model's input; the test error stays Fashion-MNIST's)"},
         CLI_FOREIGN_OPTS(&fo),
     };
     cli_opt opts[64];
@@ -87,7 +89,7 @@ int cmd_precise(int argc, char **argv)
     /* keep the optimizer state too when there is one, so the output can still be trained on */
     if (bl_checkpoint_load(&net, pos[0], 1, NULL)) bl_error_clear();
     bl_dataset train, test = {0};
-    if (cli_load_fmnist("precise", data_dir, "train", &train) ||
+    if (cli_load_data("precise", data_dir, images, "train", &net, &train) ||
         (evaluate && cli_load_fmnist("precise", data_dir, "test", &test))) {
         bl_dataset_free(&train);
         bl_net_free(&net), bl_ckpt_info_free(&info), cli_dist_free(&dist);
