@@ -567,6 +567,27 @@ bl_status bl_net_infer_ctx(bl_net *net, const bl_ctx *ctx, const float *x, int n
 /* Rows per sample of the net's shuffle layers (what a shuffle permutes), 0 without any. */
 int bl_net_shuffle_rows(const bl_net *net);
 
+/* ---- BN folding (bl_onnx_fold for a model.onnx, bl_fold_net for a built-in model) -----------------
+ * W' = W k and b' = (b - mu) k + beta per output channel, k = gamma / sqrt(var + eps). The report
+ * counts, per folded layer, the channels a symmetric per-tensor int8 scale would starve: with
+ * s = max|W'| / 127 a channel's values map to integers in [-q, q], q = round(max|W'_c| / s), which
+ * is 2q + 1 levels; fewer than 16 (4 bits) means q <= 7 (docs/onnx.md). */
+#define BL_FOLD_MAX 512
+static inline int bl_fold_starved(double channel_max, double tensor_max)
+{
+    return tensor_max > 0 && (long)(127 * channel_max / tensor_max + 0.5) <= 7;
+}
+typedef struct {
+    char bn[96], into[96]; /* the BN, and the convolution (or Gemm) it went into */
+    int channels, starved; /* output channels; those with fewer than 4 bits under int8 */
+    double min_ratio;      /* the smallest channel range over the tensor's range */
+} bl_fold_row;
+typedef struct {
+    int folded, kept, channels, starved; /* channels and starved: over the folded layers */
+    bl_fold_row row[BL_FOLD_MAX];
+    char kept_name[BL_FOLD_MAX][96], kept_why[BL_FOLD_MAX][160];
+} bl_fold_report;
+
 #ifdef __cplusplus
 }
 #endif

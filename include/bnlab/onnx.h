@@ -42,19 +42,7 @@ bl_status bl_onnx_save_stats(const bl_onnx *m, const bl_net *net, const char *pa
  * output of a Conv or Gemm which nothing else reads, whose weight is a constant, with the net's
  * statistics, gamma and beta; the model written to path (atomically) without those BN nodes, a
  * metadata_props entry "bnlab" = record (NULL: none). Every other BN is kept and reported with
- * its reason. Per folded layer: the channels a symmetric per-tensor int8 scale would give fewer
- * than 4 bits (q = round(127 max|W'_c| / max|W'|) <= 7, i.e. at most 15 levels). */
-#define BL_FOLD_MAX 512
-typedef struct {
-    char bn[96], into[96]; /* the BN node, and the Conv or Gemm it went into */
-    int channels, starved; /* output channels; those with fewer than 4 bits under int8 */
-    double min_ratio;      /* the smallest channel range over the tensor's range */
-} bl_fold_row;
-typedef struct {
-    int folded, kept, channels, starved; /* channels and starved: over the folded layers */
-    bl_fold_row row[BL_FOLD_MAX];
-    char kept_name[BL_FOLD_MAX][96], kept_why[BL_FOLD_MAX][160];
-} bl_fold_report;
+ * its reason; the report (bl_fold_report, nn.h) counts the starved channels per folded layer. */
 bl_status bl_onnx_fold(const bl_onnx *m, const bl_net *net, const char *path, const char *record,
                        bl_fold_report *r);
 /* The number of BatchNormalization nodes (0: BN folded away at export). */

@@ -286,6 +286,14 @@ void bl_inspect_defaults(bl_inspect_cfg *c);
 bl_status bl_inspect(bl_net *net, const bl_dataset *d, const bl_inspect_cfg *c,
                      bl_inspect_report *r);
 
+/* ---- BN folding (fold_net.c) ----------------------------------------------------------------------
+ * Every BN that reads the output of a convolution nothing else reads, folded into it (nn.h's
+ * formula, the net's statistics); written to path as a safetensors state_dict in PyTorch's names
+ * and layouts (conv weights OIHW): the folded convolutions gain "<conv>.bias", the folded BNs'
+ * parameters are gone, everything else is as in a checkpoint. record: the "bnlab_fold" metadata
+ * (NULL: none). */
+bl_status bl_fold_net(const bl_net *net, const char *path, const char *record, bl_fold_report *r);
+
 /* ---- adaptation to a target domain (adapt.c) ------------------------------------------------------
  * The population statistics re-estimated on N target images by PreciseBN (pooled, or sequential),
  * the weights untouched; errors with the source and the target statistics on the same held-out

@@ -1,4 +1,5 @@
-/* bnlab fold model.onnx -o folded.onnx: BN folded into the Conv or Gemm before it, with the
+/* bnlab fold model.onnx -o folded.onnx (or a checkpoint -o folded.safetensors, bl_fold_net): BN
+ * folded into the Conv or Gemm before it, with the
  * statistics the model holds (run precise or adapt first to fold fresh ones), the layers that
  * cannot be folded named with the reason, and per folded layer the channels that a symmetric
  * per-tensor int8 scale would give fewer than 4 bits. With --tensors, the folded model's outputs
@@ -46,7 +47,7 @@ static void print_report(const char *model, const char *out, const bl_fold_repor
     if (json) {
         printf("{\"model\":\"%s\",\"out\":\"%s\",\"folded\":%d,\"kept\":%d,\"channels\":%d,"
                "\"starved\":%d,\"check\":", model, out, r->folded, r->kept, r->channels, r->starved);
-        if (check >= 0) printf("%.3g", check);
+        if (check >= 0) printf("%.3g", check); /* -1: not checked; -2: a checkpoint's */
         else printf("null");
         printf(",\"layers\":[");
         for (int k = 0; k < r->folded && k < BL_FOLD_MAX; k++)
@@ -76,6 +77,10 @@ static void print_report(const char *model, const char *out, const bl_fold_repor
     if (check >= 0)
         printf("check: the folded model's outputs within %.2g (of the largest |output|) of the "
                "unfolded model's\n", check);
+    else if (check < -1)
+        printf("the folded convolutions gain '<conv>.bias' and the folded BNs' tensors are gone: "
+               "load it into the PyTorch model with those BN layers replaced by nn.Identity and "
+               "bias=True on their convolutions\n");
     else
         printf("check: none (give --tensors or --images to compare the folded outputs on your "
                "images)\n");
@@ -158,26 +163,41 @@ int cmd_fold(int argc, char **argv)
     const int n = sizeof opts / sizeof *opts;
     const char *pos[1];
     int np;
-    int rc = cli_parse("fold", "MODEL.onnx -o FOLDED.onnx [--tensors X.npy] [options]", argc, argv,
+    int rc = cli_parse("fold", "MODEL.onnx -o FOLDED.onnx [--images DIR | --tensors X.npy] [options], "
+                       "or CKPT -o FOLDED.safetensors", argc, argv,
                        opts, n, pos, 1, &np);
     if (rc) return rc == 1 ? 0 : 2;
     if (np != 1 || !out[0]) {
         fprintf(stderr, "bnlab fold: %s; usage: bnlab fold MODEL.onnx -o FOLDED.onnx [--tensors "
-                "X.npy]\n", np != 1 ? "which model?" : "where to? (-o FOLDED.onnx)");
+                "X.npy], or bnlab fold CKPT -o FOLDED.safetensors\n",
+                np != 1 ? "which model?" : "where to? (-o FOLDED.onnx)");
         return 2;
     }
     if (!strcmp(out, pos[0])) {
         fprintf(stderr, "bnlab fold: -o %s would overwrite the input: write to another file\n", out);
         return 2;
     }
-    const size_t l = strlen(pos[0]);
-    if (l < 5 || strcmp(pos[0] + l - 5, ".onnx")) {
-        fprintf(stderr, "bnlab fold: %s: fold takes a model.onnx (a bnlab checkpoint: export it "
-                "first)\n", pos[0]);
+    const size_t l = strlen(pos[0]), lo = strlen(out);
+    bl_threads_set(o.threads);
+    if (l > 5 && !strcmp(pos[0] + l - 5, ".onnx")) return fold_run(pos[0], &o, out, opts, n);
+    /* a bnlab checkpoint: the folded weights as a PyTorch state_dict */
+    if (lo < 12 || strcmp(out + lo - 12, ".safetensors")) {
+        fprintf(stderr, "bnlab fold: %s is a checkpoint: its folded weights go to a "
+                "-o FOLDED.safetensors (a state_dict in PyTorch's names and layouts)\n", pos[0]);
         return 2;
     }
-    bl_threads_set(o.threads);
-    return fold_run(pos[0], &o, out, opts, n);
+    bl_net net;
+    bl_ckpt_info info;
+    if (bl_checkpoint_open(pos[0], 1, NULL, &net, &info)) {
+        fprintf(stderr, "bnlab fold: %s\n", bl_error());
+        return 1;
+    }
+    static bl_fold_report r;
+    rc = bl_fold_net(&net, out, "{\"fold\":true}", &r) ? 1 : 0;
+    if (rc) cli_error("fold", opts, n);
+    else print_report(pos[0], out, &r, o.json, -2);
+    bl_net_free(&net), bl_ckpt_info_free(&info);
+    return rc;
 #else
     (void)argc, (void)argv;
     fprintf(stderr, "bnlab fold: built without zlib or cJSON (scripts/install-deps.sh)\n");

@@ -190,7 +190,7 @@ static int fold_one(const bl_onnx *m, const bl_net *net, Onnx__ModelProto *mp, s
         row->channels = C, row->min_ratio = 1;
         for (int c = 0; c < C; c++) {
             const double ratio = wmax > 0 ? kk[C + c] / wmax : 0;
-            row->starved += lround(127 * ratio) <= 7;
+            row->starved += bl_fold_starved(kk[C + c], wmax);
             row->min_ratio = fmin(row->min_ratio, ratio);
         }
         r->starved += row->starved, r->channels += C;
