@@ -84,6 +84,7 @@ grep -q "kept: n2: the output of cb is also read elsewhere" "$dir/fold.log" || f
 grep -q "check: the folded model's outputs within" "$dir/fold.log" || fail "fold: no check line"
 expect 0 "population statistics" fold_eval "$bnlab" eval "$dir/folded.onnx" "${in[@]}"
 expect 0 "check: none" fold_nodata "$bnlab" fold "$fx/smallcat.onnx" -o "$dir/folded2.onnx"
+expect 0 "non-finite statistics or parameters: run bnlab precise first" fold_nan "$bnlab" fold "$fx/nanstats.onnx" -o "$dir/foldnan.onnx"
 expect 2 "where to?" fold_noout "$bnlab" fold "$fx/smallcat.onnx"
 expect 1 "TrainingMode.PRESERVE" fold_nobn "$bnlab" fold "$fx/smallcat_folded.onnx" -o "$dir/none.onnx"
 [ -e "$dir/none.onnx" ] && fail "fold of a model without BN wrote a file"

@@ -575,7 +575,8 @@ int bl_net_shuffle_rows(const bl_net *net);
 #define BL_FOLD_MAX 512
 static inline int bl_fold_starved(double channel_max, double tensor_max)
 {
-    return tensor_max > 0 && (long)(127 * channel_max / tensor_max + 0.5) <= 7;
+    const double q = 127 * channel_max / tensor_max; /* compared, never converted: NaN is no q */
+    return tensor_max > 0 && q < 7.5;
 }
 typedef struct {
     char bn[96], into[96]; /* the BN, and the convolution (or Gemm) it went into */

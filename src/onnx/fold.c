@@ -17,9 +17,9 @@
 /* the node that writes value v (NULL: a graph input or an initializer) */
 static Onnx__NodeProto *producer(Onnx__GraphProto *g, const char *v)
 {
-    for (size_t i = 0; i < g->n_node; i++)
+    for (size_t i = 0; v && i < g->n_node; i++)
         for (size_t k = 0; k < g->node[i]->n_output; k++)
-            if (!strcmp(g->node[i]->output[k], v)) return g->node[i];
+            if (g->node[i]->output[k] && !strcmp(g->node[i]->output[k], v)) return g->node[i];
     return NULL;
 }
 
@@ -166,11 +166,17 @@ static int fold_one(const bl_onnx *m, const bl_net *net, Onnx__ModelProto *mp, s
         *st = bl_fail(BL_ERR_NOMEM, "out of memory");
         return -1;
     }
+    int finite = 1;
     for (int c = 0; c < C; c++) {
         kk[c] = pp[0]->data[c] / sqrt((double)pp[3]->data[c] + eps);
+        finite &= isfinite(kk[c]) && isfinite(pp[2]->data[c]) && isfinite(pp[1]->data[c]);
         /* Gemm: beta C' = (beta C - mu) k + beta_bn */
         const double b0 = b.count ? (double)b.f[c] * beta_g : 0;
         nb[c] = (float)(((b0 - pp[2]->data[c]) * kk[c] + pp[1]->data[c]) / beta_g);
+    }
+    if (!finite) {
+        free(nb), free(kk), ox_const_free(&w), ox_const_free(&b);
+        return keep(r, bn, "non-finite statistics or parameters: run bnlab precise first"), 0;
     }
     /* the weight scaled per output channel: Conv's first axis, Gemm's N (rows under transB) */
     const size_t per = w.count / (size_t)C;
@@ -216,21 +222,21 @@ static void drop_unread(Onnx__GraphProto *g)
     for (size_t i = 0; i < g->n_input; i++) {
         Onnx__ValueInfoProto *v = g->input[i];
         /* an initializer listed among the inputs (IR 3) goes with it; the model's inputs stay */
-        if (ox_readers(g, v->name) || !ox_find_init(g, v->name)) g->input[k++] = v;
+        if (!v->name || ox_readers(g, v->name) || !ox_find_init(g, v->name)) g->input[k++] = v;
         else onnx__value_info_proto__free_unpacked(v, &ox_pb_allocator);
     }
     g->n_input = k;
     k = 0;
     for (size_t i = 0; i < g->n_initializer; i++) {
         Onnx__TensorProto *t = g->initializer[i];
-        if (ox_readers(g, t->name)) g->initializer[k++] = t;
+        if (!t->name || ox_readers(g, t->name)) g->initializer[k++] = t;
         else onnx__tensor_proto__free_unpacked(t, &ox_pb_allocator);
     }
     g->n_initializer = k;
     k = 0;
     for (size_t i = 0; i < g->n_value_info; i++) {
         Onnx__ValueInfoProto *v = g->value_info[i];
-        if (ox_readers(g, v->name) || producer(g, v->name)) g->value_info[k++] = v;
+        if (!v->name || ox_readers(g, v->name) || producer(g, v->name)) g->value_info[k++] = v;
         else onnx__value_info_proto__free_unpacked(v, &ox_pb_allocator);
     }
     g->n_value_info = k;

@@ -25,10 +25,13 @@ Onnx__TensorProto *ox_find_init(Onnx__GraphProto *g, const char *name)
 /* readers of a value: node inputs and graph outputs */
 int ox_readers(const Onnx__GraphProto *g, const char *name)
 {
+    /* a nameless value (a value_info or initializer the loader never looks at) has no readers */
+    if (!name) return 0;
     int n = 0;
     for (size_t i = 0; i < g->n_node; i++)
-        for (size_t k = 0; k < g->node[i]->n_input; k++) n += !strcmp(g->node[i]->input[k], name);
-    for (size_t i = 0; i < g->n_output; i++) n += !strcmp(g->output[i]->name, name);
+        for (size_t k = 0; k < g->node[i]->n_input; k++)
+            n += g->node[i]->input[k] && !strcmp(g->node[i]->input[k], name);
+    for (size_t i = 0; i < g->n_output; i++) n += g->output[i]->name && !strcmp(g->output[i]->name, name);
     return n;
 }
 

@@ -74,6 +74,14 @@ bl_status bl_fold_net(const bl_net *net, const char *path, const char *record, b
             keep(r, bn->name, why);
             continue;
         }
+        int finite = 1;
+        for (int c = 0; c < bn->cfg.channels; c++)
+            finite &= isfinite(bn->gamma[c] / sqrt((double)bn->pop_var[c] + bn->cfg.eps)) &&
+                      isfinite(bn->pop_mean[c]) && isfinite(bn->beta[c]);
+        if (!finite) {
+            keep(r, bn->name, "non-finite statistics or parameters: run bnlab precise first");
+            continue;
+        }
         into[p] = k, gone[li] = 1;
     }
     bl_st_writer w;
