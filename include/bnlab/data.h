@@ -54,11 +54,18 @@ bl_status bl_npy_write_f32(const char *path, const float *v, int ndim, const lon
 void bl_npy_free(bl_npy *a);
 
 /* Images read on demand instead of held in memory (an image folder, decoded batch by batch):
- * fetch writes images idx[0..n) as (n, h, w, c) uint8 HWC; release frees ctx and the source. */
+ * fetch writes images idx[0..n) as (n, h, w, c) uint8 HWC; release frees ctx and the source when
+ * the last data set holding it (refs: the data set and its subsets) is freed. */
 typedef struct bl_data_source {
     void *ctx;
+    int refs;
     bl_status (*fetch)(void *ctx, const int *idx, int n, uint8_t *out);
     void (*release)(struct bl_data_source *s);
+    /* optional: after each fetch, the images fetched so far and the source's size (a terminal's
+     * progress line) */
+    void (*progress)(void *pctx, long fetched, int n);
+    void *progress_ctx;
+    long fetched;
 } bl_data_source;
 
 typedef struct {
@@ -70,7 +77,7 @@ typedef struct {
                        * instead of pixels */
     bl_data_source *source; /* instead of pixels: uint8 images fetched per batch */
     int *map;               /* with a source: image i is the source's map[i] (NULL: i) */
-    int owns_source;        /* bl_dataset_free releases the source (not a subset's) */
+    int owns_source;        /* holds one of the source's refs (every data set with a source) */
 } bl_dataset;
 static inline int bl_dataset_channels(const bl_dataset *d) { return d->c > 0 ? d->c : 1; }
 /* Values of one sample (h * w * channels). */

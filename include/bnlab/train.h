@@ -377,6 +377,10 @@ typedef struct {
     int frozen_bn_epochs, frozen_bn_reestimate;
     bl_recipe recipe;     /* default: Fashion-MNIST's; a resumed run keeps its checkpoint's */
     char out[1024], data_dir[1024], resume[1024];
+    /* instead of data_dir's IDX files: an image folder holding train/ and test/ class folders
+     * (bnlab corrupt --format png writes them), images taken at their size, grey or RGB by
+     * recipe.channels; "" (default): Fashion-MNIST */
+    char images[1024];
     /* The plan under processes (hooks.reducer): sync_bn, every BN layer normalizes over the global
      * batch; 0: each process normalizes its share (per-process BN, ghost groups of
      * ceil(batch / W)). The crop head (resnetN-crops, docs/crop-head.md; its backbone always

@@ -186,6 +186,7 @@ int cmd_adapt(int argc, char **argv)
         rc = info.precise && info.adapt ? bl_checkpoint_save(&net, out, &info)
                                         : bl_fail(BL_ERR_NOMEM, "out of memory writing metadata");
     }
+    cli_decode_done();
     if (rc) {
         cli_error("adapt", opts, n);
     } else if (json) {

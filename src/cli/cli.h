@@ -91,6 +91,10 @@ int cli_load_fmnist(const char *cmd, const char *dir, const char *split, bl_data
  * Fashion-MNIST split; 0, or 1 after printing why. */
 int cli_load_data(const char *cmd, const char *dir, const char *images, const char *split,
                   const bl_net *net, bl_dataset *d);
+/* An image folder's passes shown on a terminal (stderr): the images decoded so far; the command
+ * ends the line with cli_decode_done (main does, at exit). */
+void cli_decode_progress(const char *cmd, bl_dataset *d);
+void cli_decode_done(void);
 
 /* Under mpirun (dist.c): the process group, quiet ranks other than 0, the trainer's hooks. */
 typedef struct {

@@ -102,6 +102,7 @@ int cmd_eval(int argc, char **argv)
     bl_eval_result r;
     rc = bl_evaluate(&net, &d, &info.recipe, stats ? BL_BN_BATCH : BL_BN_POPULATION, norm_batch,
                      seed, compose, &r);
+    cli_decode_done();
     if (rc) {
         cli_error("eval", opts, n);
     } else if (json) {

@@ -136,6 +136,7 @@ static int fold_run(const char *model, cli_onnx_data *o, const char *out, const 
                          "|output| (more than 1e-4): report this model", check);
         if (st) remove(out);
     }
+    cli_decode_done();
     if (st) {
         cli_error("fold", opts, n);
         rc = 1;

@@ -104,7 +104,9 @@ int cmd_inspect(int argc, char **argv)
     }
     static bl_inspect_report r;
     const char *src = bl_estimator_name(bl_net_bn_at(&net, 0)->pop_source);
-    if ((rc = bl_inspect(&net, &train, &c, &r))) {
+    rc = bl_inspect(&net, &train, &c, &r);
+    cli_decode_done();
+    if (rc) {
         cli_error("inspect", opts, n);
     } else {
         char desc[160];

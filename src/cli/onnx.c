@@ -56,7 +56,9 @@ static int onnx_eval(int argc, char **argv)
         rc = 2;
     } else if (stats) {
         bl_eval_result er;
-        if ((st = bl_evaluate(&net, &d, &r, BL_BN_BATCH, norm_batch, 1, 0, &er))) {
+        st = bl_evaluate(&net, &d, &r, BL_BN_BATCH, norm_batch, 1, 0, &er);
+        cli_decode_done();
+        if (st) {
             cli_error("eval", opts, n);
             rc = 1;
         } else if (o.json) {
@@ -92,6 +94,7 @@ static int onnx_eval(int argc, char **argv)
             }
             if (d.labels) wrong += arg != d.labels[i];
         }
+        cli_decode_done();
         if (!st && outputs[0]) {
             const long long shape[2] = {d.n, K};
             st = bl_npy_write_f32(outputs, all, 2, shape);
@@ -227,6 +230,7 @@ static int onnx_precise_run(const char *model, const cli_onnx_data *op, bl_preci
     const int writer = dist->rank == 0;
     if (!st && out[0] && writer) st = bl_onnx_save(m, &net, out, rec, &split);
     if (!st && save_stats[0] && writer) st = bl_onnx_save_stats(m, &net, save_stats, rec, &unnamed);
+    cli_decode_done();
     if (st) {
         /* bl_precise agrees its errors across the processes; a write fails on rank 0 alone */
         rc = writer ? 1 : 0;
@@ -355,6 +359,7 @@ static int onnx_inspect_run(const char *model, const cli_onnx_data *op, bl_inspe
                    "an overflow): the model's outputs are not usable\n", bad);
     } else if (!st) {
         st = bl_inspect(&net, &d, &c, &r);
+        cli_decode_done();
         if (!st) {
             char desc[160];
             snprintf(desc, sizeof desc, "%s, opset %d", bl_onnx_producer(m), bl_onnx_opset(m));

@@ -89,6 +89,7 @@ static int adapt_run(const char *model, cli_onnx_data *o, bl_adapt_cfg *c, const
     int split = 0, unnamed = 0;
     if (!st && out[0]) st = bl_onnx_save(m, &net, out, rec, &split);
     if (!st && save_stats[0]) st = bl_onnx_save_stats(m, &net, save_stats, rec, &unnamed);
+    cli_decode_done();
     if (st) {
         cli_error("adapt", opts, n);
         rc = 1;

@@ -115,6 +115,7 @@ int cli_onnx_open(const char *cmd, const char *path, cli_onnx_data *o, bl_onnx *
             return fprintf(stderr, "bnlab %s: --images: %s\n", cmd, bl_error()), 1;
         bl_img_recipe_str(&ir, rs, sizeof rs);
         snprintf(o->resolved, sizeof o->resolved, "%s", rs); /* for the caller's records */
+        cli_decode_progress(cmd, d);
         o->resize_used = ir.resize, o->crop_used = ir.crop;
         char what[96];
         if (classes)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 static void value(const cli_opt *o, char *buf, size_t len)
@@ -195,6 +196,34 @@ int cli_load_fmnist(const char *cmd, const char *dir, const char *split, bl_data
     return 1;
 }
 
+/* An image folder's decoding on a terminal: images decoded so far, as passes over the folder,
+ * at most four times a second; cli_decode_done ends the line. */
+static int decode_line;
+static void decode_progress(void *ctx, long fetched, int n)
+{
+    static double last;
+    const double now = cli_now();
+    if (now - last < 0.25 && fetched % n) return;
+    last = now;
+    fprintf(stderr, "\r%s: %ld images decoded (%.2f passes over the folder)   ",
+            (const char *)ctx, fetched, (double)fetched / n);
+    decode_line = 1;
+}
+
+void cli_decode_progress(const char *cmd, bl_dataset *d)
+{
+    /* precise shows its own progress, in samples */
+    if (!d->source || !isatty(2) || !strcmp(cmd, "precise")) return;
+    d->source->progress = decode_progress;
+    d->source->progress_ctx = (void *)cmd;
+}
+
+void cli_decode_done(void)
+{
+    if (decode_line) fprintf(stderr, "\n");
+    decode_line = 0;
+}
+
 int cli_load_data(const char *cmd, const char *dir, const char *images, const char *split,
                   const bl_net *net, bl_dataset *d)
 {
@@ -212,6 +241,7 @@ int cli_load_data(const char *cmd, const char *dir, const char *images, const ch
         return 1;
     }
     bl_img_recipe_str(&r, rs, sizeof rs);
+    cli_decode_progress(cmd, d);
     fprintf(stderr, "%s: %d images %s%s%s; %s\n", images, d->n,
             classes ? "in class folders" : "without class folders (no labels)",
             skipped[0] ? ", skipped " : "", skipped, rs);

@@ -118,6 +118,7 @@ int cmd_precise(int argc, char **argv)
         bl_ckpt_info_set(&info.precise, rec);
         if (!rc && dist.rank == 0) rc = bl_checkpoint_save(&net, out, &info);
     }
+    cli_decode_done();
     if (rc) {
         cli_error("precise", opts, n);
     } else if (json) {

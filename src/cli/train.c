@@ -278,6 +278,9 @@ static int train_main(cli_dist *d, int argc, char **argv)
          "continue from a checkpoint (at its step); --out's metrics.jsonl keeps the lines up to "
          "the checkpoint's epoch"},
         {"--data-dir", OPT_STR, c.data_dir, sizeof c.data_dir, 0, 0, NULL, "Fashion-MNIST IDX files"},
+        {"--images", OPT_STR, c.images, sizeof c.images, 0, 0, NULL,
+         "instead: an image folder with train/ and test/ class folders (bnlab corrupt --format "
+         "png writes them), images at their own size"},
     };
     cli_opt opts[96];
     const int n_base = sizeof base / sizeof *base;

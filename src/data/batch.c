@@ -82,6 +82,10 @@ bl_status bl_dataset_batch(const bl_dataset *d, const bl_recipe *rc, const int *
         for (int i = 0; !st && i < n; i++) src[i] = d->map ? d->map[idx[i]] : idx[i];
         if (!st) st = d->source->fetch(d->source->ctx, src, n, fetched);
         free(src);
+        if (!st && d->source->progress) {
+            d->source->fetched += n;
+            d->source->progress(d->source->progress_ctx, d->source->fetched, d->n);
+        }
         if (st) {
             free(fetched);
             memset(x, 0, sizeof(float) * (size_t)n * S);
@@ -139,7 +143,8 @@ bl_status bl_dataset_subset(const bl_dataset *src, const int *order, int n, bl_d
             out->map[i] = src->map ? src->map[order[i]] : order[i];
             if (src->labels) out->labels[i] = src->labels[order[i]];
         }
-        out->source = src->source, out->owns_source = 0;
+        out->source = src->source, out->owns_source = 1;
+        src->source->refs++; /* the subset keeps the images alive after its parent goes */
         out->n = n, out->h = src->h, out->w = src->w, out->c = src->c;
         return BL_OK;
     }

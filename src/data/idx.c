@@ -146,7 +146,8 @@ void bl_dataset_free(bl_dataset *d)
     bl_free(d->labels);
     bl_free(d->values);
     free(d->map);
-    if (d->owns_source && d->source && d->source->release) d->source->release(d->source);
+    if (d->owns_source && d->source && --d->source->refs == 0 && d->source->release)
+        d->source->release(d->source);
     memset(d, 0, sizeof *d);
 }
 

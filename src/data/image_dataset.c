@@ -55,7 +55,7 @@ bl_status bl_dataset_from_folder(const char *dir, const bl_img_recipe *r, bl_dat
     for (int i = 0; fc->f.labels && i < fc->f.n; i++) out->labels[i] = (uint8_t)fc->f.labels[i];
     *classes = fc->f.classes;
     if (skipped) snprintf(skipped, skipped_len, "%s", fc->f.skipped_what);
-    s->ctx = fc, s->fetch = fetch, s->release = release;
+    s->ctx = fc, s->fetch = fetch, s->release = release, s->refs = 1;
     out->n = fc->f.n, out->h = fc->h, out->w = fc->w, out->c = c;
     out->source = s, out->owns_source = 1;
     return BL_OK;

@@ -5,6 +5,7 @@
  * Nothing here prints. */
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/train.h"
+#include "bnlab/images.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -89,7 +90,8 @@ static bl_status config_json(const bl_train_cfg *c, int world, char **out)
     int ok = o && cJSON_AddStringToObject(o, "model", c->model.name) &&
              cJSON_AddStringToObject(o, "schedule", sched_name(c->schedule)) &&
              cJSON_AddStringToObject(o, "lr_scaling", c->lr_scaling ? "linear" : "none") &&
-             cJSON_AddStringToObject(o, "data_dir", c->data_dir);
+             cJSON_AddStringToObject(o, "data_dir", c->data_dir) &&
+             (!c->images[0] || cJSON_AddStringToObject(o, "images", c->images));
     for (size_t k = 0; ok && k < sizeof num / sizeof *num; k++)
         ok = cJSON_AddNumberToObject(o, num[k].key, num[k].v) != NULL;
     char *head = NULL;
@@ -142,11 +144,36 @@ struct bl_trainer {
     const char *final_src;
 };
 
+static bl_status split_val(const bl_train_cfg *c, bl_dataset *fullp, bl_trainer *t);
+
 static bl_status load_data(bl_trainer *t)
 {
     const bl_train_cfg *c = &t->c;
     bl_dataset full;
-    bl_status st = bl_fmnist_load(c->data_dir, "train", &full);
+    bl_status st;
+    if (c->images[0]) {
+        /* decoded batch by batch as training asks; every image at its own size (one size) */
+        const bl_img_recipe ir = {0, 0, c->recipe.channels == 1};
+        char dir[1100];
+        int classes;
+        snprintf(dir, sizeof dir, "%s/train", c->images);
+        st = bl_dataset_from_folder(dir, &ir, &full, &classes, NULL, 0);
+        snprintf(dir, sizeof dir, "%s/test", c->images);
+        if (!st && (st = bl_dataset_from_folder(dir, &ir, &t->test, &classes, NULL, 0)))
+            bl_dataset_free(&full);
+        if (!st && (!full.labels || !t->test.labels)) {
+            bl_dataset_free(&full), bl_dataset_free(&t->test);
+            st = bl_fail(BL_ERR_ARG, "cfg.images %s: train/ and test/ need class folders (the "
+                         "labels)", c->images);
+        }
+        if (st) return st;
+        if (c->val <= 0) {
+            t->train = full;
+            return BL_OK;
+        }
+        return split_val(c, &full, t);
+    }
+    st = bl_fmnist_load(c->data_dir, "train", &full);
     if (!st) {
         st = bl_fmnist_load(c->data_dir, "test", &t->test);
         if (st) bl_dataset_free(&full);
@@ -160,10 +187,20 @@ static bl_status load_data(bl_trainer *t)
         t->train = full;
         return BL_OK;
     }
+    return split_val(c, &full, t);
+}
+
+/* validation = the first `val` samples of a fixed permutation of the training split; it
+ * replaces the test set (full is freed) */
+static bl_status split_val(const bl_train_cfg *c, bl_dataset *fullp, bl_trainer *t)
+{
+    bl_dataset full = *fullp;
+    bl_status st;
     if (c->val >= full.n) {
+        const int n = full.n;
         bl_dataset_free(&full);
         return bl_fail(BL_ERR_ARG, "cfg.val %d leaves no training samples (the split has %d)",
-                       c->val, full.n);
+                       c->val, n);
     }
     /* validation = the first `val` samples of a fixed permutation; it replaces the test set */
     int *order = bl_malloc(sizeof(int) * full.n);
