@@ -103,6 +103,12 @@ expect 1 "trunc_scan.jpg" img_bad "$bnlab" precise "$fx/smallcat.onnx" --images 
 expect 1 "trunc_scan.jpg" img_bad_adapt "$bnlab" adapt "$fx/smallcat.onnx" --images "$dir/badfolder" -o "$dir/none.onnx"
 expect 1 "no such folder" img_missing "$bnlab" eval "$fx/smallcat.onnx" --images "$dir/nope"
 expect 2 "not both" img_both "$bnlab" eval "$fx/smallcat.onnx" --images "$im/folder" "${in[@]}"
+for bad in huge.png empty.png; do # an oversized header, a zero-byte file: named, nothing written
+  mkdir -p "$dir/bad_$bad/x" && cp "$im/folder/a_class/one.jpg" "$im/bad/$bad" "$dir/bad_$bad/x/"
+  expect 1 "$bad" "img_$bad" "$bnlab" precise "$fx/smallcat.onnx" --images "$dir/bad_$bad" -o "$dir/none.onnx"
+done
+mkdir -p "$dir/oneclass/only" && cp "$im/folder/a_class/one.jpg" "$im/folder/a_class/two.jpeg" "$dir/oneclass/only/"
+expect 0 "one class folder: every image has label 0" img_oneclass "$bnlab" eval "$fx/smallcat.onnx" --images "$dir/oneclass"
 [ -e "$dir/none.onnx" ] && fail "a bad image folder let a command write its output"
 # the outputs of two models' evaluations within 1e-6 (rounding of another merge order)
 close() { # close A.npy B.npy NAME

@@ -5,6 +5,10 @@
  * safetensors of the statistics (--save-stats). */
 #include "cli/cli.h"
 
+#if defined(BL_HAVE_ZLIB) && defined(BL_HAVE_CJSON)
+#include <cjson/cJSON.h>
+#endif
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,6 +229,17 @@ static int onnx_precise_run(const char *model, const cli_onnx_data *op, bl_preci
     bl_status st = bl_onnx_build(m, c.batch, &net);
     if (!st) st = bl_precise(&net, &d, &c, &r);
     char *rec = st ? NULL : bl_precise_record(&c, &r, &net);
+    if (rec) {
+        /* and on what: the image folder and its resolved recipe, or the tensors' file */
+        char data[1400];
+        snprintf(data, sizeof data, "%s%s%s%s", o.images[0] ? o.images : o.tensors[0] ? o.tensors
+                 : "fashion-mnist", o.images[0] ? " (" : "", o.images[0] ? o.resolved : "",
+                 o.images[0] ? ")" : "");
+        cJSON *j = cJSON_Parse(rec);
+        char *with = j && cJSON_AddStringToObject(j, "data", data) ? cJSON_PrintUnformatted(j) : NULL;
+        cJSON_Delete(j);
+        if (with) free(rec), rec = with;
+    }
     if (!st && !rec) st = BL_ERR_NOMEM;
     int split = 0, unnamed = 0;
     const int writer = dist->rank == 0;

@@ -125,6 +125,10 @@ int cli_onnx_open(const char *cmd, const char *path, cli_onnx_data *o, bl_onnx *
             snprintf(what, sizeof what, "without class folders (no labels)");
         fprintf(stderr, "%s: %d images %s%s%s; %s\n", o->images, d->n, what,
                 skipped[0] ? ", skipped " : "", skipped, rs);
+        if (classes == 1)
+            fprintf(stderr, "%s: one class folder: every image has label 0 (unlabelled images go "
+                    "in a flat folder, without subfolders)\n", o->images);
+
     } else if (o->tensors[0]) {
         bl_npy im, lab;
         memset(&lab, 0, sizeof lab);

@@ -245,6 +245,9 @@ int cli_load_data(const char *cmd, const char *dir, const char *images, const ch
     fprintf(stderr, "%s: %d images %s%s%s; %s\n", images, d->n,
             classes ? "in class folders" : "without class folders (no labels)",
             skipped[0] ? ", skipped " : "", skipped, rs);
+    if (classes == 1)
+        fprintf(stderr, "%s: one class folder: every image has label 0 (unlabelled images go "
+                "in a flat folder, without subfolders)\n", images);
     return 0;
 }
 
