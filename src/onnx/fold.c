@@ -266,15 +266,5 @@ bl_status bl_onnx_fold(const bl_onnx *m, const bl_net *net, const char *path, co
     }
     free(gone);
     if (!st && record) st = ox_set_meta(mp, record);
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (!st) {
-        len = onnx__model_proto__get_packed_size(mp);
-        if (!(buf = bl_malloc(len ? len : 1))) st = bl_fail(BL_ERR_NOMEM, "out of memory");
-        else if (onnx__model_proto__pack(mp, buf) != len)
-            st = bl_fail(BL_ERR_STATE, "%s: the model did not pack to its size", m->path);
-    }
-    onnx__model_proto__free_unpacked(mp, &ox_pb_allocator);
-    if (st) return free(buf), st;
-    return ox_write_file(path, buf, len);
+    return ox_pack_write(mp, st, path, m->path);
 }

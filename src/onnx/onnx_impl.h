@@ -76,6 +76,9 @@ bl_status ox_add_init(Onnx__GraphProto *g, const char *name, const float *v, int
 bl_status ox_set_meta(Onnx__ModelProto *mp, const char *value);
 const char *ox_source_of(const Onnx__GraphProto *g, const char *v);
 bl_status ox_write_file(const char *path, uint8_t *buf, size_t len);
+/* A parsed model finished: packed and written to path atomically unless st is an error already
+ * (what: the model, for messages); mp is freed either way. Returns st or the first failure. */
+bl_status ox_pack_write(Onnx__ModelProto *mp, bl_status st, const char *path, const char *what);
 /* protobuf-c's allocator through bnlab's */
 extern ProtobufCAllocator ox_pb_allocator;
 /* "node 'NAME' (Op, opset K)" for messages. */

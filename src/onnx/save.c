@@ -158,11 +158,18 @@ bl_status bl_onnx_save(const bl_onnx *m, const bl_net *net, const char *path, co
         for (int k = 2; k < 4 && !st; k++) st = write_stat(m, g, (int)i, k, names, net, split);
     }
     if (!st && record) st = ox_set_meta(mp, record);
+    return ox_pack_write(mp, st, path, m->path);
+}
+
+bl_status ox_pack_write(Onnx__ModelProto *mp, bl_status st, const char *path, const char *what)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
     if (!st) {
         len = onnx__model_proto__get_packed_size(mp);
         if (!(buf = bl_malloc(len ? len : 1))) st = bl_fail(BL_ERR_NOMEM, "out of memory");
         else if (onnx__model_proto__pack(mp, buf) != len)
-            st = bl_fail(BL_ERR_STATE, "%s: the model did not pack to its size", m->path);
+            st = bl_fail(BL_ERR_STATE, "%s: the model did not pack to its size", what);
     }
     onnx__model_proto__free_unpacked(mp, &ox_pb_allocator);
     if (st) return free(buf), st;

@@ -133,19 +133,21 @@ bl_status ox_splice(const bl_onnx *m, const bl_net *net, const char *record, uin
     const size_t len = m->size - cut + add;
     uint8_t *buf = bl_malloc(len ? len : 1);
     if (!buf) return free(t), bl_fail(BL_ERR_NOMEM, "out of memory");
-    /* the file with the statistics' bytes replaced (little-endian floats, as raw_data is) */
-    uint8_t *tmp = bl_malloc(m->size ? m->size : 1);
-    if (!tmp) return free(t), free(buf), bl_fail(BL_ERR_NOMEM, "out of memory");
-    memcpy(tmp, p, m->size);
-    for (int k = 0; k < nt; k++) memcpy(tmp + t[k].at, t[k].p->data, sizeof(float) * t[k].p->count);
+    /* the file without the dropped entries, then the statistics' bytes over their raw data
+     * (little-endian floats, as raw_data is), each moved up by the entries dropped before it */
     uint8_t *o = buf;
     size_t from = 0;
     for (int d = 0; d < nd; d++) {
-        memcpy(o, tmp + from, drop[d][0] - from), o += drop[d][0] - from;
+        memcpy(o, p + from, drop[d][0] - from), o += drop[d][0] - from;
         from = drop[d][1];
     }
-    memcpy(o, tmp + from, m->size - from), o += m->size - from;
-    free(tmp), free(t);
+    memcpy(o, p + from, m->size - from), o += m->size - from;
+    for (int k = 0; k < nt; k++) {
+        size_t shift = 0;
+        for (int d = 0; d < nd; d++) shift += drop[d][1] <= t[k].at ? drop[d][1] - drop[d][0] : 0;
+        memcpy(buf + t[k].at - shift, t[k].p->data, sizeof(float) * t[k].p->count);
+    }
+    free(t);
     if (record) {
         *o++ = (14 << 3) | 2;
         o = ox_wire_put_varint(o, entry);
