@@ -12,6 +12,8 @@
 #include "bnlab/bn.h"
 #include "bnlab/family.h"
 
+#include <stdio.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -206,6 +208,7 @@ typedef enum {
     BL_LAYER_OTHER     /* an extender's */
 } bl_layer_kind;
 
+struct bl_cost;
 typedef struct {
     bl_layer_kind kind;
     const char *kind_name;                           /* "conv", for messages */
@@ -230,6 +233,9 @@ typedef struct {
     /* The layer may read constant tensors (bl_net_const): it broadcasts them over the batch and
      * writes them no gradient. Other layers are refused one. */
     int const_inputs;
+    /* The work of one sample in one pass (optional; the profiler's, bnlab/nn.h): layers without
+     * it count no arithmetic and their tensors' bytes. */
+    void (*cost)(const bl_layer *l, const bl_net *net, int pass, struct bl_cost *c);
 } bl_layer_ops;
 
 /* The most outputs a net declares (bl_net_set_outputs): the evaluation's per-output errors. */
@@ -286,6 +292,7 @@ struct bl_net {
     void *BL_NET_F(declare_ctx);
     bl_scratch BL_NET_F(ws);    /* im2col and friends, shared by all layers */
     int BL_NET_F(finalized);
+    struct bl_profile *BL_NET_F(prof); /* the profiler's times (NULL: none taken) */
 };
 
 /* ---- reading a net (the accessors) --------------------------------------------------------- */
@@ -488,6 +495,30 @@ bl_status bl_net_set_outputs(bl_net *net, const int *t, int n);
 /* Backward of the last forward, with its context. */
 bl_status bl_net_backward(bl_net *net, const bl_ctx *ctx);
 void bl_net_zero_grad(bl_net *net);
+
+/* ---- the profiler (src/nn/profile.c) ------------------------------------------------------
+ * With BL_PROFILE=1 in the environment (or bl_profile_set(1)) every layer call of a net is timed
+ * per pass, and bl_net_free prints the table to stderr: milliseconds per call, the rate of FMA
+ * slots (a multiply-add is one slot, 2 FLOP; a transform add one slot too), its share of an FMA
+ * peak measured in the same run, and the bytes moved per second (each tensor read or written once:
+ * an estimate). Off, it costs one branch per layer call. */
+typedef enum { BL_PASS_FWD, BL_PASS_BWD, BL_PASS_INFER, BL_PASSES } bl_pass_kind;
+typedef enum { BL_PHASE_INPUT, BL_PHASE_LOSS, BL_PHASE_ZERO, BL_PHASE_SGD, BL_PHASES } bl_phase;
+typedef struct bl_cost {
+    double slots;     /* FMA-unit operations per sample */
+    double bytes;     /* bytes read and written per sample */
+    const char *algo; /* how the layer runs the pass ("winograd", "direct", "im2col"), or NULL */
+} bl_cost;
+int bl_profile_enabled(void);
+void bl_profile_set(int on);
+double bl_profile_now(void); /* seconds, monotonic */
+/* Adds time to one of the step's phases outside the layers (the trainer's SGD). */
+void bl_net_profile_phase(bl_net *net, bl_phase ph, double seconds);
+/* The table (also printed by bl_net_free when profiling is on and anything was timed). */
+void bl_net_profile_print(const bl_net *net, FILE *f);
+/* The FMA peak of this build's widest vector kernel: GFLOP/s over `threads` threads, measured
+ * now (about 50 ms); *isa names the instruction set. */
+double bl_fma_peak(int threads, const char **isa);
 /* The first layer (in network order) whose output of the last forward holds NaN or Inf, or NULL:
  * names where a divergence started. */
 const char *bl_net_first_nonfinite(const bl_net *net);

@@ -273,9 +273,49 @@ static void conv_init(bl_layer *l, bl_net *net, bl_rng *r)
         bl_param_init_normal(p, r, sqrt(2.0 / (double)(p->count / (size_t)p->shape[0])));
 }
 
+/* FMA slots of a 3x3 convolution of ci -> co channels on an h x w map (stride 1) as run: Winograd
+ * F(2x2, 3x3) counts its 16 products per tile and channel pair plus the input (32 adds per tile
+ * and input channel) and output transforms (24 per tile and output channel). */
+static double conv3x3_slots(int h, int w, int ci, int co, int wino)
+{
+    if (!wino) return 9.0 * h * w * ci * co;
+    const double tiles = (double)((h + 1) / 2) * ((w + 1) / 2);
+    return tiles * (16.0 * ci * co + 32.0 * ci + 24.0 * co);
+}
+
+/* The profiler's cost, per sample, of the dispatch above (keep the two in step). */
+static void conv_cost(const bl_layer *l, const bl_net *net, int pass, bl_cost *c)
+{
+    const conv_state *s = l->state;
+    const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
+    const double xs = (double)x->h * x->w * s->cin, ys = (double)y->h * y->w * s->cout;
+    const double direct = (double)y->h * y->w * s->k * s->k * s->cin * s->cout;
+    const int wf = s->stride == 1 && bl_wino_supported(s->cin, s->cout, 3, 1, 1) &&
+                   bl_conv3x3_fwd_supported(s->cin, s->cout, s->k, s->stride, s->pad);
+    if (pass != BL_PASS_BWD) {
+        c->bytes = 4 * (xs + ys);
+        if (conv_direct(s)) c->algo = "gemm", c->slots = direct;
+        else if (bl_conv3x3_fwd_supported(s->cin, s->cout, s->k, s->stride, s->pad))
+            c->algo = wf ? "winograd" : "direct",
+            c->slots = wf ? conv3x3_slots(x->h, x->w, s->cin, s->cout, 1) : direct;
+        else c->algo = "im2col", c->slots = direct;
+        return;
+    }
+    c->bytes = 4 * (xs + ys + (l->need_dx ? xs + ys : 0));
+    if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+        const int wb = bl_wino_supported(s->cout, s->cin, 3, 1, 1);
+        c->algo = !l->need_dx ? "dw direct" : wb ? "dw direct, dx winograd" : "dw+dx direct";
+        c->slots = direct + (l->need_dx ? conv3x3_slots(x->h, x->w, s->cout, s->cin, wb) : 0);
+        return;
+    }
+    c->algo = conv_direct(s) ? "gemm" : "im2col";
+    c->slots = direct * (l->need_dx ? 2 : 1);
+}
+
 static const bl_layer_ops conv_ops = {.kind = BL_LAYER_CONV, .kind_name = "conv",
                                       .forward = conv_forward, .backward = conv_backward,
-                                      .free = conv_free, .infer = conv_infer, .init = conv_init};
+                                      .free = conv_free, .infer = conv_infer, .init = conv_init,
+                                      .cost = conv_cost};
 
 /* The parameter `name` when declared already with this kind and shape (*idx; 1 returned), none
  * (0), or an error for a clash. */

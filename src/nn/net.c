@@ -251,6 +251,7 @@ bl_status bl_net_bn_commit(bl_net *net, bl_estimator est)
 
 void bl_net_free(bl_net *net)
 {
+    bl_net_profile_free(net);
     for (int i = 0; i < net->n_layers; i++) {
         if (net->layers[i].ops->free) net->layers[i].ops->free(&net->layers[i]);
         free(net->layers[i].in); /* acc shares its allocation */
@@ -297,11 +298,18 @@ static bl_status forward(bl_net *net, const bl_ctx *ctx, const float *x, int n, 
     bl_status st = check_ctx(net, &ctx);
     if (st) return st;
     net->batch = n;
+    const int prof = bl_profile_enabled();
+    double t0 = prof ? bl_profile_now() : 0;
     memcpy(net->t[0].data, x, (size_t)n * bl_tsize(&net->t[0]) * sizeof(float));
+    if (prof) bl_net_profile_phase(net, BL_PHASE_INPUT, bl_profile_now() - t0);
     for (int i = 0; i <= last;) {
         bl_layer *l = &net->layers[i];
         int used = 1;
+        if (prof) t0 = bl_profile_now();
         st = infer && l->ops->infer ? l->ops->infer(l, net, &used) : l->ops->forward(l, net, ctx);
+        if (prof)
+            bl_net_profile_layer(net, i, infer ? BL_PASS_INFER : BL_PASS_FWD, used,
+                                 bl_profile_now() - t0);
         if (st) {
             /* layers after it that make collective calls join them anyway (a shuffle across
              * processes), so no other process waits there; the trainer agrees on the error
@@ -344,16 +352,21 @@ bl_status bl_net_backward(bl_net *net, const bl_ctx *ctx)
 {
     bl_status st = check_ctx(net, &ctx);
     if (st) return st;
+    const int prof = bl_profile_enabled();
     for (int i = net->n_layers - 1; i >= 0; i--) {
         bl_layer *l = &net->layers[i];
+        const double t0 = prof ? bl_profile_now() : 0;
         if ((st = l->ops->backward(l, net, ctx))) return st;
+        if (prof) bl_net_profile_layer(net, i, BL_PASS_BWD, 1, bl_profile_now() - t0);
     }
     return BL_OK;
 }
 
 void bl_net_zero_grad(bl_net *net)
 {
+    const double t0 = bl_profile_enabled() ? bl_profile_now() : 0;
     memset(net->grad_block, 0, net->n_param_floats * sizeof(float));
+    if (t0) bl_net_profile_phase(net, BL_PHASE_ZERO, bl_profile_now() - t0);
 }
 
 #define BL_MAX_MEAN_LOGITS 256 /* classes of a net with several outputs (labels are 8-bit) */
@@ -392,7 +405,7 @@ bl_status bl_net_loss(bl_net *net, const uint8_t *labels, int grad, double *loss
     return bl_net_loss_over(net, labels, grad ? net->batch : 0, loss_sum, correct);
 }
 
-bl_status bl_net_loss_over(bl_net *net, const uint8_t *labels, long mean_over, double *loss_sum,
+static bl_status loss_over(bl_net *net, const uint8_t *labels, long mean_over, double *loss_sum,
                            int *correct)
 {
     /* every output row of a sample (L outputs of R rows: levels, crops) is one prediction of its
@@ -435,6 +448,16 @@ bl_status bl_net_loss_over(bl_net *net, const uint8_t *labels, long mean_over, d
     *loss_sum = total;
     *correct = ok;
     return BL_OK;
+}
+
+bl_status bl_net_loss_over(bl_net *net, const uint8_t *labels, long mean_over, double *loss_sum,
+                           int *correct)
+{
+    if (!bl_profile_enabled()) return loss_over(net, labels, mean_over, loss_sum, correct);
+    const double t0 = bl_profile_now();
+    const bl_status st = loss_over(net, labels, mean_over, loss_sum, correct);
+    bl_net_profile_phase(net, BL_PHASE_LOSS, bl_profile_now() - t0);
+    return st;
 }
 
 void bl_net_output_correct(const bl_net *net, const uint8_t *labels, int *correct)

@@ -4,4 +4,9 @@
 
 #include "bnlab/layer.h"
 
+/* The profiler's records (profile.c): one layer call of `pass` that covered `used` layers, and
+ * the table printed and freed with the net. */
+void bl_net_profile_layer(bl_net *net, int layer, int pass, int used, double sec);
+void bl_net_profile_free(bl_net *net);
+
 #endif

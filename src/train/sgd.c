@@ -3,6 +3,7 @@
 
 void bl_sgd_step(bl_net *net, const bl_sgd *o, double lr)
 {
+    const double t0 = bl_profile_enabled() ? bl_profile_now() : 0;
     const float m = (float)o->momentum, flr = (float)lr;
     float *grads = bl_net_block(net, BL_BLOCK_GRADS, NULL);
     float *optim = bl_net_block(net, BL_BLOCK_OPTIM, NULL);
@@ -23,4 +24,5 @@ void bl_sgd_step(bl_net *net, const bl_sgd *o, double lr)
             w[k] -= flr * d;
         }
     }
+    if (t0) bl_net_profile_phase(net, BL_PHASE_SGD, bl_profile_now() - t0);
 }
