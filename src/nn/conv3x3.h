@@ -65,5 +65,10 @@ int bl_wino_supported(int cin, int cout, int k, int stride, int pad);
 size_t bl_wino_ws_floats(int h, int w, int cin, int cout, int threads);
 void bl_wino(const float *x, int n, int h, int w, int cin, int cout, const float *w_ohwi, int flip,
              float *y, int acc, const bl_conv_epi *epi, float *ws);
+/* dw_ohwi += the weight gradient of the stride-1 3x3 convolution (where bl_wino_supported) in the
+ * Winograd domain; ws: bl_wino_dw_ws_floats(h, w, cin, cout, threads). */
+size_t bl_wino_dw_ws_floats(int h, int w, int cin, int cout, int threads);
+void bl_wino_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                float *dw_ohwi, float *ws);
 
 #endif

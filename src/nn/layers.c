@@ -211,10 +211,19 @@ static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     const float *w = pdata(net, s->w);
     float *dw = pgrad(net, s->w);
     if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
-        const size_t per = (size_t)9 * s->cin * s->cout + (size_t)(x->h + 2) * (x->w + 2) * s->cin;
-        float *ws = bl_scratch_get(&net->ws, (size_t)bl_threads_get() * per * sizeof(float));
-        if (!ws) return BL_ERR_NOMEM;
-        bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
+        if (bl_wino_supported(s->cin, s->cout, 3, 1, 1)) {
+            float *ws = bl_scratch_get(&net->ws, bl_wino_dw_ws_floats(x->h, x->w, s->cin, s->cout,
+                                                                      bl_threads_get()) *
+                                                     sizeof(float));
+            if (!ws) return BL_ERR_NOMEM;
+            bl_wino_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
+        } else {
+            const size_t per =
+                (size_t)9 * s->cin * s->cout + (size_t)(x->h + 2) * (x->w + 2) * s->cin;
+            float *ws = bl_scratch_get(&net->ws, (size_t)bl_threads_get() * per * sizeof(float));
+            if (!ws) return BL_ERR_NOMEM;
+            bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
+        }
         if (l->need_dx)
             return conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, 1, w, 1, x->grad,
                                l->acc[0], NULL);
@@ -303,9 +312,15 @@ static void conv_cost(const bl_layer *l, const bl_net *net, int pass, bl_cost *c
     }
     c->bytes = 4 * (xs + ys + (l->need_dx ? xs + ys : 0));
     if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+        /* dw in the Winograd domain: the products, V's transform (32 per tile and input
+         * channel) and dM's (12 per tile and output channel) */
         const int wb = bl_wino_supported(s->cout, s->cin, 3, 1, 1);
-        c->algo = !l->need_dx ? "dw direct" : wb ? "dw direct, dx winograd" : "dw+dx direct";
-        c->slots = direct + (l->need_dx ? conv3x3_slots(x->h, x->w, s->cout, s->cin, wb) : 0);
+        const double tiles = (double)((x->h + 1) / 2) * ((x->w + 1) / 2);
+        const double dw = wb ? tiles * (16.0 * s->cin * s->cout + 32.0 * s->cin + 12.0 * s->cout)
+                             : direct;
+        c->algo = !l->need_dx ? (wb ? "dw winograd" : "dw direct")
+                              : wb ? "dw+dx winograd" : "dw+dx direct";
+        c->slots = dw + (l->need_dx ? conv3x3_slots(x->h, x->w, s->cout, s->cin, wb) : 0);
         return;
     }
     c->algo = conv_direct(s) ? "gemm" : "im2col";

@@ -209,11 +209,155 @@ void bl_wino(const float *x, int n, int h, int w, int cin, int cout, const float
     }
 }
 
+/* ---- the weight gradient in the Winograd domain ----------------------------------------------
+ * With M = U .* V and Y = A^T M A for each tile, the gradient of the transformed weights is
+ * dU = sum over tiles of (A dY A^T) .* V, and that of the weights dW = G^T dU G. So per position p
+ * dU[p] (cin x cout) = V[p]^T dM[p], a product whose long dimension is the tiles: 16 products per
+ * tile and channel pair instead of the direct kernel's 36 per 2x2 outputs. A thread transforms a
+ * chunk of its samples' tiles (V from x, dM from dy), then for each position and 16 x 16 channel
+ * block gathers over the chunk's tiles with 16 accumulators in registers (one dM vector feeds 16
+ * FMAs). Each thread owns a contiguous share of the samples and a private dU; the shares are
+ * summed in thread order and transformed back, so the result is the same every run for a given
+ * thread count. */
+
+/* Samples per chunk: enough tiles that the accumulators' load and store are paid over >= 64
+ * tiles, few enough that a position's V and dM stay in L2. */
+static int dw_chunk(int tiles) { return tiles >= 64 ? 1 : (127 + tiles) / tiles > 8 ? 8 : (127 + tiles) / tiles; }
+
+size_t bl_wino_dw_ws_floats(int h, int w, int cin, int cout, int threads)
+{
+    const int tiles = ((h + 1) / 2) * ((w + 1) / 2), tc = tiles * dw_chunk(tiles);
+    return (size_t)threads * ((size_t)16 * cin * cout + (size_t)16 * tc * (cin + cout));
+}
+
+/* dM = A dY A^T of one tile, 16 channels: the 2x2 output gradient at (oy, ox) of the h x w map
+ * gy (pixel step cout floats; outputs outside the map have none). m: position p at m[p * mpos]. */
+static inline __attribute__((always_inline)) void dy_tile(const float *gy, int h, int w, int cout,
+                                                          int oy, int ox, float *m, size_t mpos)
+{
+    __m512 g[2][2], r[4][2];
+    for (int y = 0; y < 2; y++)
+        for (int x = 0; x < 2; x++)
+            g[y][x] = oy + y < h && ox + x < w
+                          ? _mm512_loadu_ps(gy + ((size_t)(oy + y) * w + ox + x) * cout)
+                          : _mm512_setzero_ps();
+    for (int x = 0; x < 2; x++) {
+        r[0][x] = g[0][x];
+        r[1][x] = _mm512_add_ps(g[0][x], g[1][x]);
+        r[2][x] = _mm512_sub_ps(g[0][x], g[1][x]);
+        r[3][x] = _mm512_sub_ps(_mm512_setzero_ps(), g[1][x]);
+    }
+    for (int y = 0; y < 4; y++) {
+        _mm512_storeu_ps(m + (size_t)(4 * y + 0) * mpos, r[y][0]);
+        _mm512_storeu_ps(m + (size_t)(4 * y + 1) * mpos, _mm512_add_ps(r[y][0], r[y][1]));
+        _mm512_storeu_ps(m + (size_t)(4 * y + 2) * mpos, _mm512_sub_ps(r[y][0], r[y][1]));
+        _mm512_storeu_ps(m + (size_t)(4 * y + 3) * mpos, _mm512_sub_ps(_mm512_setzero_ps(), r[y][1]));
+    }
+}
+
+/* du[p][ci][co] += sum over the chunk's tc tiles of v[p][t][ci] dm[p][t][co] */
+static void dw_gemm(const float *v, const float *dm, int tc, int cin, int cout, float *du)
+{
+    for (int p = 0; p < 16; p++) {
+        const float *vp = v + (size_t)p * tc * cin, *mp = dm + (size_t)p * tc * cout;
+        float *dp = du + (size_t)p * cin * cout;
+        for (int ob = 0; ob < cout / 16; ob++)
+            for (int cb = 0; cb < cin / 16; cb++) {
+                float *d = dp + (size_t)cb * 16 * cout + ob * 16;
+                __m512 a[16];
+                for (int c = 0; c < 16; c++) a[c] = _mm512_loadu_ps(d + (size_t)c * cout);
+                const float *vt = vp + cb * 16, *mt = mp + ob * 16;
+                for (int t = 0; t < tc; t++) {
+                    const __m512 g = _mm512_loadu_ps(mt + (size_t)t * cout);
+                    const float *xv = vt + (size_t)t * cin;
+                    for (int c = 0; c < 16; c++)
+                        a[c] = _mm512_fmadd_ps(_mm512_set1_ps(xv[c]), g, a[c]);
+                }
+                for (int c = 0; c < 16; c++) _mm512_storeu_ps(d + (size_t)c * cout, a[c]);
+            }
+    }
+}
+
+void bl_wino_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                float *dw_ohwi, float *ws)
+{
+    const int th = (h + 1) / 2, tw = (w + 1) / 2, tiles = th * tw, cs = dw_chunk(tiles);
+    const int tc = tiles * cs;
+    const size_t dusz = (size_t)16 * cin * cout,
+                 per = dusz + (size_t)16 * tc * (cin + cout);
+#pragma omp parallel
+    {
+        int t = 0, tn = 1;
+#ifdef BL_HAVE_OPENMP
+        t = omp_get_thread_num(), tn = omp_get_num_threads();
+#endif
+        float *du = ws + (size_t)t * per, *v = du + dusz, *dm = v + (size_t)16 * tc * cin;
+        memset(du, 0, dusz * sizeof(float));
+        /* this thread's contiguous share of the samples, in chunks of cs */
+        const int i0 = (int)((long)n * t / tn), i1 = (int)((long)n * (t + 1) / tn);
+        for (int c0 = i0; c0 < i1; c0 += cs) {
+            const int m = i1 - c0 < cs ? i1 - c0 : cs, used = m * tiles;
+            for (int s = 0; s < m; s++) {
+                const float *xi = x + (size_t)(c0 + s) * h * w * cin;
+                const float *gi = dy + (size_t)(c0 + s) * h * w * cout;
+                for (int tile = 0; tile < tiles; tile++) {
+                    const int r = s * tiles + tile, ty = tile / tw * 2, tx = tile % tw * 2;
+                    for (int cb = 0; cb < cin / 16; cb++)
+                        in_tile(xi + cb * 16, h, w, cin, ty - 1, tx - 1,
+                                v + (size_t)r * cin + cb * 16, (size_t)used * cin);
+                    for (int ob = 0; ob < cout / 16; ob++)
+                        dy_tile(gi + ob * 16, h, w, cout, ty, tx, dm + (size_t)r * cout + ob * 16,
+                                (size_t)used * cout);
+                }
+            }
+            dw_gemm(v, dm, used, cin, cout, du);
+        }
+#pragma omp barrier
+        /* the shares summed in thread order, then dW = G^T dU G, in parallel over input
+         * channels (each dW element written by one thread) */
+#pragma omp for schedule(static)
+        for (int ci = 0; ci < cin; ci++)
+            for (int ob = 0; ob < cout / 16; ob++) {
+                __m512 q[16];
+                for (int p = 0; p < 16; p++) {
+                    const size_t at = ((size_t)p * cin + ci) * cout + ob * 16;
+                    q[p] = _mm512_loadu_ps(ws + at);
+                    for (int k = 1; k < tn; k++)
+                        q[p] = _mm512_add_ps(q[p], _mm512_loadu_ps(ws + (size_t)k * per + at));
+                }
+                const __m512 hf = _mm512_set1_ps(0.5f);
+                __m512 tr[3][4], r[3][3];
+                for (int x = 0; x < 4; x++) {
+                    const __m512 u0 = q[x], u1 = q[4 + x], u2 = q[8 + x], u3 = q[12 + x];
+                    tr[0][x] = _mm512_add_ps(u0, _mm512_mul_ps(hf, _mm512_add_ps(u1, u2)));
+                    tr[1][x] = _mm512_mul_ps(hf, _mm512_sub_ps(u1, u2));
+                    tr[2][x] = _mm512_add_ps(_mm512_mul_ps(hf, _mm512_add_ps(u1, u2)), u3);
+                }
+                for (int y = 0; y < 3; y++) {
+                    const __m512 s12 = _mm512_mul_ps(hf, _mm512_add_ps(tr[y][1], tr[y][2]));
+                    r[y][0] = _mm512_add_ps(tr[y][0], s12);
+                    r[y][1] = _mm512_mul_ps(hf, _mm512_sub_ps(tr[y][1], tr[y][2]));
+                    r[y][2] = _mm512_add_ps(s12, tr[y][3]);
+                }
+                float o[9][16];
+                for (int k = 0; k < 9; k++) _mm512_storeu_ps(o[k], r[k / 3][k % 3]);
+                for (int j = 0; j < 16; j++)
+                    for (int k = 0; k < 9; k++)
+                        dw_ohwi[((size_t)(ob * 16 + j) * 9 + k) * cin + ci] += o[k][j];
+            }
+    }
+}
+
 #else /* no AVX-512 */
 int bl_wino_supported(int cin, int cout, int k, int stride, int pad) { return 0; }
 size_t bl_wino_ws_floats(int h, int w, int cin, int cout, int threads) { return 0; }
 void bl_wino(const float *x, int n, int h, int w, int cin, int cout, const float *w_ohwi, int flip,
              float *y, int acc, const bl_conv_epi *epi, float *ws)
+{
+}
+size_t bl_wino_dw_ws_floats(int h, int w, int cin, int cout, int threads) { return 0; }
+void bl_wino_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                float *dw_ohwi, float *ws)
 {
 }
 #endif
