@@ -117,6 +117,40 @@ static void stage(int n, int h, int w, int c)
     free(x), free(dy), free(wt), free(y), free(dw), free(ref), free(rdw), free(ws);
 }
 
+/* the stem's weight gradient (1 to 3 input channels) */
+static void stem(int n, int h, int w, int cin, int cout)
+{
+    if (!bl_conv3x3_dw_small_supported(cin, cout, 3, 1, 1)) return;
+    const size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * h * w * cout, nw = (size_t)9 * cin * cout;
+    float *x = malloc(nx * 4), *dy = malloc(ny * 4), *dw = calloc(nw, 4);
+    float *ws = malloc((size_t)bl_threads_get() * nw * 4);
+    double *rdw = malloc(nw * 8);
+    bl_rng r;
+    bl_rng_seed(&r, (uint64_t)(cin * 7 + cout));
+    for (size_t i = 0; i < nx; i++) x[i] = (float)(0.5 + bl_rng_normal(&r));
+    for (size_t i = 0; i < ny; i++) dy[i] = (float)(0.3 + bl_rng_normal(&r));
+    /* ref_dw for cin != cout: the reference loop takes both */
+    memset(rdw, 0, nw * 8);
+    for (int i = 0; i < n; i++)
+        for (int oy = 0; oy < h; oy++)
+            for (int ox = 0; ox < w; ox++)
+                for (int o = 0; o < cout; o++)
+                    for (int ky = 0; ky < 3; ky++)
+                        for (int kx = 0; kx < 3; kx++) {
+                            const int iy = oy - 1 + ky, ix = ox - 1 + kx;
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                            for (int c = 0; c < cin; c++)
+                                rdw[(((size_t)o * 3 + ky) * 3 + kx) * cin + c] +=
+                                    (double)dy[(((size_t)i * h + oy) * w + ox) * cout + o] *
+                                    x[(((size_t)i * h + iy) * w + ix) * cin + c];
+                        }
+    bl_conv3x3_dw_small(x, dy, n, h, w, cin, cout, dw, ws);
+    const double e = rel_l2(dw, rdw, nw);
+    printf("%2dx%-2d c=%d->%-2d dw  direct   %.2e\n", h, w, cin, cout, e);
+    CHECK(e <= 1e-6, "stem dw %dx%dx%d->%d: relative L2 error %.3g > 1e-6", h, w, cin, cout, e);
+    free(x), free(dy), free(dw), free(ws), free(rdw);
+}
+
 int main(void)
 {
     bl_threads_set(2);
@@ -124,6 +158,9 @@ int main(void)
     stage(16, 14, 14, 32);
     stage(16, 7, 7, 64);
     stage(5, 9, 10, 16); /* odd tiles, a padded group */
+    stem(16, 28, 28, 1, 16);
+    stem(3, 9, 7, 3, 32);
+    stem(2, 5, 6, 2, 16);
     CHECK(check_passed > 0 || !bl_conv3x3_supported(16, 16, 3, 1, 1),
           "no kernel checked although the build has them");
     return check_done("test_conv_error");

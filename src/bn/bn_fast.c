@@ -384,16 +384,19 @@ bl_status bl_bn_fast_fwd_batch(const bl_bn_kargs *a, const float *x, const float
     bl_fast_sample_moments(a->s, x, smean, sm2);
     bl_moments_zero(gm);
     const double hw = (double)bl_shape_hw(a->s);
-    for (int i = 0; i < N; i++) {
-        size_t j = (size_t)a->g->sample_group[i] * C;
-        for (int c = 0; c < C; c++)
+    /* parallel over channels, each merging its samples in order: the serial loop's result */
+#pragma omp parallel for schedule(static) if (nc >= 4096)
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < N; i++) {
+            size_t j = (size_t)a->g->sample_group[i] * C;
             bl_moments_merge1(&gm->n[j + c], &gm->mean[j + c], &gm->m2[j + c], hw,
                               smean[(size_t)i * C + c], sm2[(size_t)i * C + c]);
-    }
+        }
     bl_status st = bl_bn_reduce_moments(a->g, gm);
     if (!st) st = bl_bn_check_groups(a, gm);
     if (st) return st;
     group_rstd(a, gm, grs);
+#pragma omp parallel for schedule(static) if (nc >= 4096)
     for (int i = 0; i < N; i++) {
         size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
         for (int c = 0; c < C; c++) {
@@ -427,9 +430,11 @@ bl_status bl_bn_fast_bwd_batch(const bl_bn_kargs *a, const float *x, const float
     }
     sample_grad_sums(a->s, x, dy, mu, sdy, sdx);
     memset(s1, 0, (2 * gc + 2 * ac) * sizeof(double));
-    for (int i = 0; i < N; i++) {
-        size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
-        for (int c = 0; c < C; c++) {
+    /* parallel over channels, samples in order within each: the serial loop's sums */
+#pragma omp parallel for schedule(static) if (nc >= 4096)
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < N; i++) {
+            size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
             size_t k = (size_t)i * C + c;
             double sxh = sdx[k] * grs[j + c]; /* sum dy * xhat of this sample */
             db[r + c] += sdy[k];
@@ -437,13 +442,13 @@ bl_status bl_bn_fast_bwd_batch(const bl_bn_kargs *a, const float *x, const float
             s1[j + c] += gamma[r + c] * sdy[k];
             s2[j + c] += gamma[r + c] * sxh;
         }
-    }
     bl_status st = bl_bn_reduce_sum(a->g, s1, 2 * gc);
     for (size_t k = 0; !st && k < 2 * gc; k++)
         if (!isfinite(s1[k]))
             st = bl_fail(BL_ERR_NUMERIC,
                          "bn '%s': the gradient arriving in backward holds NaN or Inf", a->name);
     if (st) return st;
+#pragma omp parallel for schedule(static) if (nc >= 4096)
     for (int i = 0; i < N; i++) {
         size_t j = (size_t)a->g->sample_group[i] * C, r = (size_t)bl_affine_row(a, i) * C;
         for (int c = 0; c < C; c++) {

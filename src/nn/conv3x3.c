@@ -33,6 +33,7 @@ void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp
     /* wp: [cout/16][ky][kx][ci][16]. flip: the weights of the input gradient, i.e. the conv of dy
      * with W'[ci][2-ky][2-kx][co] (cin and cout swapped by the caller). */
     const int ci_n = flip ? cout : cin, co_n = flip ? cin : cout;
+#pragma omp parallel for schedule(static) if (co_n * ci_n >= 1024)
     for (int ob = 0; ob < co_n / 16; ob++)
         for (int ky = 0; ky < 3; ky++)
             for (int kx = 0; kx < 3; kx++)
@@ -182,6 +183,77 @@ void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin
                             parts[((((size_t)ob * 3 + ky) * 3 + kx) * cin + ci) * 16 + j];
 }
 
+/* The weight gradient when the input has 1 to 3 channels (a stem's; im2col + GEMM on K = 9 cin is
+ * mostly packing): for each block of 16 output channels, 9 cin accumulators in registers gather
+ * over every pixel of the thread's samples, one dy vector feeding 9 cin FMAs; inputs outside the
+ * map read as zero (no padded copy). Per-thread partials are added in thread order. */
+int bl_conv3x3_dw_small_supported(int cin, int cout, int k, int stride, int pad)
+{
+    return k == 3 && stride == 1 && pad == 1 && cin >= 1 && cin <= 3 && cout % 16 == 0;
+}
+
+#define DW_SMALL(CIN)                                                                              \
+    static void dw_small_##CIN(const float *x, const float *dy, int i0, int i1, int h, int w,      \
+                               int cout, int ob, float *part)                                      \
+    {                                                                                              \
+        __m512 a[9 * CIN];                                                                         \
+        for (int k = 0; k < 9 * CIN; k++) a[k] = _mm512_setzero_ps();                              \
+        for (int i = i0; i < i1; i++) {                                                            \
+            const float *xi = x + (size_t)i * h * w * CIN, *gi = dy + (size_t)i * h * w * cout;    \
+            for (int oy = 0; oy < h; oy++)                                                         \
+                for (int ox = 0; ox < w; ox++) {                                                   \
+                    const __m512 g = _mm512_loadu_ps(gi + ((size_t)oy * w + ox) * cout + ob * 16); \
+                    const int inner = oy > 0 && ox > 0 && oy + 1 < h && ox + 1 < w;                \
+                    for (int ky = 0; ky < 3; ky++)                                                 \
+                        for (int kx = 0; kx < 3; kx++) {                                           \
+                            const int iy = oy + ky - 1, ix = ox + kx - 1;                          \
+                            const int in = inner || (iy >= 0 && iy < h && ix >= 0 && ix < w);      \
+                            const float *xp = xi + ((size_t)iy * w + ix) * CIN;                    \
+                            for (int c = 0; c < CIN; c++)                                          \
+                                a[(ky * 3 + kx) * CIN + c] = _mm512_fmadd_ps(                      \
+                                    _mm512_set1_ps(in ? xp[c] : 0.0f), g,                          \
+                                    a[(ky * 3 + kx) * CIN + c]);                                   \
+                        }                                                                          \
+                }                                                                                  \
+        }                                                                                          \
+        for (int k = 0; k < 9 * CIN; k++)                                                          \
+            _mm512_storeu_ps(part + ((size_t)ob * 9 * CIN + k) * 16, a[k]);                        \
+    }
+DW_SMALL(1)
+DW_SMALL(2)
+DW_SMALL(3)
+
+void bl_conv3x3_dw_small(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                         float *dw_ohwi, float *ws)
+{
+    const size_t wsz = (size_t)9 * cin * cout;
+    int nt = 1;
+#pragma omp parallel
+    {
+        int t = 0, tn = 1;
+#ifdef BL_HAVE_OPENMP
+        t = omp_get_thread_num(), tn = omp_get_num_threads();
+#endif
+#pragma omp single
+        nt = tn;
+        const int i0 = (int)((long)n * t / tn), i1 = (int)((long)n * (t + 1) / tn);
+        float *part = ws + (size_t)t * wsz; /* [ob][ky][kx][ci][16] */
+        for (int ob = 0; ob < cout / 16; ob++) {
+            if (cin == 1) dw_small_1(x, dy, i0, i1, h, w, cout, ob, part);
+            else if (cin == 2) dw_small_2(x, dy, i0, i1, h, w, cout, ob, part);
+            else dw_small_3(x, dy, i0, i1, h, w, cout, ob, part);
+        }
+    }
+    for (int ob = 0; ob < cout / 16; ob++)
+        for (int k = 0; k < 9 * cin; k++)
+            for (int j = 0; j < 16; j++) {
+                float s = 0;
+                for (int t = 0; t < nt; t++) s += ws[(size_t)t * wsz + ((size_t)ob * 9 * cin + k) * 16 + j];
+                /* k = (ky * 3 + kx) * cin + ci: OHWI's order after the output channel */
+                dw_ohwi[(size_t)(ob * 16 + j) * 9 * cin + k] += s;
+            }
+}
+
 #else /* no AVX-512: the im2col path handles everything */
 void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
                    float *dw_ohwi, float *ws)
@@ -194,6 +266,11 @@ int bl_conv3x3_fwd_supported(int cin, int cout, int k, int stride, int pad)
 int bl_conv3x3_supported(int cin, int cout, int k, int stride, int pad)
 {
     return 0;
+}
+int bl_conv3x3_dw_small_supported(int cin, int cout, int k, int stride, int pad) { return 0; }
+void bl_conv3x3_dw_small(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                         float *dw_ohwi, float *ws)
+{
 }
 void bl_conv3x3_pack(const float *w_ohwi, int cin, int cout, int flip, float *wp) {}
 void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, int stride, const float *wp,

@@ -58,6 +58,12 @@ void bl_conv_epi_apply(const bl_conv_epi *e, float *y, const float *res, size_t 
 void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
                    float *dw_ohwi, float *ws);
 
+/* The same for 1 to 3 input channels (a stem), no padded copy; ws: threads * 9 * cin * cout
+ * floats. */
+int bl_conv3x3_dw_small_supported(int cin, int cout, int k, int stride, int pad);
+void bl_conv3x3_dw_small(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
+                         float *dw_ohwi, float *ws);
+
 /* Winograd F(2x2, 3x3) (winograd.c): stride 1, channels in multiples of 16, AVX-512; forward or,
  * with flip, the input gradient (x = dy, y = dx). ws: bl_wino_ws_floats(h, w, cin, cout, threads).
  * bl_conv_set_winograd (nn.h) turns it off for comparisons. */

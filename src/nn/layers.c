@@ -229,6 +229,13 @@ static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
                                l->acc[0], NULL);
         return BL_OK;
     }
+    if (!l->need_dx && bl_conv3x3_dw_small_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+        float *ws = bl_scratch_get(&net->ws, (size_t)bl_threads_get() * 9 * s->cin * s->cout *
+                                                 sizeof(float));
+        if (!ws) return BL_ERR_NOMEM;
+        bl_conv3x3_dw_small(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
+        return BL_OK;
+    }
     if (conv_direct(s)) {
         bl_gemm(1, 0, s->cout, kd, n * rows, 1.0f, y->grad, s->cout, x->data, kd, 1.0f, dw, kd);
         if (l->need_dx)
@@ -260,8 +267,13 @@ static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
                    x->grad + (size_t)i0 * xs, l->acc[0]);
         }
     }
-    for (int t = 0; t < nt; t++)
-        for (size_t k = 0; k < wsz; k++) dw[k] += dwp[t * wsz + k];
+    /* the threads' partial sums in thread order for every element, the elements in parallel */
+#pragma omp parallel for schedule(static) if (wsz >= 4096)
+    for (size_t k = 0; k < wsz; k++) {
+        float sum = dw[k];
+        for (int t = 0; t < nt; t++) sum += dwp[t * wsz + k];
+        dw[k] = sum;
+    }
     return BL_OK;
 }
 
@@ -321,6 +333,10 @@ static void conv_cost(const bl_layer *l, const bl_net *net, int pass, bl_cost *c
         c->algo = !l->need_dx ? (wb ? "dw winograd" : "dw direct")
                               : wb ? "dw+dx winograd" : "dw+dx direct";
         c->slots = dw + (l->need_dx ? conv3x3_slots(x->h, x->w, s->cout, s->cin, wb) : 0);
+        return;
+    }
+    if (!l->need_dx && bl_conv3x3_dw_small_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+        c->algo = "dw direct", c->slots = direct;
         return;
     }
     c->algo = conv_direct(s) ? "gemm" : "im2col";

@@ -49,10 +49,13 @@ size_t bl_wino_ws_floats(int h, int w, int cin, int cout, int threads)
     return (size_t)16 * cin * cout + (size_t)threads * (size_t)16 * rb * (cin + cout);
 }
 
-/* u: [pos][cout/16][ci][16] = G g G^T for each (co, ci); flip as bl_conv3x3_pack. */
+/* u: [pos][cout/16][ci][16] = G g G^T for each (co, ci); flip as bl_conv3x3_pack. Called inside
+ * the kernel's parallel region: the threads share the output channels, and the loop's end is a
+ * barrier. */
 static void pack(const float *w_ohwi, int cin, int cout, int flip, float *u)
 {
     const int ci_n = flip ? cout : cin, co_n = flip ? cin : cout;
+#pragma omp for schedule(static)
     for (int co = 0; co < co_n; co++)
         for (int ci = 0; ci < ci_n; ci++) {
             float g[3][3], t[4][3], r[4][4];
@@ -160,13 +163,13 @@ void bl_wino(const float *x, int n, int h, int w, int cin, int cout, const float
     const int groups = (tiles + rb - 1) / rb, mode = epi ? 2 : acc ? 1 : 0;
     const size_t usz = (size_t)16 * ci_n * co_n, per = (size_t)16 * rb * (ci_n + co_n);
     float *u = ws;
-    pack(w_ohwi, cin, cout, flip, u);
 #pragma omp parallel
     {
         int t = 0;
 #ifdef BL_HAVE_OPENMP
         t = omp_get_thread_num();
 #endif
+        pack(w_ohwi, cin, cout, flip, u);
         float *v = ws + usz + (size_t)t * per, *m = v + (size_t)16 * rb * ci_n;
 #pragma omp for schedule(static)
         for (int i = 0; i < n; i++) {

@@ -7,15 +7,18 @@ void bl_sgd_step(bl_net *net, const bl_sgd *o, double lr)
     const float m = (float)o->momentum, flr = (float)lr;
     float *grads = bl_net_block(net, BL_BLOCK_GRADS, NULL);
     float *optim = bl_net_block(net, BL_BLOCK_OPTIM, NULL);
-    for (int i = 0; i < bl_net_param_count(net); i++) {
+    const int np = bl_net_param_count(net), nest = o->nesterov;
+    /* one parallel region for every tensor, each split statically (no barrier between them:
+     * tensors are independent); every element is computed as the serial loop computes it */
+#pragma omp parallel
+    for (int i = 0; i < np; i++) {
         const bl_param *p = bl_net_param_at(net, i);
         if (p->kind == BL_P_BUFFER || p->kind == BL_P_COUNT) continue;
         float wd = (float)((p->kind == BL_P_WEIGHT || o->wd_bn) ? o->wd : 0.0);
         float *w = p->data, *g = grads + p->offset, *buf = optim + p->offset;
-        const size_t n = p->count;
-        const int nest = o->nesterov;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-        for (size_t k = 0; k < n; k++) {
+        const long n = (long)p->count;
+#pragma omp for simd schedule(static) nowait
+        for (long k = 0; k < n; k++) {
             float d = g[k] + wd * w[k];
             if (m != 0) {
                 buf[k] = m * buf[k] + d;
