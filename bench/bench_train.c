@@ -218,8 +218,11 @@ static int abba(bench_net *b, int depth, int width, int threads, int steps, int 
     return failed;
 }
 
+static void profile_to_stderr(const char *text) { fputs(text, stderr); }
+
 int main(int argc, char **argv)
 {
+    bl_profile_set_sink(profile_to_stderr); /* BL_PROFILE=1: the table at the end */
     const char *model = "resnet20";
     const char *only = NULL;
     int width = 16, batch = 128, threads = 2, steps = 20, json = 0, use_torch = 1, rounds = 5;

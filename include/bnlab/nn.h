@@ -498,7 +498,8 @@ void bl_net_zero_grad(bl_net *net);
 
 /* ---- the profiler (src/nn/profile.c) ------------------------------------------------------
  * With BL_PROFILE=1 in the environment (or bl_profile_set(1)) every layer call of a net is timed
- * per pass, and bl_net_free prints the table to stderr: milliseconds per call, the rate of FMA
+ * per pass, and bl_net_free hands the table to the sink (the command's sets one that writes to
+ * stderr; the library prints nothing itself): milliseconds per call, the rate of FMA
  * slots (a multiply-add is one slot, 2 FLOP; a transform add one slot too), its share of an FMA
  * peak measured in the same run, and the bytes moved per second (each tensor read or written once:
  * an estimate). Off, it costs one branch per layer call. */
@@ -514,8 +515,10 @@ void bl_profile_set(int on);
 double bl_profile_now(void); /* seconds, monotonic */
 /* Adds time to one of the step's phases outside the layers (the trainer's SGD). */
 void bl_net_profile_phase(bl_net *net, bl_phase ph, double seconds);
-/* The table (also printed by bl_net_free when profiling is on and anything was timed). */
-void bl_net_profile_print(const bl_net *net, FILE *f);
+/* The table as text (malloc'd; NULL when nothing was timed or out of memory). */
+char *bl_net_profile_report(const bl_net *net);
+/* Where bl_net_free sends the table when profiling is on and anything was timed (NULL: nowhere). */
+void bl_profile_set_sink(void (*sink)(const char *text));
 /* The FMA peak of this build's widest vector kernel: GFLOP/s over `threads` threads, measured
  * now (about 50 ms); *isa names the instruction set. */
 double bl_fma_peak(int threads, const char **isa);

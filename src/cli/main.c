@@ -44,8 +44,12 @@ static void print_fault_count(void)
     fprintf(stderr, "bnlab: %s calls: %ld\n", bl_fault_name(counted), bl_fault_calls(counted));
 }
 
+/* BL_PROFILE=1: each net's profile table, as the net is freed (docs/engine.md) */
+static void profile_to_stderr(const char *text) { fputs(text, stderr); }
+
 int main(int argc, char **argv)
 {
+    bl_profile_set_sink(profile_to_stderr);
     /* test hooks (docs/robustness.md): BNLAB_FAULT="write:N" makes the Nth write (0-based)
      * fail as a full disk would (alloc, fsync and rename likewise; several with commas);
      * BNLAB_FAULT_COUNT=write prints at exit how many such calls the command made */

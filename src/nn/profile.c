@@ -5,6 +5,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "nn/net.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,6 +29,9 @@ struct bl_profile {
 };
 
 static int prof_state = -1; /* -1: BL_PROFILE not read yet */
+static void (*prof_sink)(const char *text);
+
+void bl_profile_set_sink(void (*sink)(const char *text)) { prof_sink = sink; }
 
 int bl_profile_enabled(void)
 {
@@ -81,7 +86,11 @@ void bl_net_profile_phase(bl_net *net, bl_phase ph, double sec)
 void bl_net_profile_free(bl_net *net)
 {
     if (!net->prof) return;
-    if (bl_profile_enabled()) bl_net_profile_print(net, stderr);
+    if (bl_profile_enabled() && prof_sink) {
+        char *text = bl_net_profile_report(net);
+        if (text) prof_sink(text);
+        free(text);
+    }
     free(net->prof->l);
     free(net->prof);
     net->prof = NULL;
@@ -182,25 +191,59 @@ static void cost_of(const bl_layer *l, const bl_net *net, int pass, bl_cost *c)
 static const char *pass_name[BL_PASSES] = {"fwd", "bwd", "infer"};
 static const char *phase_name[BL_PHASES] = {"input copy", "loss", "zero grad", "sgd"};
 
+/* a growing string (the library formats, the command prints) */
+typedef struct {
+    char *s;
+    size_t len, cap;
+    int failed;
+} text_buf;
+
+static void ap(text_buf *b, const char *fmt, ...)
+{
+    for (int pass = 0; pass < 2 && !b->failed; pass++) {
+        va_list va;
+        va_start(va, fmt);
+        const int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, va);
+        va_end(va);
+        if (n < 0) {
+            b->failed = 1;
+            return;
+        }
+        if (b->s && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap <= b->len + (size_t)n) cap *= 2;
+        char *t = realloc(b->s, cap);
+        if (!t) {
+            b->failed = 1;
+            return;
+        }
+        b->s = t, b->cap = cap;
+    }
+}
+
 typedef struct {
     const char *kind, *algo;
     int pass;
     double sec, slots, bytes;
 } group_row;
 
-void bl_net_profile_print(const bl_net *net, FILE *f)
+char *bl_net_profile_report(const bl_net *net)
 {
     const struct bl_profile *p = net->prof;
-    if (!p) return;
+    if (!p) return NULL;
+    text_buf tb = {0}, *f = &tb;
     int threads = bl_threads_get();
     const char *isa = "";
     const double peak = bl_fma_peak(threads, &isa);
-    fprintf(f, "\nbnlab profile: %s (width %d), %d threads; FMA peak %.1f GFLOP/s measured now "
+    ap(f, "\nbnlab profile: %s (width %d), %d threads; FMA peak %.1f GFLOP/s measured now "
                "(%s, %d chains per thread)\n",
             net->arch[0] ? net->arch : "net", net->width, threads, peak, isa, CHAINS);
-    fprintf(f, "  slots: multiply-adds and transform adds, 2 FLOP each; bytes: each tensor read "
+    ap(f, "  slots: multiply-adds and transform adds, 2 FLOP each; bytes: each tensor read "
                "or written once (an estimate)\n");
-    fprintf(f, "%-24s %-7s %-5s %-22s %6s %9s %8s %6s %7s\n", "layer", "kind", "pass",
+    ap(f, "%-24s %-7s %-5s %-22s %6s %9s %8s %6s %7s\n", "layer", "kind", "pass",
             "algorithm", "calls", "ms/call", "GFLOP/s", "%peak", "GB/s");
     group_row *g = calloc((size_t)p->n * BL_PASSES + 1, sizeof *g);
     int ng = 0;
@@ -222,7 +265,7 @@ void bl_net_profile_print(const bl_net *net, FILE *f)
                                           : lp->fused[ps] == 3 ? " +bn+1"
                                                                : " +bn+add+relu")
                                        : "");
-            fprintf(f, "%-24.24s %-7.7s %-5s %-22.22s %6ld %9.3f %8.1f %5.1f%% %7.1f\n", l->name,
+            ap(f, "%-24.24s %-7.7s %-5s %-22.22s %6ld %9.3f %8.1f %5.1f%% %7.1f\n", l->name,
                     l->ops->kind_name, pass_name[ps], algo, lp->calls[ps],
                     1e3 * s / lp->calls[ps], gf, peak > 0 ? 100 * gf / peak : 0, gb);
             total[ps] += s, calls[ps] = lp->calls[ps] > calls[ps] ? lp->calls[ps] : calls[ps];
@@ -239,19 +282,19 @@ void bl_net_profile_print(const bl_net *net, FILE *f)
     double all = 0;
     for (int ps = 0; ps < BL_PASSES; ps++) all += total[ps];
     for (int ph = 0; ph < BL_PHASES; ph++) all += p->phase[ph];
-    fprintf(f, "\nby kind, algorithm and pass (ms per call of the pass; share of all timed):\n");
-    fprintf(f, "%-7s %-22s %-5s %9s %7s %8s %6s %7s\n", "kind", "algorithm", "pass", "ms/call",
+    ap(f, "\nby kind, algorithm and pass (ms per call of the pass; share of all timed):\n");
+    ap(f, "%-7s %-22s %-5s %9s %7s %8s %6s %7s\n", "kind", "algorithm", "pass", "ms/call",
             "share", "GFLOP/s", "%peak", "GB/s");
     for (int k = 0; g && k < ng; k++) {
         const double s = g[k].sec, gf = s > 0 ? 2 * g[k].slots / s / 1e9 : 0;
-        fprintf(f, "%-7s %-22.22s %-5s %9.3f %6.1f%% %8.1f %5.1f%% %7.1f\n", g[k].kind, g[k].algo,
+        ap(f, "%-7s %-22.22s %-5s %9.3f %6.1f%% %8.1f %5.1f%% %7.1f\n", g[k].kind, g[k].algo,
                 pass_name[g[k].pass], calls[g[k].pass] ? 1e3 * s / calls[g[k].pass] : 0,
                 all > 0 ? 100 * s / all : 0, gf, peak > 0 ? 100 * gf / peak : 0,
                 s > 0 ? g[k].bytes / s / 1e9 : 0);
     }
     for (int ph = 0; ph < BL_PHASES; ph++)
         if (p->phase_calls[ph])
-            fprintf(f, "%-7s %-22s %-5s %9.3f %6.1f%%\n", "phase", phase_name[ph], "-",
+            ap(f, "%-7s %-22s %-5s %9.3f %6.1f%%\n", "phase", phase_name[ph], "-",
                     1e3 * p->phase[ph] / p->phase_calls[ph], all > 0 ? 100 * p->phase[ph] / all : 0);
     for (int ps = 0; ps < BL_PASSES; ps++)
         if (calls[ps]) {
@@ -259,10 +302,15 @@ void bl_net_profile_print(const bl_net *net, FILE *f)
             for (int k = 0; g && k < ng; k++)
                 if (g[k].pass == ps) slots += g[k].slots;
             const double gf = total[ps] > 0 ? 2 * slots / total[ps] / 1e9 : 0;
-            fprintf(f, "pass %-5s %9.3f ms per call over %ld calls: %.1f GFLOP/s of slots, %.1f%% "
+            ap(f, "pass %-5s %9.3f ms per call over %ld calls: %.1f GFLOP/s of slots, %.1f%% "
                        "of the peak\n",
                     pass_name[ps], 1e3 * total[ps] / calls[ps], calls[ps], gf,
                     peak > 0 ? 100 * gf / peak : 0);
         }
     free(g);
+    if (tb.failed) {
+        free(tb.s);
+        return NULL;
+    }
+    return tb.s;
 }

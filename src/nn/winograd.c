@@ -225,7 +225,11 @@ void bl_wino(const float *x, int n, int h, int w, int cin, int cout, const float
 
 /* Samples per chunk: enough tiles that the accumulators' load and store are paid over >= 64
  * tiles, few enough that a position's V and dM stay in L2. */
-static int dw_chunk(int tiles) { return tiles >= 64 ? 1 : (127 + tiles) / tiles > 8 ? 8 : (127 + tiles) / tiles; }
+static int dw_chunk(int tiles)
+{
+    const int c = (127 + tiles) / tiles; /* about 128 tiles */
+    return tiles >= 64 ? 1 : c > 8 ? 8 : c;
+}
 
 size_t bl_wino_dw_ws_floats(int h, int w, int cin, int cout, int threads)
 {
