@@ -247,9 +247,14 @@ int main(int argc, char **argv)
         }
     }
     bl_model m;
-    if (bl_model_init(&m, model) || width < 1 || batch < 2 || threads < 1 || steps < 1 ||
-        steps > 1000 || rounds < 0 || rounds > 63) {
-        fprintf(stderr, "bench_train: bad arguments: %s\n", bl_error());
+    if (width < 1 || batch < 2 || threads < 1 || steps < 1 || steps > 1000 || rounds < 0 ||
+        rounds > 63) {
+        fprintf(stderr, "bench_train: bad arguments: --width >= 1, --batch >= 2, --threads >= 1, "
+                        "--steps 1..1000, --rounds 0..63\n");
+        return 2;
+    }
+    if (bl_model_init(&m, model)) {
+        fprintf(stderr, "bench_train: %s\n", bl_error());
         return 2;
     }
     bl_threads_set(threads);
