@@ -8,8 +8,8 @@
  * (bench/torch_worker.py) in ABBA blocks for training, eager inference and the jit-optimized
  * inference anchor, after one warm-up round, and prints each round's ratios, their median and
  * minimum, the steal time and an FMA peak measured in each round; --rounds 0 runs each side once
- * (bench/torch_train.py). --only runs one half of bnlab alone (for perf record); --direct turns
- * Winograd off (the direct 3x3 kernel). */
+ * (the same worker: 3 warm-up steps, then the median of --steps). --only runs one half of bnlab
+ * alone (for perf record); --direct turns Winograd off (the direct 3x3 kernel). */
 #define _POSIX_C_SOURCE 200809L
 #include "bnlab/bnlab.h"
 #include "bench_common.h"
@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -78,6 +79,7 @@ typedef struct {
 static int worker_start(worker *w, int depth, int width, int batch, int threads)
 {
     int in[2], out[2];
+    signal(SIGPIPE, SIG_IGN); /* a worker that died is an error reply, not our death */
     if (pipe(in) || pipe(out)) return -1;
     char script[1024], a[4][16];
     snprintf(script, sizeof script, "%s/bench/torch_worker.py", BL_SOURCE_DIR);
@@ -299,17 +301,14 @@ int main(int argc, char **argv)
     if (b.failed) fprintf(stderr, "bench_train: a bnlab call failed: %s\n", bl_error());
     double tt = 0, ti = 0;
     if (use_torch && !only) {
-        char cmd[1024], line[256], name[32];
-        snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/bench/torch_train.py %d %d %d %d %d 2>&1",
-                 BL_SOURCE_DIR, depth, width, batch, threads, steps);
-        FILE *p = popen(cmd, "r");
-        double v;
-        while (p && fgets(line, sizeof line, p))
-            if (sscanf(line, "%31s %lf", name, &v) == 2) {
-                if (!strcmp(name, "train")) tt = v;
-                else if (!strcmp(name, "infer")) ti = v;
-            }
-        if (!p || pclose(p) != 0 || tt == 0) {
+        /* one pass each, through the same worker as the rounds: 3 warm-up steps, then the
+         * median of --steps */
+        worker w = {0};
+        if (!worker_start(&w, depth, width, batch, threads) && worker_rate(&w, "train", 3) > 0)
+            tt = worker_rate(&w, "train", steps);
+        if (tt > 0 && worker_rate(&w, "infer", 3) > 0) ti = worker_rate(&w, "infer", steps);
+        worker_stop(&w);
+        if (tt == 0 || ti == 0) {
             fprintf(stderr, "bench_train: the PyTorch run failed (python3-torch installed? "
                             "scripts/install-deps.sh bench)\n");
             tt = ti = 0;

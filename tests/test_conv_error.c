@@ -129,21 +129,7 @@ static void stem(int n, int h, int w, int cin, int cout)
     bl_rng_seed(&r, (uint64_t)(cin * 7 + cout));
     for (size_t i = 0; i < nx; i++) x[i] = (float)(0.5 + bl_rng_normal(&r));
     for (size_t i = 0; i < ny; i++) dy[i] = (float)(0.3 + bl_rng_normal(&r));
-    /* ref_dw for cin != cout: the reference loop takes both */
-    memset(rdw, 0, nw * 8);
-    for (int i = 0; i < n; i++)
-        for (int oy = 0; oy < h; oy++)
-            for (int ox = 0; ox < w; ox++)
-                for (int o = 0; o < cout; o++)
-                    for (int ky = 0; ky < 3; ky++)
-                        for (int kx = 0; kx < 3; kx++) {
-                            const int iy = oy - 1 + ky, ix = ox - 1 + kx;
-                            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-                            for (int c = 0; c < cin; c++)
-                                rdw[(((size_t)o * 3 + ky) * 3 + kx) * cin + c] +=
-                                    (double)dy[(((size_t)i * h + oy) * w + ox) * cout + o] *
-                                    x[(((size_t)i * h + iy) * w + ix) * cin + c];
-                        }
+    ref_dw(x, dy, n, h, w, cin, cout, rdw);
     bl_conv3x3_dw_small(x, dy, n, h, w, cin, cout, dw, ws);
     const double e = rel_l2(dw, rdw, nw);
     printf("%2dx%-2d c=%d->%-2d dw  direct   %.2e\n", h, w, cin, cout, e);

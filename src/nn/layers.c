@@ -104,14 +104,39 @@ static int conv_chunk(const conv_state *s, const bl_tensor *y)
 #define THREAD_ID 0
 #endif
 
+/* How a conv runs its passes: the one dispatch, read by the passes and by the profiler's cost. */
+typedef enum { ALG_GEMM, ALG_IM2COL, ALG_DIRECT, ALG_WINO, ALG_DW_SMALL } conv_alg;
+typedef struct {
+    conv_alg fwd, bwd;     /* bwd ALG_DIRECT: the 3x3 kernels, with Winograd where wino_* says */
+    int wino_dw, wino_dx;
+} conv_plan;
+
+static conv_plan conv_plan_of(const conv_state *s, int need_dx)
+{
+    conv_plan p = {ALG_IM2COL, ALG_IM2COL, 0, 0};
+    if (conv_direct(s)) p.fwd = ALG_GEMM;
+    else if (bl_conv3x3_fwd_supported(s->cin, s->cout, s->k, s->stride, s->pad))
+        p.fwd = s->stride == 1 && bl_wino_supported(s->cin, s->cout, 3, 1, 1) ? ALG_WINO
+                                                                               : ALG_DIRECT;
+    if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+        p.bwd = ALG_DIRECT;
+        p.wino_dw = bl_wino_supported(s->cin, s->cout, 3, 1, 1);
+        p.wino_dx = bl_wino_supported(s->cout, s->cin, 3, 1, 1);
+    } else if (!need_dx && bl_conv3x3_dw_small_supported(s->cin, s->cout, s->k, s->stride, s->pad))
+        p.bwd = ALG_DW_SMALL;
+    else if (conv_direct(s))
+        p.bwd = ALG_GEMM;
+    return p;
+}
+
 /* A 3x3 convolution with padding 1 (flip: the input gradient's, with flipped weights): Winograd
- * where it applies, else the direct kernel; both pack the weights per call. */
+ * (wino; stride 1) or the direct kernel; both pack the weights per call. */
 static bl_status conv3x3_run(bl_net *net, const float *x, int n, int h, int w, int cin, int cout,
-                             int stride, const float *w_ohwi, int flip, float *y, int acc,
-                             const bl_conv_epi *epi)
+                             int stride, const float *w_ohwi, int flip, int wino, float *y,
+                             int acc, const bl_conv_epi *epi)
 {
     const int ci = flip ? cout : cin, co = flip ? cin : cout;
-    if (stride == 1 && bl_wino_supported(ci, co, 3, 1, 1)) {
+    if (wino) {
         float *ws = bl_scratch_get(&net->ws, bl_wino_ws_floats(h, w, ci, co, bl_threads_get()) *
                                                  sizeof(float));
         if (!ws) return BL_ERR_NOMEM;
@@ -134,14 +159,15 @@ static bl_status conv_run(bl_layer *l, bl_net *net, float *yd, const bl_conv_epi
     const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
     const int kd = s->k * s->k * s->cin, rows = y->h * y->w, n = net->batch;
     const float *w = pdata(net, s->w);
-    if (conv_direct(s)) {
+    const conv_plan pl = conv_plan_of(s, l->need_dx);
+    if (pl.fwd == ALG_GEMM) {
         bl_gemm(0, 1, n * rows, s->cout, kd, 1.0f, x->data, kd, w, kd, 0.0f, yd, s->cout);
         if (epi) bl_conv_epi_apply(epi, yd, epi->res, (size_t)n * rows, s->cout);
         return BL_OK;
     }
-    if (bl_conv3x3_fwd_supported(s->cin, s->cout, s->k, s->stride, s->pad))
-        return conv3x3_run(net, x->data, n, x->h, x->w, s->cin, s->cout, s->stride, w, 0, yd, 0,
-                           epi);
+    if (pl.fwd == ALG_WINO || pl.fwd == ALG_DIRECT)
+        return conv3x3_run(net, x->data, n, x->h, x->w, s->cin, s->cout, s->stride, w, 0,
+                           pl.fwd == ALG_WINO, yd, 0, epi);
     const int cs = conv_chunk(s, y), chunks = (n + cs - 1) / cs, nt = bl_threads_get();
     const size_t per_thread = (size_t)cs * rows * kd;
     float *ws = bl_scratch_get(&net->ws, (size_t)nt * per_thread * sizeof(float));
@@ -210,8 +236,9 @@ static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
     const int kd = s->k * s->k * s->cin, rows = y->h * y->w, n = net->batch;
     const float *w = pdata(net, s->w);
     float *dw = pgrad(net, s->w);
-    if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
-        if (bl_wino_supported(s->cin, s->cout, 3, 1, 1)) {
+    const conv_plan pl = conv_plan_of(s, l->need_dx);
+    if (pl.bwd == ALG_DIRECT) {
+        if (pl.wino_dw) {
             float *ws = bl_scratch_get(&net->ws, bl_wino_dw_ws_floats(x->h, x->w, s->cin, s->cout,
                                                                       bl_threads_get()) *
                                                      sizeof(float));
@@ -225,18 +252,18 @@ static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
             bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
         }
         if (l->need_dx)
-            return conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, 1, w, 1, x->grad,
-                               l->acc[0], NULL);
+            return conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, 1, w, 1,
+                               pl.wino_dx, x->grad, l->acc[0], NULL);
         return BL_OK;
     }
-    if (!l->need_dx && bl_conv3x3_dw_small_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+    if (pl.bwd == ALG_DW_SMALL) {
         float *ws = bl_scratch_get(&net->ws, (size_t)bl_threads_get() * 9 * s->cin * s->cout *
                                                  sizeof(float));
         if (!ws) return BL_ERR_NOMEM;
         bl_conv3x3_dw_small(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
         return BL_OK;
     }
-    if (conv_direct(s)) {
+    if (pl.bwd == ALG_GEMM) {
         bl_gemm(1, 0, s->cout, kd, n * rows, 1.0f, y->grad, s->cout, x->data, kd, 1.0f, dw, kd);
         if (l->need_dx)
             bl_gemm(0, 0, n * rows, kd, s->cout, 1.0f, y->grad, s->cout, w, kd,
@@ -304,43 +331,37 @@ static double conv3x3_slots(int h, int w, int ci, int co, int wino)
     return tiles * (16.0 * ci * co + 32.0 * ci + 24.0 * co);
 }
 
-/* The profiler's cost, per sample, of the dispatch above (keep the two in step). */
+/* The profiler's cost, per sample, of what conv_plan_of chose. */
 static void conv_cost(const bl_layer *l, const bl_net *net, int pass, bl_cost *c)
 {
     const conv_state *s = l->state;
     const bl_tensor *x = &net->t[l->in[0]], *y = &net->t[l->out];
     const double xs = (double)x->h * x->w * s->cin, ys = (double)y->h * y->w * s->cout;
     const double direct = (double)y->h * y->w * s->k * s->k * s->cin * s->cout;
-    const int wf = s->stride == 1 && bl_wino_supported(s->cin, s->cout, 3, 1, 1) &&
-                   bl_conv3x3_fwd_supported(s->cin, s->cout, s->k, s->stride, s->pad);
+    const conv_plan pl = conv_plan_of(s, l->need_dx);
+    static const char *name[] = {"gemm", "im2col", "direct", "winograd", "dw direct"};
     if (pass != BL_PASS_BWD) {
         c->bytes = 4 * (xs + ys);
-        if (conv_direct(s)) c->algo = "gemm", c->slots = direct;
-        else if (bl_conv3x3_fwd_supported(s->cin, s->cout, s->k, s->stride, s->pad))
-            c->algo = wf ? "winograd" : "direct",
-            c->slots = wf ? conv3x3_slots(x->h, x->w, s->cin, s->cout, 1) : direct;
-        else c->algo = "im2col", c->slots = direct;
+        c->algo = name[pl.fwd];
+        c->slots = pl.fwd == ALG_WINO ? conv3x3_slots(x->h, x->w, s->cin, s->cout, 1) : direct;
         return;
     }
     c->bytes = 4 * (xs + ys + (l->need_dx ? xs + ys : 0));
-    if (bl_conv3x3_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
+    if (pl.bwd == ALG_DIRECT) {
         /* dw in the Winograd domain: the products, V's transform (32 per tile and input
          * channel) and dM's (12 per tile and output channel) */
-        const int wb = bl_wino_supported(s->cout, s->cin, 3, 1, 1);
         const double tiles = (double)((x->h + 1) / 2) * ((x->w + 1) / 2);
-        const double dw = wb ? tiles * (16.0 * s->cin * s->cout + 32.0 * s->cin + 12.0 * s->cout)
-                             : direct;
-        c->algo = !l->need_dx ? (wb ? "dw winograd" : "dw direct")
-                              : wb ? "dw+dx winograd" : "dw+dx direct";
-        c->slots = dw + (l->need_dx ? conv3x3_slots(x->h, x->w, s->cout, s->cin, wb) : 0);
+        const double dw =
+            pl.wino_dw ? tiles * (16.0 * s->cin * s->cout + 32.0 * s->cin + 12.0 * s->cout)
+                       : direct;
+        c->algo = !l->need_dx ? (pl.wino_dw ? "dw winograd" : "dw direct")
+                              : pl.wino_dw ? "dw+dx winograd" : "dw+dx direct";
+        c->slots =
+            dw + (l->need_dx ? conv3x3_slots(x->h, x->w, s->cout, s->cin, pl.wino_dx) : 0);
         return;
     }
-    if (!l->need_dx && bl_conv3x3_dw_small_supported(s->cin, s->cout, s->k, s->stride, s->pad)) {
-        c->algo = "dw direct", c->slots = direct;
-        return;
-    }
-    c->algo = conv_direct(s) ? "gemm" : "im2col";
-    c->slots = direct * (l->need_dx ? 2 : 1);
+    c->algo = name[pl.bwd];
+    c->slots = direct * (pl.bwd == ALG_DW_SMALL || !l->need_dx ? 1 : 2);
 }
 
 static const bl_layer_ops conv_ops = {.kind = BL_LAYER_CONV, .kind_name = "conv",
