@@ -32,18 +32,20 @@ static void ref_conv(const float *x, const float *w, int n, int h, int wd, int c
                 }
 }
 
+/* dW of a 3x3 convolution, padding 1, stride st (dy: (h - 1) / st + 1 rows and columns) */
 static void ref_dw(const float *x, const float *dy, int n, int h, int wd, int cin, int cout,
-                   double *dw)
+                   int st, double *dw)
 {
+    const int ho = (h - 1) / st + 1, wo = (wd - 1) / st + 1;
     memset(dw, 0, sizeof(double) * 9 * cin * cout);
     for (int i = 0; i < n; i++)
-        for (int oy = 0; oy < h; oy++)
-            for (int ox = 0; ox < wd; ox++)
+        for (int oy = 0; oy < ho; oy++)
+            for (int ox = 0; ox < wo; ox++)
                 for (int o = 0; o < cout; o++) {
-                    const double g = dy[(((size_t)i * h + oy) * wd + ox) * cout + o];
+                    const double g = dy[(((size_t)i * ho + oy) * wo + ox) * cout + o];
                     for (int ky = 0; ky < 3; ky++)
                         for (int kx = 0; kx < 3; kx++) {
-                            const int iy = oy - 1 + ky, ix = ox - 1 + kx;
+                            const int iy = oy * st - 1 + ky, ix = ox * st - 1 + kx;
                             if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
                             for (int c = 0; c < cin; c++)
                                 dw[(((size_t)o * 3 + ky) * 3 + kx) * cin + c] +=
@@ -99,10 +101,10 @@ static void stage(int n, int h, int w, int c)
                   e);
         }
     }
-    ref_dw(x, dy, n, h, w, c, c, rdw);
+    ref_dw(x, dy, n, h, w, c, c, 1, rdw);
     if (bl_conv3x3_supported(c, c, 3, 1, 1)) {
         memset(dw, 0, nw * 4);
-        bl_conv3x3_dw(x, dy, n, h, w, c, c, dw, ws);
+        bl_conv3x3_dw(x, dy, n, h, w, c, c, 1, dw, ws);
         const double e = rel_l2(dw, rdw, nw);
         printf("%2dx%-2d c=%-2d dw  direct   %.2e\n", h, w, c, e);
         CHECK(e <= 1e-6, "direct dw %dx%dx%d: relative L2 error %.3g > 1e-6", h, w, c, e);
@@ -129,11 +131,37 @@ static void stem(int n, int h, int w, int cin, int cout)
     bl_rng_seed(&r, (uint64_t)(cin * 7 + cout));
     for (size_t i = 0; i < nx; i++) x[i] = (float)(0.5 + bl_rng_normal(&r));
     for (size_t i = 0; i < ny; i++) dy[i] = (float)(0.3 + bl_rng_normal(&r));
-    ref_dw(x, dy, n, h, w, cin, cout, rdw);
+    ref_dw(x, dy, n, h, w, cin, cout, 1, rdw);
     bl_conv3x3_dw_small(x, dy, n, h, w, cin, cout, dw, ws);
     const double e = rel_l2(dw, rdw, nw);
     printf("%2dx%-2d c=%d->%-2d dw  direct   %.2e\n", h, w, cin, cout, e);
     CHECK(e <= 1e-6, "stem dw %dx%dx%d->%d: relative L2 error %.3g > 1e-6", h, w, cin, cout, e);
+    free(x), free(dy), free(dw), free(ws), free(rdw);
+}
+
+/* the direct weight gradient at stride 2 (resnet20's down-sampling convolutions) */
+static void stride2(int n, int h, int w, int cin, int cout)
+{
+    if (!bl_conv3x3_dw_supported(cin, cout, 3, 2, 1)) return;
+    const int ho = (h - 1) / 2 + 1, wo = (w - 1) / 2 + 1;
+    const size_t nx = (size_t)n * h * w * cin, ny = (size_t)n * ho * wo * cout;
+    const size_t nw = (size_t)9 * cin * cout;
+    float *x = malloc(nx * 4), *dy = malloc(ny * 4), *dw = calloc(nw, 4);
+    float *ws = malloc((size_t)bl_threads_get() * (nw + (size_t)(h + 2) * (w + 2) * cin) * 4);
+    double *rdw = malloc(nw * 8);
+    bl_rng r;
+    bl_rng_seed(&r, (uint64_t)(h * 17 + cin));
+    for (size_t i = 0; i < nx; i++) {
+        const double v = 0.5 + bl_rng_normal(&r);
+        x[i] = (float)(v > 0 ? v : 0);
+    }
+    for (size_t i = 0; i < ny; i++) dy[i] = (float)(0.3 + bl_rng_normal(&r));
+    ref_dw(x, dy, n, h, w, cin, cout, 2, rdw);
+    bl_conv3x3_dw(x, dy, n, h, w, cin, cout, 2, dw, ws);
+    const double e = rel_l2(dw, rdw, nw);
+    printf("%2dx%-2d c=%d->%-2d dw  direct s2 %.2e\n", h, w, cin, cout, e);
+    CHECK(e <= 1e-6, "stride-2 dw %dx%dx%d->%d: relative L2 error %.3g > 1e-6", h, w, cin, cout,
+          e);
     free(x), free(dy), free(dw), free(ws), free(rdw);
 }
 
@@ -144,6 +172,9 @@ int main(void)
     stage(16, 14, 14, 32);
     stage(16, 7, 7, 64);
     stage(5, 9, 10, 16); /* odd tiles, a padded group */
+    stride2(16, 28, 28, 16, 32);
+    stride2(16, 14, 14, 32, 64);
+    stride2(3, 15, 9, 16, 16); /* odd sizes */
     stem(16, 28, 28, 1, 16);
     stem(3, 9, 7, 3, 32);
     stem(2, 5, 6, 2, 16);

@@ -123,15 +123,23 @@ void bl_conv3x3(const float *x, int n, int h, int w, int cin, int cout, int stri
     }
 }
 
-/* Weight gradient: dW[co][ky][kx][ci] += sum over pixels of dy[p][co] * xpad[p + (ky, kx)][ci].
+/* Weight gradient: dW[co][ky][kx][ci] += sum over output pixels p of dy[p][co] *
+ * xpad[stride * p + (ky, kx)][ci].
  * For a block of 16 output channels (the vector lanes) and 16 input channels, 16 accumulators
  * gather over all pixels of a sample: one dy vector feeds 16 FMAs. Each thread sums its samples
  * into a private packed buffer [co/16][ky][kx][ci][16]; the buffers are added in thread order
  * (static schedule: the same order every run) and unpacked into OHWI. */
+int bl_conv3x3_dw_supported(int cin, int cout, int k, int stride, int pad)
+{
+    return k == 3 && (stride == 1 || stride == 2) && pad == 1 && cin % 16 == 0 && cout % 16 == 0;
+}
+
 void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
-                   float *dw_ohwi, float *ws)
+                   int stride, float *dw_ohwi, float *ws)
 {
     const int hp = h + 2, wpad = w + 2, nt = bl_threads_get();
+    const int ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+    const size_t xs = (size_t)stride * cin;
     const size_t pad_sz = (size_t)hp * wpad * cin, wsz = (size_t)9 * cin * cout;
     float *parts = ws, *pads = ws + (size_t)nt * wsz;
 #pragma omp parallel
@@ -145,7 +153,7 @@ void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin
         memset(xp, 0, pad_sz * sizeof(float));
 #pragma omp for schedule(static)
         for (int i = 0; i < n; i++) {
-            const float *xi = x + (size_t)i * h * w * cin, *gi = dy + (size_t)i * h * w * cout;
+            const float *xi = x + (size_t)i * h * w * cin, *gi = dy + (size_t)i * ho * wo * cout;
             for (int yy = 0; yy < h; yy++)
                 memcpy(xp + ((size_t)(yy + 1) * wpad + 1) * cin, xi + (size_t)yy * w * cin,
                        (size_t)w * cin * sizeof(float));
@@ -155,12 +163,13 @@ void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin
                         for (int cb = 0; cb < cin / 16; cb++) {
                             __m512 a[16];
                             for (int c = 0; c < 16; c++) a[c] = _mm512_setzero_ps();
-                            for (int oy = 0; oy < h; oy++) {
-                                const float *xr = xp + ((size_t)(oy + ky) * wpad + kx) * cin + cb * 16;
-                                const float *gr = gi + (size_t)oy * w * cout + ob * 16;
-                                for (int ox = 0; ox < w; ox++) {
+                            for (int oy = 0; oy < ho; oy++) {
+                                const float *xr =
+                                    xp + ((size_t)(oy * stride + ky) * wpad + kx) * cin + cb * 16;
+                                const float *gr = gi + (size_t)oy * wo * cout + ob * 16;
+                                for (int ox = 0; ox < wo; ox++) {
                                     __m512 g = _mm512_loadu_ps(gr + (size_t)ox * cout);
-                                    const float *xv = xr + (size_t)ox * cin;
+                                    const float *xv = xr + (size_t)ox * xs;
                                     for (int c = 0; c < 16; c++)
                                         a[c] = _mm512_fmadd_ps(_mm512_set1_ps(xv[c]), g, a[c]);
                                 }
@@ -172,15 +181,18 @@ void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin
                         }
         }
     }
-    for (int t = 1; t < nt; t++)
-        for (size_t k = 0; k < wsz; k++) parts[k] += parts[(size_t)t * wsz + k];
+    /* the threads' partials in thread order for each element, unpacked; parallel over
+     * output-channel blocks and taps (each dW element written once) */
+#pragma omp parallel for schedule(static) collapse(2)
     for (int ob = 0; ob < cout / 16; ob++)
-        for (int ky = 0; ky < 3; ky++)
-            for (int kx = 0; kx < 3; kx++)
-                for (int ci = 0; ci < cin; ci++)
-                    for (int j = 0; j < 16; j++)
-                        dw_ohwi[(((size_t)(ob * 16 + j) * 3 + ky) * 3 + kx) * cin + ci] +=
-                            parts[((((size_t)ob * 3 + ky) * 3 + kx) * cin + ci) * 16 + j];
+        for (int k = 0; k < 9; k++)
+            for (int ci = 0; ci < cin; ci++)
+                for (int j = 0; j < 16; j++) {
+                    const size_t at = (((size_t)ob * 9 + k) * cin + ci) * 16 + j;
+                    float v = parts[at];
+                    for (int t = 1; t < nt; t++) v += parts[(size_t)t * wsz + at];
+                    dw_ohwi[((size_t)(ob * 16 + j) * 9 + k) * cin + ci] += v;
+                }
 }
 
 /* The weight gradient when the input has 1 to 3 channels (a stem's; im2col + GEMM on K = 9 cin is
@@ -255,8 +267,9 @@ void bl_conv3x3_dw_small(const float *x, const float *dy, int n, int h, int w, i
 }
 
 #else /* no AVX-512: the im2col path handles everything */
+int bl_conv3x3_dw_supported(int cin, int cout, int k, int stride, int pad) { return 0; }
 void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
-                   float *dw_ohwi, float *ws)
+                   int stride, float *dw_ohwi, float *ws)
 {
 }
 int bl_conv3x3_fwd_supported(int cin, int cout, int k, int stride, int pad)

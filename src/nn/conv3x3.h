@@ -56,7 +56,9 @@ void bl_conv_epi_apply(const bl_conv_epi *e, float *y, const float *res, size_t 
 /* dw_ohwi += the weight gradient of that convolution for input x and output gradient dy.
  * ws: threads * (9 * cin * cout + (h + 2) * (w + 2) * cin) floats. */
 void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
-                   float *dw_ohwi, float *ws);
+                   int stride, float *dw_ohwi, float *ws);
+/* Whether it takes this convolution: stride 1 or 2 (dy then (h - 1) / stride + 1 rows). */
+int bl_conv3x3_dw_supported(int cin, int cout, int k, int stride, int pad);
 
 /* The same for 1 to 3 input channels (a stem), no padded copy; ws: threads * 9 * cin * cout
  * floats. */

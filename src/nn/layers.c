@@ -109,11 +109,12 @@ typedef enum { ALG_GEMM, ALG_IM2COL, ALG_DIRECT, ALG_WINO, ALG_DW_SMALL } conv_a
 typedef struct {
     conv_alg fwd, bwd;     /* bwd ALG_DIRECT: the 3x3 kernels, with Winograd where wino_* says */
     int wino_dw, wino_dx;
+    int dw_direct;         /* bwd ALG_IM2COL: the direct kernel's dw (stride 2), im2col's dx */
 } conv_plan;
 
 static conv_plan conv_plan_of(const conv_state *s, int need_dx)
 {
-    conv_plan p = {ALG_IM2COL, ALG_IM2COL, 0, 0};
+    conv_plan p = {ALG_IM2COL, ALG_IM2COL, 0, 0, 0};
     if (conv_direct(s)) p.fwd = ALG_GEMM;
     else if (bl_conv3x3_fwd_supported(s->cin, s->cout, s->k, s->stride, s->pad))
         p.fwd = s->stride == 1 && bl_wino_supported(s->cin, s->cout, 3, 1, 1) ? ALG_WINO
@@ -126,6 +127,8 @@ static conv_plan conv_plan_of(const conv_state *s, int need_dx)
         p.bwd = ALG_DW_SMALL;
     else if (conv_direct(s))
         p.bwd = ALG_GEMM;
+    else
+        p.dw_direct = bl_conv3x3_dw_supported(s->cin, s->cout, s->k, s->stride, s->pad);
     return p;
 }
 
@@ -249,7 +252,7 @@ static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
                 (size_t)9 * s->cin * s->cout + (size_t)(x->h + 2) * (x->w + 2) * s->cin;
             float *ws = bl_scratch_get(&net->ws, (size_t)bl_threads_get() * per * sizeof(float));
             if (!ws) return BL_ERR_NOMEM;
-            bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, dw, ws);
+            bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, 1, dw, ws);
         }
         if (l->need_dx)
             return conv3x3_run(net, y->grad, n, x->h, x->w, s->cin, s->cout, 1, w, 1,
@@ -270,6 +273,13 @@ static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
                     l->acc[0] ? 1.0f : 0.0f, x->grad, kd);
         return BL_OK;
     }
+    if (pl.dw_direct) { /* stride 2: dW by the direct kernel, dx by im2col's GEMM below */
+        const size_t per = (size_t)9 * s->cin * s->cout + (size_t)(x->h + 2) * (x->w + 2) * s->cin;
+        float *ws = bl_scratch_get(&net->ws, (size_t)bl_threads_get() * per * sizeof(float));
+        if (!ws) return BL_ERR_NOMEM;
+        bl_conv3x3_dw(x->data, y->grad, n, x->h, x->w, s->cin, s->cout, s->stride, dw, ws);
+        if (!l->need_dx) return BL_OK;
+    }
     /* per thread: a col buffer and a private dW, summed in thread order afterwards (static
      * schedule: the same chunks go to the same thread every time, so the sum does not depend on
      * timing) */
@@ -285,15 +295,19 @@ static bl_status conv_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
         int i0 = ch * cs, m = (n - i0 < cs ? n - i0 : cs), t = THREAD_ID;
         float *col = ws + (size_t)t * per_thread;
         const float *dy = y->grad + (size_t)i0 * rows * s->cout;
-        im2col(x->data + (size_t)i0 * xs, m, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h,
-               y->w, col);
-        bl_gemm(1, 0, s->cout, kd, m * rows, 1.0f, dy, s->cout, col, kd, 1.0f, dwp + t * wsz, kd);
+        if (!pl.dw_direct) {
+            im2col(x->data + (size_t)i0 * xs, m, x->h, x->w, s->cin, s->k, s->stride, s->pad,
+                   y->h, y->w, col);
+            bl_gemm(1, 0, s->cout, kd, m * rows, 1.0f, dy, s->cout, col, kd, 1.0f,
+                    dwp + t * wsz, kd);
+        }
         if (l->need_dx) {
             bl_gemm(0, 0, m * rows, kd, s->cout, 1.0f, dy, s->cout, w, kd, 0.0f, col, kd);
             col2im(col, m, x->h, x->w, s->cin, s->k, s->stride, s->pad, y->h, y->w,
                    x->grad + (size_t)i0 * xs, l->acc[0]);
         }
     }
+    if (pl.dw_direct) return BL_OK;
     /* the threads' partial sums in thread order for every element, the elements in parallel */
 #pragma omp parallel for schedule(static) if (wsz >= 4096)
     for (size_t k = 0; k < wsz; k++) {
@@ -360,7 +374,7 @@ static void conv_cost(const bl_layer *l, const bl_net *net, int pass, bl_cost *c
             dw + (l->need_dx ? conv3x3_slots(x->h, x->w, s->cout, s->cin, pl.wino_dx) : 0);
         return;
     }
-    c->algo = name[pl.bwd];
+    c->algo = pl.dw_direct ? (l->need_dx ? "dw direct, dx im2col" : "dw direct") : name[pl.bwd];
     c->slots = direct * (pl.bwd == ALG_DW_SMALL || !l->need_dx ? 1 : 2);
 }
 
