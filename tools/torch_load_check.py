@@ -4,8 +4,10 @@ optimizer state, optim.*) and measures its Fashion-MNIST test error with populat
 (eval mode), to compare with `bnlab eval CKPT`.
 
 usage: /usr/bin/python3 tools/torch_load_check.py CKPT [--data-dir DIR] [--expect ERR]
+                                                  [--batch N] [--threads N]
 --expect: exit 1 unless the error equals ERR within 0.05 points (float32 rounding may flip a few
-of the 10000 predictions)."""
+of the 10000 predictions). bench/bench_eval.sh times it as a whole process against `bnlab eval`
+(channels_last and inference_mode: PyTorch's faster configuration here)."""
 import argparse
 import json
 import os
@@ -22,6 +24,8 @@ def main():
     ap.add_argument("ckpt")
     ap.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--expect", type=float)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     tensors, meta = load_safetensors(a.ckpt)
     depth = int(meta["arch"].replace("resnet", ""))
@@ -29,14 +33,16 @@ def main():
     state = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
     model.load_state_dict(state, strict=True)
     model.eval()
-    torch.set_num_threads(2)
+    model = model.to(memory_format=torch.channels_last)
+    torch.set_num_threads(a.threads)
     img, lab = load_fmnist(a.data_dir, "test")
     x = (torch.from_numpy(img).float().div(255) - FMNIST_MEAN) / FMNIST_STD
     wrong = 0
-    with torch.no_grad():
-        for s in range(0, len(lab), 1000):
-            logits = model(x[s:s + 1000].unsqueeze(1))
-            wrong += (logits.argmax(1).numpy() != lab[s:s + 1000]).sum()
+    b = a.batch
+    with torch.inference_mode():
+        for s in range(0, len(lab), b):
+            xb = x[s:s + b].unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            wrong += (model(xb).argmax(1).numpy() != lab[s:s + b]).sum()
     err = 100.0 * wrong / len(lab)
     print(json.dumps({"err": round(err, 4), "n": len(lab), "strict": True, "tensors": len(state)}))
     if a.expect is not None and abs(err - a.expect) > 0.05:
