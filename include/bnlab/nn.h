@@ -233,6 +233,10 @@ typedef struct {
     /* The layer may read constant tensors (bl_net_const): it broadcasts them over the batch and
      * writes them no gradient. Other layers are refused one. */
     int const_inputs;
+    /* Its backward passes the output's gradient unchanged to every input (a residual add): at
+     * finalize, an input that only this layer reads gets the output's gradient buffer as its
+     * own, and the backward skips an input whose gradient is the output's (no copy). */
+    int grad_passthrough;
     /* The work of one sample in one pass (optional; the profiler's, bnlab/nn.h): layers without
      * it count no arithmetic and their tensors' bytes. */
     void (*cost)(const bl_layer *l, const bl_net *net, int pass, struct bl_cost *c);

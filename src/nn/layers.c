@@ -648,13 +648,16 @@ static bl_status add_forward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 static bl_status add_backward(bl_layer *l, bl_net *net, const bl_ctx *ctx)
 {
     size_t n = (size_t)net->batch * bl_tsize(&net->t[l->out]);
-    for (int k = 0; k < 2; k++)
-        if (l->in[k] != 0) put(net->t[l->in[k]].grad, net->t[l->out].grad, n, l->acc[k]);
+    const float *dy = net->t[l->out].grad;
+    for (int k = 0; k < 2; k++) /* an input given the output's gradient at finalize: nothing */
+        if (l->in[k] != 0 && net->t[l->in[k]].grad != dy)
+            put(net->t[l->in[k]].grad, dy, n, l->acc[k]);
     return BL_OK;
 }
 
 static const bl_layer_ops add_ops = {.kind = BL_LAYER_ADD, .kind_name = "add",
-                                     .forward = add_forward, .backward = add_backward};
+                                     .forward = add_forward, .backward = add_backward,
+                                     .grad_passthrough = 1};
 
 bl_status bl_net_add(bl_net *net, const char *name, int a, int b, int *out)
 {

@@ -183,6 +183,21 @@ bl_status bl_net_finalize(bl_net *net)
         }
     }
     free(written);
+    /* zero-copy passthrough: last layers first, so an output's gradient buffer is final before an
+     * input takes it; the network input, constants and the net's outputs (the loss writes their
+     * gradient) keep their own */
+    for (int li = net->n_layers - 1; li >= 0; li--) {
+        const bl_layer *l = &net->layers[li];
+        if (!l->ops->grad_passthrough || l->n_out != 1) continue;
+        for (int k = 0; k < l->n_in; k++) {
+            bl_tensor *t = &net->t[l->in[k]];
+            int is_output = !net->n_outputs && l->in[k] == net->n_tensors - 1; /* the default */
+            for (int o = 0; o < net->n_outputs; o++) is_output |= net->outputs[o] == l->in[k];
+            if (l->in[k] == 0 || t->constant || t->users != 1 || is_output) continue;
+            const bl_tensor *y = &net->t[l->out];
+            if (bl_tsize(t) == bl_tsize(y)) t->grad = y->grad;
+        }
+    }
     /* the BN cores, listed once: commits, PreciseBN and the forward context index them */
     int kb = 0;
     for (int li = 0; li < net->n_layers; li++) {
