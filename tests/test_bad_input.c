@@ -218,5 +218,23 @@ int main(void)
     unlink(lp);
     rmdir(dir);
 #endif
+    /* a non-finite scale or shift in any channel but the first reaches the output and is named,
+     * in both layouts and kernels (the fast NHWC kernel checks every channel of every sample) */
+    for (int l = 0; l < 2; l++)
+        for (int kern = 0; kern < 2; kern++) {
+            bl_bn_config cfg = bl_bn_config_default(32);
+            cfg.name = "layer2.0.bn2";
+            bl_bn bn;
+            CHECK(bl_bn_init(&bn, &cfg) == BL_OK, "init");
+            bn.kernel = kern ? BL_KERNEL_REF : BL_KERNEL_FAST;
+            const bl_shape s = {3, 32, 2, 2, l ? BL_NHWC : BL_NCHW};
+            float x[3 * 32 * 4], y[3 * 32 * 4];
+            for (int i = 0; i < 3 * 32 * 4; i++) x[i] = (float)(i % 11) - 5;
+            bn.gamma[21] = INFINITY;
+            EXPECT(bl_bn_forward(&bn, BL_BN_BATCH, NULL, s, x, y), BL_ERR_NUMERIC, "non-finite");
+            bn.gamma[21] = 1, bn.beta[30] = NAN;
+            EXPECT(bl_bn_forward(&bn, BL_BN_BATCH, NULL, s, x, y), BL_ERR_NUMERIC, "non-finite");
+            bl_bn_free(&bn);
+        }
     return check_done("test_bad_input");
 }

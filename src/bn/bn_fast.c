@@ -232,28 +232,29 @@ static int apply_affine(bl_shape s, const float *x, const float *mu, const float
                 float *yi = y + (size_t)i * hw * C;
                 const float *restrict m = mu + (size_t)i * C, *restrict a = sc + (size_t)i * C,
                                       *restrict b = bt + (size_t)i * C;
-                float z = 0;
+                /* the non-finite check per channel in the sample's row of bad: a scalar sum would
+                 * end every pixel's short channel loop with a horizontal reduction */
+                float *restrict z = bad + (size_t)i * C;
+                for (int c = 0; c < C; c++) z[c] = 0;
                 for (size_t p = 0; p < hw; p++) {
                     const float *xr = xi + p * C;
                     float *yr = yi + p * C;
                     if (st) {
-                        z += affine_stream(xr, yr, C, m, a, b, 0);
+                        z[0] += affine_stream(xr, yr, C, m, a, b, 0);
                         continue;
                     }
-#pragma omp simd reduction(+ : z)
+#pragma omp simd
                     for (int c = 0; c < C; c++) {
                         float v = (xr[c] - m[c]) * a[c] + b[c];
                         yr[c] = v;
-                        z += v - v;
+                        z[c] += v - v;
                     }
                 }
-                bad[(size_t)i * C] = z;
             }
             STREAM_FENCE(st);
         }
     }
-    const size_t stride = s.layout == BL_NCHW ? 1 : (size_t)C;
-    for (size_t k = 0; k < (size_t)s.n * C; k += stride)
+    for (size_t k = 0; k < (size_t)s.n * C; k++)
         if (bad[k] != 0) return (int)(k / C); /* NaN != 0 too */
     return -1;
 }

@@ -45,6 +45,10 @@ bl_status FN(fwd_batch)(const bl_bn_kargs *a, const T *x, const T *gamma, const 
         size_t at = bl_idx(a->s, i, c, p);
         double xhat = (x[at] - gm->mean[k]) * bl_rstd(gm->m2[k] / gm->n[k], a->eps);
         y[at] = (T)(gamma[r] * xhat + beta[r]);
+        if (!isfinite(y[at])) /* the input was checked: the affine parameters, as the fast kernel */
+            return bl_fail(BL_ERR_NUMERIC, "bn '%s': the output (gamma or beta may be non-finite) "
+                           "of sample %d holds NaN or Inf: check the data and the layer before",
+                           a->name, i);
     }
     return BL_OK;
 }
