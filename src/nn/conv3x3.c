@@ -137,16 +137,19 @@ int bl_conv3x3_dw_supported(int cin, int cout, int k, int stride, int pad)
 void bl_conv3x3_dw(const float *x, const float *dy, int n, int h, int w, int cin, int cout,
                    int stride, float *dw_ohwi, float *ws)
 {
-    const int hp = h + 2, wpad = w + 2, nt = bl_threads_get();
+    const int hp = h + 2, wpad = w + 2, nmax = bl_threads_get();
+    int nt = 1; /* the team's size: only its partials are written and summed */
     const int ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
     const size_t xs = (size_t)stride * cin;
     const size_t pad_sz = (size_t)hp * wpad * cin, wsz = (size_t)9 * cin * cout;
-    float *parts = ws, *pads = ws + (size_t)nt * wsz;
+    float *parts = ws, *pads = ws + (size_t)nmax * wsz;
 #pragma omp parallel
     {
         int t = 0;
 #ifdef BL_HAVE_OPENMP
         t = omp_get_thread_num();
+#pragma omp single
+        nt = omp_get_num_threads();
 #endif
         float *part = parts + (size_t)t * wsz, *xp = pads + (size_t)t * pad_sz;
         memset(part, 0, wsz * sizeof(float));
