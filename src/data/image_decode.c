@@ -322,6 +322,9 @@ static void png_info_cb(png_structp p, png_infop info)
         const int *q = d->interlaced ? a7[k] : whole;
         if (d->w > q[0] && d->h > q[1]) d->rows_left += (d->h - q[1] + q[3] - 1) / q[3];
     }
+    /* a second header (libpng can call back twice on crafted data, fuzz_image): the first
+     * buffer goes, the last header rules */
+    bl_free(d->px);
     d->px = bl_malloc((size_t)w * h * (d->gray ? 1 : 3));
     if (!d->px) {
         bl_fail_ctx(BL_ERR_NOMEM, "%s", d->name);
